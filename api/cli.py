@@ -1,0 +1,13 @@
+"""The full ``ddsm`` command: the core commands plus the service commands."""
+
+from __future__ import annotations
+
+import sys
+
+from ddsm_core.cli import app, register_all, run_app
+
+register_all(app, ("api.service_cmds",))
+
+
+def main() -> None:
+    sys.exit(run_app(app))

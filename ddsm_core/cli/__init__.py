@@ -1,0 +1,75 @@
+"""The ``ddsm`` command line (core commands).
+
+Command modules register themselves here; each imports torch inside its command bodies only, so that
+``api`` can build on this app without importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import typer
+
+from ddsm_core.errors import DDSMError
+
+app = typer.Typer(
+    name="ddsm",
+    help="Step-aware diffusion models: slimmable supernet, per-step width search, and its service.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Modules that define ``register(app)``; a module not written yet is skipped.
+_COMMAND_MODULES = (
+    "ddsm_core.cli.flops_cmd",
+    "ddsm_core.cli.train_cmd",
+    "ddsm_core.cli.sample_cmd",
+    "ddsm_core.cli.search_cmd",
+)
+
+
+def register_all(target: typer.Typer, modules: tuple[str, ...] = _COMMAND_MODULES) -> None:
+    for name in modules:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue
+            raise
+        module.register(target)
+
+
+register_all(app)
+
+
+def run_app(typer_app: typer.Typer | Callable[..., Any], argv: list[str] | None = None) -> int:
+    """Run a typer app, turning any DDSMError into a one-line message and exit status 2."""
+    try:
+        typer_app(args=argv, standalone_mode=False)  # type: ignore[call-arg]
+    except DDSMError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            return exc.exit_code
+        if isinstance(exc, click.exceptions.Abort):
+            print("aborted", file=sys.stderr)
+            return 1
+        raise
+    return 0
+
+
+def main() -> None:
+    sys.exit(run_app(app))
