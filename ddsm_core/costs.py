@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ddsm_core.errors import ConfigError
-from ddsm_core.strategy import Strategy, format_width, width_index
+from ddsm_core.strategy import Strategy, width_index
+from ddsm_core.widths import format_width
 
 
 def _floats(name: str, values: Any) -> tuple[float, ...]:

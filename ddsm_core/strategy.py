@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ddsm_core.errors import StrategyError, choices_message
-from ddsm_core.widths import DEFAULT_WIDTHS, parse_width
+from ddsm_core.widths import DEFAULT_WIDTHS, format_width, parse_width
 
 SAMPLERS: tuple[str, ...] = ("ddpm", "ddim", "edm", "dpmpp")
 """Canonical sampler names."""
@@ -70,14 +70,6 @@ def width_index(widths: Sequence[float], width: float) -> int:
         if abs(w - width) <= _WIDTH_TOL:
             return i
     raise StrategyError(choices_message("width", width, [format_width(w) for w in widths]))
-
-
-def format_width(width: float) -> str:
-    """``0.75`` -> ``"6/8"`` when the width is a multiple of 1/8, else the decimal."""
-    eighths = width * 8
-    if abs(eighths - round(eighths)) <= _WIDTH_TOL:
-        return f"{round(eighths)}/8"
-    return f"{width:g}"
 
 
 def _check_int(name: str, value: Any) -> int:
