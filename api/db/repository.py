@@ -1,0 +1,869 @@
+"""The one module through which every database write goes.
+
+State changes are compare-and-set UPDATEs inside one transaction that return ``bool`` (did this caller
+win?), after Optuna's RDB storage. A finished row (COMPLETE / FAILED candidate) never changes again:
+every UPDATE on a candidate names the state and attempt it expects. Callers get frozen dataclasses,
+never ORM objects. Times are naive UTC taken from the database server (Postgres) so that heartbeats
+written by workers on other machines compare against the same clock.
+
+Non-finite metrics (a diverged sampler's FID of NaN or inf) are stored with an explicit marker
+``{"nonfinite": "nan" | "inf" | "-inf"}`` inside the JSON metrics, and as NULL in the sortable column.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta, timezone
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine, and_, exists, func, or_, select, text, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.db.models import (
+    Candidate,
+    CandidateState,
+    JobStatus,
+    ReferenceStats,
+    Search,
+    SearchGeneration,
+    Supernet,
+    TrainingRun,
+)
+
+ACTIVE_SEARCH = (JobStatus.RUNNING, JobStatus.FINISHING)
+
+
+# ----------------------------------------------------------------------------- records
+@dataclass(frozen=True)
+class SupernetRecord:
+    id: int
+    name: str
+    status: JobStatus
+    artifact_sha256: str
+    config: dict[str, Any]
+    gflops: dict[str, Any] | None
+    training_run_id: int | None
+    error: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ReferenceStatsRecord:
+    id: int
+    name: str
+    dataset: str
+    extractor: str
+    status: JobStatus
+    artifact_sha256: str | None
+    n_images: int | None
+    error: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class TrainingRunRecord:
+    id: int
+    name: str
+    status: JobStatus
+    config: dict[str, Any]
+    step: int
+    total_steps: int
+    last_checkpoint_sha256: str | None
+    supernet_id: int | None
+    attempt: int
+    worker: str | None
+    heartbeat_at: datetime | None
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    ended_at: datetime | None
+
+
+@dataclass(frozen=True)
+class SearchRecord:
+    id: int
+    name: str
+    supernet_id: int
+    reference_stats_id: int
+    config: dict[str, Any]
+    status: JobStatus
+    generation: int
+    algorithm_state: dict[str, Any] | None
+    result: dict[str, Any] | None
+    error: str | None
+    controller_id: str | None
+    lease_until: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    ended_at: datetime | None
+
+
+@dataclass(frozen=True)
+class CandidateRecord:
+    id: int
+    search_id: int
+    phase: str
+    generation: int
+    genome: tuple[int, ...]
+    genome_hash: str
+    n_images: int
+    state: CandidateState
+    attempt: int
+    sent_attempt: int
+    sent_at: datetime | None
+    worker: str | None
+    heartbeat_at: datetime | None
+    started_at: datetime | None
+    ended_at: datetime | None
+    fid: float | None
+    gflops: float | None
+    metrics: dict[str, Any] | None
+    error: str | None
+    created_at: datetime
+
+    @property
+    def finished(self) -> bool:
+        return self.state in (CandidateState.COMPLETE, CandidateState.FAILED)
+
+
+@dataclass(frozen=True)
+class GenerationRecord:
+    search_id: int
+    generation: int
+    genome_hashes: tuple[str, ...]
+    told: bool
+
+
+R = TypeVar("R")
+
+
+def _record(cls: type[R], row: Any) -> R:
+    values = {f.name: getattr(row, f.name) for f in fields(cls)}  # type: ignore[arg-type]
+    if cls is CandidateRecord:
+        values["genome"] = tuple(values["genome"])
+        values["metrics"] = decode_metrics(values["metrics"])
+    if cls is GenerationRecord:
+        values["genome_hashes"] = tuple(values["genome_hashes"])
+    return cls(**values)
+
+
+# ----------------------------------------------------------------------------- helpers
+def genome_hash(genome: Sequence[int]) -> str:
+    """A stable hash of a genome (tuple of width indices)."""
+    return hashlib.sha256(json.dumps([int(g) for g in genome]).encode()).hexdigest()
+
+
+def encode_float(value: float) -> Any:
+    value = float(value)
+    if math.isfinite(value):
+        return value
+    return {"nonfinite": "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
+
+
+def decode_float(value: Any) -> Any:
+    if isinstance(value, dict) and set(value) == {"nonfinite"}:
+        return float(value["nonfinite"])
+    return value
+
+
+def encode_metrics(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
+    if metrics is None:
+        return None
+    return {k: encode_float(v) if isinstance(v, float) else v for k, v in metrics.items()}
+
+
+def decode_metrics(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
+    if metrics is None:
+        return None
+    return {k: decode_float(v) for k, v in metrics.items()}
+
+
+def _finite_or_none(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+# ----------------------------------------------------------------------------- repository
+class Repository:
+    """Every read and write of the service's state. Safe to share between threads."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._postgres = engine.dialect.name == "postgresql"
+
+    @contextmanager
+    def _tx(self) -> Iterator[Session]:
+        with self._sessions.begin() as session:
+            yield session
+
+    def now(self, session: Session | None = None) -> datetime:
+        """Naive UTC 'now' from the database server's clock (Postgres) or this machine (SQLite)."""
+        if not self._postgres:
+            return datetime.now(timezone.utc).replace(tzinfo=None)
+        if session is not None:
+            return session.execute(text("SELECT timezone('utc', now())")).scalar_one()
+        with self.engine.connect() as conn:
+            return conn.execute(text("SELECT timezone('utc', clock_timestamp())")).scalar_one()
+
+    def _cas(self, session: Session, stmt: Any) -> bool:
+        return session.execute(stmt.execution_options(synchronize_session=False)).rowcount == 1
+
+    # ------------------------------------------------------------------ supernets
+    def create_supernet(
+        self,
+        name: str,
+        artifact_sha256: str,
+        config: dict[str, Any],
+        *,
+        training_run_id: int | None = None,
+    ) -> int:
+        with self._tx() as s:
+            row = Supernet(
+                name=name,
+                status=JobStatus.PENDING,
+                artifact_sha256=artifact_sha256,
+                config=config,
+                training_run_id=training_run_id,
+                created_at=self.now(s),
+            )
+            s.add(row)
+            s.flush()
+            return row.id
+
+    def supernet_ready(self, supernet_id: int, gflops: dict[str, Any], config: dict[str, Any]) -> bool:
+        with self._tx() as s:
+            stmt = (
+                update(Supernet)
+                .where(Supernet.id == supernet_id, Supernet.status == JobStatus.PENDING)
+                .values(status=JobStatus.COMPLETE, gflops=gflops, config=config)
+            )
+            return self._cas(s, stmt)
+
+    def supernet_failed(self, supernet_id: int, error: str) -> bool:
+        with self._tx() as s:
+            stmt = (
+                update(Supernet)
+                .where(Supernet.id == supernet_id, Supernet.status == JobStatus.PENDING)
+                .values(status=JobStatus.FAILED, error=error[:4000])
+            )
+            return self._cas(s, stmt)
+
+    def get_supernet(self, supernet_id: int) -> SupernetRecord | None:
+        with self._tx() as s:
+            row = s.get(Supernet, supernet_id)
+            return _record(SupernetRecord, row) if row else None
+
+    def list_supernets(self) -> list[SupernetRecord]:
+        with self._tx() as s:
+            rows = s.scalars(select(Supernet).order_by(Supernet.id)).all()
+            return [_record(SupernetRecord, r) for r in rows]
+
+    # ------------------------------------------------------------------ reference statistics
+    def create_reference_stats(
+        self, name: str, dataset: str, extractor: str, *, artifact_sha256: str | None = None
+    ) -> int:
+        with self._tx() as s:
+            row = ReferenceStats(
+                name=name,
+                dataset=dataset,
+                extractor=extractor,
+                status=JobStatus.COMPLETE if artifact_sha256 else JobStatus.PENDING,
+                artifact_sha256=artifact_sha256,
+                created_at=self.now(s),
+            )
+            s.add(row)
+            s.flush()
+            return row.id
+
+    def reference_stats_ready(self, stats_id: int, artifact_sha256: str, n_images: int | None) -> bool:
+        with self._tx() as s:
+            stmt = (
+                update(ReferenceStats)
+                .where(ReferenceStats.id == stats_id, ReferenceStats.status == JobStatus.PENDING)
+                .values(status=JobStatus.COMPLETE, artifact_sha256=artifact_sha256, n_images=n_images)
+            )
+            return self._cas(s, stmt)
+
+    def reference_stats_failed(self, stats_id: int, error: str) -> bool:
+        with self._tx() as s:
+            stmt = (
+                update(ReferenceStats)
+                .where(ReferenceStats.id == stats_id, ReferenceStats.status == JobStatus.PENDING)
+                .values(status=JobStatus.FAILED, error=error[:4000])
+            )
+            return self._cas(s, stmt)
+
+    def get_reference_stats(self, stats_id: int) -> ReferenceStatsRecord | None:
+        with self._tx() as s:
+            row = s.get(ReferenceStats, stats_id)
+            return _record(ReferenceStatsRecord, row) if row else None
+
+    def list_reference_stats(self) -> list[ReferenceStatsRecord]:
+        with self._tx() as s:
+            rows = s.scalars(select(ReferenceStats).order_by(ReferenceStats.id)).all()
+            return [_record(ReferenceStatsRecord, r) for r in rows]
+
+    # ------------------------------------------------------------------ training runs
+    def create_training_run(self, name: str, config: dict[str, Any], total_steps: int) -> int:
+        with self._tx() as s:
+            row = TrainingRun(
+                name=name,
+                status=JobStatus.PENDING,
+                config=config,
+                total_steps=total_steps,
+                attempt=1,
+                created_at=self.now(s),
+            )
+            s.add(row)
+            s.flush()
+            return row.id
+
+    def claim_training_run(self, run_id: int, attempt: int, worker: str) -> bool:
+        """PENDING (this attempt) -> RUNNING for ``worker``."""
+        with self._tx() as s:
+            now = self.now(s)
+            stmt = (
+                update(TrainingRun)
+                .where(
+                    TrainingRun.id == run_id,
+                    TrainingRun.status == JobStatus.PENDING,
+                    TrainingRun.attempt == attempt,
+                )
+                .values(
+                    status=JobStatus.RUNNING,
+                    worker=worker,
+                    heartbeat_at=now,
+                    started_at=func.coalesce(TrainingRun.started_at, now),
+                )
+            )
+            return self._cas(s, stmt)
+
+    def training_progress(
+        self, run_id: int, attempt: int, worker: str, step: int, checkpoint_sha256: str | None = None
+    ) -> bool:
+        """Heartbeat + progress; False means this worker lost the run (cancelled or reaped): stop."""
+        values: dict[str, Any] = {"step": step}
+        if checkpoint_sha256:
+            values["last_checkpoint_sha256"] = checkpoint_sha256
+        with self._tx() as s:
+            values["heartbeat_at"] = self.now(s)
+            stmt = (
+                update(TrainingRun)
+                .where(
+                    TrainingRun.id == run_id,
+                    TrainingRun.status == JobStatus.RUNNING,
+                    TrainingRun.attempt == attempt,
+                    TrainingRun.worker == worker,
+                )
+                .values(**values)
+            )
+            return self._cas(s, stmt)
+
+    def complete_training_run(
+        self, run_id: int, attempt: int, worker: str, checkpoint_sha256: str, config: dict[str, Any]
+    ) -> int | None:
+        """RUNNING -> COMPLETE and register the final checkpoint as a PENDING supernet (one transaction)."""
+        with self._tx() as s:
+            now = self.now(s)
+            run = s.get(TrainingRun, run_id)
+            if run is None:
+                return None
+            supernet = Supernet(
+                name=run.name,
+                status=JobStatus.PENDING,
+                artifact_sha256=checkpoint_sha256,
+                config=config,
+                training_run_id=run_id,
+                created_at=now,
+            )
+            s.add(supernet)
+            s.flush()
+            stmt = (
+                update(TrainingRun)
+                .where(
+                    TrainingRun.id == run_id,
+                    TrainingRun.status == JobStatus.RUNNING,
+                    TrainingRun.attempt == attempt,
+                    TrainingRun.worker == worker,
+                )
+                .values(
+                    status=JobStatus.COMPLETE,
+                    ended_at=now,
+                    last_checkpoint_sha256=checkpoint_sha256,
+                    supernet_id=supernet.id,
+                    step=TrainingRun.total_steps,
+                )
+            )
+            if not self._cas(s, stmt):
+                s.rollback()
+                return None
+            return supernet.id
+
+    def fail_training_run(self, run_id: int, attempt: int, worker: str | None, error: str) -> bool:
+        with self._tx() as s:
+            conditions = [
+                TrainingRun.id == run_id,
+                TrainingRun.attempt == attempt,
+                TrainingRun.status.in_((JobStatus.PENDING, JobStatus.RUNNING)),
+            ]
+            if worker is not None:
+                conditions.append(TrainingRun.worker == worker)
+            stmt = (
+                update(TrainingRun)
+                .where(*conditions)
+                .values(status=JobStatus.FAILED, error=error[:4000], ended_at=self.now(s))
+            )
+            return self._cas(s, stmt)
+
+    def cancel_training_run(self, run_id: int) -> bool:
+        with self._tx() as s:
+            stmt = (
+                update(TrainingRun)
+                .where(
+                    TrainingRun.id == run_id, TrainingRun.status.in_((JobStatus.PENDING, JobStatus.RUNNING))
+                )
+                .values(status=JobStatus.CANCELLED, ended_at=self.now(s))
+            )
+            return self._cas(s, stmt)
+
+    def reap_training_runs(self, stale_after_s: float, max_attempts: int) -> list[tuple[int, int]]:
+        """Stale RUNNING runs -> PENDING with attempt+1 (to be sent again), or FAILED after the limit.
+
+        Returns ``(run_id, attempt)`` for each run to send again."""
+        out: list[tuple[int, int]] = []
+        with self._tx() as s:
+            cutoff = self.now(s) - timedelta(seconds=stale_after_s)
+            rows = s.execute(
+                select(TrainingRun.id, TrainingRun.attempt).where(
+                    TrainingRun.status == JobStatus.RUNNING, TrainingRun.heartbeat_at < cutoff
+                )
+            ).all()
+            for run_id, attempt in rows:
+                base = update(TrainingRun).where(
+                    TrainingRun.id == run_id,
+                    TrainingRun.status == JobStatus.RUNNING,
+                    TrainingRun.attempt == attempt,
+                    TrainingRun.heartbeat_at < cutoff,
+                )
+                if attempt < max_attempts:
+                    if self._cas(s, base.values(status=JobStatus.PENDING, attempt=attempt + 1, worker=None)):
+                        out.append((run_id, attempt + 1))
+                else:
+                    msg = f"worker lost {attempt} times (no heartbeat for {stale_after_s:.0f} s)"
+                    self._cas(s, base.values(status=JobStatus.FAILED, error=msg, ended_at=self.now(s)))
+        return out
+
+    def get_training_run(self, run_id: int) -> TrainingRunRecord | None:
+        with self._tx() as s:
+            row = s.get(TrainingRun, run_id)
+            return _record(TrainingRunRecord, row) if row else None
+
+    def list_training_runs(self) -> list[TrainingRunRecord]:
+        with self._tx() as s:
+            rows = s.scalars(select(TrainingRun).order_by(TrainingRun.id)).all()
+            return [_record(TrainingRunRecord, r) for r in rows]
+
+    # ------------------------------------------------------------------ searches
+    def create_search(
+        self, name: str, supernet_id: int, reference_stats_id: int, config: dict[str, Any]
+    ) -> int:
+        with self._tx() as s:
+            now = self.now(s)
+            row = Search(
+                name=name,
+                supernet_id=supernet_id,
+                reference_stats_id=reference_stats_id,
+                config=config,
+                status=JobStatus.RUNNING,
+                generation=0,
+                created_at=now,
+                updated_at=now,
+            )
+            s.add(row)
+            s.flush()
+            return row.id
+
+    def get_search(self, search_id: int) -> SearchRecord | None:
+        with self._tx() as s:
+            row = s.get(Search, search_id)
+            return _record(SearchRecord, row) if row else None
+
+    def list_searches(self, status: JobStatus | None = None) -> list[SearchRecord]:
+        with self._tx() as s:
+            query = select(Search).order_by(Search.id)
+            if status is not None:
+                query = query.where(Search.status == status)
+            return [_record(SearchRecord, r) for r in s.scalars(query).all()]
+
+    def active_search_ids(self) -> list[int]:
+        with self._tx() as s:
+            return list(
+                s.scalars(select(Search.id).where(Search.status.in_(ACTIVE_SEARCH)).order_by(Search.id))
+            )
+
+    def acquire_lease(self, search_id: int, controller_id: str, ttl_s: float) -> bool:
+        """Take or renew the right to drive a search: exactly one controller per search across replicas."""
+        with self._tx() as s:
+            now = self.now(s)
+            stmt = (
+                update(Search)
+                .where(
+                    Search.id == search_id,
+                    Search.status.in_(ACTIVE_SEARCH),
+                    or_(
+                        Search.controller_id.is_(None),
+                        Search.controller_id == controller_id,
+                        Search.lease_until < now,
+                    ),
+                )
+                .values(controller_id=controller_id, lease_until=now + timedelta(seconds=ttl_s))
+            )
+            return self._cas(s, stmt)
+
+    def release_lease(self, search_id: int, controller_id: str) -> bool:
+        with self._tx() as s:
+            stmt = (
+                update(Search)
+                .where(Search.id == search_id, Search.controller_id == controller_id)
+                .values(controller_id=None, lease_until=None)
+            )
+            return self._cas(s, stmt)
+
+    def _lease_held(
+        self, search_id: int, controller_id: str, status: Sequence[JobStatus] = ACTIVE_SEARCH
+    ) -> Any:
+        return and_(Search.id == search_id, Search.controller_id == controller_id, Search.status.in_(status))
+
+    def start_generation(
+        self,
+        search_id: int,
+        controller_id: str,
+        generation: int,
+        genomes: Sequence[Sequence[int]],
+        algorithm_state: dict[str, Any],
+        n_images: int,
+        *,
+        phase: str = "search",
+        status: JobStatus = JobStatus.RUNNING,
+    ) -> bool:
+        """Persist a generation's genomes (new candidates for unseen ones) and the algorithm state after
+        ``ask`` in one transaction, if this controller still holds the lease and the generation is new."""
+        with self._tx() as s:
+            now = self.now(s)
+            stmt = (
+                update(Search)
+                .where(self._lease_held(search_id, controller_id), Search.generation == generation - 1)
+                .values(generation=generation, algorithm_state=algorithm_state, updated_at=now, status=status)
+            )
+            if generation == 0:
+                stmt = (
+                    update(Search)
+                    .where(self._lease_held(search_id, controller_id), Search.algorithm_state.is_(None))
+                    .values(algorithm_state=algorithm_state, updated_at=now, status=status)
+                )
+            if not self._cas(s, stmt):
+                return False
+            hashes = [genome_hash(g) for g in genomes]
+            existing = set(
+                s.scalars(
+                    select(Candidate.genome_hash).where(
+                        Candidate.search_id == search_id,
+                        Candidate.phase == phase,
+                        Candidate.genome_hash.in_(hashes),
+                    )
+                )
+            )
+            for genome, h in zip(genomes, hashes, strict=True):
+                if h in existing:
+                    continue
+                existing.add(h)
+                s.add(
+                    Candidate(
+                        search_id=search_id,
+                        phase=phase,
+                        generation=generation,
+                        genome=[int(g) for g in genome],
+                        genome_hash=h,
+                        n_images=n_images,
+                        state=CandidateState.WAITING,
+                        attempt=1,
+                        sent_attempt=0,
+                        created_at=now,
+                    )
+                )
+            s.add(
+                SearchGeneration(search_id=search_id, generation=generation, genome_hashes=hashes, told=False)
+            )
+            return True
+
+    def get_generation(self, search_id: int, generation: int) -> GenerationRecord | None:
+        with self._tx() as s:
+            row = s.get(SearchGeneration, (search_id, generation))
+            return _record(GenerationRecord, row) if row else None
+
+    def tell_generation(
+        self, search_id: int, controller_id: str, generation: int, algorithm_state: dict[str, Any]
+    ) -> bool:
+        """Mark a generation told and store the algorithm state after ``tell`` (one transaction)."""
+        with self._tx() as s:
+            ok = self._cas(
+                s,
+                update(SearchGeneration)
+                .where(
+                    SearchGeneration.search_id == search_id,
+                    SearchGeneration.generation == generation,
+                    SearchGeneration.told.is_(False),
+                )
+                .values(told=True),
+            )
+            ok = ok and self._cas(
+                s,
+                update(Search)
+                .where(self._lease_held(search_id, controller_id))
+                .values(algorithm_state=algorithm_state, updated_at=self.now(s)),
+            )
+            if not ok:
+                s.rollback()
+            return ok
+
+    def finish_search(
+        self,
+        search_id: int,
+        controller_id: str,
+        result: dict[str, Any],
+        status: JobStatus = JobStatus.COMPLETE,
+    ) -> bool:
+        with self._tx() as s:
+            now = self.now(s)
+            stmt = (
+                update(Search)
+                .where(self._lease_held(search_id, controller_id))
+                .values(status=status, result=result, ended_at=now, updated_at=now, controller_id=None)
+            )
+            return self._cas(s, stmt)
+
+    def set_search_result(self, search_id: int, controller_id: str, result: dict[str, Any]) -> bool:
+        with self._tx() as s:
+            stmt = (
+                update(Search)
+                .where(self._lease_held(search_id, controller_id))
+                .values(result=result, updated_at=self.now(s))
+            )
+            return self._cas(s, stmt)
+
+    def fail_search(self, search_id: int, error: str) -> bool:
+        with self._tx() as s:
+            now = self.now(s)
+            stmt = (
+                update(Search)
+                .where(Search.id == search_id, Search.status.in_(ACTIVE_SEARCH))
+                .values(status=JobStatus.FAILED, error=error[:4000], ended_at=now, updated_at=now)
+            )
+            return self._cas(s, stmt)
+
+    def cancel_search(self, search_id: int) -> bool:
+        """RUNNING/FINISHING -> CANCELLED. Candidates are left as they are: a WAITING one can no longer be
+        claimed (claims check the search), a RUNNING one may still record its result."""
+        with self._tx() as s:
+            now = self.now(s)
+            stmt = (
+                update(Search)
+                .where(Search.id == search_id, Search.status.in_(ACTIVE_SEARCH))
+                .values(status=JobStatus.CANCELLED, ended_at=now, updated_at=now, controller_id=None)
+            )
+            return self._cas(s, stmt)
+
+    def resume_search(self, search_id: int) -> bool:
+        """CANCELLED/FAILED -> RUNNING (or FINISHING); its WAITING candidates will be sent again."""
+        with self._tx() as s:
+            row = s.get(Search, search_id)
+            if row is None or row.status not in (JobStatus.CANCELLED, JobStatus.FAILED):
+                return False
+            finishing = isinstance(row.result, dict) and row.result.get("phase") == "final"
+            stmt = (
+                update(Search)
+                .where(Search.id == search_id, Search.status == row.status)
+                .values(
+                    status=JobStatus.FINISHING if finishing else JobStatus.RUNNING,
+                    ended_at=None,
+                    error=None,
+                    updated_at=self.now(s),
+                )
+            )
+            if not self._cas(s, stmt):
+                return False
+            s.execute(
+                update(Candidate)
+                .where(Candidate.search_id == search_id, Candidate.state == CandidateState.WAITING)
+                .values(sent_attempt=0)
+                .execution_options(synchronize_session=False)
+            )
+            return True
+
+    # ------------------------------------------------------------------ candidates: controller side
+    def candidates(
+        self,
+        search_id: int,
+        *,
+        phase: str | None = None,
+        hashes: Sequence[str] | None = None,
+        state: CandidateState | None = None,
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> list[CandidateRecord]:
+        with self._tx() as s:
+            query = select(Candidate).where(Candidate.search_id == search_id).order_by(Candidate.id)
+            if phase is not None:
+                query = query.where(Candidate.phase == phase)
+            if hashes is not None:
+                query = query.where(Candidate.genome_hash.in_(list(hashes)))
+            if state is not None:
+                query = query.where(Candidate.state == state)
+            query = query.offset(offset)
+            if limit is not None:
+                query = query.limit(limit)
+            return [_record(CandidateRecord, r) for r in s.scalars(query).all()]
+
+    def count_candidates(self, search_id: int, phase: str | None = None) -> dict[str, int]:
+        with self._tx() as s:
+            query = (
+                select(Candidate.state, func.count())
+                .where(Candidate.search_id == search_id)
+                .group_by(Candidate.state)
+            )
+            if phase is not None:
+                query = query.where(Candidate.phase == phase)
+            counts = {state.value: 0 for state in CandidateState}
+            for state, n in s.execute(query).all():
+                counts[CandidateState(state).value] = n
+            return counts
+
+    def get_candidate(self, candidate_id: int) -> CandidateRecord | None:
+        with self._tx() as s:
+            row = s.get(Candidate, candidate_id)
+            return _record(CandidateRecord, row) if row else None
+
+    def candidates_to_send(self, search_id: int, resend_after_s: float) -> list[CandidateRecord]:
+        """WAITING candidates whose current attempt was never sent, or sent long ago and never claimed."""
+        with self._tx() as s:
+            cutoff = self.now(s) - timedelta(seconds=resend_after_s)
+            query = select(Candidate).where(
+                Candidate.search_id == search_id,
+                Candidate.state == CandidateState.WAITING,
+                or_(Candidate.sent_attempt != Candidate.attempt, Candidate.sent_at < cutoff),
+            )
+            return [_record(CandidateRecord, r) for r in s.scalars(query.order_by(Candidate.id)).all()]
+
+    def mark_sent(self, candidate_id: int, attempt: int) -> bool:
+        with self._tx() as s:
+            stmt = (
+                update(Candidate)
+                .where(
+                    Candidate.id == candidate_id,
+                    Candidate.state == CandidateState.WAITING,
+                    Candidate.attempt == attempt,
+                )
+                .values(sent_attempt=attempt, sent_at=self.now(s))
+            )
+            return self._cas(s, stmt)
+
+    def reap_candidates(self, search_id: int, stale_after_s: float, max_attempts: int) -> tuple[int, int]:
+        """RUNNING candidates with a stale heartbeat (dead worker) -> WAITING with attempt+1, or FAILED
+        after ``max_attempts``. Returns (retried, failed)."""
+        retried = failed = 0
+        with self._tx() as s:
+            now = self.now(s)
+            cutoff = now - timedelta(seconds=stale_after_s)
+            rows = s.execute(
+                select(Candidate.id, Candidate.attempt).where(
+                    Candidate.search_id == search_id,
+                    Candidate.state == CandidateState.RUNNING,
+                    Candidate.heartbeat_at < cutoff,
+                )
+            ).all()
+            for cid, attempt in rows:
+                base = update(Candidate).where(
+                    Candidate.id == cid,
+                    Candidate.state == CandidateState.RUNNING,
+                    Candidate.attempt == attempt,
+                    Candidate.heartbeat_at < cutoff,
+                )
+                if attempt < max_attempts:
+                    values = {"state": CandidateState.WAITING, "attempt": attempt + 1, "worker": None}
+                    retried += self._cas(s, base.values(**values))
+                else:
+                    msg = f"worker lost {attempt} times (no heartbeat for {stale_after_s:.0f} s)"
+                    values = {"state": CandidateState.FAILED, "error": msg, "ended_at": now}
+                    failed += self._cas(s, base.values(**values))
+        return retried, failed
+
+    # ------------------------------------------------------------------ candidates: worker side (CAS)
+    def claim_candidate(self, candidate_id: int, attempt: int, worker: str) -> bool:
+        """WAITING (this attempt, search active) -> RUNNING for ``worker``. A redelivered or stale message
+        loses and must be dropped."""
+        with self._tx() as s:
+            now = self.now(s)
+            active = exists().where(Search.id == Candidate.search_id, Search.status.in_(ACTIVE_SEARCH))
+            stmt = (
+                update(Candidate)
+                .where(
+                    Candidate.id == candidate_id,
+                    Candidate.state == CandidateState.WAITING,
+                    Candidate.attempt == attempt,
+                    active,
+                )
+                .values(state=CandidateState.RUNNING, worker=worker, heartbeat_at=now, started_at=now)
+            )
+            return self._cas(s, stmt)
+
+    def _running(self, candidate_id: int, attempt: int, worker: str) -> Any:
+        return and_(
+            Candidate.id == candidate_id,
+            Candidate.state == CandidateState.RUNNING,
+            Candidate.attempt == attempt,
+            Candidate.worker == worker,
+        )
+
+    def heartbeat(self, candidate_id: int, attempt: int, worker: str) -> bool:
+        with self._tx() as s:
+            stmt = (
+                update(Candidate)
+                .where(self._running(candidate_id, attempt, worker))
+                .values(heartbeat_at=self.now(s))
+            )
+            return self._cas(s, stmt)
+
+    def complete_candidate(
+        self, candidate_id: int, attempt: int, worker: str, metrics: dict[str, Any]
+    ) -> bool:
+        """RUNNING -> COMPLETE with metrics (``fid``, ``gflops``, ...). Recorded once: a second call loses."""
+        with self._tx() as s:
+            stmt = (
+                update(Candidate)
+                .where(self._running(candidate_id, attempt, worker))
+                .values(
+                    state=CandidateState.COMPLETE,
+                    metrics=encode_metrics(metrics),
+                    fid=_finite_or_none(metrics.get("fid")),
+                    gflops=_finite_or_none(metrics.get("gflops")),
+                    ended_at=self.now(s),
+                )
+            )
+            return self._cas(s, stmt)
+
+    def fail_candidate(self, candidate_id: int, attempt: int, worker: str, error: str) -> bool:
+        with self._tx() as s:
+            stmt = (
+                update(Candidate)
+                .where(self._running(candidate_id, attempt, worker))
+                .values(state=CandidateState.FAILED, error=error[:4000], ended_at=self.now(s))
+            )
+            return self._cas(s, stmt)

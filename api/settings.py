@@ -1,0 +1,69 @@
+"""All service settings in one pydantic-settings class (torch-free, FastAPI-free).
+
+Every field reads an environment variable. The three deployment settings keep their conventional names
+(``DATABASE_URL``, ``CELERY_BROKER_URL``, ``ARTIFACT_STORE``); the rest are ``DDSM_<FIELD>``. With nothing
+set, everything lives under ``DDSM_HOME`` (default ``./.ddsm``): a SQLite database, a serverless Celery
+broker (kombu's SQLAlchemy transport on a SQLite file) and a local artifact folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DDSM_", populate_by_name=True, extra="ignore")
+
+    home: Path = Field(default=Path(".ddsm"), description="Folder for embedded-mode files.")
+    database_url: str = Field(
+        default="",
+        validation_alias=AliasChoices("DATABASE_URL", "DDSM_DATABASE_URL", "database_url"),
+        description="SQLAlchemy URL; empty means sqlite:///<home>/ddsm.sqlite.",
+    )
+    celery_broker_url: str = Field(
+        default="",
+        validation_alias=AliasChoices("CELERY_BROKER_URL", "DDSM_CELERY_BROKER_URL", "celery_broker_url"),
+        description="Celery broker; empty means sqla+sqlite:///<home>/broker.sqlite (no server).",
+    )
+    artifact_store: str = Field(
+        default="",
+        validation_alias=AliasChoices("ARTIFACT_STORE", "DDSM_ARTIFACT_STORE", "artifact_store"),
+        description="Folder or fsspec URL for content-addressed artifacts; empty means <home>/artifacts.",
+    )
+    api_key: str | None = Field(default=None, description="If set, writes need header X-API-Key.")
+    reads_need_key: bool = False
+    evaluator: Literal["ddsm", "fast"] = Field(
+        default="ddsm",
+        description="'fast' replaces sampling + FID by a trivial analytic score (benchmarks only).",
+    )
+    fast_eval_seconds: float = 0.0
+    device: str = "auto"
+    worker_cache: Path | None = None
+    heartbeat_interval_s: float = 5.0
+    stale_after_s: float = 60.0
+    resend_after_s: float = 600.0
+    max_attempts: int = 3
+    controller_interval_s: float = 1.0
+    lease_ttl_s: float = 30.0
+    run_controller: bool = True
+    visibility_timeout_s: int = 24 * 3600
+
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home.resolve() / 'ddsm.sqlite'}"
+
+    def resolved_broker_url(self) -> str:
+        return self.celery_broker_url or f"sqla+sqlite:///{self.home.resolve() / 'broker.sqlite'}"
+
+    def resolved_artifact_store(self) -> str:
+        return self.artifact_store or str(self.home.resolve() / "artifacts")
+
+    def resolved_worker_cache(self) -> Path:
+        return (self.worker_cache or self.home / "cache").resolve()
+
+    @property
+    def embedded(self) -> bool:
+        return not self.database_url and not self.celery_broker_url
