@@ -34,10 +34,10 @@ from pymoo.core.evaluator import Evaluator
 from pymoo.core.mutation import Mutation
 from pymoo.core.population import Population
 from pymoo.core.problem import Problem
+from pymoo.core.termination import NoTermination
 from pymoo.operators.crossover.pntx import SinglePointCrossover, TwoPointCrossover
 from pymoo.operators.crossover.ux import UniformCrossover
 from pymoo.problems.static import StaticProblem
-from pymoo.core.termination import NoTermination
 
 from ddsm_core.errors import ConfigError, choices_message
 
@@ -322,7 +322,9 @@ class SearchDriver:
             if genome in self._candidates:
                 continue  # a redelivered result: the first one counts
             if genome not in pending:
-                raise ValueError(f"genome {list(genome)} was not asked for in generation {self._generation + 1}")
+                raise ValueError(
+                    f"genome {list(genome)} was not asked for in generation {self._generation + 1}"
+                )
             obj, reason = objectives[i], reasons[i] if reasons is not None else None
             value: Objectives | None = None
             if obj is not None:
@@ -419,7 +421,9 @@ class SearchDriver:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if state.get("format") != STATE_FORMAT:
-            raise ConfigError(f"not a search state (format {state.get('format')!r}, expected {STATE_FORMAT!r})")
+            raise ConfigError(
+                f"not a search state (format {state.get('format')!r}, expected {STATE_FORMAT!r})"
+            )
         config = SearchConfig.from_dict(state["config"])
         if config != self.config:
             raise ConfigError("search state was written for another search configuration")
@@ -441,7 +445,9 @@ class SearchDriver:
         """Restart NSGA-II from a stored population (the pending generation is asked anew)."""
         self._pending_pop, self._pending = None, []
         if not population:  # interrupted inside the first generation: start it again
-            self._algorithm = _nsga2(self.config, np.array(initial_genomes(self.config, self.seed)), self.seed)
+            self._algorithm = _nsga2(
+                self.config, np.array(initial_genomes(self.config, self.seed)), self.seed
+            )
             return
         pop = Population.new(X=np.array(population, dtype=int))
         F = np.array([self._objectives_or_penalty(g) for g in population], dtype=float)

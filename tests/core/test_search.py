@@ -68,14 +68,18 @@ def test_same_seed_gives_the_same_search() -> None:
 
 
 def test_a_genome_is_never_evaluated_twice() -> None:
-    driver = SearchDriver(SearchConfig(steps=3, n_widths=3, population=9, generations=6, mutation_rate=0.2), 0)
+    driver = SearchDriver(
+        SearchConfig(steps=3, n_widths=3, population=9, generations=6, mutation_rate=0.2), 0
+    )
     asked = run_driver(driver)
     assert len(asked) == len(set(asked)) == len(driver.candidates)
     assert len(asked) <= 27  # the space is 3**3
 
 
 def test_exhausted_space_ends_the_search_instead_of_looping() -> None:
-    driver = SearchDriver(SearchConfig(steps=2, n_widths=2, population=4, generations=50, mutation_rate=0.5), 0)
+    driver = SearchDriver(
+        SearchConfig(steps=2, n_widths=2, population=4, generations=50, mutation_rate=0.5), 0
+    )
     run_driver(driver)
     assert driver.done and len(driver.candidates) == 4
 
