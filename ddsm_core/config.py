@@ -1,0 +1,186 @@
+"""Typed, frozen configuration of the slimmable U-Net, with named presets.
+
+Torch-free so that manifests can be read and validated without the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ddsm_core.errors import ConfigError, choices_message
+from ddsm_core.widths import DEFAULT_WIDTHS, validate_widths
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Shape of a DDPM/ADM-style U-Net supernet.
+
+    :param image_size: H = W of the input in pixels.
+    :param in_channels: image channels (3 for RGB, 1 for digits).
+    :param model_channels: channels of the first level at full width.
+    :param channel_mult: per-level multiplier of ``model_channels``; one level per entry, each
+        but the last followed by a 2x downsampling.
+    :param num_res_blocks: residual blocks per level on the way down (one more on the way up).
+    :param attention_resolutions: resolutions in pixels (e.g. ``(16,)``) whose blocks get
+        self-attention; the middle block always has one.
+    :param dropout: dropout inside residual blocks.
+    :param num_heads: attention heads, the same at every width (head size scales with width).
+    :param num_head_channels: if > 0, a fixed head size instead (the head count scales with width).
+    :param num_groups: GroupNorm groups at full width; see ``slimmable.SlimGroupNorm`` for widths.
+    :param widths: the width set the supernet offers, fractions of the full width.
+    :param num_classes: class-conditional when set (a label embedding is added to the time embedding).
+    :param learn_sigma: output 2 x in_channels (epsilon and a variance term) when True.
+    """
+
+    image_size: int = 32
+    in_channels: int = 3
+    model_channels: int = 128
+    channel_mult: tuple[int, ...] = (1, 2, 2, 2)
+    num_res_blocks: int = 2
+    attention_resolutions: tuple[int, ...] = (16,)
+    dropout: float = 0.1
+    num_heads: int = 1
+    num_head_channels: int = -1
+    num_groups: int = 16
+    widths: tuple[float, ...] = field(default=DEFAULT_WIDTHS)
+    num_classes: int | None = None
+    learn_sigma: bool = False
+
+    def __post_init__(self) -> None:
+        # Normalise sequences (JSON gives lists) before the frozen dataclass is hashed or compared.
+        object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
+        object.__setattr__(self, "attention_resolutions", tuple(int(r) for r in self.attention_resolutions))
+        object.__setattr__(self, "widths", validate_widths(self.widths))
+        self._check()
+
+    def _check(self) -> None:
+        positive = {
+            "image_size": self.image_size,
+            "in_channels": self.in_channels,
+            "model_channels": self.model_channels,
+            "num_res_blocks": self.num_res_blocks,
+            "num_heads": self.num_heads,
+            "num_groups": self.num_groups,
+        }
+        for name, value in positive.items():
+            if int(value) < 1:
+                raise ConfigError(f"UNetConfig.{name} must be >= 1, got {value!r}")
+        if not self.channel_mult or min(self.channel_mult) < 1:
+            raise ConfigError(f"UNetConfig.channel_mult must be positive integers, got {self.channel_mult}")
+        if self.image_size % 2 ** (len(self.channel_mult) - 1):
+            raise ConfigError(
+                f"image_size {self.image_size} is not divisible by 2^{len(self.channel_mult) - 1} "
+                f"(one downsampling per level after the first)"
+            )
+        unreachable = set(self.attention_resolutions) - set(self.resolutions)
+        if unreachable:
+            raise ConfigError(
+                f"attention_resolutions {sorted(unreachable)} are not level resolutions; "
+                f"allowed: {', '.join(map(str, self.resolutions))}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.num_classes is not None and self.num_classes < 1:
+            raise ConfigError(f"num_classes must be >= 1 or None, got {self.num_classes}")
+
+    @property
+    def resolutions(self) -> tuple[int, ...]:
+        """Pixel resolution of each level."""
+        return tuple(self.image_size // 2**i for i in range(len(self.channel_mult)))
+
+    @property
+    def out_channels(self) -> int:
+        return self.in_channels * (2 if self.learn_sigma else 1)
+
+    @property
+    def time_embed_dim(self) -> int:
+        """Width of the timestep (and label) embedding at full width: 4 x model_channels (DDPM)."""
+        return 4 * self.model_channels
+
+    # ---- presets -------------------------------------------------------------------------------
+
+    @classmethod
+    def cifar10(cls, **overrides: Any) -> UNetConfig:
+        """DDPM's CIFAR-10 network (Ho et al. 2020; the paper's supernet): 35.7 M parameters."""
+        return cls(**{**_CIFAR10, **overrides})
+
+    @classmethod
+    def celeba64(cls, **overrides: Any) -> UNetConfig:
+        """64x64 faces: DDIM's CelebA-64 network (ch 128, mult 1,2,2,2,4, attention at 16).
+
+        Chosen because its cost, 49.9 GFLOPs (conv/linear) per call, is the paper's CelebA-HQ-64
+        baseline (49.88); see bench/width_latency.md and tests/core/test_flops.py.
+        """
+        return cls(**{**_CELEBA64, **overrides})
+
+    @classmethod
+    def digits(cls, **overrides: Any) -> UNetConfig:
+        """scikit-learn's 8x8 handwritten digits at their native 8x8, 1 channel: CPU-sized.
+
+        Two levels (8x8 with 64 channels, 4x4 with 128), attention at 4x4. GroupNorm keeps 16
+        groups at full width, i.e. 4 channels per group, so every width k/8 splits evenly.
+        """
+        return cls(**{**_DIGITS, **overrides})
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> UNetConfig:
+        """A preset by name; unknown names raise ConfigError listing the allowed ones."""
+        try:
+            factory = PRESETS[name]
+        except KeyError:
+            raise ConfigError(choices_message("preset", name, sorted(PRESETS))) from None
+        return factory(**overrides)
+
+    # ---- serialisation ------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (tuples become lists)."""
+        out = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> UNetConfig:
+        """Inverse of ``to_dict``; unknown keys raise ConfigError naming them."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown UNetConfig fields {unknown}; allowed: {', '.join(sorted(known))}")
+        return cls(**dict(data))
+
+
+_CIFAR10: dict[str, Any] = {
+    "image_size": 32,
+    "in_channels": 3,
+    "model_channels": 128,
+    "channel_mult": (1, 2, 2, 2),
+    "num_res_blocks": 2,
+    "attention_resolutions": (16,),
+    "dropout": 0.1,
+}
+_CELEBA64: dict[str, Any] = {
+    "image_size": 64,
+    "in_channels": 3,
+    "model_channels": 128,
+    "channel_mult": (1, 2, 2, 2, 4),
+    "num_res_blocks": 2,
+    "attention_resolutions": (16,),
+    "dropout": 0.1,
+}
+_DIGITS: dict[str, Any] = {
+    "image_size": 8,
+    "in_channels": 1,
+    "model_channels": 64,
+    "channel_mult": (1, 2),
+    "num_res_blocks": 2,
+    "attention_resolutions": (4,),
+    "dropout": 0.1,
+}
+
+PRESETS: dict[str, Callable[..., UNetConfig]] = {
+    "cifar10": UNetConfig.cifar10,
+    "celeba64": UNetConfig.celeba64,
+    "digits": UNetConfig.digits,
+}
