@@ -687,7 +687,12 @@ class Repository:
             row = s.get(Search, search_id)
             if row is None or row.status not in (JobStatus.CANCELLED, JobStatus.FAILED):
                 return False
-            finishing = isinstance(row.result, dict) and row.result.get("phase") == "final"
+            finishing = (
+                s.scalar(
+                    select(func.count()).where(Candidate.search_id == search_id, Candidate.phase == "final")
+                )
+                or 0
+            ) > 0
             stmt = (
                 update(Search)
                 .where(Search.id == search_id, Search.status == row.status)

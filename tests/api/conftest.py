@@ -27,3 +27,12 @@ def repo(db_url: str) -> Iterator[Repository]:
     engine = make_engine(db_url)
     yield Repository(engine)
     engine.dispose()
+
+
+@pytest.fixture
+def sqlite_repo(tmp_path: Path) -> Iterator[Repository]:
+    url = f"sqlite:///{tmp_path / 'ctl.sqlite'}"
+    upgrade(url)
+    engine = make_engine(url)
+    yield Repository(engine)
+    engine.dispose()
