@@ -327,3 +327,25 @@ def _center_crop_resize(img, size: int):  # PIL.Image -> PIL.Image
     left, top = (w - side) // 2, (h - side) // 2
     img = img.crop((left, top, left + side, top + side))
     return img.resize((size, size), Image.Resampling.BICUBIC) if side != size else img
+
+
+def save_image_grid(images: Tensor, path: str | Path, nrow: int = 8, min_tile: int = 32) -> Path:
+    """Save [N x C x H x W] images in [-1, 1] as one PNG grid, ``nrow`` images per row.
+
+    Tiles smaller than ``min_tile`` pixels are enlarged by an integer factor (nearest neighbour), so
+    8x8 digits stay visible. The PNG bytes depend only on the pixels (no timestamps).
+    """
+    from PIL import Image
+    from torchvision.utils import make_grid
+
+    images = images.detach().float().cpu().clamp(-1, 1)
+    factor = max(1, -(-min_tile // images.shape[-1]))
+    if factor > 1:
+        images = images.repeat_interleave(factor, dim=-1).repeat_interleave(factor, dim=-2)
+    grid = make_grid((images + 1) / 2, nrow=nrow, padding=2, pad_value=1.0)
+    array = (grid * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    gray = images.shape[1] == 1
+    Image.fromarray(array[..., 0] if gray else array, "L" if gray else "RGB").save(path, format="PNG")
+    return path

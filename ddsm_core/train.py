@@ -1,0 +1,833 @@
+"""Training the slimmable supernet with the sandwich rule.
+
+Each step draws one batch and trains, on that same batch, the largest width, ``n_middle`` widths drawn
+at random from the ones in between, and the smallest width, summing their gradients before one
+optimizer step (US-Net's sandwich rule, Yu & Huang 2019). With ``distill`` the sub-widths regress the
+full width's detached prediction instead of the true noise (US-Net's in-place distillation).
+
+Determinism. Everything random in step ``k`` (the batch, the timesteps, the noise, the flips, the
+middle widths, dropout) is drawn from generators seeded by ``derive_seed(seed, ..., k)``. A run is
+therefore a function of its config alone, and resuming at step ``k`` needs no RNG state: it is exact
+(bitwise on CPU). Under DDP every rank draws the same *global* batch of timesteps and noise and takes
+its own slice, so 2 processes compute what 1 process would (up to float summation order).
+
+Distributed: launched with ``torchrun --nproc-per-node N``, :func:`train` joins the process group from
+the environment (NCCL on GPUs, gloo on CPU) and wraps the model in DistributedDataParallel; rank 0
+writes checkpoints, samples and logs. bf16 autocast is used on CUDA when ``amp`` is on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ddsm_core import checkpoint as ckpt_io
+from ddsm_core.config import UNetConfig
+from ddsm_core.data import StepBatchSampler, derive_seed, load_dataset, save_image_grid
+from ddsm_core.errors import ConfigError, DDSMError, choices_message
+from ddsm_core.schedules import NoiseSchedule
+from ddsm_core.widths import format_width
+
+LRSchedule = Literal["constant", "cosine"]
+
+
+class TrainingError(DDSMError):
+    """Training cannot go on (a non-finite loss, a run directory in the way, ...)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train a supernet (the model's shape is its :class:`~ddsm_core.config.UNetConfig`).
+
+    :param dataset: ``digits``, ``cifar10`` or a folder of images.
+    :param steps: optimizer steps in all (a resumed run continues up to it).
+    :param batch_size: global batch, split evenly across DDP processes.
+    :param lr: Adam's peak learning rate, reached linearly over ``warmup_steps``.
+    :param lr_schedule: after warm-up, ``constant`` (DDPM) or ``cosine`` decay to ``lr * min_lr_ratio``.
+    :param grad_clip: clip the global gradient norm to this (0 = off).
+    :param ema_decay: EMA decay; with ``ema_warmup`` the decay at step k is
+        ``min(ema_decay, (1 + k) / (10 + k))`` so a short run's EMA is not stuck at the initial weights.
+    :param n_middle: middle widths drawn per step (sandwich rule); all of them if fewer exist.
+    :param distill: in-place distillation: sub-widths regress the full width's detached prediction.
+    :param hflip: random horizontal flips (CIFAR-10 yes, digits no).
+    :param amp: bf16 autocast on CUDA (ignored on CPU).
+    :param eval_every, sample_every, checkpoint_every: intervals in steps (0 = only at the end).
+    """
+
+    dataset: str = "digits"
+    steps: int = 1000
+    batch_size: int = 128
+    lr: float = 2e-4
+    warmup_steps: int = 5000
+    lr_schedule: LRSchedule = "constant"
+    min_lr_ratio: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.9999
+    ema_warmup: bool = True
+    n_middle: int = 2
+    distill: bool = False
+    hflip: bool = False
+    noise_schedule: str = "linear"
+    timesteps: int = 1000
+    seed: int = 0
+    amp: bool = True
+    log_every: int = 50
+    eval_every: int = 0
+    eval_images: int = 512
+    sample_every: int = 0
+    sample_sampler: str = "ddim"
+    sample_steps: int = 50
+    sample_n: int = 16
+    checkpoint_every: int = 1000
+    keep_last: int = 1
+    num_workers: int = 0
+
+    # Fields that may change when a run is resumed (they do not change what the run computes).
+    RUN_CONTROL: ClassVar[tuple[str, ...]] = (
+        "steps",
+        "log_every",
+        "eval_every",
+        "eval_images",
+        "sample_every",
+        "sample_sampler",
+        "sample_steps",
+        "sample_n",
+        "checkpoint_every",
+        "keep_last",
+        "num_workers",
+        "amp",
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "adam_betas", tuple(float(b) for b in self.adam_betas))
+        positive = ("steps", "batch_size", "timesteps", "log_every", "sample_n", "sample_steps", "keep_last")
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)!r}")
+        non_negative = ("warmup_steps", "n_middle", "eval_every", "sample_every", "checkpoint_every")
+        for name in non_negative + ("grad_clip", "weight_decay", "num_workers", "eval_images"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)!r}")
+        if not self.lr > 0:
+            raise ConfigError(f"TrainConfig.lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"TrainConfig.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ConfigError(choices_message("lr schedule", self.lr_schedule, ("constant", "cosine")))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["adam_betas"] = list(self.adam_betas)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown TrainConfig fields {unknown}; allowed: {', '.join(sorted(known))}")
+        return cls(**dict(data))
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def for_preset(cls, preset: str, **overrides: Any) -> TrainConfig:
+        """The recommended recipe for a UNet preset (see ``TRAIN_PRESETS``), with overrides."""
+        try:
+            base = TRAIN_PRESETS[preset]
+        except KeyError:
+            raise ConfigError(choices_message("preset", preset, sorted(TRAIN_PRESETS))) from None
+        return cls(**{**base, **overrides})
+
+    def schedule(self) -> NoiseSchedule:
+        from ddsm_core.schedules import get_schedule
+
+        return get_schedule(self.noise_schedule, self.timesteps)
+
+
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    # Tuned for a short CPU run (bench/train_digits.md): a high LR with a short warm-up and cosine
+    # decay, and an EMA horizon (~1/(1-decay) = 200 steps) short enough to track a run of ~1000 steps.
+    "digits": {
+        "dataset": "digits",
+        "steps": 1000,
+        "batch_size": 64,
+        "lr": 1e-3,
+        "warmup_steps": 100,
+        "lr_schedule": "cosine",
+        "min_lr_ratio": 0.05,
+        "ema_decay": 0.995,
+        "eval_images": 297,
+        "sample_every": 250,
+        "checkpoint_every": 250,
+        "log_every": 10,
+    },
+    # The paper's CIFAR-10 setup (DDPM): Adam 2e-4, 5000 warm-up steps, batch 128, EMA 0.9999, flips.
+    "cifar10": {
+        "dataset": "cifar10",
+        "steps": 800_000,
+        "batch_size": 128,
+        "lr": 2e-4,
+        "warmup_steps": 5000,
+        "ema_decay": 0.9999,
+        "hflip": True,
+        "sample_every": 10_000,
+        "checkpoint_every": 5000,
+        "eval_every": 10_000,
+        "eval_images": 1024,
+    },
+    "celeba64": {
+        "dataset": "celeba64",
+        "steps": 500_000,
+        "batch_size": 128,
+        "lr": 2e-4,
+        "warmup_steps": 5000,
+        "ema_decay": 0.9999,
+        "hflip": True,
+        "sample_every": 10_000,
+        "checkpoint_every": 5000,
+        "eval_every": 10_000,
+        "eval_images": 1024,
+    },
+}
+
+
+@dataclass(frozen=True)
+class WidthLosses:
+    """Per-width epsilon-MSE on a fixed evaluation set, overall and per timestep bin.
+
+    The same images, timesteps and noise for every width (common random numbers), so differences
+    between widths are not sampling noise.
+    """
+
+    widths: tuple[float, ...]
+    overall: tuple[float, ...]
+    t_edges: tuple[int, ...]
+    per_bin: tuple[tuple[float, ...], ...]  # [width][bin]
+    n_images: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "widths": list(self.widths),
+            "overall": list(self.overall),
+            "t_edges": list(self.t_edges),
+            "per_bin": [list(r) for r in self.per_bin],
+            "n_images": self.n_images,
+        }
+
+    def to_markdown(self) -> str:
+        """A table: one row per width, overall loss, ratio to full width, loss per t range."""
+        full = self.overall[-1]
+        bins = [f"t {a}-{b - 1}" for a, b in zip(self.t_edges, self.t_edges[1:], strict=False)]
+        head = "| width | eval loss | / full | " + " | ".join(bins) + " |"
+        rule = "|---" * (3 + len(bins)) + "|"
+        rows = [
+            f"| {format_width(w)} | {o:.5f} | {o / full:.3f} | " + " | ".join(f"{v:.5f}" for v in per) + " |"
+            for w, o, per in zip(self.widths, self.overall, self.per_bin, strict=True)
+        ]
+        return "\n".join([head, rule, *rows])
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    step: int
+    checkpoint: Path | None
+    interrupted: bool
+    signal: int | None
+    wall_s: float
+    eval: WidthLosses | None
+
+
+# ---- the sandwich step ---------------------------------------------------------------------------
+
+
+def sandwich_widths(widths: tuple[float, ...], n_middle: int, gen: torch.Generator) -> list[float]:
+    """[largest, n random middle widths (ascending), smallest]; every width once if there are few."""
+    ordered = sorted(widths)
+    middle = ordered[1:-1]
+    if n_middle < len(middle):
+        picks = torch.randperm(len(middle), generator=gen)[:n_middle].sort().values.tolist()
+        middle = [middle[i] for i in picks]
+    return [ordered[-1], *middle, ordered[0]] if len(ordered) > 1 else ordered
+
+
+def step_draws(
+    config: TrainConfig, step: int, image_shape: tuple[int, ...], widths: tuple[float, ...]
+) -> dict[str, Any]:
+    """All the randomness of one step for the GLOBAL batch: widths, timesteps, noise, flips."""
+    gen = torch.Generator().manual_seed(derive_seed(config.seed, "step", step))
+    b = config.batch_size
+    return {
+        "widths": sandwich_widths(widths, config.n_middle, gen),
+        "t": torch.randint(0, config.timesteps, (b,), generator=gen),
+        "noise": torch.randn((b, *image_shape), generator=gen),
+        "flip": torch.rand(b, generator=gen) < 0.5,
+    }
+
+
+def train_step(
+    model: nn.Module,
+    schedule: NoiseSchedule,
+    x0: Tensor,
+    y: Tensor | None,
+    t: Tensor,
+    noise: Tensor,
+    widths: list[float],
+    *,
+    distill: bool = False,
+    amp: bool = False,
+    no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
+) -> dict[float, Tensor]:
+    """Forward and backward every width of ``widths`` (largest first) on one batch; gradients add up.
+
+    :param model: the supernet (or its DDP wrapper); gradients accumulate in its parameters.
+    :param x0, t, noise: an [N x C x H x W] batch, its [N] integer timesteps and its noise.
+    :param no_sync: DDP's ``no_sync``: all-reduce only once, after the last width's backward.
+    :return: the (detached) loss of each width.
+    """
+    x_t = schedule.q_sample(x0, t, noise)
+    t_in = t.to(x0.dtype)
+    losses: dict[float, Tensor] = {}
+    teacher: Tensor | None = None
+    for i, width in enumerate(widths):
+        last = i == len(widths) - 1
+        ctx = no_sync() if (no_sync is not None and not last) else contextlib.nullcontext()
+        with ctx:
+            with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=amp):
+                pred = model(x_t, t_in, width=width, y=y)
+            target = teacher if teacher is not None else noise
+            loss = F.mse_loss(pred.float(), target)
+            loss.backward()
+        if distill and i == 0:
+            teacher = pred.detach().float()
+        losses[width] = loss.detach()
+    return losses
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    ema_p = [p for p in ema.parameters()]
+    model_p = [p.detach() for p in model.parameters()]
+    torch._foreach_lerp_(ema_p, model_p, 1.0 - decay)
+    for eb, mb in zip(ema.buffers(), model.buffers(), strict=True):
+        eb.copy_(mb)
+
+
+def lr_factor(config: TrainConfig, step: int) -> float:
+    """LR multiplier at ``step`` (0-based): linear warm-up, then constant or cosine."""
+    if config.warmup_steps and step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    if config.lr_schedule == "constant":
+        return 1.0
+    span = max(1, config.steps - config.warmup_steps)
+    progress = min(1.0, (step - config.warmup_steps) / span)
+    return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# ---- evaluation and samples ----------------------------------------------------------------------
+
+
+@torch.no_grad()
+def eval_width_losses(
+    model: nn.Module,
+    schedule: NoiseSchedule,
+    dataset: Any,
+    *,
+    widths: tuple[float, ...] | None = None,
+    n_images: int = 512,
+    t_bins: int = 4,
+    seed: int = 0,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+) -> WidthLosses:
+    """Epsilon-MSE per width on the first ``n_images`` of ``dataset``, each at one timestep per bin.
+
+    Timesteps are stratified: image i in bin j gets a t uniform in bin j; the noise comes from ``seed``.
+    """
+    widths = tuple(widths or model.config.widths)  # type: ignore[union-attr]
+    n = min(n_images, len(dataset))
+    T = schedule.T
+    edges = tuple(round(T * j / t_bins) for j in range(t_bins + 1))
+    gen = torch.Generator().manual_seed(derive_seed(seed, "eval"))
+    items = [dataset[i] for i in range(n)]
+    x0 = torch.stack([x for x, _ in items])
+    labels = torch.tensor([lab for _, lab in items])
+    sums = torch.zeros(len(widths), t_bins, dtype=torch.float64)
+    was_training = model.training
+    model.eval()
+    conditional = getattr(model, "config", None) is not None and model.config.num_classes  # type: ignore
+    for j in range(t_bins):
+        lo, hi = edges[j], edges[j + 1]
+        t = torch.randint(lo, hi, (n,), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        for s in range(0, n, batch_size):
+            xb, tb, nb = (v[s : s + batch_size].to(device) for v in (x0, t, noise))
+            yb = labels[s : s + batch_size].to(device) if conditional else None
+            x_t = schedule.q_sample(xb, tb, nb)
+            for i, w in enumerate(widths):
+                pred = model(x_t, tb.float(), width=w, y=yb).float()
+                sums[i, j] += ((pred - nb) ** 2).mean(dim=(1, 2, 3)).sum().double().cpu()
+    model.train(was_training)
+    per_bin = (sums / n).tolist()
+    return WidthLosses(
+        widths=widths,
+        overall=tuple(sum(r) / t_bins for r in per_bin),
+        t_edges=edges,
+        per_bin=tuple(tuple(r) for r in per_bin),
+        n_images=n,
+    )
+
+
+@torch.no_grad()
+def sample_width_grid(
+    model: nn.Module,
+    schedule: NoiseSchedule,
+    path: str | Path,
+    *,
+    widths: tuple[float, ...] | None = None,
+    n: int = 16,
+    sampler: str = "ddim",
+    steps: int = 50,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> Path:
+    """One row of ``n`` samples per width (same seeds in every row), saved as a PNG grid."""
+    from ddsm_core.sampling import VPDenoiser, sample
+    from ddsm_core.strategy import Strategy
+
+    cfg: UNetConfig = model.config  # type: ignore[assignment]
+    widths = tuple(widths or cfg.widths)
+    was_training = model.training
+    model.eval()
+    denoiser = VPDenoiser(model, schedule)
+    shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
+    seeds = list(range(seed, seed + n))
+    y = torch.arange(n, device=device) % cfg.num_classes if cfg.num_classes else None
+    rows = []
+    for w in widths:
+        strategy = Strategy.uniform(sampler, steps, cfg.widths.index(w), cfg.widths)
+        rows.append(sample(denoiser, strategy, shape, seeds, y=y, device=device).cpu())
+    model.train(was_training)
+    return save_image_grid(torch.cat(rows), path, nrow=n)
+
+
+# ---- the training loop ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    owns_group: bool = False
+
+    @classmethod
+    def from_env(cls, device_type: str) -> _Dist:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        import torch.distributed as dist
+
+        owns = False
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+            owns = True
+        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owns)
+
+    def any_flag(self, flag: bool) -> bool:
+        """True on every rank if ``flag`` is set on any (so all ranks stop at the same step)."""
+        if self.world == 1:
+            return flag
+        import torch.distributed as dist
+
+        t = torch.tensor([1.0 if flag else 0.0])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+
+class _StopRequest:
+    """SIGINT / SIGTERM -> finish the current step, checkpoint, return. A second Ctrl-C aborts."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def pick_device(device: str | None, local_rank: int = 0) -> torch.device:
+    """``cuda:LOCAL_RANK`` when CUDA is there (or asked for), else the CPU."""
+    if device in (None, "auto"):
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("device 'cuda' asked for but CUDA is not available; use --device cpu")
+        if dev.index is None:
+            dev = torch.device(f"cuda:{local_rank}")
+    return dev
+
+
+def _check_resume_config(saved: Mapping[str, Any] | None, config: TrainConfig, where: Path) -> None:
+    if not saved:
+        return
+    old = TrainConfig.from_dict(saved)
+    diff = [
+        f"{f.name}: run {getattr(old, f.name)!r} vs now {getattr(config, f.name)!r}"
+        for f in dataclasses.fields(TrainConfig)
+        if f.name not in config.RUN_CONTROL and getattr(old, f.name) != getattr(config, f.name)
+    ]
+    if diff:
+        raise ConfigError(
+            f"cannot resume {where} with a different training recipe ({'; '.join(diff)}); "
+            "drop those options or start a new --out"
+        )
+
+
+def train(
+    model_config: UNetConfig,
+    config: TrainConfig,
+    out_dir: str | Path,
+    *,
+    dataset: Any = None,
+    eval_dataset: Any = None,
+    resume: bool = False,
+    device: str | None = None,
+    data_root: str | Path | None = None,
+    progress: bool = True,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+    stop_at: int | None = None,
+) -> TrainResult:
+    """Train (or resume) a supernet into the run directory ``out_dir``.
+
+    :param dataset: a dataset of ``(image in [-1,1], label)``; default ``load_dataset(config.dataset)``.
+    :param eval_dataset: images for the per-width eval loss; default the dataset's test split when it
+        has one, else the training images.
+    :param resume: continue from ``out_dir``'s latest checkpoint (fresh start if there is none).
+        Without it, an ``out_dir`` that already holds a checkpoint is an error.
+    :param callback: called on rank 0 after every step with ``{"step", "losses", "lr", ...}``.
+    :param stop_at: stop (checkpointing) once this step is reached, as if interrupted (tests).
+    :return: where it ended; ``interrupted`` is set when a signal (or ``stop_at``) stopped it early.
+    """
+    started = time.time()
+    out_dir = Path(out_dir)
+    dev0 = pick_device(device)
+    dist_env = _Dist.from_env(dev0.type)
+    dev = pick_device(device, dist_env.local_rank) if dev0.type == "cuda" else dev0
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    try:
+        return _train(
+            model_config, config, out_dir, dataset, eval_dataset, resume, dev, dist_env, data_root,
+            progress, callback, stop_at, started,
+        )  # fmt: skip
+    finally:
+        if dist_env.owns_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _load_datasets(config: TrainConfig, model_config: UNetConfig, dataset: Any, eval_dataset: Any, root: Any):
+    size, ch = model_config.image_size, model_config.in_channels
+    if dataset is None:
+        dataset = load_dataset(config.dataset, split="train", image_size=size, channels=ch, root=root)
+    if eval_dataset is None:
+        if config.dataset in ("digits", "cifar10"):
+            eval_dataset = load_dataset(config.dataset, split="test", image_size=size, channels=ch, root=root)
+        else:
+            eval_dataset = dataset
+    shape = tuple(dataset[0][0].shape)
+    if shape != (ch, size, size):
+        raise ConfigError(
+            f"dataset {config.dataset!r} gives images of shape {shape}, the model expects {(ch, size, size)}"
+        )
+    return dataset, eval_dataset
+
+
+def _train(
+    model_config: UNetConfig,
+    config: TrainConfig,
+    out_dir: Path,
+    dataset: Any,
+    eval_dataset: Any,
+    resume: bool,
+    dev: torch.device,
+    dist_env: _Dist,
+    data_root: Any,
+    progress: bool,
+    callback: Callable[[dict[str, Any]], None] | None,
+    stop_at: int | None,
+    started: float,
+) -> TrainResult:
+    from ddsm_core.unet import SlimmableUNet
+
+    is_main = dist_env.rank == 0
+    schedule = config.schedule()
+    dataset, eval_dataset = _load_datasets(config, model_config, dataset, eval_dataset, data_root)
+    if config.batch_size % dist_env.world:
+        raise ConfigError(f"batch size {config.batch_size} is not divisible by {dist_env.world} processes")
+
+    # 1. model, EMA, optimizer, LR schedule (fresh, or restored from the run's latest checkpoint)
+    model = SlimmableUNet(model_config).to(dev)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.Adam(
+        model.parameters(), lr=config.lr, betas=config.adam_betas, weight_decay=config.weight_decay
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(config, k))
+    start_step = 0
+    existing = ckpt_io.find_resumable(out_dir) if out_dir.exists() else None
+    if existing is not None and not resume:
+        raise TrainingError(
+            f"{out_dir} already holds a run (checkpoint {existing.name}); pass --resume to continue it "
+            "or choose another --out"
+        )
+    if existing is not None:
+        start_step = _restore(existing, model, ema, opt, sched, model_config, config, dev)
+    if is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        ckpt_io.clean_stale_temporaries(out_dir)
+
+    ddp: nn.Module = model
+    no_sync = None
+    if dist_env.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+        no_sync = ddp.no_sync
+
+    # 2. data: batches are a function of (seed, step), so a resumed run sees what the first one would have
+    sampler = StepBatchSampler(
+        len(dataset), config.batch_size, seed=config.seed, start_step=start_step,
+        total_steps=config.steps, rank=dist_env.rank, world=dist_env.world,
+    )  # fmt: skip
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, num_workers=config.num_workers, pin_memory=dev.type == "cuda"
+    )
+    amp = config.amp and dev.type == "cuda"
+    image_shape = tuple(dataset[0][0].shape)
+    local = config.batch_size // dist_env.world
+    part = slice(dist_env.rank * local, (dist_env.rank + 1) * local)
+    conditional = model_config.num_classes is not None
+    rng_devices = [dev.index] if dev.type == "cuda" else []
+    log_path = out_dir / "log.jsonl"
+    smooth: dict[float, float] = {}
+
+    bar = _progress_bar(config.steps, start_step, enabled=progress and is_main)
+    step = start_step
+    last_ckpt: Path | None = existing
+    last_eval: WidthLosses | None = None
+    interrupted = False
+    with _StopRequest() as stop:
+        batches: Iterator[Any] = iter(loader)
+        while step < config.steps:
+            x0, y = next(batches)
+            draws = step_draws(config, step, image_shape, model_config.widths)
+            x0 = x0.to(dev, non_blocking=True)
+            flip = draws["flip"][part].to(dev)
+            if config.hflip:
+                x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+            y = y.to(dev) if conditional else None
+            t, noise = draws["t"][part].to(dev), draws["noise"][part].to(dev)
+
+            # 3. the sandwich step; dropout draws from a per-step seed inside a forked global RNG
+            opt.zero_grad(set_to_none=True)
+            with torch.random.fork_rng(devices=rng_devices):
+                torch.manual_seed(derive_seed(config.seed, "dropout", step, dist_env.rank))
+                losses = train_step(
+                    ddp, schedule, x0, y, t, noise, draws["widths"], distill=config.distill, amp=amp,
+                    no_sync=no_sync,
+                )  # fmt: skip
+            grad_norm = (
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                if config.grad_clip > 0
+                else torch.tensor(0.0)
+            )
+            opt.step()
+            sched.step()
+            decay = min(config.ema_decay, (1 + step) / (10 + step)) if config.ema_warmup else config.ema_decay
+            ema_update(ema, model, decay)
+            step += 1
+            if not bool(torch.stack(list(losses.values())).isfinite().all()):
+                values = {w: float(v) for w, v in losses.items()}
+                raise TrainingError(
+                    f"non-finite loss at step {step} ({_fmt_losses(values)}); lower --lr or check the data"
+                )
+
+            # 4. bookkeeping (rank 0): progress, log, eval, samples, checkpoints
+            stop_now = stop.signum is not None or (stop_at is not None and step >= stop_at)
+            stop_now = dist_env.any_flag(stop_now)
+            log_now = step % config.log_every == 0 or step == config.steps or stop_now
+            if log_now or callback is not None:
+                values = {w: float(v) for w, v in losses.items()}
+                for w, v in values.items():
+                    smooth[w] = v if w not in smooth else 0.9 * smooth[w] + 0.1 * v
+                record = {
+                    "step": step,
+                    "losses": {format_width(w): v for w, v in values.items()},
+                    "lr": sched.get_last_lr()[0],
+                    "grad_norm": float(grad_norm),
+                    "ema_decay": decay,
+                    "elapsed_s": round(time.time() - started, 3),
+                }
+                if is_main and callback is not None:
+                    callback(record)
+                if is_main and log_now:
+                    _append_jsonl(log_path, record)
+                    bar.set_postfix_str(_fmt_losses(smooth), refresh=False)
+            bar.update(1)
+            final = step == config.steps or stop_now
+            if is_main and (_due(step, config.eval_every) or (final and not stop_now)):
+                last_eval = eval_width_losses(
+                    ema, schedule, eval_dataset, n_images=config.eval_images, seed=config.seed, device=dev
+                )
+                _append_jsonl(out_dir / "eval.jsonl", {"step": step, "ema": True, **last_eval.to_dict()})
+            if is_main and (_due(step, config.sample_every) or (final and not stop_now)):
+                sample_width_grid(
+                    ema, schedule, out_dir / "samples" / f"{ckpt_io.step_dir_name(step)}.png",
+                    n=config.sample_n, sampler=config.sample_sampler, steps=config.sample_steps,
+                    seed=config.seed, device=dev,
+                )  # fmt: skip
+            if is_main and (_due(step, config.checkpoint_every) or final):
+                last_ckpt = _save(
+                    out_dir, step, model, ema, opt, sched, model_config, schedule, config, last_eval
+                )
+            if final:
+                dist_env.barrier()
+            if stop_now and step < config.steps:
+                interrupted = True
+                break
+    bar.close()
+    return TrainResult(
+        step=step,
+        checkpoint=last_ckpt,
+        interrupted=interrupted,
+        signal=stop.signum,
+        wall_s=time.time() - started,
+        eval=last_eval,
+    )
+
+
+def _due(step: int, every: int) -> bool:
+    return every > 0 and step % every == 0
+
+
+def _save(
+    out_dir: Path,
+    step: int,
+    model: nn.Module,
+    ema: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    model_config: UNetConfig,
+    schedule: NoiseSchedule,
+    config: TrainConfig,
+    last_eval: WidthLosses | None,
+) -> Path:
+    state = {
+        "step": step,
+        "optimizer": opt.state_dict(),
+        "lr_scheduler": sched.state_dict(),
+    }
+    return ckpt_io.save_to_run(
+        out_dir,
+        step=step,
+        keep_last=config.keep_last,
+        model_config=model_config,
+        schedule=schedule.to_dict(),
+        model_state=model.state_dict(),
+        ema_state=ema.state_dict(),
+        training_state=state,
+        train_config=config.to_dict(),
+        extra={
+            "rng": "per step, derived from (train_config.seed, step, rank): resuming needs no RNG state",
+            "eval": last_eval.to_dict() if last_eval is not None else None,
+        },
+    )
+
+
+def _restore(
+    ckpt: Path,
+    model: nn.Module,
+    ema: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    model_config: UNetConfig,
+    config: TrainConfig,
+    dev: torch.device,
+) -> int:
+    from safetensors.torch import load_file
+
+    manifest = ckpt_io.read_manifest(ckpt)
+    ckpt_io.check_compatible(manifest, model_config)
+    _check_resume_config(manifest.get("train_config"), config, ckpt.parent)
+    if manifest["schedule"] != config.schedule().to_dict():
+        raise ConfigError(f"{ckpt} was trained with noise schedule {manifest['schedule']}")
+    for module, key in ((model, "model"), (ema, "ema")):
+        fname = manifest["weights"][key]
+        ckpt_io.load_state_into(module, load_file(str(ckpt / fname), device=str(dev)), ckpt / fname)
+    state = ckpt_io.load_training_state(ckpt, map_location=str(dev))
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["lr_scheduler"])
+    return int(manifest["step"])
+
+
+def _fmt_losses(losses: Mapping[float, float]) -> str:
+    return " ".join(f"{format_width(w)}={v:.4f}" for w, v in sorted(losses.items()))
+
+
+def _append_jsonl(path: Path, record: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+class _NoBar:
+    def set_postfix_str(self, *a: Any, **k: Any) -> None: ...
+    def update(self, *a: Any) -> None: ...
+    def close(self) -> None: ...
+
+
+def _progress_bar(total: int, initial: int, enabled: bool) -> Any:
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
