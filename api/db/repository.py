@@ -347,10 +347,18 @@ class Repository:
             return self._cas(s, stmt)
 
     def training_progress(
-        self, run_id: int, attempt: int, worker: str, step: int, checkpoint_sha256: str | None = None
+        self,
+        run_id: int,
+        attempt: int,
+        worker: str,
+        step: int,
+        checkpoint_sha256: str | None = None,
+        total_steps: int | None = None,
     ) -> bool:
         """Heartbeat + progress; False means this worker lost the run (cancelled or reaped): stop."""
         values: dict[str, Any] = {"step": step}
+        if total_steps:
+            values["total_steps"] = total_steps
         if checkpoint_sha256:
             values["last_checkpoint_sha256"] = checkpoint_sha256
         with self._tx() as s:
@@ -364,6 +372,20 @@ class Repository:
                     TrainingRun.worker == worker,
                 )
                 .values(**values)
+            )
+            return self._cas(s, stmt)
+
+    def heartbeat_training_run(self, run_id: int, attempt: int, worker: str) -> bool:
+        with self._tx() as s:
+            stmt = (
+                update(TrainingRun)
+                .where(
+                    TrainingRun.id == run_id,
+                    TrainingRun.status == JobStatus.RUNNING,
+                    TrainingRun.attempt == attempt,
+                    TrainingRun.worker == worker,
+                )
+                .values(heartbeat_at=self.now(s))
             )
             return self._cas(s, stmt)
 

@@ -1,0 +1,74 @@
+"""The FastAPI application: ``create_app(settings)``; ``uvicorn api.app:create_app --factory``.
+
+The process holds the search controller (a thread) and never imports torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, status
+from fastapi.responses import JSONResponse
+
+from api.artifacts import ArtifactStore
+from api.controller import SearchController
+from api.db.engine import make_engine, upgrade
+from api.db.repository import Repository
+from api.queue import Dispatcher
+from api.routes import health, reference_stats, searches, strategies, supernets, training
+from api.services import Conflict, NotFound
+from api.settings import Settings
+from ddsm_core.errors import ConfigError, DDSMError
+
+
+def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None = None) -> FastAPI:
+    """The app; ``dispatcher`` replaces the Celery sender (tests)."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        url = settings.resolved_database_url()
+        if settings.embedded or url.startswith("sqlite"):
+            upgrade(url)  # embedded: no separate migration step (compose runs `alembic upgrade head`)
+        engine = make_engine(url)
+        app.state.settings = settings
+        app.state.repo = Repository(engine)
+        app.state.store = ArtifactStore(settings.resolved_artifact_store())
+        app.state.dispatcher = dispatcher or Dispatcher(settings)
+        controller = SearchController(app.state.repo, app.state.dispatcher, settings)
+        if settings.run_controller:
+            controller.start()
+        app.state.controller = controller
+        try:
+            yield
+        finally:
+            if settings.run_controller:
+                controller.stop()
+            engine.dispose()
+
+    app = FastAPI(
+        title="ddsm",
+        summary="Step-aware diffusion: supernets, reference statistics, width-strategy searches.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    for module in (health, supernets, training, reference_stats, searches, strategies):
+        app.include_router(module.router)
+    _error_handlers(app)
+    return app
+
+
+def _error_handlers(app: FastAPI) -> None:
+    """User mistakes become 4xx with the message; never a 500."""
+
+    def reply(code: int):  # noqa: ANN202
+        async def handler(_: Request, exc: Exception) -> JSONResponse:
+            return JSONResponse({"detail": str(exc)}, status_code=code)
+
+        return handler
+
+    app.add_exception_handler(NotFound, reply(status.HTTP_404_NOT_FOUND))
+    app.add_exception_handler(Conflict, reply(status.HTTP_409_CONFLICT))
+    app.add_exception_handler(ConfigError, reply(status.HTTP_422_UNPROCESSABLE_CONTENT))
+    app.add_exception_handler(DDSMError, reply(status.HTTP_400_BAD_REQUEST))

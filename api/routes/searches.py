@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
+
+from api import services
+from api.db.models import CandidateState
+from api.deps import Read, RepoDep, Write, conflict, not_found
+from api.schemas import CandidateOut, CandidatePage, SearchCreate, SearchOut
+
+router = APIRouter(prefix="/searches", tags=["searches"])
+
+
+def _view(repo: RepoDep, search_id: int) -> SearchOut:
+    search = repo.get_search(search_id)
+    if search is None:
+        raise not_found("search", search_id)
+    return SearchOut.model_validate(services.search_view(repo, search))
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, dependencies=[Write])
+def create_search(body: SearchCreate, repo: RepoDep) -> SearchOut:
+    """Start a search; the controller asks NSGA-II for generations and dispatches candidates."""
+    return _view(repo, services.create_search(repo, body))
+
+
+@router.get("", dependencies=[Read])
+def list_searches(repo: RepoDep) -> list[SearchOut]:
+    return [SearchOut.model_validate(services.search_view(repo, s)) for s in repo.list_searches()]
+
+
+@router.get("/{search_id}", dependencies=[Read])
+def get_search(search_id: int, repo: RepoDep) -> SearchOut:
+    return _view(repo, search_id)
+
+
+@router.get("/{search_id}/candidates", dependencies=[Read])
+def list_candidates(
+    search_id: int,
+    repo: RepoDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    state: CandidateState | None = None,
+) -> CandidatePage:
+    if repo.get_search(search_id) is None:
+        raise not_found("search", search_id)
+    total = (
+        sum(repo.count_candidates(search_id).values())
+        if state is None
+        else len(repo.candidates(search_id, state=state))
+    )
+    rows = repo.candidates(search_id, state=state, offset=offset, limit=limit)
+    items = [CandidateOut.model_validate({**c.__dict__, "state": c.state.value}) for c in rows]
+    return CandidatePage(total=total, offset=offset, limit=limit, items=items)
+
+
+@router.post("/{search_id}/cancel", dependencies=[Write])
+def cancel_search(search_id: int, repo: RepoDep) -> SearchOut:
+    view = _view(repo, search_id)
+    if not repo.cancel_search(search_id):
+        raise conflict(f"search {search_id} is {view.status}: only a running search can be cancelled")
+    return _view(repo, search_id)
+
+
+@router.post("/{search_id}/resume", dependencies=[Write])
+def resume_search(search_id: int, repo: RepoDep) -> SearchOut:
+    view = _view(repo, search_id)
+    if not repo.resume_search(search_id):
+        raise conflict(
+            f"search {search_id} is {view.status}: only a cancelled or failed search can be resumed"
+        )
+    return _view(repo, search_id)

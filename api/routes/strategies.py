@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from fastapi import APIRouter, Response
+
+from api import services
+from api.deps import Read, RepoDep
+from ddsm_core.strategy import Strategy
+
+router = APIRouter(tags=["strategies"])
+PNG = {200: {"content": {"image/png": {}}}}
+
+
+def _png(strategy: Strategy, title: str) -> Response:
+    from ddsm_core.plots import plot_strategy
+
+    buf = io.BytesIO()
+    plot_strategy(strategy, buf, title=title)
+    return Response(buf.getvalue(), media_type="image/png")
+
+
+@router.get("/candidates/{candidate_id}/strategy", dependencies=[Read])
+def candidate_strategy(candidate_id: int, repo: RepoDep) -> dict[str, Any]:
+    """The candidate's strategy as JSON (use it with `ddsm sample --strategy file.json`)."""
+    return services.candidate_strategy(repo, candidate_id).to_dict()
+
+
+@router.get("/candidates/{candidate_id}/strategy/plot.png", dependencies=[Read], responses=PNG)
+def candidate_strategy_png(candidate_id: int, repo: RepoDep) -> Response:
+    return _png(services.candidate_strategy(repo, candidate_id), f"candidate {candidate_id}")
+
+
+@router.get("/searches/{search_id}/strategies/{which}", dependencies=[Read])
+def search_strategy(search_id: int, which: str, repo: RepoDep) -> dict[str, Any]:
+    """``pick`` (FID + w * GFLOPs) or ``knee`` of a finished search, as JSON."""
+    return services.search_strategy(repo, search_id, which).to_dict()
+
+
+@router.get("/searches/{search_id}/strategies/{which}/plot.png", dependencies=[Read], responses=PNG)
+def search_strategy_png(search_id: int, which: str, repo: RepoDep) -> Response:
+    return _png(services.search_strategy(repo, search_id, which), f"search {search_id}: {which}")

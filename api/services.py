@@ -1,0 +1,151 @@
+"""What the routes do, without HTTP: validation against stored rows, registering artifacts, views.
+
+Raises :class:`NotFound` / :class:`Conflict` / ``ConfigError`` (all DDSMErrors); the app turns them into
+404 / 409 / 422 with the message.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from api.artifacts import ArtifactStore
+from api.db.models import JobStatus
+from api.db.repository import Repository, SearchRecord
+from api.queue import Dispatcher
+from api.schemas import SearchCreate
+from api.specs import SearchSpec
+from ddsm_core.errors import CheckpointError, ConfigError, DDSMError, StatsError
+from ddsm_core.strategy import Strategy
+
+
+class NotFound(DDSMError):
+    pass
+
+
+class Conflict(DDSMError):
+    pass
+
+
+def register_supernet(
+    repo: Repository, store: ArtifactStore, sender: Dispatcher, name: str, path: str
+) -> int:
+    """Store a checkpoint folder and let a worker check it and count its GFLOPs per width."""
+    from ddsm_core.checkpoint import read_manifest
+
+    manifest = read_manifest(path, verify=True)  # torch-free; CheckpointError names the bad file
+    sha = store.put_dir(manifest["path"])
+    config = {k: manifest.get(k) for k in ("step", "model_config", "schedule", "train_config")}
+    supernet_id = repo.create_supernet(name, sha, config)
+    sender.inspect_supernet(supernet_id)
+    return supernet_id
+
+
+def register_stats_file(repo: Repository, store: ArtifactStore, name: str, dataset: str, path: str) -> int:
+    from ddsm_core.fid import FeatureStats
+
+    stats = FeatureStats.load(path)  # StatsError for a missing / malformed file
+    sha = store.put_file(path)
+    return repo.create_reference_stats(name, dataset, stats.extractor, artifact_sha256=sha)
+
+
+def create_search(repo: Repository, body: SearchCreate) -> int:
+    net = repo.get_supernet(body.supernet_id)
+    if net is None:
+        raise NotFound(f"supernet {body.supernet_id} not found")
+    if net.status != JobStatus.COMPLETE or not net.gflops:
+        raise Conflict(f"supernet {net.id} is {net.status.value}, not ready: wait until it is COMPLETE")
+    stats = repo.get_reference_stats(body.reference_stats_id)
+    if stats is None:
+        raise NotFound(f"reference statistics {body.reference_stats_id} not found")
+    if stats.status != JobStatus.COMPLETE:
+        raise Conflict(f"reference statistics {stats.id} are {stats.status.value}, not ready")
+    available = [float(w) for w in net.gflops["widths"]]
+    widths = sorted(body.widths) if body.widths else available
+    unknown = [w for w in widths if not any(math.isclose(w, a) for a in available)]
+    if unknown:
+        raise ConfigError(f"widths {unknown} are not offered by supernet {net.id}; allowed: {available}")
+    widths = [next(a for a in available if math.isclose(w, a)) for w in widths]
+    fields = body.model_dump(exclude={"name", "supernet_id", "reference_stats_id", "widths"})
+    spec = SearchSpec(widths=tuple(widths), **fields)
+    return repo.create_search(body.name, net.id, stats.id, spec.to_dict())
+
+
+def search_view(repo: Repository, search: SearchRecord) -> dict[str, Any]:
+    counts = repo.count_candidates(search.id, phase="search")
+    generations = int(search.config.get("generations", 1))
+    state = search.algorithm_state or {}
+    done = int(state.get("generation", 0))
+    total_work = generations * int(search.config.get("population", 1))
+    finished = counts["COMPLETE"] + counts["FAILED"]
+    percent = (
+        100.0 if search.status == JobStatus.COMPLETE else min(99.0, 100.0 * finished / max(total_work, 1))
+    )
+    if search.result:
+        front = search.result["front"]
+    else:
+        front = _front_from_state(state)
+    return {
+        **{k: getattr(search, k) for k in ("id", "name", "supernet_id", "reference_stats_id", "config")},
+        "status": search.status.value,
+        "progress": {
+            "generations_done": done,
+            "generations": generations,
+            "candidates": counts,
+            "percent": percent,
+        },
+        "front": front,
+        "result": search.result,
+        "error": search.error,
+        "created_at": search.created_at,
+        "updated_at": search.updated_at,
+        "ended_at": search.ended_at,
+    }
+
+
+def _front_from_state(state: dict[str, Any]) -> list[dict[str, Any]]:
+    if not state:
+        return []
+    from ddsm_core.search import SearchDriver
+
+    driver = SearchDriver.from_state_dict(state)
+    return [{"genome": list(c.genome), "fid": c.fid, "gflops": c.cost} for c in driver.front()]
+
+
+def candidate_strategy(repo: Repository, candidate_id: int) -> Strategy:
+    cand = repo.get_candidate(candidate_id)
+    if cand is None:
+        raise NotFound(f"candidate {candidate_id} not found")
+    search = repo.get_search(cand.search_id)
+    assert search is not None
+    return SearchSpec.from_dict(search.config).strategy(cand.genome)
+
+
+def search_strategy(repo: Repository, search_id: int, which: str) -> Strategy:
+    search = repo.get_search(search_id)
+    if search is None:
+        raise NotFound(f"search {search_id} not found")
+    choices = ("pick", "knee")
+    if which not in choices:
+        raise ConfigError(f"unknown strategy {which!r}; allowed: {', '.join(choices)}")
+    if not search.result:
+        raise Conflict(f"search {search_id} is {search.status.value}: its {which} exists once it is COMPLETE")
+    return SearchSpec.from_dict(search.config).strategy(search.result[which]["genome"])
+
+
+def check_training(preset: str, model: dict[str, Any]) -> None:
+    """Torch-free checks of a training request (the worker validates the TrainConfig overrides)."""
+    from ddsm_core.config import UNetConfig
+
+    base = UNetConfig.from_preset(preset)  # ConfigError listing the presets
+    if model:
+        UNetConfig.from_dict({**base.to_dict(), **model})
+
+
+def check_path(path: str) -> None:
+    if not Path(path).exists():
+        raise ConfigError(f"path {path!r} does not exist on the API server")
+
+
+USER_ERRORS = (ConfigError, CheckpointError, StatsError)

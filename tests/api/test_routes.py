@@ -1,0 +1,231 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from api.controller import SearchController
+from api.db.models import JobStatus
+from api.settings import Settings
+from api.specs import SearchSpec, cost_table
+from workers.fast_eval import fast_metrics
+
+KEY = {"X-API-Key": "secret"}
+TABLE = {"widths": [0.25, 0.5, 0.75, 1.0], "gflops": [1.0, 2.0, 3.0, 4.0], "gflops_conv_linear": None}
+
+
+class Outbox:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, tuple[int, ...]]] = []
+
+    def evaluate_candidate(self, candidate_id: int, attempt: int) -> None:
+        self.sent.append(("evaluate", (candidate_id, attempt)))
+
+    def train_supernet(self, run_id: int, attempt: int) -> None:
+        self.sent.append(("train", (run_id, attempt)))
+
+    def compute_reference_stats(self, stats_id: int) -> None:
+        self.sent.append(("stats", (stats_id,)))
+
+    def inspect_supernet(self, supernet_id: int) -> None:
+        self.sent.append(("inspect", (supernet_id,)))
+
+
+@pytest.fixture
+def outbox() -> Outbox:
+    return Outbox()
+
+
+@pytest.fixture
+def client(tmp_path: Path, outbox: Outbox) -> Iterator[TestClient]:
+    settings = Settings(home=tmp_path / "home", api_key="secret", run_controller=False)
+    with TestClient(create_app(settings, dispatcher=outbox)) as c:  # type: ignore[arg-type]
+        yield c
+
+
+def ready(client: TestClient) -> tuple[int, int]:
+    """Factory: a COMPLETE supernet and reference statistics, written through the repository."""
+    repo = client.app.state.repo  # type: ignore[attr-defined]
+    net = repo.create_supernet("net", "a" * 64, {})
+    repo.supernet_ready(net, TABLE, {})
+    stats = repo.create_reference_stats("digits", "digits", "domain", artifact_sha256="b" * 64)
+    return net, stats
+
+
+def search_body(net: int, stats: int, **kw: object) -> dict[str, object]:
+    body = {
+        "supernet_id": net,
+        "reference_stats_id": stats,
+        "sampler": "ddim",
+        "steps": 4,
+        "population": 6,
+        "generations": 2,
+        "n_images": 4,
+        "final_images": 8,
+        "weight": 2.0,
+        "mutation_rate": 0.2,
+    }
+    return {**body, **kw}
+
+
+def test_health_answers_without_a_key(client: TestClient) -> None:
+    reply = client.get("/health")
+    assert reply.status_code == 200 and reply.json()["database"] == "ok"
+
+
+def test_writes_need_the_api_key_and_reads_do_not(client: TestClient) -> None:
+    net, stats = ready(client)
+    assert client.post("/searches", json=search_body(net, stats)).status_code == 401
+    assert (
+        client.post("/searches", json=search_body(net, stats), headers={"X-API-Key": "no"}).status_code == 401
+    )
+    assert client.get("/searches").status_code == 200
+
+
+def test_reads_can_require_the_key(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, api_key="secret", reads_need_key=True, run_controller=False)
+    with TestClient(create_app(settings, dispatcher=Outbox())) as c:  # type: ignore[arg-type]
+        assert c.get("/searches").status_code == 401
+        assert c.get("/searches", headers=KEY).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("change", "code", "words"),
+    [
+        ({"supernet_id": 999}, 404, "supernet 999 not found"),
+        ({"reference_stats_id": 999}, 404, "not found"),
+        ({"sampler": "euler"}, 422, "allowed"),
+        ({"widths": [0.3]}, 422, "not offered"),
+        ({"population": 2}, 422, "population"),
+        ({"steps": 1}, 422, "steps"),
+        ({"crossover": "magic"}, 422, "crossover"),
+    ],
+)
+def test_user_mistakes_in_a_search_get_a_4xx_with_a_message(
+    client: TestClient, change: dict[str, object], code: int, words: str
+) -> None:
+    net, stats = ready(client)
+    reply = client.post("/searches", json=search_body(net, stats, **change), headers=KEY)
+    assert reply.status_code == code, reply.text
+    assert words in reply.text
+
+
+def test_search_on_a_supernet_not_ready_is_a_conflict(client: TestClient) -> None:
+    repo = client.app.state.repo  # type: ignore[attr-defined]
+    _, stats = ready(client)
+    pending = repo.create_supernet("p", "c" * 64, {})
+    reply = client.post("/searches", json=search_body(pending, stats), headers=KEY)
+    assert reply.status_code == 409 and "PENDING" in reply.text
+
+
+def test_unknown_ids_are_404(client: TestClient) -> None:
+    for path in (
+        "/searches/5",
+        "/supernets/5",
+        "/reference-stats/5",
+        "/training-runs/5",
+        "/searches/5/candidates",
+        "/candidates/5/strategy",
+    ):
+        assert client.get(path).status_code == 404, path
+
+
+def test_register_missing_checkpoint_is_a_4xx(client: TestClient, tmp_path: Path) -> None:
+    reply = client.post(
+        "/supernets", json={"name": "x", "checkpoint_path": str(tmp_path / "nope")}, headers=KEY
+    )
+    assert reply.status_code == 422 and "does not exist" in reply.text
+    (tmp_path / "empty").mkdir()
+    reply = client.post(
+        "/supernets", json={"name": "x", "checkpoint_path": str(tmp_path / "empty")}, headers=KEY
+    )
+    assert reply.status_code == 400 and "manifest" in reply.text
+
+
+def test_training_run_is_queued_and_can_be_cancelled_once(client: TestClient, outbox: Outbox) -> None:
+    reply = client.post("/training-runs", json={"preset": "digits", "train": {"steps": 20}}, headers=KEY)
+    assert reply.status_code == 202, reply.text
+    run = reply.json()
+    assert (
+        run["status"] == "PENDING" and run["total_steps"] == 20 and ("train", (run["id"], 1)) in outbox.sent
+    )
+    assert client.post(f"/training-runs/{run['id']}/cancel", headers=KEY).json()["status"] == "CANCELLED"
+    assert client.post(f"/training-runs/{run['id']}/cancel", headers=KEY).status_code == 409
+    assert client.post("/training-runs", json={"preset": "imagenet"}, headers=KEY).status_code == 422
+
+
+def test_reference_stats_are_computed_on_a_worker(client: TestClient, outbox: Outbox) -> None:
+    reply = client.post("/reference-stats", json={"name": "d", "dataset": "digits"}, headers=KEY)
+    assert reply.status_code == 202 and reply.json()["status"] == "PENDING"
+    assert ("stats", (reply.json()["id"],)) in outbox.sent
+
+
+def test_search_over_rest_runs_to_a_front_with_progress_and_strategies(
+    client: TestClient, outbox: Outbox
+) -> None:
+    net, stats = ready(client)
+    reply = client.post("/searches", json=search_body(net, stats), headers=KEY)
+    assert reply.status_code == 201, reply.text
+    search = reply.json()
+    assert search["status"] == "RUNNING" and search["progress"]["percent"] == 0
+    repo = client.app.state.repo  # type: ignore[attr-defined]
+    controller = SearchController(repo, outbox, Settings())  # type: ignore[arg-type]
+    spec = SearchSpec.from_dict(search["config"])
+    for _ in range(100):
+        controller.tick(search["id"])
+        for _, (cid, attempt) in [m for m in outbox.sent if m[0] == "evaluate"]:
+            if repo.claim_candidate(cid, attempt, "w"):
+                genome = repo.get_candidate(cid).genome
+                repo.complete_candidate(cid, attempt, "w", fast_metrics(spec, genome, cost_table(TABLE)))
+        outbox.sent.clear()
+        if repo.get_search(search["id"]).status == JobStatus.COMPLETE:
+            break
+    done = client.get(f"/searches/{search['id']}").json()
+    assert done["status"] == "COMPLETE" and done["progress"]["percent"] == 100 and done["front"]
+    page = client.get(f"/searches/{search['id']}/candidates", params={"limit": 3}).json()
+    assert len(page["items"]) == 3 and page["total"] > 3
+    pick = client.get(f"/searches/{search['id']}/strategies/pick").json()
+    assert pick["genes"] == done["result"]["pick"]["genome"] and pick["sampler"] == "ddim"
+    assert client.get(f"/searches/{search['id']}/strategies/best").status_code == 422
+    assert client.post(f"/searches/{search['id']}/cancel", headers=KEY).status_code == 409
+    assert client.post(f"/searches/{search['id']}/resume", headers=KEY).status_code == 409
+
+
+def test_strategy_line_plot_is_a_png(client: TestClient) -> None:
+    pytest.importorskip("ddsm_core.plots")
+    net, stats = ready(client)
+    sid = client.post("/searches", json=search_body(net, stats), headers=KEY).json()["id"]
+    repo = client.app.state.repo  # type: ignore[attr-defined]
+    SearchController(repo, Outbox(), Settings()).tick(sid)  # type: ignore[arg-type]
+    cid = repo.candidates(sid)[0].id
+    png = client.get(f"/candidates/{cid}/strategy/plot.png")
+    assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
+
+
+def test_cancel_then_resume_a_running_search(client: TestClient) -> None:
+    net, stats = ready(client)
+    sid = client.post("/searches", json=search_body(net, stats), headers=KEY).json()["id"]
+    assert client.post(f"/searches/{sid}/cancel", headers=KEY).json()["status"] == "CANCELLED"
+    assert client.post(f"/searches/{sid}/resume", headers=KEY).json()["status"] == "RUNNING"
+
+
+def test_the_api_process_imports_no_torch(tmp_path: Path) -> None:
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from fastapi.testclient import TestClient\n"
+        "from api.app import create_app\n"
+        "from api.settings import Settings\n"
+        "import api.cli, workers.app\n"
+        f"with TestClient(create_app(Settings(home={str(tmp_path)!r}))) as c:\n"
+        "    assert c.get('/health').status_code == 200\n"
+        "    assert c.get('/openapi.json').status_code == 200\n"
+        "print('no torch')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "no torch" in out.stdout

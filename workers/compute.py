@@ -1,0 +1,177 @@
+"""The torch side of the workers: every call into ddsm_core's model, training and evaluation code.
+
+Imported only inside task bodies. Supernets are cached per process, keyed by their checkpoint's sha256
+(a checkpoint is immutable, so the key never goes stale); so are feature extractors and statistics.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from api.specs import SearchSpec
+from ddsm_core.costs import CostTable
+from ddsm_core.errors import DDSMError
+
+_CACHE_SIZE = 2
+_models: OrderedDict[tuple[str, str], Any] = OrderedDict()
+_lock = threading.Lock()
+
+
+class TrainingStopped(DDSMError):
+    """The run was cancelled or reaped while this worker was training it."""
+
+
+def device_of(setting: str) -> str:
+    import torch
+
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return setting
+
+
+def load_supernet(checkpoint: Path, sha: str, device: str) -> tuple[Any, Any, dict[str, Any]]:
+    """``(model, schedule, manifest)`` for checkpoint ``sha``, loaded once per process and device."""
+    from ddsm_core.checkpoint import load_checkpoint
+
+    device = device_of(device)
+    with _lock:
+        key = (sha, device)
+        if key in _models:
+            _models.move_to_end(key)
+            return _models[key]
+        loaded = load_checkpoint(checkpoint, use_ema=True, map_location=device)
+        _models[key] = loaded
+        while len(_models) > _CACHE_SIZE:
+            _models.popitem(last=False)
+        return loaded
+
+
+def inspect_checkpoint(checkpoint: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Validate a checkpoint folder; return its per-width cost table and a config summary (manifest)."""
+    from ddsm_core.checkpoint import read_manifest
+    from ddsm_core.config import UNetConfig
+    from ddsm_core.flops import cost_table
+
+    manifest = read_manifest(checkpoint, verify=True)
+    config = UNetConfig.from_dict(manifest["model_config"])
+    table = cost_table(config)
+    summary = {k: manifest.get(k) for k in ("step", "model_config", "schedule", "train_config")}
+    return table.to_dict(), summary
+
+
+@cache
+def _stats(path: str) -> Any:
+    from ddsm_core.fid import FeatureStats
+
+    return FeatureStats.load(path)
+
+
+def evaluate_genome(
+    *,
+    checkpoint: Path,
+    checkpoint_sha: str,
+    stats_path: Path,
+    extractor: str,
+    spec: SearchSpec,
+    genome: Sequence[int],
+    n_images: int,
+    table: CostTable,
+    device: str,
+) -> dict[str, Any]:
+    """Sample ``n_images`` with the genome's strategy from the search's fixed seeds; FID + GFLOPs."""
+    from ddsm_core.evaluate import evaluate
+
+    model, schedule, _ = load_supernet(checkpoint, checkpoint_sha, device)
+    dev = device_of(device)
+    result = evaluate(
+        model,
+        schedule,
+        spec.strategy(genome),
+        _stats(str(stats_path)),
+        _extractor(extractor, dev),
+        n_images=n_images,
+        seeds=[spec.eval_seed + i for i in range(n_images)],
+        batch_size=spec.batch_size,
+        costs=table,
+        device=dev,
+    )
+    return result_metrics(result)
+
+
+def result_metrics(result: Any) -> dict[str, Any]:
+    """An EvalResult as the plain metrics dict stored with a candidate."""
+    from dataclasses import asdict, is_dataclass
+
+    data = asdict(result) if is_dataclass(result) else dict(result)
+    return {k: v for k, v in data.items() if isinstance(v, (int, float, str, bool)) or v is None}
+
+
+@cache
+def _extractor(name: str, device: str) -> Any:
+    from ddsm_core.features import get_extractor
+
+    return get_extractor(name, device=device)
+
+
+def reference_stats(dataset: str, extractor: str, out: Path, device: str) -> tuple[Path, int]:
+    from ddsm_core.features import reference_stats as compute
+
+    stats = compute(dataset, extractor, device=device_of(device))
+    return stats.save(out), int(stats.n)
+
+
+def train_supernet(
+    config: Mapping[str, Any],
+    workdir: Path,
+    resume_from: Path | None,
+    on_checkpoint: Callable[[int, Path | None, int], bool],
+    stop: Callable[[], bool],
+    device: str = "auto",
+) -> Path:
+    """Train (or resume) into ``workdir``; every new checkpoint goes to ``on_checkpoint`` (which returns
+    False when this worker lost the run). Returns the final checkpoint folder."""
+    from ddsm_core import checkpoint as ckpt_io
+    from ddsm_core.config import UNetConfig
+    from ddsm_core.train import TrainConfig, train
+
+    preset = config.get("preset", "digits")
+    model_config = UNetConfig.from_preset(preset)
+    if config.get("model"):
+        model_config = UNetConfig.from_dict({**model_config.to_dict(), **config["model"]})
+    train_config = TrainConfig.for_preset(preset, **config.get("train", {}))
+    run_dir = workdir / "run"
+    if resume_from is not None:
+        name = ckpt_io.step_dir_name(int(ckpt_io.read_manifest(resume_from)["step"]))
+        ckpt_io.copy_checkpoint(resume_from, run_dir / name)
+        (run_dir / ckpt_io.LATEST).write_text(name)
+    seen: dict[str, Path | None] = {"latest": None}
+
+    def callback(info: dict[str, Any]) -> None:
+        latest = ckpt_io.find_resumable(run_dir) if run_dir.exists() else None
+        fresh = latest if latest is not None and latest != seen["latest"] else None
+        seen["latest"] = latest or seen["latest"]
+        every = max(1, train_config.log_every)
+        if (fresh is not None or int(info["step"]) % every == 0) and not on_checkpoint(
+            int(info["step"]), fresh
+        ):
+            raise TrainingStopped("training run cancelled or taken over by another worker")
+        if stop():
+            raise TrainingStopped("lost the heartbeat of this training run")
+
+    result = train(
+        model_config,
+        train_config,
+        run_dir,
+        resume=True,
+        device=device_of(device),
+        progress=False,
+        callback=callback,
+    )
+    if result.checkpoint is None:
+        raise DDSMError("training ended without a checkpoint")
+    return result.checkpoint

@@ -1,0 +1,226 @@
+"""Celery tasks: thin adapters (claim -> load -> call ddsm_core -> record).
+
+Every task takes ids and plain values. The database decides whether a delivery runs: a redelivered or
+stale message loses the compare-and-set claim and is dropped, so results are recorded exactly once.
+Everything torch-related lives in :mod:`workers.compute` and is imported inside the task bodies.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import tempfile
+import threading
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from api.artifacts import ArtifactStore
+from api.db.engine import make_engine
+from api.db.repository import Repository
+from api.queue import COMPUTE_REFERENCE_STATS, EVALUATE_CANDIDATE, INSPECT_SUPERNET, TRAIN_SUPERNET
+from api.settings import Settings
+from api.specs import SearchSpec, cost_table
+from ddsm_core.errors import DDSMError
+from workers.app import app
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    settings: Settings
+    repo: Repository
+    store: ArtifactStore
+    name: str
+
+
+@cache
+def context() -> WorkerContext:
+    """Per-process state, created lazily in the process that runs tasks (after any fork)."""
+    settings = Settings()
+    return WorkerContext(
+        settings=settings,
+        repo=Repository(make_engine(settings.resolved_database_url())),
+        store=ArtifactStore(settings.resolved_artifact_store()),
+        name=f"{socket.gethostname()}:{os.getpid()}",
+    )
+
+
+class Heartbeat:
+    """Calls ``beat()`` every ``interval`` seconds on a thread; ``lost`` is set once it returns False."""
+
+    def __init__(self, beat: Callable[[], bool], interval: float) -> None:
+        self._beat, self._interval = beat, interval
+        self._stop = threading.Event()
+        self.lost = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ddsm-heartbeat", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                if not self._beat():
+                    self.lost.set()
+                    return
+            except Exception:  # a database blip: try again next interval
+                log.warning("heartbeat failed", exc_info=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def _error(exc: BaseException) -> str:
+    if isinstance(exc, DDSMError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
+
+
+def local_checkpoint(ctx: WorkerContext, sha: str) -> Path:
+    """The supernet checkpoint folder ``sha`` in this machine's cache (downloaded once)."""
+    return ctx.store.get_dir(sha, ctx.settings.resolved_worker_cache() / "checkpoints" / sha)
+
+
+def local_stats(ctx: WorkerContext, sha: str) -> Path:
+    path = ctx.settings.resolved_worker_cache() / "stats" / f"{sha}.npz"
+    return path if path.exists() else ctx.store.get_file(sha, path)
+
+
+# ---------------------------------------------------------------------------- evaluate_candidate
+@app.task(name=EVALUATE_CANDIDATE, acks_late=True, reject_on_worker_lost=True)
+def evaluate_candidate(candidate_id: int, attempt: int) -> str:
+    ctx = context()
+    if not ctx.repo.claim_candidate(candidate_id, attempt, ctx.name):
+        return "dropped"  # redelivered, stale or cancelled: someone else owns it
+    beat = Heartbeat(
+        lambda: ctx.repo.heartbeat(candidate_id, attempt, ctx.name), ctx.settings.heartbeat_interval_s
+    )
+    with beat:
+        try:
+            metrics = _evaluate(ctx, candidate_id)
+        except Exception as exc:
+            log.exception("candidate %s failed", candidate_id)
+            ctx.repo.fail_candidate(candidate_id, attempt, ctx.name, _error(exc))
+            return "failed"
+    ok = ctx.repo.complete_candidate(candidate_id, attempt, ctx.name, metrics)
+    return "complete" if ok else "lost"
+
+
+def _evaluate(ctx: WorkerContext, candidate_id: int) -> dict[str, Any]:
+    cand = ctx.repo.get_candidate(candidate_id)
+    assert cand is not None
+    search = ctx.repo.get_search(cand.search_id)
+    assert search is not None
+    net = ctx.repo.get_supernet(search.supernet_id)
+    stats = ctx.repo.get_reference_stats(search.reference_stats_id)
+    if net is None or net.gflops is None or stats is None or stats.artifact_sha256 is None:
+        raise DDSMError("the search's supernet or reference statistics are not ready")
+    spec = SearchSpec.from_dict(search.config)
+    if ctx.settings.evaluator == "fast":
+        from workers.fast_eval import fast_metrics
+
+        return fast_metrics(spec, cand.genome, cost_table(net.gflops), ctx.settings.fast_eval_seconds)
+    from workers import compute
+
+    return compute.evaluate_genome(
+        checkpoint=local_checkpoint(ctx, net.artifact_sha256),
+        checkpoint_sha=net.artifact_sha256,
+        stats_path=local_stats(ctx, stats.artifact_sha256),
+        extractor=stats.extractor,
+        spec=spec,
+        genome=cand.genome,
+        n_images=cand.n_images,
+        table=cost_table(net.gflops),
+        device=ctx.settings.device,
+    )
+
+
+# ---------------------------------------------------------------------------- supernets
+@app.task(name=INSPECT_SUPERNET, acks_late=True, reject_on_worker_lost=True)
+def inspect_supernet(supernet_id: int) -> str:
+    """Load a registered checkpoint, check it, count its GFLOPs per width: PENDING -> COMPLETE."""
+    ctx = context()
+    net = ctx.repo.get_supernet(supernet_id)
+    if net is None or net.status.value != "PENDING":
+        return "dropped"
+    from workers import compute
+
+    try:
+        table, config = compute.inspect_checkpoint(local_checkpoint(ctx, net.artifact_sha256))
+    except Exception as exc:
+        ctx.repo.supernet_failed(supernet_id, _error(exc))
+        return "failed"
+    ctx.repo.supernet_ready(supernet_id, table, config)
+    return "complete"
+
+
+@app.task(name=TRAIN_SUPERNET, acks_late=True, reject_on_worker_lost=True)
+def train_supernet(run_id: int, attempt: int) -> str:
+    """Long-lived: trains, uploads each checkpoint to the artifact store with progress, resumes from the
+    last uploaded checkpoint when delivered again (a new attempt after the controller reaped it)."""
+    ctx = context()
+    if not ctx.repo.claim_training_run(run_id, attempt, ctx.name):
+        return "dropped"
+    run = ctx.repo.get_training_run(run_id)
+    assert run is not None
+    from workers import compute
+
+    ctx.settings.resolved_worker_cache().mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=f"ddsm-train-{run_id}-", dir=ctx.settings.resolved_worker_cache()))
+    resume = local_checkpoint(ctx, run.last_checkpoint_sha256) if run.last_checkpoint_sha256 else None
+
+    def on_checkpoint(step: int, folder: Path | None, total: int) -> bool:
+        sha = ctx.store.put_dir(folder) if folder is not None else None
+        return ctx.repo.training_progress(run_id, attempt, ctx.name, step, sha, total)
+
+    beat = Heartbeat(
+        lambda: ctx.repo.heartbeat_training_run(run_id, attempt, ctx.name), ctx.settings.heartbeat_interval_s
+    )
+    with beat:
+        try:
+            final = compute.train_supernet(
+                run.config, workdir, resume, on_checkpoint, stop=beat.lost.is_set, device=ctx.settings.device
+            )
+        except compute.TrainingStopped:
+            return "stopped"
+        except Exception as exc:
+            log.exception("training run %s failed", run_id)
+            ctx.repo.fail_training_run(run_id, attempt, ctx.name, _error(exc))
+            return "failed"
+    sha = ctx.store.put_dir(final)
+    table, config = compute.inspect_checkpoint(final)
+    supernet_id = ctx.repo.complete_training_run(run_id, attempt, ctx.name, sha, config)
+    if supernet_id is not None:
+        ctx.repo.supernet_ready(supernet_id, table, config)
+    return "complete"
+
+
+# ---------------------------------------------------------------------------- reference statistics
+@app.task(name=COMPUTE_REFERENCE_STATS, acks_late=True, reject_on_worker_lost=True)
+def compute_reference_stats(stats_id: int) -> str:
+    ctx = context()
+    stats = ctx.repo.get_reference_stats(stats_id)
+    if stats is None or stats.status.value != "PENDING":
+        return "dropped"
+    from workers import compute
+
+    ctx.settings.resolved_worker_cache().mkdir(parents=True, exist_ok=True)
+    try:
+        with tempfile.TemporaryDirectory(dir=ctx.settings.resolved_worker_cache()) as tmp:
+            path, n = compute.reference_stats(
+                stats.dataset, stats.extractor, Path(tmp) / "stats.npz", ctx.settings.device
+            )
+            sha = ctx.store.put_file(path)
+    except Exception as exc:
+        ctx.repo.reference_stats_failed(stats_id, _error(exc))
+        return "failed"
+    ctx.repo.reference_stats_ready(stats_id, sha, n)
+    return "complete"
