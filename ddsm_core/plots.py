@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal
 
 from ddsm_core.errors import ConfigError
 from ddsm_core.strategy import Strategy
@@ -33,21 +33,22 @@ def _labelled(strategies: StrategyInput) -> list[tuple[str, Strategy]]:
 
 def plot_strategy(
     strategies: StrategyInput,
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | IO[bytes],
     *,
     title: str | None = None,
     x: Literal["step", "progress"] = "step",
     dpi: int = 120,
-) -> Path:
+) -> Path | IO[bytes]:
     """Write a PNG line plot of width (fraction of full width) against sampler step.
 
     :param strategies: one :class:`Strategy`, or ``(label, Strategy)`` pairs / a ``{label: Strategy}``
         mapping to compare several on one axis.
-    :param path: PNG file to write (parent folders are created).
+    :param path: PNG file to write (parent folders are created), or a binary file object
+        (e.g. ``io.BytesIO`` for an HTTP response).
     :param title: figure title (default: the sampler and step count, when all strategies share them).
     :param x: ``"step"`` plots against the step index (0 = noisiest); ``"progress"`` against the
         fraction of the trajectory, ``(i + 0.5) / steps``, to compare strategies of different lengths.
-    :return: the path written.
+    :return: the path written (the file object itself when given one).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -82,7 +83,10 @@ def plot_strategy(
         ax.set_title(title)
     if len(items) > 1 or isinstance(strategies, (Mapping, Sequence)):
         ax.legend(loc="lower right", fontsize="small")
-    out = Path(path)
+    if hasattr(path, "write"):
+        fig.savefig(path, format="png", dpi=dpi)
+        return path  # type: ignore[return-value]
+    out = Path(path)  # type: ignore[arg-type]
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, format="png", dpi=dpi)
     return out

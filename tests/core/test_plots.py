@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 
@@ -17,6 +18,12 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def test_plot_one_strategy_writes_a_png(tmp_path) -> None:
     out = plot_strategy(Strategy.piecewise("ddim", 10, [0, 3, 6]), tmp_path / "sub" / "s.png")
     assert out.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_plot_writes_to_a_binary_file_object() -> None:
+    buf = io.BytesIO()
+    assert plot_strategy(Strategy.uniform("edm", 18, 3), buf, title="candidate 7") is buf
+    assert buf.getvalue()[:8] == PNG_MAGIC
 
 
 def test_plot_compares_labelled_strategies_of_different_lengths(tmp_path) -> None:
