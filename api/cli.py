@@ -11,3 +11,7 @@ register_all(app, ("api.service_cmds",))
 
 def main() -> None:
     sys.exit(run_app(app))
+
+
+if __name__ == "__main__":
+    main()

@@ -37,6 +37,7 @@ from ddsm_core.search import SearchDriver
 log = logging.getLogger(__name__)
 
 SEARCH, FINAL = "search", "final"
+MAX_TICK_ERRORS = 5
 
 
 class Sender(Protocol):
@@ -66,6 +67,7 @@ class SearchController:
         self.id = ident or controller_id()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._errors: dict[int, int] = {}
 
     # ------------------------------------------------------------------ loop
     def start(self) -> None:
@@ -95,9 +97,12 @@ class SearchController:
         for search_id in self.repo.active_search_ids():
             try:
                 self.tick(search_id)
-            except Exception as exc:
-                log.exception("search %s failed in the controller", search_id)
-                self.repo.fail_search(search_id, f"controller error: {exc}")
+                self._errors.pop(search_id, None)
+            except Exception as exc:  # retried next tick; a search that keeps failing is marked FAILED
+                log.exception("search %s: controller tick failed", search_id)
+                self._errors[search_id] = self._errors.get(search_id, 0) + 1
+                if self._errors[search_id] >= MAX_TICK_ERRORS:
+                    self.repo.fail_search(search_id, f"controller error: {exc}")
 
     # ------------------------------------------------------------------ one search
     def tick(self, search_id: int) -> None:
@@ -189,7 +194,11 @@ class SearchController:
 
     def _dispatch(self, search_id: int) -> None:
         for cand in self.repo.candidates_to_send(search_id, self.settings.resend_after_s):
-            self.sender.evaluate_candidate(cand.id, cand.attempt)
+            try:
+                self.sender.evaluate_candidate(cand.id, cand.attempt)
+            except Exception:  # broker unreachable: the candidate stays unsent, next tick tries again
+                log.warning("could not send candidate %s; will retry", cand.id, exc_info=True)
+                return
             self.repo.mark_sent(cand.id, cand.attempt)
 
     def _finish(self, search: SearchRecord, spec: SearchSpec) -> None:

@@ -48,7 +48,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_serializer": "json",
         "accept_content": ["json"],
         # Redis redelivers an unacknowledged task after this long: above the longest task (training).
-        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout_s},
+        # (The SQLAlchemy transport passes its options to create_engine, so it gets none.)
+        "broker_transport_options": (
+            {"visibility_timeout": settings.visibility_timeout_s}
+            if broker.startswith(("redis", "rediss"))
+            else {}
+        ),
         "broker_connection_retry_on_startup": True,
         "worker_hijack_root_logger": False,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
