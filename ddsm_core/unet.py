@@ -50,7 +50,7 @@ class TimeEmbedding(nn.Module):
         self.lin2 = SlimLinear(embed_dim, embed_dim)
 
     def forward(self, t: Tensor, width: float) -> Tensor:
-        h = timestep_embedding(t, self.model_channels)
+        h = timestep_embedding(t, self.model_channels).to(self.lin1.weight.dtype)
         return self.lin2(F.silu(self.lin1(h, width)), width)
 
 
@@ -99,11 +99,12 @@ class AttentionBlock(nn.Module, SlimModule):
 
     def heads_at(self, width: float) -> int:
         c = channels(self.ch, width)
+        divisor = self.head_channels if self.head_channels > 0 else self.num_heads
         heads = c // self.head_channels if self.head_channels > 0 else self.num_heads
-        if heads < 1 or c % heads:
+        if heads < 1 or c % divisor:
             raise ConfigError(
-                f"attention: {c} channels do not split into heads (num_heads "
-                f"{self.num_heads}, num_head_channels {self.head_channels})"
+                f"attention: {c} channels do not split into heads "
+                f"(num_heads {self.num_heads}, num_head_channels {self.head_channels})"
             )
         return heads
 
