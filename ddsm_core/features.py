@@ -23,7 +23,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ddsm_core.errors import ConfigError, choices_message
-from ddsm_core.fid import INCEPTION_NAME, FeatureExtractor, InceptionExtractor, quantize
+from ddsm_core.fid import (
+    INCEPTION_NAME,
+    FeatureExtractor,
+    FeatureStats,
+    InceptionExtractor,
+    extract_features,
+    quantize,
+)
 
 EXTRACTOR_SPECS = ("auto", "domain", "inception", INCEPTION_NAME, "domain:digits-cnn-v1")
 
@@ -202,7 +209,7 @@ def _dataset_tensors(config: DomainCNNConfig, split: str) -> tuple[Tensor, Tenso
     return ds.images, ds.labels  # type: ignore[union-attr]
 
 
-def load_extractor(
+def get_extractor(
     spec: str,
     *,
     dataset: str | None = None,
@@ -228,3 +235,32 @@ def load_extractor(
             ext.net.to(device)
             return ext
     raise ConfigError(choices_message("feature extractor", spec, EXTRACTOR_SPECS))
+
+
+load_extractor = get_extractor
+
+
+def reference_stats(
+    dataset: str,
+    extractor: str | FeatureExtractor = "auto",
+    *,
+    split: str = "train",
+    device: str = "cpu",
+    batch_size: int = 250,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> FeatureStats:
+    """Reference statistics of a dataset split (default: the training images, as in the paper)."""
+    from ddsm_core.data import load_dataset
+
+    ext = (
+        get_extractor(extractor, dataset=dataset, device=device, cache_dir=cache_dir)
+        if isinstance(extractor, str)
+        else extractor
+    )
+    ds = load_dataset(dataset, split=split)  # type: ignore[arg-type]
+    batches = (
+        torch.stack([ds[i][0] for i in range(start, min(start + batch_size, len(ds)))])
+        for start in range(0, len(ds), batch_size)
+    )
+    feats = extract_features(ext, batches)
+    return FeatureStats.from_features(feats, ext.name, dataset=str(dataset), split=split)

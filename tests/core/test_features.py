@@ -7,7 +7,7 @@ import torch
 
 import ddsm_core.features as features
 from ddsm_core.errors import ConfigError
-from ddsm_core.features import DomainCNNConfig, DomainExtractor, load_extractor, train_domain_cnn
+from ddsm_core.features import DomainCNNConfig, DomainExtractor, get_extractor, train_domain_cnn
 
 TINY = DomainCNNConfig(width=8, feature_dim=16, epochs=2, batch_size=32)
 
@@ -62,6 +62,6 @@ def test_wrong_image_shape_and_unknown_extractor_are_clear_errors(cache, tmp_pat
     with pytest.raises(ConfigError, match="expects"):
         ext(torch.zeros(2, 3, 32, 32))
     with pytest.raises(ConfigError, match="allowed"):
-        load_extractor("vgg", dataset="digits", cache_dir=tmp_path)
+        get_extractor("vgg", dataset="digits", cache_dir=tmp_path)
     with pytest.raises(ConfigError, match="no domain feature extractor"):
-        load_extractor("domain", dataset="cifar10", cache_dir=tmp_path)
+        get_extractor("domain", dataset="cifar10", cache_dir=tmp_path)

@@ -1,0 +1,111 @@
+"""evaluate(): common random numbers, batch-size independence, failures as records, early stats check."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import ddsm_core.evaluate as ev
+from ddsm_core.config import UNetConfig
+from ddsm_core.errors import StatsError, StrategyError
+from ddsm_core.evaluate import EvalResult, evaluate
+from ddsm_core.fid import FeatureStats
+from ddsm_core.flops import cost_table
+from ddsm_core.schedules import NoiseSchedule
+from ddsm_core.strategy import Strategy
+from ddsm_core.unet import SlimmableUNet
+
+CFG = UNetConfig.digits(model_channels=32, num_res_blocks=1)
+
+
+class PoolExtractor:
+    """A deterministic stand-in extractor: 4x4 average pooling -> 16 features."""
+
+    name = "test:pool4"
+    dim = 16
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(images.float(), 4).flatten(1)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = SlimmableUNet(CFG).eval()
+    g = torch.Generator().manual_seed(0)
+    real = torch.rand(200, 1, 8, 8, generator=g) * 2 - 1
+    ext = PoolExtractor()
+    ref = FeatureStats.from_features(ext(real).double().numpy(), ext.name)
+    return model, NoiseSchedule.linear(), ref, ext, cost_table(CFG)
+
+
+def run(setup, strategy: Strategy, **kw) -> EvalResult:
+    model, schedule, ref, ext, costs = setup
+    args = {"n_images": 24, "seeds": 1000, "batch_size": 24, "costs": costs} | kw
+    return evaluate(model, schedule, strategy, ref, ext, **args)
+
+
+def test_result_does_not_depend_on_batch_size_and_is_repeatable(setup) -> None:
+    s = Strategy.uniform("ddim", 4, 6, CFG.widths)
+    a, b, c = run(setup, s), run(setup, s, batch_size=5), run(setup, s)
+    assert a.ok and a.fid == pytest.approx(b.fid, rel=1e-5) and a.fid == c.fid
+    assert a.extractor == "test:pool4" and a.label == "FID (test:pool4)"
+    assert a.n_images == 24 and a.network_calls == 4
+
+
+def test_seeds_are_common_random_numbers(setup) -> None:
+    s = Strategy.uniform("ddpm", 3, 6, CFG.widths)
+    assert run(setup, s).fid == run(setup, s, seeds=list(range(1000, 1024))).fid
+    assert run(setup, s).fid != run(setup, s, seeds=2000).fid
+
+
+def test_gflops_come_from_the_cost_table(setup) -> None:
+    costs = setup[4]
+    r = run(setup, Strategy("ddim", 4, CFG.widths, (0, 0, 6, 6)))
+    assert r.gflops == pytest.approx(2 * costs.gflops[0] + 2 * costs.gflops[6])
+    assert r.gflops_per_call == pytest.approx(r.gflops / 4)
+    assert r.latency_s > 0
+
+
+def test_mismatched_reference_stats_fail_before_sampling(setup, monkeypatch) -> None:
+    model, schedule, _, ext, costs = setup
+    other = FeatureStats(np.zeros(2048), np.eye(2048), "inception-v3-pool3")
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampled before checking the stats")
+
+    monkeypatch.setattr(ev, "sample_images", no_sampling)
+    with pytest.raises(StatsError, match="inception-v3-pool3"):
+        evaluate(model, schedule, Strategy.uniform("ddim", 2, 0, CFG.widths), other, ext, 4, 0, costs=costs)
+
+
+def test_width_outside_the_model_is_a_strategy_error(setup) -> None:
+    with pytest.raises(StrategyError, match="not in the model"):
+        run(setup, Strategy.uniform("ddim", 2, 0, (0.3, 1.0)))
+
+
+class NaNModel(torch.nn.Module):
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner, self.config = inner, inner.config
+
+    def forward(self, x, t, width=1.0, y=None):
+        out = self.inner(x, t, width=width, y=y)
+        return out if width > 0.5 else out * float("nan")
+
+
+def test_diverged_samples_are_a_failed_record_with_a_reason(setup) -> None:
+    model, schedule, ref, ext, costs = setup
+    s = Strategy("ddim", 3, CFG.widths, (0, 6, 6))
+    r = evaluate(NaNModel(model).eval(), schedule, s, ref, ext, 8, 0, costs=costs)
+    assert not r.ok and r.fid is None and "not finite" in r.reason and r.objectives() is None
+    assert r.gflops > 0  # cost is still known
+
+
+def test_eval_result_json_round_trip(setup) -> None:
+    r = run(setup, Strategy.uniform("ddim", 2, 3, CFG.widths))
+    back = EvalResult.from_dict(json.loads(json.dumps(r.to_dict())))
+    assert back == r and back.objectives() == (r.fid, r.gflops)
