@@ -60,6 +60,8 @@ class VPDenoiser:
     :param model: epsilon network ``model(x_t, t, width=..., y=...)``.
     :param schedule: the schedule the network was trained with.
     :param clip_denoised: clamp ``x0_hat`` to [-1, 1] (guided-diffusion's ``clip_denoised``).
+    :raises ConfigError: when called with an ``nn.Module`` in training mode: its dropout would draw
+        from the global RNG and break seeded, batch-independent sampling (call ``model.eval()``).
     """
 
     def __init__(self, model: EpsModel, schedule: NoiseSchedule, *, clip_denoised: bool = False) -> None:
@@ -69,6 +71,8 @@ class VPDenoiser:
 
     def __call__(self, x: Tensor, sigma: Tensor, width: float, y: Tensor | None = None) -> Tensor:
         """:param x: ``[N, C, H, W]`` VE state. :param sigma: ``[N]``. :return: ``x0_hat`` like ``x``."""
+        if getattr(self.model, "training", False):
+            raise ConfigError("the model is in training mode: call model.eval() before sampling")
         sigma = sigma.to(device=x.device, dtype=torch.float64)
         # 1. c_in = 1 / sqrt(1 + sigma^2) turns the VE state into the VP input x_t
         c_in = (1.0 + sigma**2).rsqrt()

@@ -181,12 +181,8 @@ def test_vp_denoiser_recovers_the_exact_denoiser_from_an_eps_model() -> None:
     seen = {}
 
     def eps_model(x_t: torch.Tensor, t: torch.Tensor, width: float = 1.0, y=None) -> torch.Tensor:
-        # the eps prediction that corresponds to the exact denoiser at timestep t
         seen.update(t=t, width=width, y=y)
-        sigma = SCHEDULE.t_to_sigma(t.double())
-        abar = (1 / (1 + sigma**2)).reshape(-1, 1, 1, 1)
-        x0 = GaussianDenoiser()(x_t / abar.sqrt(), sigma, width)
-        return (x_t - abar.sqrt() * x0) / (1 - abar).sqrt()
+        return _gaussian_eps_model(x_t, t, width)
 
     vp = VPDenoiser(eps_model, SCHEDULE)
     x = torch.randn(3, *SHAPE, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 3
@@ -196,6 +192,40 @@ def test_vp_denoiser_recovers_the_exact_denoiser_from_an_eps_model() -> None:
     assert seen["t"][0].item() == pytest.approx(10.0) and seen["width"] == 0.5 and seen["y"] is y
     clipped = VPDenoiser(eps_model, SCHEDULE, clip_denoised=True)(x * 100, sigma, 1.0)
     assert clipped.abs().max().item() <= 1.0
+
+
+def _gaussian_eps_model(x_t: torch.Tensor, t: torch.Tensor, width: float = 1.0, y=None) -> torch.Tensor:
+    """The epsilon prediction of the exact denoiser at (fractional) timestep t."""
+    sigma = SCHEDULE.t_to_sigma(t.double())
+    abar = (1 / (1 + sigma**2)).reshape(-1, 1, 1, 1)
+    x0 = GaussianDenoiser()(x_t / abar.sqrt(), sigma, width).to(x_t.dtype)
+    return (x_t - abar.sqrt().to(x_t.dtype) * x0) / (1 - abar).sqrt().to(x_t.dtype)
+
+
+@pytest.mark.parametrize(("sampler", "steps"), [("ddpm", 1000), ("ddim", 50), ("edm", 50), ("dpmpp", 50)])
+def test_vp_denoiser_path_matches_the_exact_denoiser_sample_for_sample(sampler: str, steps: int) -> None:
+    """eps model -> VPDenoiser (c_in, fractional t) -> sampler gives the same samples, seed for seed."""
+    strategy = Strategy.uniform(sampler, steps, -1)
+    via_eps = sample(VPDenoiser(_gaussian_eps_model, SCHEDULE), strategy, SHAPE, range(64), clip=False)
+    direct = sample(GaussianDenoiser(), strategy, SHAPE, range(64), clip=False)
+    torch.testing.assert_close(via_eps, direct, rtol=0, atol=1e-4)
+
+
+def test_vp_denoiser_runs_the_slimmable_unet_and_refuses_training_mode() -> None:
+    from ddsm_core.config import UNetConfig
+    from ddsm_core.unet import SlimmableUNet
+
+    torch.manual_seed(0)  # test-only: initial weights
+    model = SlimmableUNet(UNetConfig.digits())
+    cfg = model.config
+    shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
+    strategy = Strategy.piecewise("dpmpp", 2, [0, len(cfg.widths) - 1], widths=cfg.widths)
+    with pytest.raises(ConfigError, match=r"model\.eval\(\)"):
+        sample(VPDenoiser(model, SCHEDULE), strategy, shape, [0, 1])
+    model.eval()
+    out = sample(VPDenoiser(model, SCHEDULE), strategy, shape, [0, 1, 2], batch_size=2)
+    assert out.shape == (3, *shape) and bool(out.isfinite().all())
+    torch.testing.assert_close(out[2:], sample(VPDenoiser(model, SCHEDULE), strategy, shape, [2]))
 
 
 def test_class_labels_follow_their_seeds_through_batches() -> None:
