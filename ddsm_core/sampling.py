@@ -13,7 +13,9 @@ Every sampler is a small pure function ``sample_xxx(denoiser, x, sigmas, strateg
   counter-based scheme, so a sample depends on its seed only: not on the batch size, nor on which
   other samples share its batch, and every strategy sees the same noise for the same seeds (common
   random numbers).
-- Progress goes through ``callback(dict)`` once per sampler step.
+- Progress goes through ``callback(dict)`` once per sampler step, after its first network call, with
+  keys ``i``, ``steps``, ``x`` (state before the step), ``sigma``, ``sigma_next``, ``width`` and
+  ``denoised`` (``x0_hat``).
 
 Grids (``steps`` = N, each ends with an appended 0):
 
@@ -152,14 +154,28 @@ def _call(denoiser: Denoiser, x: Tensor, sigma: float, width: float, y: Tensor |
     return denoiser(x, torch.full((x.shape[0],), sigma, dtype=torch.float64, device=x.device), width, y)
 
 
-def _report(
-    callback: Callback | None, i: int, x: Tensor, sigmas: Tensor, width: float, denoised: Tensor
-) -> None:
+def _step_start(
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    strategy: Strategy,
+    i: int,
+    y: Tensor | None,
+    callback: Callback | None,
+) -> tuple[float, float, float, Tensor]:
+    """The first evaluation of sampler step ``i``, shared by every sampler.
+
+    Calls the denoiser at ``sigmas[i]`` and the strategy's width of step ``i``, reports progress, and
+    returns ``(sigma, sigma_next, width, denoised)``.
+    """
+    sigma, sigma_next, width = float(sigmas[i]), float(sigmas[i + 1]), strategy.width_at(i)
+    denoised = _call(denoiser, x, sigma, width, y)
     if callback is not None:
         callback(
-            {"i": i, "steps": len(sigmas) - 1, "x": x, "sigma": float(sigmas[i]),
-             "sigma_next": float(sigmas[i + 1]), "width": width, "denoised": denoised}
+            {"i": i, "steps": strategy.steps, "x": x, "sigma": sigma, "sigma_next": sigma_next,
+             "width": width, "denoised": denoised}
         )
+    return sigma, sigma_next, width, denoised
 
 
 def ancestral_step(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[float, float]:
@@ -200,9 +216,7 @@ def sample_ddim(
     if eta > 0 and noise is None:
         raise ValueError("sample_ddim with eta > 0 needs noise=... (a function of the step index)")
     for i in range(strategy.steps):
-        sigma, sigma_next, width = float(sigmas[i]), float(sigmas[i + 1]), strategy.width_at(i)
-        denoised = _call(denoiser, x, sigma, width, y)
-        _report(callback, i, x, sigmas, width, denoised)
+        sigma, sigma_next, width, denoised = _step_start(denoiser, x, sigmas, strategy, i, y, callback)
         # 1. eps_hat = (x - x0_hat) / sigma;  x' = x0_hat + sigma_down * eps_hat  (DDIM eq. 12, VE view)
         sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
         x = denoised + (sigma_down / sigma) * (x - denoised)
@@ -249,9 +263,7 @@ def sample_heun(
     """
     _check(sigmas, strategy)
     for i in range(strategy.steps):
-        sigma, sigma_next, width = float(sigmas[i]), float(sigmas[i + 1]), strategy.width_at(i)
-        denoised = _call(denoiser, x, sigma, width, y)
-        _report(callback, i, x, sigmas, width, denoised)
+        sigma, sigma_next, width, denoised = _step_start(denoiser, x, sigmas, strategy, i, y, callback)
         # 1. d_i = (x_i - D(x_i; sigma_i)) / sigma_i  (Alg. 1, l. 5-6)
         #    Euler: x' = x_i + (sigma_{i+1} - sigma_i) d_i  (Alg. 1, l. 7)
         d = (x - denoised) / sigma
@@ -285,9 +297,7 @@ def sample_dpmpp_2m(
     _check(sigmas, strategy)
     old_denoised: Tensor | None = None
     for i in range(strategy.steps):
-        sigma, sigma_next, width = float(sigmas[i]), float(sigmas[i + 1]), strategy.width_at(i)
-        denoised = _call(denoiser, x, sigma, width, y)
-        _report(callback, i, x, sigmas, width, denoised)
+        sigma, sigma_next, width, denoised = _step_start(denoiser, x, sigmas, strategy, i, y, callback)
         if sigma_next == 0:
             # 1. final step to sigma = 0: lambda' = inf, the update reduces to x' = x0_hat
             x = denoised
