@@ -18,6 +18,7 @@ from ddsm_core.sampling import (
     SeededNoise,
     VPDenoiser,
     get_sigmas,
+    noise_seed,
     respaced_timesteps,
     sample,
     sample_ddim,
@@ -302,3 +303,14 @@ def test_seeded_noise_is_counter_based() -> None:
     image_noise = SeededNoise([5], (3, 32, 32))
     assert image_noise.block == 1 and torch.equal(image_noise(2), SeededNoise([5], (3, 32, 32))(2))
     assert noise.block == 1365 and torch.equal(noise(1500), SeededNoise([5, 6], SHAPE)(1500))
+
+
+def test_seeded_noise_golden_values() -> None:
+    """Frozen: changing the noise scheme silently changes every stored search result."""
+    assert noise_seed(0, 0) == 12035550249420947055
+    assert noise_seed(12345, 3) == 16724985262440602820
+    noise = SeededNoise([0, 12345], (3, 4, 4))
+    expected_initial = [[-1.3532908, -0.8186129, 1.0930958], [1.7297103, 0.6353763, 1.2532002]]
+    torch.testing.assert_close(noise.initial()[:, 0, 0, :3], torch.tensor(expected_initial))
+    expected_step2 = [[0.0402668, -0.9790254], [-1.5353831, -0.1885800]]
+    torch.testing.assert_close(noise(2)[:, 2, 3, :2], torch.tensor(expected_step2))
