@@ -13,6 +13,9 @@ Network calls per sampler step:
   which goes to sigma = 0 and is a plain Euler step (one call): ``2 * steps - 1`` calls in all.
   **Both evaluations of a Heun step use that step's width**: a step is the unit the strategy (and the
   search) decides on, and the corrector belongs to the step it corrects.
+  Note for comparisons with the paper: its EDM totals (0.61 TFLOPs for "50 steps", 1.22 for "100" at
+  12.14 GFLOPs per call) are about 50 and 100 network calls, so there "steps" counts evaluations;
+  here 50 Heun steps are 99 calls (about 26 Heun steps make 51 calls).
 
 This module imports nothing outside the standard library and :mod:`ddsm_core.widths` /
 :mod:`ddsm_core.errors`, so the API process (and the search controller) can use it without torch.
