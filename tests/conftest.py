@@ -1,0 +1,20 @@
+"""Suite-wide settings.
+
+Small tensor ops on a loaded 2-core machine slow down by orders of magnitude when torch spreads them
+over threads that the worker processes of the integration tests also want; one thread is faster here.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+try:
+    import torch
+except ImportError:  # the API-only tests can run without torch
+    torch = None  # type: ignore[assignment]
+
+if torch is not None:
+    torch.set_num_threads(1)
