@@ -198,3 +198,56 @@ def evaluate(
     if not math.isfinite(fid):
         return done(None, f"FID is not finite ({fid})")
     return done(fid)
+
+
+class GenomeEvaluator:
+    """Turns a search genome into an evaluation (``ddsm_core.search.EvaluateFn``), in-process.
+
+    Every genome is sampled from the same seeds (``eval_seed + i`` for image ``i``); the objectives
+    told to the search are (FID, GFLOPs per image); the full :class:`EvalResult` is kept as the record.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        schedule: NoiseSchedule,
+        ref_stats: FeatureStats,
+        extractor: FeatureExtractor,
+        *,
+        sampler: str,
+        steps: int,
+        widths: Sequence[float],
+        eval_seed: int = 0,
+        batch_size: int = 250,
+        costs: CostTable | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        ref_stats.check_compatible(extractor.name, extractor.dim)
+        if costs is None:
+            from ddsm_core.flops import cost_table
+
+            costs = cost_table(model)  # type: ignore[arg-type]
+        self.model, self.schedule, self.ref, self.extractor = model, schedule, ref_stats, extractor
+        self.sampler, self.steps, self.widths = sampler, steps, tuple(widths)
+        self.eval_seed, self.batch_size, self.costs, self.device = eval_seed, batch_size, costs, device
+        self.images_sampled = 0
+        self.network_calls = 0
+
+    def strategy(self, genome: Sequence[int]) -> Strategy:
+        return Strategy(self.sampler, self.steps, self.widths, tuple(int(g) for g in genome))
+
+    def evaluate(self, genome: Sequence[int], n_images: int, seed_offset: int = 0) -> EvalResult:
+        strategy = self.strategy(genome)
+        result = evaluate(
+            self.model, self.schedule, strategy, self.ref, self.extractor, n_images,
+            self.eval_seed + seed_offset, self.batch_size, costs=self.costs, device=self.device,
+        )  # fmt: skip
+        self.images_sampled += n_images
+        self.network_calls += n_images * result.network_calls
+        return result
+
+    def __call__(self, genome: tuple[int, ...], n_images: int):  # -> ddsm_core.search.Evaluation
+        from ddsm_core.search import Evaluation
+
+        result = self.evaluate(genome, n_images)
+        return Evaluation(result.objectives(), result.reason, result.to_dict())

@@ -498,7 +498,7 @@ class SearchRun:
     driver: SearchDriver
     pick: Candidate
     knee: Candidate
-    final: dict[str, Evaluation]  # "pick" / "knee" re-evaluated with more images
+    final: dict[str, Evaluation]  # "pick", "knee" and extra finalists re-evaluated with more images
     wall_s: float
     resumed: bool
 
@@ -520,12 +520,14 @@ def run_search(
     weight: float,
     progress: bool = True,
     resume: bool = True,
+    finalists: Mapping[str, Sequence[int]] | None = None,
 ) -> SearchRun:
     """Run a whole search in this process; ``out_dir/search_state.json`` makes it resumable.
 
     ``evaluate(genome, n_images)`` must be deterministic for a genome (fixed seeds) so that a resumed
     search ends where an uninterrupted one ends. The pick (FID + weight * cost) and the knee are
-    re-evaluated with ``final_images`` images at the end.
+    re-evaluated with ``final_images`` images at the end, with any extra ``finalists`` (e.g. the full
+    width baseline, so that the pick is compared at equal image counts).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -550,8 +552,14 @@ def run_search(
         if bar is not None:
             bar.close()
     pick, knee = driver.pick(weight), driver.knee()
-    final = {"pick": evaluate(pick.genome, final_images)}
-    final["knee"] = final["pick"] if knee.genome == pick.genome else evaluate(knee.genome, final_images)
+    named = {"pick": pick.genome, "knee": knee.genome}
+    named.update({k: config.check_genome(g) for k, g in (finalists or {}).items()})
+    by_genome: dict[Genome, Evaluation] = {}
+    final = {}
+    for name, genome in named.items():
+        if genome not in by_genome:
+            by_genome[genome] = evaluate(genome, final_images)
+        final[name] = by_genome[genome]
     return SearchRun(driver, pick, knee, final, time.perf_counter() - start, resumed)
 
 

@@ -1,0 +1,170 @@
+"""The report folder of a local search: results.json, pareto.png, strategy.png, samples.png, report.md.
+
+Everything here reads plain values (candidates, evaluation records, strategies) except
+:func:`plot_samples`, which takes image tensors. Matplotlib is imported lazily (Agg backend).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ddsm_core.search import Candidate
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_pareto(
+    path: str | os.PathLike[str],
+    candidates: Sequence[Candidate],
+    front: Sequence[Candidate],
+    *,
+    uniform: Mapping[str, tuple[float, float]],
+    marked: Mapping[str, tuple[float, float]] | None = None,
+    fid_label: str = "FID",
+    title: str | None = None,
+) -> Path:
+    """Every candidate (grey), the Pareto front (line), uniform baselines (squares, labelled by
+    width) and marked points (pick, knee: stars). Points are (FID, GFLOPs per image)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    ok = [c for c in candidates if c.ok]
+    ax.scatter([c.cost for c in ok], [c.fid for c in ok], s=10, c="0.75", label="candidates")
+    ax.plot([c.cost for c in front], [c.fid for c in front], "-o", ms=4, c="tab:blue", label="Pareto front")
+    if uniform:
+        xs = [v[1] for v in uniform.values()]
+        ys = [v[0] for v in uniform.values()]
+        ax.plot(xs, ys, "s--", c="tab:red", ms=6, lw=1, label="uniform widths")
+        for label, (fid, gflops) in uniform.items():
+            ax.annotate(label, (gflops, fid), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    for i, (label, (fid, gflops)) in enumerate((marked or {}).items()):
+        ax.plot([gflops], [fid], "*", ms=14, c=("tab:green", "tab:purple", "tab:orange")[i % 3], label=label)
+    ax.set_xlabel("GFLOPs per image (sum over network calls)")
+    ax.set_ylabel(fid_label)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_samples(path: str | os.PathLike[str], panels: Mapping[str, Any], nrow: int = 8) -> Path:
+    """Image grids side by side, one per ``{title: [N x C x H x W] tensor in [-1, 1]}``."""
+    import torch
+    from torchvision.utils import make_grid
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.8), squeeze=False)
+    for ax, (title, images) in zip(axes[0], panels.items(), strict=True):
+        x = images.detach().float().cpu().clamp(-1, 1)
+        factor = max(1, -(-32 // x.shape[-1]))  # enlarge tiny digits (nearest neighbour)
+        x = x.repeat_interleave(factor, -1).repeat_interleave(factor, -2)
+        grid = make_grid((x + 1) / 2, nrow=nrow, padding=2, pad_value=1.0)
+        ax.imshow(grid.permute(1, 2, 0).numpy() if grid.shape[0] == 3 else grid[0].numpy(), cmap="gray")
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    del torch
+    return path
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}" if abs(v) >= 0.01 else f"{v:.2e}"
+    return str(v)
+
+
+def rows_table(rows: Sequence[Mapping[str, Any]], full_gflops: float | None, fid_label: str) -> str:
+    """A markdown table of evaluation records: strategy, FID, GFLOPs, saving, latency."""
+    head = f"| | strategy | {fid_label} | GFLOPs/image | GFLOPs/call | saved | latency ms/image | images |"
+    lines = [head, "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        saved = (1 - r["gflops"] / full_gflops) if full_gflops else None
+        fid = r.get("fid")
+        fid_text = _fmt(fid) + (f" ± {_fmt(r['fid_sd'])}" if r.get("fid_sd") is not None else "")
+        lines.append(
+            f"| {r.get('name', '')} | {r.get('strategy', '')} | {fid_text if fid is not None else 'failed'} "
+            "| "
+            f"{_fmt(r['gflops'])} | {_fmt(r['gflops_per_call'], 4)} | "
+            f"{'-' if saved is None else f'{100 * saved:.0f}%'} | {_fmt(1000 * r['latency_s'], 2)} | "
+            f"{r.get('n_images', '-')} |"
+        )
+    return "\n".join(lines)
+
+
+def write_report(out_dir: str | os.PathLike[str], results: Mapping[str, Any]) -> Path:
+    """Write ``results.json`` and ``report.md`` (the PNGs are written by the caller beforehand)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=_json_default))
+    label = f"FID ({results['extractor']})"
+    full = results["final"].get("full", {}).get("gflops")
+    cfg = results["config"]
+    md = [
+        "# Step-aware strategy search",
+        "",
+        f"Checkpoint `{cfg.get('checkpoint')}`, sampler **{cfg['sampler']}**, {cfg['steps']} steps, "
+        f"{label}, reference stats `{cfg.get('stats')}`.",
+        f"NSGA-II: population {cfg['population']}, generations {cfg['generations']}, mutation rate "
+        f"{cfg['mutation_rate']} per gene, {cfg['crossover']} crossover, seed {cfg['seed']}; "
+        f"{cfg['n_images']} images per candidate, {cfg['final_images']} for the finalists; pick = "
+        f"argmin FID + {cfg['weight']} x GFLOPs.",
+        "",
+        f"## Finalists ({cfg['final_images']} images, seeds from {cfg['eval_seed']})",
+        "",
+        rows_table([{"name": k, **v} for k, v in results["final"].items()], full, label),
+        "",
+        f"## Uniform widths during the search ({cfg['n_images']} images)",
+        "",
+        rows_table(
+            [{"name": k, **v} for k, v in results["uniform"].items()], results.get("full_gflops"), label
+        ),
+        "",
+        "## Pick",
+        "",
+        f"`{results['pick']['record'].get('strategy', results['pick']['genome'])}` "
+        f"(genes {results['pick']['genome']}, noisiest step first).",
+        "",
+        "![pareto](pareto.png) ![strategy](strategy.png)",
+        "",
+        "![samples](samples.png)",
+        "",
+        "## Search cost",
+        "",
+    ]
+    cost = results["cost"]
+    md += [f"- {k.replace('_', ' ')}: {_fmt(v)}" for k, v in cost.items()]
+    md.append("")
+    path = out / "report.md"
+    path.write_text("\n".join(md))
+    return path
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, tuple):
+        return list(obj)
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
