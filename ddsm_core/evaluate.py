@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -34,7 +35,8 @@ class EvalResult:
     :param fid: Frechet distance with ``extractor``'s features; None when ``status == "failed"``.
     :param gflops: GFLOPs to sample ONE image (sum over its network calls, 2 x multiply-adds).
     :param gflops_per_call: the same averaged per network call (the paper's table unit).
-    :param latency_s: measured sampling wall time per image, at ``batch_size`` images per batch.
+    :param latency_s: measured sampling wall time per image, at ``batch_size`` images per batch (only
+        the steps actually run: ``reused_fraction`` of the sampler steps came from a :class:`PrefixCache`).
     """
 
     fid: float | None
@@ -50,6 +52,7 @@ class EvalResult:
     batch_size: int = 0
     device: str = "cpu"
     seconds: float = 0.0
+    reused_fraction: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -100,6 +103,41 @@ def check_strategy_fits(model: nn.Module, strategy: Strategy) -> None:
         )
 
 
+class PrefixCache:
+    """Sampler states after each step, keyed by (first seed, batch length, genes so far).
+
+    For memoryless samplers (DDIM, DDPM: one network call per step, noise drawn per seed and step) the
+    state after step ``i`` depends only on the seeds and ``genes[:i + 1]``; candidates that share a
+    prefix (every one-point-crossover child shares its first parent's) resume from it. The result is
+    bit-identical to sampling from scratch. Least recently used entries go beyond ``max_bytes``.
+    """
+
+    SAMPLERS = ("ddim", "ddpm")
+
+    def __init__(self, max_bytes: int = 256 << 20) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple[Any, ...], Tensor] = OrderedDict()
+        self._bytes = 0
+
+    def longest(self, batch: tuple[int, int], genes: tuple[int, ...]) -> tuple[int, Tensor | None]:
+        for k in range(len(genes) - 1, 0, -1):
+            key = (batch, genes[:k])
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                return k, self._entries[key]
+        return 0, None
+
+    def put(self, batch: tuple[int, int], genes: tuple[int, ...], x: Tensor) -> None:
+        key = (batch, genes)
+        if key in self._entries:
+            return
+        self._entries[key] = x
+        self._bytes += x.numel() * x.element_size()
+        while self._bytes > self.max_bytes and self._entries:
+            _, old = self._entries.popitem(last=False)
+            self._bytes -= old.numel() * old.element_size()
+
+
 def sample_images(
     model: nn.Module,
     schedule: NoiseSchedule,
@@ -109,9 +147,13 @@ def sample_images(
     *,
     device: str | torch.device = "cpu",
     shape: Sequence[int] | None = None,
-) -> tuple[Tensor, float]:
-    """Sample one image per seed, unclipped (so divergence stays visible); returns (images, seconds)."""
-    from ddsm_core.sampling import VPDenoiser, sample
+    prefix_cache: PrefixCache | None = None,
+) -> tuple[Tensor, float, float]:
+    """Sample one image per seed, unclipped (divergence stays visible).
+
+    :return: (images, sampling seconds, fraction of sampler steps reused from ``prefix_cache``).
+    """
+    from ddsm_core.sampling import SeededNoise, VPDenoiser, get_sigmas, run_sampler, sample
 
     if shape is None:
         cfg = model.config  # type: ignore[attr-defined]
@@ -119,20 +161,42 @@ def sample_images(
     denoiser = VPDenoiser(model.eval(), schedule)
     device = torch.device(device)
     y = class_labels(model, seeds)
-    out, seconds = [], 0.0
+    use_cache = prefix_cache is not None and strategy.sampler in PrefixCache.SAMPLERS
+    sigmas = get_sigmas(strategy, schedule)
+    out, seconds, reused = [], 0.0, 0
     with torch.inference_mode():
         for start in range(0, len(seeds), batch_size):
             chunk = seeds[start : start + batch_size]
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
             ys = None if y is None else y[start : start + batch_size]
-            x = sample(denoiser, strategy, shape, chunk, y=ys, device=device, clip=False)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            _sync(device)
+            t0 = time.perf_counter()
+            if not use_cache:
+                x = sample(denoiser, strategy, shape, chunk, y=ys, device=device, clip=False)
+            else:
+                assert prefix_cache is not None
+                batch, genes = (chunk[0], len(chunk)), strategy.genes
+                noise = SeededNoise(chunk, shape, device)
+                k, x = prefix_cache.longest(batch, genes)
+                reused += k
+                if x is None:
+                    x = noise.initial() * math.sqrt(1.0 + float(sigmas[0]) ** 2)
+                for i in range(k, strategy.steps):
+                    one = Strategy(strategy.sampler, 1, strategy.widths, (genes[i],))
+                    x = run_sampler(
+                        denoiser, x, sigmas[i : i + 2], one, noise=lambda j, i=i, nz=noise: nz(i + j), y=ys
+                    )
+                    if i + 1 < strategy.steps:
+                        prefix_cache.put(batch, genes[: i + 1], x)
+            _sync(device)
             seconds += time.perf_counter() - t0
             out.append(x.float().cpu())
-    return torch.cat(out), seconds
+    batches = max(1, math.ceil(len(seeds) / batch_size))
+    return torch.cat(out), seconds, reused / (batches * strategy.steps)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def fid_of_images(
@@ -156,10 +220,13 @@ def evaluate(
     *,
     costs: CostTable | None = None,
     device: str | torch.device = "cpu",
+    prefix_cache: PrefixCache | None = None,
 ) -> EvalResult:
     """Sample ``n_images`` with ``strategy`` from ``seeds`` and measure FID, GFLOPs and latency.
 
     :param costs: GFLOPs per call and width (:func:`ddsm_core.flops.cost_table`; computed if None).
+    :param prefix_cache: reuse sampler states of earlier strategies with the same first genes (same
+        seeds and batch size only; the images are identical, the measured latency covers fewer steps).
     :raises StatsError: ``ref_stats`` do not match ``extractor`` (before any sampling).
     :raises StrategyError: the strategy uses a width the model does not have.
     """
@@ -181,8 +248,11 @@ def evaluate(
         "batch_size": batch_size,
         "device": str(device),
     }
-    images, seconds = sample_images(model, schedule, strategy, seed_list, batch_size, device=device)
+    images, seconds, reused = sample_images(
+        model, schedule, strategy, seed_list, batch_size, device=device, prefix_cache=prefix_cache
+    )
     common["latency_s"] = seconds / max(n_images, 1)
+    common["reused_fraction"] = reused
 
     def done(fid: float | None, reason: str | None = None) -> EvalResult:
         status: Literal["ok", "failed"] = "ok" if reason is None else "failed"
@@ -203,7 +273,8 @@ def evaluate(
 class GenomeEvaluator:
     """Turns a search genome into an evaluation (``ddsm_core.search.EvaluateFn``), in-process.
 
-    Every genome is sampled from the same seeds (``eval_seed + i`` for image ``i``); the objectives
+    Every genome is sampled from the same seeds (``eval_seed + i`` for image ``i``); evaluations with
+    ``cache_images`` images share sampler states through a :class:`PrefixCache`; the objectives
     told to the search are (FID, GFLOPs per image); the full :class:`EvalResult` is kept as the record.
     """
 
@@ -221,6 +292,8 @@ class GenomeEvaluator:
         batch_size: int = 250,
         costs: CostTable | None = None,
         device: str | torch.device = "cpu",
+        cache_images: int | None = None,
+        cache_bytes: int = 256 << 20,
     ) -> None:
         ref_stats.check_compatible(extractor.name, extractor.dim)
         if costs is None:
@@ -232,18 +305,24 @@ class GenomeEvaluator:
         self.eval_seed, self.batch_size, self.costs, self.device = eval_seed, batch_size, costs, device
         self.images_sampled = 0
         self.network_calls = 0
+        # the prefix cache serves evaluations with ``cache_images`` images (the search phase) only, so
+        # finalists re-evaluated with more images get a full, honest latency measurement
+        self.cache_images = cache_images
+        self.cache = PrefixCache(cache_bytes)
 
     def strategy(self, genome: Sequence[int]) -> Strategy:
         return Strategy(self.sampler, self.steps, self.widths, tuple(int(g) for g in genome))
 
     def evaluate(self, genome: Sequence[int], n_images: int, seed_offset: int = 0) -> EvalResult:
         strategy = self.strategy(genome)
+        cache = self.cache if n_images == self.cache_images and seed_offset == 0 else None
         result = evaluate(
             self.model, self.schedule, strategy, self.ref, self.extractor, n_images,
             self.eval_seed + seed_offset, self.batch_size, costs=self.costs, device=self.device,
+            prefix_cache=cache,
         )  # fmt: skip
         self.images_sampled += n_images
-        self.network_calls += n_images * result.network_calls
+        self.network_calls += round(n_images * result.network_calls * (1 - result.reused_fraction))
         return result
 
     def __call__(self, genome: tuple[int, ...], n_images: int):  # -> ddsm_core.search.Evaluation

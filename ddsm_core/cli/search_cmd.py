@@ -167,7 +167,7 @@ def search_to_folder(
     )  # fmt: skip
     evaluator = GenomeEvaluator(
         model, schedule, ref, ext, sampler=sampler, steps=steps, widths=widths, eval_seed=eval_seed,
-        batch_size=batch_size, costs=cost_table(model), device=dev,
+        batch_size=batch_size, costs=cost_table(model), device=dev, cache_images=images,
     )  # fmt: skip
     full = (len(widths) - 1,) * steps
     run = run_search(
@@ -235,6 +235,9 @@ def search_to_folder(
             "evaluations": len(cands),
             "search_images_sampled": sum(int(c.record.get("n_images", 0)) for c in cands),
             "search_network_calls": sum(_calls(c.record) for c in cands),
+            "search_network_calls_run": sum(
+                round(_calls(c.record) * (1 - c.record.get("reused_fraction", 0.0))) for c in cands
+            ),
             "final_images_sampled": sum(int(r.get("n_images", 0)) for r in finals),
             "final_network_calls": sum(_calls(r) for r in finals),
             "search_wall_s": run.wall_s,

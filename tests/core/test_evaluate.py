@@ -109,3 +109,19 @@ def test_eval_result_json_round_trip(setup) -> None:
     r = run(setup, Strategy.uniform("ddim", 2, 3, CFG.widths))
     back = EvalResult.from_dict(json.loads(json.dumps(r.to_dict())))
     assert back == r and back.objectives() == (r.fid, r.gflops)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_prefix_cache_gives_bit_identical_images(setup, sampler: str) -> None:
+    from ddsm_core.evaluate import PrefixCache, sample_images
+
+    model, schedule = setup[0], setup[1]
+    cache = PrefixCache()
+    seeds = list(range(10))
+    a = Strategy(sampler, 4, CFG.widths, (0, 3, 6, 6))
+    b = Strategy(sampler, 4, CFG.widths, (0, 3, 2, 1))  # shares the first two steps with a
+    sample_images(model, schedule, a, seeds, 4, prefix_cache=cache)
+    cached, _, reused = sample_images(model, schedule, b, seeds, 4, prefix_cache=cache)
+    plain, _, none = sample_images(model, schedule, b, seeds, 4)
+    assert reused == pytest.approx(0.5) and none == 0.0
+    assert torch.equal(cached, plain)
