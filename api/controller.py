@@ -52,7 +52,7 @@ def controller_id() -> str:
 
 def objectives(cand: CandidateRecord) -> tuple[float, float] | None:
     """(FID, GFLOPs) of a finished candidate, None for a failed one (the driver gives it the penalty)."""
-    if cand.state != CandidateState.COMPLETE or not cand.metrics:
+    if cand.state != CandidateState.COMPLETE or not cand.metrics or cand.metrics.get("fid") is None:
         return None
     return float(cand.metrics["fid"]), float(cand.metrics["gflops"])
 
@@ -189,7 +189,7 @@ class SearchController:
         return {
             "pick": driver.pick(spec.weight).genome,
             "knee": driver.knee().genome,
-            "baseline": spec.full_width_genome(),
+            "full": spec.full_width_genome(),
         }
 
     def _dispatch(self, search_id: int) -> None:

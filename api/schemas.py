@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ddsm_core.cli.search_cmd import DEFAULT_SEARCH as DEFAULTS  # the same defaults as `ddsm search`
+
 
 class Out(BaseModel):
     model_config = ConfigDict(from_attributes=True)
@@ -60,7 +62,9 @@ class TrainingRunOut(Out):
 class ReferenceStatsCreate(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     dataset: str = Field(default="digits", description="Dataset to compute statistics of (on a worker).")
-    extractor: str = Field(default="digits-domain", description="Feature extractor name.")
+    extractor: str = Field(
+        default="auto", description="auto (the dataset's domain extractor if any), domain, inception."
+    )
     path: str | None = Field(default=None, description="Register an existing .npz instead of computing one.")
 
 
@@ -81,21 +85,21 @@ class SearchCreate(BaseModel):
     name: str = Field(default="search", min_length=1, max_length=200)
     supernet_id: int
     reference_stats_id: int
-    sampler: str = "ddim"
-    steps: int = Field(default=10, ge=2, le=1000)
+    sampler: str = DEFAULTS["sampler"]
+    steps: int = Field(default=DEFAULTS["steps"], ge=2, le=1000)
     widths: list[float] | None = Field(
         default=None, description="Subset of the supernet's widths; default all."
     )
-    population: int = Field(default=50, ge=2, le=10_000)
-    generations: int = Field(default=10, ge=1, le=10_000)
-    n_images: int = Field(default=1000, ge=2)
-    final_images: int = Field(default=5000, ge=2)
-    weight: float = Field(default=0.1, ge=0)
-    seed: int = 0
-    eval_seed: int = 0
+    population: int = Field(default=DEFAULTS["population"], ge=2, le=10_000, description="Paper: 50.")
+    generations: int = Field(default=DEFAULTS["generations"], ge=1, le=10_000, description="Paper: 10.")
+    n_images: int = Field(default=DEFAULTS["images"], ge=2, description="Images per candidate.")
+    final_images: int = Field(default=DEFAULTS["final_images"], ge=2, description="Images per finalist.")
+    weight: float = Field(default=DEFAULTS["weight"], ge=0, description="Pick: argmin FID + weight * GFLOPs.")
+    seed: int = Field(default=0, description="Seed of NSGA-II.")
+    eval_seed: int = Field(default=0, description="Image i of every candidate uses eval_seed + i.")
     batch_size: int = Field(default=250, ge=1)
-    mutation_rate: float = Field(default=0.001, ge=0, le=1)
-    crossover: str = "two_point"
+    mutation_rate: float = Field(default=0.001, ge=0, le=1, description="Per gene (paper: 0.001).")
+    crossover: str = "one_point"
 
 
 class SearchProgress(BaseModel):

@@ -95,7 +95,7 @@ def evaluate_genome(
         _stats(str(stats_path)),
         _extractor(extractor, dev),
         n_images=n_images,
-        seeds=[spec.eval_seed + i for i in range(n_images)],
+        seeds=spec.eval_seed,  # image i uses eval_seed + i, as `ddsm search` does
         batch_size=spec.batch_size,
         costs=table,
         device=dev,
@@ -118,11 +118,12 @@ def _extractor(name: str, device: str) -> Any:
     return get_extractor(name, device=device)
 
 
-def reference_stats(dataset: str, extractor: str, out: Path, device: str) -> tuple[Path, int]:
+def reference_stats(dataset: str, extractor: str, out: Path, device: str) -> tuple[Path, int, str]:
+    """Statistics of the dataset's training split; returns (file, images, the extractor's full name)."""
     from ddsm_core.features import reference_stats as compute
 
     stats = compute(dataset, extractor, device=device_of(device))
-    return stats.save(out), int(stats.n)
+    return stats.save(out), int(stats.n), stats.extractor
 
 
 def train_supernet(
@@ -156,9 +157,8 @@ def train_supernet(
         fresh = latest if latest is not None and latest != seen["latest"] else None
         seen["latest"] = latest or seen["latest"]
         every = max(1, train_config.log_every)
-        if (fresh is not None or int(info["step"]) % every == 0) and not on_checkpoint(
-            int(info["step"]), fresh
-        ):
+        step = int(info["step"])
+        if (fresh is not None or step % every == 0) and not on_checkpoint(step, fresh, train_config.steps):
             raise TrainingStopped("training run cancelled or taken over by another worker")
         if stop():
             raise TrainingStopped("lost the heartbeat of this training run")

@@ -110,6 +110,9 @@ def evaluate_candidate(candidate_id: int, attempt: int) -> str:
             log.exception("candidate %s failed", candidate_id)
             ctx.repo.fail_candidate(candidate_id, attempt, ctx.name, _error(exc))
             return "failed"
+    if metrics.get("status") == "failed":  # a diverged sampler: FAILED with its reason (penalty)
+        ctx.repo.fail_candidate(candidate_id, attempt, ctx.name, str(metrics.get("reason")))
+        return "failed"
     ok = ctx.repo.complete_candidate(candidate_id, attempt, ctx.name, metrics)
     return "complete" if ok else "lost"
 
@@ -215,12 +218,12 @@ def compute_reference_stats(stats_id: int) -> str:
     ctx.settings.resolved_worker_cache().mkdir(parents=True, exist_ok=True)
     try:
         with tempfile.TemporaryDirectory(dir=ctx.settings.resolved_worker_cache()) as tmp:
-            path, n = compute.reference_stats(
+            path, n, extractor = compute.reference_stats(
                 stats.dataset, stats.extractor, Path(tmp) / "stats.npz", ctx.settings.device
             )
             sha = ctx.store.put_file(path)
     except Exception as exc:
         ctx.repo.reference_stats_failed(stats_id, _error(exc))
         return "failed"
-    ctx.repo.reference_stats_ready(stats_id, sha, n)
+    ctx.repo.reference_stats_ready(stats_id, sha, n, extractor)
     return "complete"

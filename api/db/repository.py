@@ -283,12 +283,18 @@ class Repository:
             s.flush()
             return row.id
 
-    def reference_stats_ready(self, stats_id: int, artifact_sha256: str, n_images: int | None) -> bool:
+    def reference_stats_ready(
+        self, stats_id: int, artifact_sha256: str, n_images: int | None, extractor: str | None = None
+    ) -> bool:
+        values: dict[str, Any] = {"status": JobStatus.COMPLETE, "artifact_sha256": artifact_sha256}
+        values["n_images"] = n_images
+        if extractor:
+            values["extractor"] = extractor
         with self._tx() as s:
             stmt = (
                 update(ReferenceStats)
                 .where(ReferenceStats.id == stats_id, ReferenceStats.status == JobStatus.PENDING)
-                .values(status=JobStatus.COMPLETE, artifact_sha256=artifact_sha256, n_images=n_images)
+                .values(**values)
             )
             return self._cas(s, stmt)
 

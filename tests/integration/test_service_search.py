@@ -1,0 +1,95 @@
+"""The main job end to end on the real stack, compared with `ddsm search` run locally.
+
+Over REST: train a tiny digits supernet on a worker, compute reference statistics on a worker, run a
+small search on two workers. Then the same search runs in this process through ``ddsm search``'s code
+with the same checkpoint, statistics and seeds: the Pareto fronts must agree.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from api.artifacts import ArtifactStore
+
+from .conftest import Stack
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SEARCH = {
+    "sampler": "ddim",
+    "steps": 4,
+    "population": 8,
+    "generations": 2,
+    "n_images": 32,
+    "final_images": 64,
+    "weight": 2.0,
+    "seed": 1,
+    "eval_seed": 100,
+    "batch_size": 32,
+    "mutation_rate": 0.1,
+    "crossover": "one_point",
+}
+TRAIN = {"steps": 6, "batch_size": 16, "checkpoint_every": 3, "sample_every": 0, "eval_every": 0,
+         "log_every": 2, "eval_images": 16}  # fmt: skip
+TINY = {"model_channels": 32, "num_groups": 8, "num_res_blocks": 1}  # seconds per step on a busy CPU
+
+
+def wait_status(stack: Stack, http: httpx.Client, path: str, timeout: float = 240) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        row = http.get(path).json()
+        assert row["status"] not in ("FAILED", "CANCELLED"), row.get("error")
+        return row if row["status"] == "COMPLETE" else None
+
+    return stack.wait_for(f"{path} to complete", check, timeout=timeout)
+
+
+def test_search_over_rest_gives_the_same_front_as_ddsm_search_locally(
+    stack_factory: Callable[..., Stack], tmp_path: Path
+) -> None:
+    stack = stack_factory(n_workers=2, device="cpu")
+    with stack.client() as http:
+        run = http.post(
+            "/training-runs", json={"name": "tiny", "preset": "digits", "train": TRAIN, "model": TINY}
+        )
+        assert run.status_code == 202, run.text
+        stats = http.post("/reference-stats", json={"name": "digits", "dataset": "digits"}).json()
+        run = wait_status(stack, http, f"/training-runs/{run.json()['id']}")
+        assert run["step"] == TRAIN["steps"] and run["progress"] == 100
+        net = wait_status(stack, http, f"/supernets/{run['supernet_id']}")
+        stats = wait_status(stack, http, f"/reference-stats/{stats['id']}")
+        search = http.post(
+            "/searches", json={"supernet_id": net["id"], "reference_stats_id": stats["id"], **SEARCH}
+        )
+        assert search.status_code == 201, search.text
+        done = wait_status(stack, http, f"/searches/{search.json()['id']}", timeout=300)
+
+    from ddsm_core.cli.search_cmd import search_to_folder
+
+    store = ArtifactStore(stack.env["ARTIFACT_STORE"])
+    checkpoint = store.get_dir(net["artifact_sha256"], tmp_path / "ckpt")
+    stats_file = store.get_file(stats["artifact_sha256"], tmp_path / "stats.npz")
+    local = search_to_folder(
+        checkpoint, tmp_path / "local", stats=stats_file, sampler=SEARCH["sampler"], steps=SEARCH["steps"],
+        population=SEARCH["population"], generations=SEARCH["generations"],
+        mutation_rate=SEARCH["mutation_rate"],
+        crossover=SEARCH["crossover"], images=SEARCH["n_images"], final_images=SEARCH["final_images"],
+        weight=SEARCH["weight"], seed=SEARCH["seed"], eval_seed=SEARCH["eval_seed"],
+        batch_size=SEARCH["batch_size"], progress=False, n_sample_images=8,
+    )  # fmt: skip
+    remote_front = [(p["genome"], p["fid"], p["gflops"]) for p in done["front"]]
+    local_front = [(c["genome"], *c["objectives"]) for c in local["front"]]
+    assert [g for g, _, _ in remote_front] == [g for g, _, _ in local_front]
+    for (_, fid_r, cost_r), (_, fid_l, cost_l) in zip(remote_front, local_front, strict=True):
+        assert math.isclose(fid_r, fid_l, rel_tol=1e-6) and math.isclose(cost_r, cost_l, rel_tol=1e-9)
+    result = done["result"]
+    assert result["pick"]["genome"] == local["pick"]["genome"]
+    assert math.isclose(
+        result["final"]["pick"]["metrics"]["fid"], local["final"]["pick"]["fid"], rel_tol=1e-6
+    )
+    assert result["final"]["pick"]["n_images"] == SEARCH["final_images"]
