@@ -27,7 +27,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -67,6 +67,8 @@ class TrainConfig:
     :param hflip: random horizontal flips (CIFAR-10 yes, digits no).
     :param amp: bf16 autocast on CUDA (ignored on CPU).
     :param eval_every, sample_every, checkpoint_every: intervals in steps (0 = only at the end).
+    :param eval_images, sample_n: images for the per-width eval loss / per row of a sample grid
+        (0 = none).
     """
 
     dataset: str = "digits"
@@ -117,12 +119,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "adam_betas", tuple(float(b) for b in self.adam_betas))
-        positive = ("steps", "batch_size", "timesteps", "log_every", "sample_n", "sample_steps", "keep_last")
+        positive = ("steps", "batch_size", "timesteps", "log_every", "sample_steps", "keep_last")
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)!r}")
         non_negative = ("warmup_steps", "n_middle", "eval_every", "sample_every", "checkpoint_every")
-        for name in non_negative + ("grad_clip", "weight_decay", "num_workers", "eval_images"):
+        for name in non_negative + ("grad_clip", "weight_decay", "num_workers", "eval_images", "sample_n"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)!r}")
         if not self.lr > 0:
@@ -195,7 +197,7 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
         "eval_images": 1024,
     },
     "celeba64": {
-        "dataset": "celeba64",
+        "dataset": "",  # no bundled copy: --dataset FOLDER of face images
         "steps": 500_000,
         "batch_size": 128,
         "lr": 2e-4,
@@ -462,6 +464,16 @@ class _Dist:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
+    def mean(self, t: Tensor) -> Tensor:
+        """The mean of ``t`` over the ranks (each rank's losses cover its share of the global batch)."""
+        if self.world == 1:
+            return t
+        import torch.distributed as dist
+
+        t = t.clone()
+        dist.all_reduce(t)
+        return t / self.world
+
     def barrier(self) -> None:
         if self.world > 1:
             import torch.distributed as dist
@@ -531,6 +543,8 @@ def train(
     resume: bool = False,
     device: str | None = None,
     data_root: str | Path | None = None,
+    download: bool = False,
+    verify: bool = True,
     progress: bool = True,
     callback: Callable[[dict[str, Any]], None] | None = None,
     stop_at: int | None = None,
@@ -543,21 +557,23 @@ def train(
     :param resume: continue from ``out_dir``'s latest checkpoint (fresh start if there is none).
         Without it, an ``out_dir`` that already holds a checkpoint is an error.
     :param callback: called on rank 0 after every step with ``{"step", "losses", "lr", ...}``.
-    :param stop_at: stop (checkpointing) once this step is reached, as if interrupted (tests).
+    :param stop_at: stop (checkpointing) once this step is reached, as if interrupted.
     :return: where it ended; ``interrupted`` is set when a signal (or ``stop_at``) stopped it early.
     """
     started = time.time()
-    out_dir = Path(out_dir)
     dev0 = pick_device(device)
     dist_env = _Dist.from_env(dev0.type)
     dev = pick_device(device, dist_env.local_rank) if dev0.type == "cuda" else dev0
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     try:
-        return _train(
-            model_config, config, out_dir, dataset, eval_dataset, resume, dev, dist_env, data_root,
-            progress, callback, stop_at, started,
-        )  # fmt: skip
+        data_opts = {"root": data_root, "download": download, "verify": verify}
+        dataset, eval_dataset = _load_datasets(
+            config, model_config, dataset, eval_dataset, data_opts, dist_env
+        )
+        trainer = _Trainer(model_config, config, Path(out_dir), dataset, eval_dataset, dev, dist_env)
+        trainer.prepare(resume)
+        return trainer.run(progress=progress, callback=callback, stop_at=stop_at, started=started)
     finally:
         if dist_env.owns_group:
             import torch.distributed as dist
@@ -565,15 +581,30 @@ def train(
             dist.destroy_process_group()
 
 
-def _load_datasets(config: TrainConfig, model_config: UNetConfig, dataset: Any, eval_dataset: Any, root: Any):
+def _load_datasets(
+    config: TrainConfig,
+    model_config: UNetConfig,
+    dataset: Any,
+    eval_dataset: Any,
+    data_opts: Mapping[str, Any],
+    dist_env: _Dist,
+) -> tuple[Any, Any]:
     size, ch = model_config.image_size, model_config.in_channels
+    opts = {
+        "image_size": size,
+        "channels": ch,
+        "root": data_opts.get("root"),
+        "verify": data_opts.get("verify"),
+    }
     if dataset is None:
-        dataset = load_dataset(config.dataset, split="train", image_size=size, channels=ch, root=root)
+        if data_opts.get("download"):  # one process downloads, the others wait and then read
+            if dist_env.rank == 0:
+                load_dataset(config.dataset, split="train", download=True, **opts)
+            dist_env.barrier()
+        dataset = load_dataset(config.dataset, split="train", **opts)
     if eval_dataset is None:
-        if config.dataset in ("digits", "cifar10"):
-            eval_dataset = load_dataset(config.dataset, split="test", image_size=size, channels=ch, root=root)
-        else:
-            eval_dataset = dataset
+        has_test = config.dataset in ("digits", "cifar10")
+        eval_dataset = load_dataset(config.dataset, split="test", **opts) if has_test else dataset
     shape = tuple(dataset[0][0].shape)
     if shape != (ch, size, size):
         raise ConfigError(
@@ -582,231 +613,238 @@ def _load_datasets(config: TrainConfig, model_config: UNetConfig, dataset: Any, 
     return dataset, eval_dataset
 
 
-def _train(
-    model_config: UNetConfig,
-    config: TrainConfig,
-    out_dir: Path,
-    dataset: Any,
-    eval_dataset: Any,
-    resume: bool,
-    dev: torch.device,
-    dist_env: _Dist,
-    data_root: Any,
-    progress: bool,
-    callback: Callable[[dict[str, Any]], None] | None,
-    stop_at: int | None,
-    started: float,
-) -> TrainResult:
-    from ddsm_core.unet import SlimmableUNet
+class _Trainer:
+    """The state of one training process: model, EMA, optimizer, data; rank 0 also writes the run."""
 
-    is_main = dist_env.rank == 0
-    schedule = config.schedule()
-    dataset, eval_dataset = _load_datasets(config, model_config, dataset, eval_dataset, data_root)
-    if config.batch_size % dist_env.world:
-        raise ConfigError(f"batch size {config.batch_size} is not divisible by {dist_env.world} processes")
+    def __init__(
+        self,
+        model_config: UNetConfig,
+        config: TrainConfig,
+        out_dir: Path,
+        dataset: Any,
+        eval_dataset: Any,
+        dev: torch.device,
+        dist_env: _Dist,
+    ) -> None:
+        from ddsm_core.unet import SlimmableUNet
 
-    # 1. model, EMA, optimizer, LR schedule (fresh, or restored from the run's latest checkpoint)
-    model = SlimmableUNet(model_config).to(dev)
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.Adam(
-        model.parameters(), lr=config.lr, betas=config.adam_betas, weight_decay=config.weight_decay
-    )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_factor(config, k))
-    start_step = 0
-    existing = ckpt_io.find_resumable(out_dir) if out_dir.exists() else None
-    if existing is not None and not resume:
-        raise TrainingError(
-            f"{out_dir} already holds a run (checkpoint {existing.name}); pass --resume to continue it "
-            "or choose another --out"
-        )
-    if existing is not None:
-        start_step = _restore(existing, model, ema, opt, sched, model_config, config, dev)
-    if is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        ckpt_io.clean_stale_temporaries(out_dir)
-
-    ddp: nn.Module = model
-    no_sync = None
-    if dist_env.world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        ddp = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
-        no_sync = ddp.no_sync
-
-    # 2. data: batches are a function of (seed, step), so a resumed run sees what the first one would have
-    sampler = StepBatchSampler(
-        len(dataset), config.batch_size, seed=config.seed, start_step=start_step,
-        total_steps=config.steps, rank=dist_env.rank, world=dist_env.world,
-    )  # fmt: skip
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, num_workers=config.num_workers, pin_memory=dev.type == "cuda"
-    )
-    amp = config.amp and dev.type == "cuda"
-    image_shape = tuple(dataset[0][0].shape)
-    local = config.batch_size // dist_env.world
-    part = slice(dist_env.rank * local, (dist_env.rank + 1) * local)
-    conditional = model_config.num_classes is not None
-    rng_devices = [dev.index] if dev.type == "cuda" else []
-    log_path = out_dir / "log.jsonl"
-    smooth: dict[float, float] = {}
-
-    bar = _progress_bar(config.steps, start_step, enabled=progress and is_main)
-    step = start_step
-    last_ckpt: Path | None = existing
-    last_eval: WidthLosses | None = None
-    interrupted = False
-    with _StopRequest() as stop:
-        batches: Iterator[Any] = iter(loader)
-        while step < config.steps:
-            x0, y = next(batches)
-            draws = step_draws(config, step, image_shape, model_config.widths)
-            x0 = x0.to(dev, non_blocking=True)
-            flip = draws["flip"][part].to(dev)
-            if config.hflip:
-                x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
-            y = y.to(dev) if conditional else None
-            t, noise = draws["t"][part].to(dev), draws["noise"][part].to(dev)
-
-            # 3. the sandwich step; dropout draws from a per-step seed inside a forked global RNG
-            opt.zero_grad(set_to_none=True)
-            with torch.random.fork_rng(devices=rng_devices):
-                torch.manual_seed(derive_seed(config.seed, "dropout", step, dist_env.rank))
-                losses = train_step(
-                    ddp, schedule, x0, y, t, noise, draws["widths"], distill=config.distill, amp=amp,
-                    no_sync=no_sync,
-                )  # fmt: skip
-            grad_norm = (
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                if config.grad_clip > 0
-                else torch.tensor(0.0)
+        if config.batch_size % dist_env.world:
+            raise ConfigError(
+                f"batch size {config.batch_size} is not divisible by {dist_env.world} processes"
             )
-            opt.step()
-            sched.step()
-            decay = min(config.ema_decay, (1 + step) / (10 + step)) if config.ema_warmup else config.ema_decay
-            ema_update(ema, model, decay)
-            step += 1
-            if not bool(torch.stack(list(losses.values())).isfinite().all()):
-                values = {w: float(v) for w, v in losses.items()}
-                raise TrainingError(
-                    f"non-finite loss at step {step} ({_fmt_losses(values)}); lower --lr or check the data"
-                )
+        self.model_config, self.config, self.out_dir = model_config, config, out_dir
+        self.dataset, self.eval_dataset = dataset, eval_dataset
+        self.dev, self.dist = dev, dist_env
+        self.is_main = dist_env.rank == 0
+        self.schedule = config.schedule()
+        with torch.random.fork_rng(devices=[]):  # initial weights from the seed, global RNG untouched
+            torch.manual_seed(derive_seed(config.seed, "init"))
+            self.model = SlimmableUNet(model_config).to(dev)
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.opt = torch.optim.Adam(
+            self.model.parameters(), lr=config.lr, betas=config.adam_betas, weight_decay=config.weight_decay
+        )
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda k: lr_factor(config, k))
+        self.step = 0
+        self.last_ckpt: Path | None = None
+        self.last_eval: WidthLosses | None = None
+        self.smooth: dict[float, float] = {}
+        self.amp = config.amp and dev.type == "cuda"
+        local = config.batch_size // dist_env.world
+        self.part = slice(dist_env.rank * local, (dist_env.rank + 1) * local)  # this rank's share of a batch
 
-            # 4. bookkeeping (rank 0): progress, log, eval, samples, checkpoints
-            stop_now = stop.signum is not None or (stop_at is not None and step >= stop_at)
-            stop_now = dist_env.any_flag(stop_now)
-            log_now = step % config.log_every == 0 or step == config.steps or stop_now
-            if log_now or callback is not None:
-                values = {w: float(v) for w, v in losses.items()}
-                for w, v in values.items():
-                    smooth[w] = v if w not in smooth else 0.9 * smooth[w] + 0.1 * v
-                record = {
-                    "step": step,
-                    "losses": {format_width(w): v for w, v in values.items()},
-                    "lr": sched.get_last_lr()[0],
-                    "grad_norm": float(grad_norm),
-                    "ema_decay": decay,
-                    "elapsed_s": round(time.time() - started, 3),
-                }
-                if is_main and callback is not None:
+    # 1. fresh start or exact resume
+    def prepare(self, resume: bool) -> None:
+        existing = ckpt_io.find_resumable(self.out_dir) if self.out_dir.exists() else None
+        if existing is not None and not resume:
+            raise TrainingError(
+                f"{self.out_dir} already holds a run (checkpoint {existing.name}); pass --resume to continue "
+                "it or choose another --out"
+            )
+        if existing is not None:
+            self.step = self._restore(existing)
+            self.last_ckpt = existing
+        if self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            ckpt_io.clean_stale_temporaries(self.out_dir)
+
+    def _restore(self, ckpt: Path) -> int:
+        from safetensors.torch import load_file
+
+        manifest = ckpt_io.read_manifest(ckpt)
+        ckpt_io.check_compatible(manifest, self.model_config)
+        _check_resume_config(manifest.get("train_config"), self.config, ckpt.parent)
+        if manifest["schedule"] != self.schedule.to_dict():
+            raise ConfigError(f"{ckpt} was trained with noise schedule {manifest['schedule']}")
+        for module, key in ((self.model, "model"), (self.ema, "ema")):
+            fname = manifest["weights"][key]
+            ckpt_io.load_state_into(module, load_file(str(ckpt / fname), device=str(self.dev)), ckpt / fname)
+        state = ckpt_io.load_training_state(ckpt, map_location=str(self.dev))
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["lr_scheduler"])
+        return int(manifest["step"])
+
+    # 2. the loop
+    def run(
+        self,
+        *,
+        progress: bool,
+        callback: Callable[[dict[str, Any]], None] | None,
+        stop_at: int | None,
+        started: float,
+    ) -> TrainResult:
+        cfg = self.config
+        net, no_sync = self.model, None
+        if self.dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            net = DistributedDataParallel(
+                self.model, device_ids=[self.dev.index] if self.dev.type == "cuda" else None
+            )
+            no_sync = net.no_sync
+        # Batches are a function of (seed, step): a resumed run sees what the first one would have seen.
+        sampler = StepBatchSampler(
+            len(self.dataset), cfg.batch_size, seed=cfg.seed, start_step=self.step, total_steps=cfg.steps,
+            rank=self.dist.rank, world=self.dist.world,
+        )  # fmt: skip
+        loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_sampler=sampler,
+            num_workers=cfg.num_workers,
+            pin_memory=self.dev.type == "cuda",
+        )
+        bar = _progress_bar(cfg.steps, self.step, enabled=progress and self.is_main)
+        interrupted = False
+        with _StopRequest() as stop:
+            for x0, y in loader:
+                record = self.train_one(net, no_sync, x0, y)
+                record["elapsed_s"] = round(time.time() - started, 3)
+                if self.is_main and callback is not None:
                     callback(record)
-                if is_main and log_now:
-                    _append_jsonl(log_path, record)
-                    bar.set_postfix_str(_fmt_losses(smooth), refresh=False)
-            bar.update(1)
-            final = step == config.steps or stop_now
-            if is_main and (_due(step, config.eval_every) or (final and not stop_now)):
-                last_eval = eval_width_losses(
-                    ema, schedule, eval_dataset, n_images=config.eval_images, seed=config.seed, device=dev
-                )
-                _append_jsonl(out_dir / "eval.jsonl", {"step": step, "ema": True, **last_eval.to_dict()})
-            if is_main and (_due(step, config.sample_every) or (final and not stop_now)):
-                sample_width_grid(
-                    ema, schedule, out_dir / "samples" / f"{ckpt_io.step_dir_name(step)}.png",
-                    n=config.sample_n, sampler=config.sample_sampler, steps=config.sample_steps,
-                    seed=config.seed, device=dev,
+                stop_now = stop.signum is not None or (stop_at is not None and self.step >= stop_at)
+                stop_now = self.dist.any_flag(stop_now) and self.step < cfg.steps
+                self.log(record, bar, force=stop_now)
+                self.periodic(final=stop_now or self.step == cfg.steps, interrupted=stop_now)
+                if stop_now:
+                    interrupted = True
+                    break
+        bar.close()
+        return TrainResult(
+            step=self.step,
+            checkpoint=self.last_ckpt,
+            interrupted=interrupted,
+            signal=stop.signum,
+            wall_s=time.time() - started,
+            eval=self.last_eval,
+        )
+
+    def train_one(
+        self,
+        net: nn.Module,
+        no_sync: Callable[[], contextlib.AbstractContextManager] | None,
+        x0: Tensor,
+        y: Tensor,
+    ) -> dict[str, Any]:
+        """One optimizer step of the sandwich rule; returns the step's log record."""
+        cfg, dev = self.config, self.dev
+        draws = step_draws(cfg, self.step, tuple(x0.shape[1:]), self.model_config.widths)
+        x0 = x0.to(dev, non_blocking=True)
+        if cfg.hflip:
+            flip = draws["flip"][self.part].to(dev)
+            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+        y = y.to(dev) if self.model_config.num_classes is not None else None
+        t, noise = draws["t"][self.part].to(dev), draws["noise"][self.part].to(dev)
+        self.opt.zero_grad(set_to_none=True)
+        # Dropout draws from the global RNG: fork it and seed it per step, so nothing leaks out and a
+        # resumed run draws the same masks.
+        with torch.random.fork_rng(devices=[dev.index] if dev.type == "cuda" else []):
+            torch.manual_seed(derive_seed(cfg.seed, "dropout", self.step, self.dist.rank))
+            losses = train_step(
+                net, self.schedule, x0, y, t, noise, draws["widths"], distill=cfg.distill, amp=self.amp,
+                no_sync=no_sync,
+            )  # fmt: skip
+        params = self.model.parameters()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else None
+        self.opt.step()
+        self.sched.step()
+        decay = min(cfg.ema_decay, (1 + self.step) / (10 + self.step)) if cfg.ema_warmup else cfg.ema_decay
+        ema_update(self.ema, self.model, decay)
+        self.step += 1
+        reduced = self.dist.mean(torch.stack(list(losses.values())).float()).tolist()
+        values = dict(zip(losses, reduced, strict=True))
+        if not all(math.isfinite(v) for v in values.values()):
+            raise TrainingError(
+                f"non-finite loss at step {self.step} ({_fmt_losses(values)}); lower --lr or check the data"
+            )
+        return {
+            "step": self.step,
+            "losses": {format_width(w): v for w, v in values.items()},
+            "lr": self.sched.get_last_lr()[0],
+            "grad_norm": float(grad_norm) if grad_norm is not None else None,
+            "ema_decay": decay,
+            "_values": values,
+        }
+
+    # 3. bookkeeping (rank 0): progress, log, eval, samples, checkpoints
+    def log(self, record: dict[str, Any], bar: Any, force: bool) -> None:
+        values = record.pop("_values")
+        for w, v in values.items():
+            self.smooth[w] = v if w not in self.smooth else 0.9 * self.smooth[w] + 0.1 * v
+        if self.is_main and (
+            force or _due(self.step, self.config.log_every) or self.step == self.config.steps
+        ):
+            _append_jsonl(self.out_dir / "log.jsonl", record)
+            bar.set_postfix_str(_fmt_losses(self.smooth), refresh=False)
+        bar.update(1)
+
+    def periodic(self, *, final: bool, interrupted: bool) -> None:
+        cfg, step = self.config, self.step
+        if self.is_main:
+            end = final and not interrupted
+            if cfg.eval_images and (_due(step, cfg.eval_every) or end):
+                self.last_eval = eval_width_losses(
+                    self.ema, self.schedule, self.eval_dataset, n_images=cfg.eval_images, seed=cfg.seed,
+                    device=self.dev,
                 )  # fmt: skip
-            if is_main and (_due(step, config.checkpoint_every) or final):
-                last_ckpt = _save(
-                    out_dir, step, model, ema, opt, sched, model_config, schedule, config, last_eval
+                _append_jsonl(
+                    self.out_dir / "eval.jsonl", {"step": step, "ema": True, **self.last_eval.to_dict()}
                 )
-            if final:
-                dist_env.barrier()
-            if stop_now and step < config.steps:
-                interrupted = True
-                break
-    bar.close()
-    return TrainResult(
-        step=step,
-        checkpoint=last_ckpt,
-        interrupted=interrupted,
-        signal=stop.signum,
-        wall_s=time.time() - started,
-        eval=last_eval,
-    )
+            if cfg.sample_n and (_due(step, cfg.sample_every) or end):
+                sample_width_grid(
+                    self.ema, self.schedule, self.out_dir / "samples" / f"{ckpt_io.step_dir_name(step)}.png",
+                    n=cfg.sample_n, sampler=cfg.sample_sampler, steps=cfg.sample_steps, seed=cfg.seed,
+                    device=self.dev,
+                )  # fmt: skip
+            if _due(step, cfg.checkpoint_every) or final:
+                self.last_ckpt = self.save()
+        if final:
+            self.dist.barrier()
+
+    def save(self) -> Path:
+        state = {
+            "step": self.step,
+            "optimizer": self.opt.state_dict(),
+            "lr_scheduler": self.sched.state_dict(),
+        }
+        return ckpt_io.save_to_run(
+            self.out_dir,
+            step=self.step,
+            keep_last=self.config.keep_last,
+            model_config=self.model_config,
+            schedule=self.schedule.to_dict(),
+            model_state=self.model.state_dict(),
+            ema_state=self.ema.state_dict(),
+            training_state=state,
+            train_config=self.config.to_dict(),
+            extra={
+                "rng": "per step, derived from (train_config.seed, step, rank): resuming needs no RNG state",
+                "eval": self.last_eval.to_dict() if self.last_eval is not None else None,
+            },
+        )
 
 
 def _due(step: int, every: int) -> bool:
     return every > 0 and step % every == 0
-
-
-def _save(
-    out_dir: Path,
-    step: int,
-    model: nn.Module,
-    ema: nn.Module,
-    opt: torch.optim.Optimizer,
-    sched: Any,
-    model_config: UNetConfig,
-    schedule: NoiseSchedule,
-    config: TrainConfig,
-    last_eval: WidthLosses | None,
-) -> Path:
-    state = {
-        "step": step,
-        "optimizer": opt.state_dict(),
-        "lr_scheduler": sched.state_dict(),
-    }
-    return ckpt_io.save_to_run(
-        out_dir,
-        step=step,
-        keep_last=config.keep_last,
-        model_config=model_config,
-        schedule=schedule.to_dict(),
-        model_state=model.state_dict(),
-        ema_state=ema.state_dict(),
-        training_state=state,
-        train_config=config.to_dict(),
-        extra={
-            "rng": "per step, derived from (train_config.seed, step, rank): resuming needs no RNG state",
-            "eval": last_eval.to_dict() if last_eval is not None else None,
-        },
-    )
-
-
-def _restore(
-    ckpt: Path,
-    model: nn.Module,
-    ema: nn.Module,
-    opt: torch.optim.Optimizer,
-    sched: Any,
-    model_config: UNetConfig,
-    config: TrainConfig,
-    dev: torch.device,
-) -> int:
-    from safetensors.torch import load_file
-
-    manifest = ckpt_io.read_manifest(ckpt)
-    ckpt_io.check_compatible(manifest, model_config)
-    _check_resume_config(manifest.get("train_config"), config, ckpt.parent)
-    if manifest["schedule"] != config.schedule().to_dict():
-        raise ConfigError(f"{ckpt} was trained with noise schedule {manifest['schedule']}")
-    for module, key in ((model, "model"), (ema, "ema")):
-        fname = manifest["weights"][key]
-        ckpt_io.load_state_into(module, load_file(str(ckpt / fname), device=str(dev)), ckpt / fname)
-    state = ckpt_io.load_training_state(ckpt, map_location=str(dev))
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["lr_scheduler"])
-    return int(manifest["step"])
 
 
 def _fmt_losses(losses: Mapping[float, float]) -> str:
@@ -831,3 +869,63 @@ def _progress_bar(total: int, initial: int, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
+
+
+def main_train(
+    *,
+    preset: str,
+    out_dir: str | Path,
+    overrides: Mapping[str, Any],
+    resume: bool = False,
+    class_cond: bool = False,
+    device: str | None = None,
+    data_root: str | Path | None = None,
+    download: bool = False,
+    verify: bool = True,
+    export: str | Path | None = None,
+    progress: bool = True,
+    echo: Callable[[str], Any] = print,
+) -> TrainResult:
+    """What ``ddsm train`` does: recipe from the preset (or the run being resumed) plus overrides."""
+    out_dir = Path(out_dir)
+    base = TrainConfig.for_preset(preset)
+    existing = ckpt_io.find_resumable(out_dir) if resume and out_dir.exists() else None
+    if existing is not None:
+        saved = ckpt_io.read_manifest(existing, verify=False).get("train_config")
+        base = TrainConfig.from_dict(saved) if saved else base
+    config = base.replace(**overrides)
+    if not config.dataset:
+        raise ConfigError(f"preset {preset!r} has no bundled dataset; pass --dataset FOLDER")
+    model_config = UNetConfig.from_preset(preset)
+    if class_cond:
+        n_classes = _dataset_classes(config.dataset, model_config)
+        model_config = dataclasses.replace(model_config, num_classes=n_classes)
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    if is_main:
+        where = f"resuming {existing}" if existing is not None else f"new run in {out_dir}"
+        echo(
+            f"{preset}: {config.dataset}, {config.steps} steps, batch {config.batch_size}, "
+            f"lr {config.lr:g}; {where}"
+        )
+    result = train(
+        model_config, config, out_dir, resume=resume, device=device, data_root=data_root,
+        download=download, verify=verify, progress=progress,
+    )  # fmt: skip
+    if is_main and not result.interrupted:
+        echo(f"done: step {result.step} in {result.wall_s:.1f} s; checkpoint {result.checkpoint}")
+        if result.eval is not None:
+            echo("per-width eval loss (EMA weights):\n" + result.eval.to_markdown())
+        if export is not None and result.checkpoint is not None:
+            echo(f"exported to {ckpt_io.copy_checkpoint(result.checkpoint, export)}")
+    return result
+
+
+def _dataset_classes(name: str, model_config: UNetConfig) -> int:
+    if name in ("digits", "cifar10"):
+        return 10
+    ds = load_dataset(name, image_size=model_config.image_size, channels=model_config.in_channels)
+    if not ds.num_classes:
+        raise ConfigError(
+            f"--class-cond needs labels, but {name!r} has none (put images in class subfolders)"
+        )
+    return ds.num_classes

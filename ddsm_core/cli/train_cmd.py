@@ -1,0 +1,106 @@
+"""``ddsm train``: train (or resume) a slimmable supernet with the sandwich rule.
+
+On a GPU box, one process per GPU through torchrun (the same command, DDP over NCCL)::
+
+    torchrun --standalone --nproc-per-node 8 -m api.cli train --preset cifar10 --out runs/cifar10 --resume
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+import typer
+
+
+def train(
+    out: Path = typer.Option(..., "--out", help="Run directory (checkpoints, samples, logs)."),
+    preset: str = typer.Option("digits", "--preset", help="Model preset and its training recipe."),
+    dataset: str | None = typer.Option(
+        None, "--dataset", help="digits, cifar10 or a folder of images [default: the preset's]."
+    ),
+    steps: int | None = typer.Option(None, "--steps", help="Total optimizer steps [preset's]."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out if there is one."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Global batch size [preset's]."),
+    lr: float | None = typer.Option(None, "--lr", help="Peak learning rate [preset's]."),
+    warmup_steps: int | None = typer.Option(None, "--warmup-steps", help="LR warm-up steps [preset's]."),
+    ema_decay: float | None = typer.Option(None, "--ema-decay", help="EMA decay [preset's]."),
+    n_middle: int | None = typer.Option(None, "--n-middle", help="Random middle widths per step [2]."),
+    distill: bool | None = typer.Option(
+        None, "--distill/--no-distill", help="In-place distillation of sub-widths [off]."
+    ),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of every random draw [0]."),
+    sample_every: int | None = typer.Option(None, "--sample-every", help="Sample grids every N steps."),
+    eval_every: int | None = typer.Option(None, "--eval-every", help="Per-width eval loss every N steps."),
+    checkpoint_every: int | None = typer.Option(None, "--checkpoint-every", help="Checkpoint every N steps."),
+    eval_images: int | None = typer.Option(None, "--eval-images", help="Images for the eval loss (0 = off)."),
+    sample_n: int | None = typer.Option(None, "--sample-n", help="Samples per width in grids (0 = off)."),
+    sample_steps: int | None = typer.Option(None, "--sample-steps", help="DDIM steps for sample grids."),
+    log_every: int | None = typer.Option(None, "--log-every", help="Log losses every N steps."),
+    class_cond: bool = typer.Option(False, "--class-cond", help="Class-conditional model (dataset labels)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    data_root: Path | None = typer.Option(None, "--data-root", help="Where CIFAR-10 is (or goes)."),
+    download: bool = typer.Option(False, "--download", help="Download CIFAR-10 if missing (internet)."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Check CIFAR-10 files' md5 sums."),
+    num_workers: int | None = typer.Option(None, "--num-workers", help="DataLoader worker processes [0]."),
+    export: Path | None = typer.Option(
+        None, "--export", help="Also copy the final checkpoint to this directory."
+    ),
+    threads: int | None = typer.Option(
+        None, "--threads", help="CPU threads for torch (1 is fastest on a busy machine)."
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Train a supernet: every step trains the largest, the smallest and random middle widths."""
+    import torch
+
+    from ddsm_core.train import main_train
+
+    if threads is not None:
+        torch.set_num_threads(max(1, threads))
+
+    overrides: dict[str, Any] = {
+        "dataset": dataset,
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "warmup_steps": warmup_steps,
+        "ema_decay": ema_decay,
+        "n_middle": n_middle,
+        "distill": distill,
+        "seed": seed,
+        "sample_every": sample_every,
+        "eval_every": eval_every,
+        "checkpoint_every": checkpoint_every,
+        "eval_images": eval_images,
+        "sample_n": sample_n,
+        "sample_steps": sample_steps,
+        "log_every": log_every,
+        "num_workers": num_workers,
+    }
+    result = main_train(
+        preset=preset,
+        out_dir=out,
+        overrides={k: v for k, v in overrides.items() if v is not None},
+        resume=resume,
+        class_cond=class_cond,
+        device=device,
+        data_root=data_root,
+        download=download,
+        verify=verify,
+        export=export,
+        progress=progress,
+        echo=typer.echo,
+    )
+    if result.interrupted:
+        typer.echo(
+            f"stopped at step {result.step}; checkpoint {result.checkpoint}; continue with the same "
+            "command and --resume",
+            err=True,
+        )
+        raise typer.Exit(143 if result.signal == signal.SIGTERM else 130)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)
