@@ -567,12 +567,12 @@ def train(
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     try:
+        trainer = _Trainer(model_config, config, Path(out_dir), dev, dist_env)
+        trainer.prepare(resume)  # checks a run being resumed before any data is read
         data_opts = {"root": data_root, "download": download, "verify": verify}
-        dataset, eval_dataset = _load_datasets(
+        trainer.dataset, trainer.eval_dataset = _load_datasets(
             config, model_config, dataset, eval_dataset, data_opts, dist_env
         )
-        trainer = _Trainer(model_config, config, Path(out_dir), dataset, eval_dataset, dev, dist_env)
-        trainer.prepare(resume)
         return trainer.run(progress=progress, callback=callback, stop_at=stop_at, started=started)
     finally:
         if dist_env.owns_group:
@@ -621,8 +621,6 @@ class _Trainer:
         model_config: UNetConfig,
         config: TrainConfig,
         out_dir: Path,
-        dataset: Any,
-        eval_dataset: Any,
         dev: torch.device,
         dist_env: _Dist,
     ) -> None:
@@ -633,7 +631,8 @@ class _Trainer:
                 f"batch size {config.batch_size} is not divisible by {dist_env.world} processes"
             )
         self.model_config, self.config, self.out_dir = model_config, config, out_dir
-        self.dataset, self.eval_dataset = dataset, eval_dataset
+        self.dataset: Any = None  # set before run()
+        self.eval_dataset: Any = None
         self.dev, self.dist = dev, dist_env
         self.is_main = dist_env.rank == 0
         self.schedule = config.schedule()

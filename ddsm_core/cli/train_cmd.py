@@ -99,7 +99,9 @@ def train(
             "command and --resume",
             err=True,
         )
-        raise typer.Exit(143 if result.signal == signal.SIGTERM else 130)
+        # SystemExit, not typer.Exit: with standalone_mode=False click returns typer.Exit's code instead of
+        # raising it, and run_app would report success.
+        raise SystemExit(128 + (result.signal or signal.SIGINT))
 
 
 def register(app: typer.Typer) -> None:

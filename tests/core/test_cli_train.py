@@ -1,0 +1,124 @@
+"""``ddsm train``: a short digits run, resume, SIGTERM from outside, bad input as one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from PIL import Image
+
+from ddsm_core.checkpoint import read_manifest
+from ddsm_core.cli import app, run_app
+
+# The digits preset, tiny batches, no sample grids, a small eval set: seconds, not minutes.
+QUICK = ["--batch-size", "8", "--sample-n", "0", "--eval-images", "8", "--log-every", "1", "--no-progress"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def run(argv, capsys):
+    code = run_app(app, argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_train_then_resume_to_more_steps(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, err = run(
+        ["train", "--preset", "digits", "--steps", "2", "--out", str(out), *QUICK], capsys
+    )
+    assert code == 0, err
+    assert "done: step 2" in stdout and "| 2/8 |" in stdout
+    manifest = read_manifest(out)
+    assert manifest["step"] == 2 and manifest["train_config"]["batch_size"] == 8
+    assert manifest["model_config"]["image_size"] == 8 and manifest["eval"]["n_images"] == 8
+
+    code, _, err = run(["train", "--steps", "3", "--out", str(out), *QUICK], capsys)
+    assert code == 2 and "already holds a run" in err and "--resume" in err
+
+    code, stdout, err = run(["train", "--steps", "3", "--out", str(out), "--resume", "--no-progress"], capsys)
+    assert code == 0, err
+    assert "resuming" in stdout and read_manifest(out)["step"] == 3
+    steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+
+
+def test_export_copies_the_checkpoint(tmp_path, capsys):
+    argv = ["train", "--steps", "1", "--out", str(tmp_path / "r"), "--export", str(tmp_path / "x"), *QUICK]
+    assert run(argv, capsys)[0] == 0
+    assert read_manifest(tmp_path / "x")["step"] == 1
+
+
+def test_resume_with_another_recipe_or_preset_is_refused(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert run(["train", "--steps", "1", "--out", out, *QUICK], capsys)[0] == 0
+    code, _, err = run(["train", "--steps", "2", "--out", out, "--resume", "--lr", "0.5", *QUICK], capsys)
+    assert code == 2 and "different training recipe (lr: run 0.001 vs now 0.5" in err
+    code, _, err = run(["train", "--preset", "cifar10", "--steps", "2", "--out", out, "--resume"], capsys)
+    assert code == 2 and "does not fit the preset" in err and "image_size: checkpoint 8 vs 32" in err
+    assert err.count("\n") == 1
+
+
+def test_bad_dataset_input(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code, _, err = run(
+        ["train", "--dataset", str(tmp_path / "empty"), "--out", str(tmp_path / "r"), *QUICK], capsys
+    )
+    assert code == 2 and "no images found" in err
+    code, _, err = run(
+        ["train", "--dataset", str(tmp_path / "nope"), "--out", str(tmp_path / "r"), *QUICK], capsys
+    )
+    assert code == 2 and "does not exist" in err
+    code, _, err = run(["train", "--preset", "mnist", "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and "unknown preset 'mnist'" in err
+    code, _, err = run(["train", "--preset", "celeba64", "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and "--dataset FOLDER" in err
+
+
+def test_folder_dataset_with_class_labels(tmp_path, capsys):
+    for i in range(8):
+        folder = tmp_path / "imgs" / ("a" if i % 2 else "b")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.new("L", (20, 16), 40 * (i % 5)).save(folder / f"{i}.png")
+    argv = [
+        "train",
+        "--dataset",
+        str(tmp_path / "imgs"),
+        "--class-cond",
+        "--steps",
+        "1",
+        "--out",
+        str(tmp_path / "r"),
+    ]
+    code, _, err = run([*argv, *QUICK], capsys)
+    assert code == 0, err
+    assert read_manifest(tmp_path / "r")["model_config"]["num_classes"] == 2
+
+
+def test_sigterm_writes_a_checkpoint_and_exits_143(tmp_path):
+    out = tmp_path / "run"
+    code = "import sys; from ddsm_core.cli import main; sys.argv[0] = 'ddsm'; main()"
+    argv = ["train", "--steps", "100000", "--out", str(out), "--threads", "1", *QUICK]
+    proc = subprocess.Popen([sys.executable, "-c", code, *argv], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "log.jsonl").is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "stopped at step" in err and "--resume" in err
+    step = read_manifest(out)["step"]
+    assert step >= 1 and not any(p.name.startswith(".tmp") for p in out.iterdir())
+    assert os.path.isfile(out / "LATEST")
