@@ -1,8 +1,11 @@
 """``ddsm train``: train (or resume) a slimmable supernet with the sandwich rule.
 
-On a GPU box, one process per GPU through torchrun (the same command, DDP over NCCL)::
+On a GPU box, one process per GPU through torchrun (the same command; DDP over NCCL, bf16 autocast)::
 
-    torchrun --standalone --nproc-per-node 8 -m api.cli train --preset cifar10 --out runs/cifar10 --resume
+    torchrun --standalone --nproc-per-node 8 --no-python \
+        ddsm train --preset cifar10 --out runs/cifar10 --data-root data --download --resume
+
+``--batch-size`` is the global batch (split across the processes); rank 0 writes the run directory.
 """
 
 from __future__ import annotations
