@@ -82,12 +82,17 @@ def evaluate_genome(
     n_images: int,
     table: CostTable,
     device: str,
+    share_prefixes: bool = False,
 ) -> dict[str, Any]:
     """Sample ``n_images`` with the genome's strategy from the search's fixed seeds; FID + GFLOPs."""
     from ddsm_core.evaluate import evaluate
 
     model, schedule, _ = load_supernet(checkpoint, checkpoint_sha, device)
     dev = device_of(device)
+    cache = None
+    if share_prefixes:  # same seeds, sampler and model: resume from states of earlier candidates
+        cache = _prefix_cache((checkpoint_sha, dev, spec.sampler, spec.steps, spec.widths, spec.eval_seed,
+                               spec.batch_size, n_images))  # fmt: skip
     result = evaluate(
         model,
         schedule,
@@ -99,8 +104,26 @@ def evaluate_genome(
         batch_size=spec.batch_size,
         costs=table,
         device=dev,
+        prefix_cache=cache,
     )
     return result_metrics(result)
+
+
+_prefix_caches: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+
+
+def _prefix_cache(key: tuple[Any, ...]) -> Any:
+    """One :class:`~ddsm_core.evaluate.PrefixCache` per model + sampler grid + seeds (bit-identical
+    results, fewer sampler steps), the most recent two kept."""
+    from ddsm_core.evaluate import PrefixCache
+
+    with _lock:
+        if key not in _prefix_caches:
+            _prefix_caches[key] = PrefixCache()
+            while len(_prefix_caches) > 2:
+                _prefix_caches.popitem(last=False)
+        _prefix_caches.move_to_end(key)
+        return _prefix_caches[key]
 
 
 def result_metrics(result: Any) -> dict[str, Any]:

@@ -143,6 +143,7 @@ def _evaluate(ctx: WorkerContext, candidate_id: int) -> dict[str, Any]:
         n_images=cand.n_images,
         table=cost_table(net.gflops),
         device=ctx.settings.device,
+        share_prefixes=cand.phase == "search",
     )
 
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, status
 
@@ -53,6 +53,17 @@ def list_candidates(
     rows = repo.candidates(search_id, state=state, offset=offset, limit=limit)
     items = [CandidateOut.model_validate({**c.__dict__, "state": c.state.value}) for c in rows]
     return CandidatePage(total=total, offset=offset, limit=limit, items=items)
+
+
+@router.get("/{search_id}/report", dependencies=[Read])
+def search_report(search_id: int, repo: RepoDep) -> dict[str, Any]:
+    """A finished search in `ddsm search`'s results.json format (front, pick, finalists, uniform widths)."""
+    from api.report import build_results
+
+    search = repo.get_search(search_id)
+    if search is None:
+        raise not_found("search", search_id)
+    return build_results(repo, search)
 
 
 @router.post("/{search_id}/cancel", dependencies=[Write])

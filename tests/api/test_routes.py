@@ -165,8 +165,8 @@ def test_reference_stats_are_computed_on_a_worker(client: TestClient, outbox: Ou
     assert ("stats", (reply.json()["id"],)) in outbox.sent
 
 
-def test_search_over_rest_runs_to_a_front_with_progress_and_strategies(
-    client: TestClient, outbox: Outbox
+def test_search_over_rest_runs_to_a_front_with_progress_strategies_and_report(
+    client: TestClient, outbox: Outbox, tmp_path: Path
 ) -> None:
     net, stats = ready(client)
     reply = client.post("/searches", json=search_body(net, stats), headers=KEY)
@@ -192,6 +192,12 @@ def test_search_over_rest_runs_to_a_front_with_progress_and_strategies(
     pick = client.get(f"/searches/{search['id']}/strategies/pick").json()
     assert pick["genes"] == done["result"]["pick"]["genome"] and pick["sampler"] == "ddim"
     assert client.get(f"/searches/{search['id']}/strategies/best").status_code == 422
+    report = client.get(f"/searches/{search['id']}/report").json()
+    assert report["front"] and set(report["final"]) == {"pick", "knee", "full"}
+    from api.report import write_search_report
+
+    path = write_search_report(tmp_path / "report", report)
+    assert "Step-aware strategy search" in path.read_text() and (tmp_path / "report" / "pareto.png").exists()
     assert client.post(f"/searches/{search['id']}/cancel", headers=KEY).status_code == 409
     assert client.post(f"/searches/{search['id']}/resume", headers=KEY).status_code == 409
 
