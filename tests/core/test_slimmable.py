@@ -116,3 +116,30 @@ def test_narrow_backward_touches_only_kept_weights() -> None:
     grad = conv.weight.grad
     assert grad[:4, :4].abs().sum() > 0
     assert grad[4:].abs().sum() == 0 and grad[:, 4:].abs().sum() == 0
+
+
+def test_sampling_keeps_contiguous_narrow_weights_until_the_parameter_changes() -> None:
+    conv = SlimConv2d((8, 8), 8, 3, padding=1)
+    x = torch.randn(1, 8, 4, 4, generator=_gen())
+    with torch.inference_mode():
+        first = conv(x, 0.5)
+    with torch.no_grad():
+        weight, _ = conv.weights_at(0.5)
+        assert weight.is_contiguous() and conv.weights_at(0.5)[0] is weight  # kept, not recomputed
+        torch.testing.assert_close(conv(x, 0.5), first)  # cache made in inference mode still usable
+        conv.weight.mul_(2.0)  # an in-place update (an optimizer step) must drop the copies
+        expected = F.conv2d(
+            x, torch.cat([conv.weight[:4, :4], conv.weight[:4, 8:12]], 1), conv.bias[:4], padding=1
+        )
+        torch.testing.assert_close(conv(x, 0.5), expected)
+
+
+def test_training_mode_slices_views_and_copies_drop_the_cache() -> None:
+    import copy
+
+    conv = SlimConv2d(8, 8, 1)
+    with torch.no_grad():
+        conv(torch.randn(1, 4, 2, 2, generator=_gen()), 0.5)
+    assert "_packed" in vars(conv) and "_packed" not in vars(copy.deepcopy(conv))
+    weight, _ = conv.weights_at(0.5)  # grad enabled: a view that autograd routes into the parameter
+    assert weight.data_ptr() == conv.weight.data_ptr() and weight.requires_grad

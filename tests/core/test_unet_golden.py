@@ -270,6 +270,16 @@ def test_width_k_equals_standalone_narrow_unet_from_sliced_weights(k: int) -> No
         torch.testing.assert_close(supernet(x, t, k / 8, y), narrow(x, t, y), rtol=1e-10, atol=1e-10)
 
 
+def test_width_k_with_autograd_on_equals_standalone_narrow_unet() -> None:
+    """With autograd on, layers slice views instead of using their sampling-time weight copies."""
+    cfg = small_config()
+    supernet = randomized_supernet(cfg)
+    narrow = plain_unet(cfg, 3).double().eval()
+    narrow.load_state_dict(narrow_state_dict(plain_unet(cfg, 8), supernet.state_dict(), 3), strict=True)
+    x, t, y = inputs(cfg)
+    torch.testing.assert_close(supernet(x, t, 3 / 8, y), narrow(x, t, y), rtol=1e-10, atol=1e-10)
+
+
 def test_slicing_the_concatenation_naively_gives_a_different_network() -> None:
     """The check that the golden test can catch the skip-concatenation bug at all."""
     cfg = small_config()
