@@ -103,6 +103,7 @@ def write_checkpoint(
         }
         _write_text(tmp / MANIFEST, json.dumps(manifest, indent=2) + "\n")
         _fsync_dir(tmp)
+        _ordinary_modes(tmp)
         _swap_into_place(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -297,6 +298,7 @@ def copy_checkpoint(src: str | Path, dst: str | Path) -> Path:
         for f in ckpt.iterdir():
             if f.is_file():
                 shutil.copy2(f, tmp / f.name)
+        _ordinary_modes(tmp)
         _swap_into_place(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -320,10 +322,25 @@ def _write_text(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _ordinary_modes(folder: Path) -> None:
+    """mkdtemp/mkstemp make private (0700/0600) entries; a checkpoint is shared like any output file."""
+    mask = _umask()
+    os.chmod(folder, 0o777 & ~mask)
+    for f in folder.iterdir():
+        os.chmod(f, 0o666 & ~mask)
 
 
 def _fsync_dir(path: Path) -> None:
