@@ -1,8 +1,271 @@
-"""``ddsm demo``: the README's main job over the embedded service (filled in below)."""
+"""``ddsm demo``: the README's main job on the embedded service, over REST.
+
+1. start the service on this machine (API + controller + one worker; SQLite, a serverless broker and a
+   local artifact folder under ``--home``), unless ``--url`` names a running one;
+2. train a digits supernet on the worker (or reuse the one a previous demo trained, or follow a training
+   run a previous demo left unfinished: it resumes from its last checkpoint);
+3. compute the digits reference statistics (domain feature extractor) on the worker, or reuse them;
+4. start a search over REST and follow it with a progress bar;
+5. print the Pareto front and the pick's GFLOPs saving and FID next to the full width's, and write the
+   report (results.json, report.md, pareto.png, strategy.png, samples.png) to ``--out``.
+
+This process imports no torch except for the optional sample grid at the end.
+"""
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Annotated, Any
 
-def demo() -> None:
-    """Train (or reuse) a digits supernet, compute reference statistics, search over REST, report."""
-    raise NotImplementedError
+import httpx
+import typer
+
+from ddsm_core.errors import DDSMError
+
+SUPERNET_NAME = "digits-demo"
+STATS_NAME = "digits"
+# Sized to finish in about 15 minutes on 2 CPU cores (see bench/service_demo.md).
+DEMO = {"train_steps": 600, "sampler": "ddim", "steps": 10, "population": 16, "generations": 4, "images": 200,
+        "final_images": 500, "weight": 2.0}  # fmt: skip
+
+
+class DemoError(DDSMError):
+    pass
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _bar(total: float, desc: str, unit: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True)
+
+
+class Service:
+    """A REST client of the service, and the processes this demo started (stopped on exit)."""
+
+    def __init__(self, url: str | None, home: Path, workers: int) -> None:
+        from api.service_cmds import start_api_process, start_worker_process, wait_healthy
+
+        self.procs: list[subprocess.Popen[bytes]] = []
+        if url is None:
+            home = home.resolve()
+            logs = home / "logs"
+            logs.mkdir(parents=True, exist_ok=True)
+            env = {"DDSM_HOME": str(home)}
+            port = _free_port()
+            url = f"http://127.0.0.1:{port}"
+            typer.echo(f"starting the service in {home} (API {url}, {workers} worker(s); logs in {logs})")
+            self.procs.append(start_api_process(port, env, log=logs / "api.log"))
+            wait_healthy(url, timeout=120, proc=self.procs[0])
+            self.procs += [start_worker_process(env, log=logs / f"worker{i}.log") for i in range(workers)]
+        key = os.environ.get("DDSM_API_KEY")
+        self.http = httpx.Client(base_url=url, timeout=60, headers={"X-API-Key": key} if key else {})
+
+    def get(self, path: str) -> Any:
+        return self._ok(self.http.get(path))
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        return self._ok(self.http.post(path, json=body))
+
+    @staticmethod
+    def _ok(reply: httpx.Response) -> Any:
+        if reply.status_code >= 400:
+            raise DemoError(
+                f"{reply.request.method} {reply.request.url.path}: {reply.status_code} {reply.text}"
+            )
+        return reply.json()
+
+    def wait(self, path: str, what: str, poll: float = 1.0) -> dict[str, Any]:
+        while True:
+            row = self.get(path)
+            if row["status"] == "COMPLETE":
+                return row
+            if row["status"] in ("FAILED", "CANCELLED"):
+                raise DemoError(f"{what} {row['status']}: {row.get('error')}")
+            self._check_processes()
+            time.sleep(poll)
+
+    def _check_processes(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is not None:
+                raise DemoError(f"a service process exited with status {proc.returncode}; see the logs")
+
+    def close(self) -> None:
+        from api.service_cmds import stop
+
+        self.http.close()
+        stop(self.procs)
+
+
+def supernet(svc: Service, train_steps: int, retrain: bool) -> dict[str, Any]:
+    """A COMPLETE digits supernet: reused, or trained (following an unfinished run if there is one)."""
+    if not retrain:
+        for net in reversed(svc.get("/supernets")):
+            if net["name"] == SUPERNET_NAME and net["status"] == "COMPLETE":
+                typer.echo(f"reusing supernet {net['id']} (trained earlier; --retrain to train again)")
+                return net
+    runs = [
+        r
+        for r in svc.get("/training-runs")
+        if r["name"] == SUPERNET_NAME and r["status"] in ("PENDING", "RUNNING")
+    ]
+    if runs and not retrain:
+        run = runs[-1]
+        typer.echo(f"following training run {run['id']} left unfinished (resumes from its last checkpoint)")
+    else:
+        body = {"name": SUPERNET_NAME, "preset": "digits", "train": {"steps": train_steps}}
+        run = svc.post("/training-runs", body)
+    bar = _bar(train_steps, "train supernet", "step")
+    while run["status"] not in ("COMPLETE", "FAILED", "CANCELLED"):
+        svc._check_processes()
+        time.sleep(1.0)
+        run = svc.get(f"/training-runs/{run['id']}")
+        bar.total = run["total_steps"] or bar.total
+        bar.update(run["step"] - bar.n)
+    bar.update(bar.total - bar.n) if run["status"] == "COMPLETE" else None
+    bar.close()
+    if run["status"] != "COMPLETE":
+        raise DemoError(f"training run {run['id']} {run['status']}: {run.get('error')}")
+    return svc.wait(f"/supernets/{run['supernet_id']}", "supernet check")
+
+
+def reference_stats(svc: Service) -> dict[str, Any]:
+    for stats in reversed(svc.get("/reference-stats")):
+        if stats["name"] == STATS_NAME and stats["status"] == "COMPLETE":
+            return stats
+    typer.echo("computing reference statistics of the digits training images (domain feature extractor)")
+    stats = svc.post("/reference-stats", {"name": STATS_NAME, "dataset": "digits", "extractor": "auto"})
+    return svc.wait(f"/reference-stats/{stats['id']}", "reference statistics")
+
+
+def follow_search(svc: Service, search: dict[str, Any]) -> dict[str, Any]:
+    bar = _bar(100.0, "search", "%")
+    while search["status"] not in ("COMPLETE", "FAILED", "CANCELLED"):
+        svc._check_processes()
+        time.sleep(1.0)
+        search = svc.get(f"/searches/{search['id']}")
+        p = search["progress"]
+        bar.update(round(p["percent"] - bar.n, 1))
+        phase = (
+            "finalists"
+            if search["status"] == "FINISHING"
+            else f"gen {p['generations_done']}/{p['generations']}"
+        )
+        bar.set_postfix_str(f"{phase}, {p['candidates']['COMPLETE']} evaluated")
+    bar.update(100.0 - bar.n) if search["status"] == "COMPLETE" else None
+    bar.close()
+    if search["status"] != "COMPLETE":
+        raise DemoError(f"search {search['id']} {search['status']}: {search.get('error')}")
+    return search
+
+
+def print_summary(results: dict[str, Any]) -> None:
+    from ddsm_core.strategy import Strategy
+
+    cfg = results["config"]
+    label = f"FID ({results['extractor']})"
+    typer.echo(f"\nPareto front ({cfg['n_images']} images per candidate; widths per step, noisiest first):")
+    typer.echo(f"  {'GFLOPs/image':>12}  {label:>28}  strategy")
+    for point in results["front"]:
+        strategy = Strategy(cfg["sampler"], cfg["steps"], tuple(cfg["widths"]), tuple(point["genome"]))
+        fid, gflops = point["objectives"]
+        typer.echo(f"  {gflops:12.4f}  {fid:28.3f}  {strategy.describe()}")
+    pick, full = results["final"]["pick"], results["final"]["full"]
+    saving = 1.0 - pick["gflops"] / full["gflops"]
+    typer.echo(
+        f"\nPick (argmin FID + {cfg['weight']} x GFLOPs), re-evaluated with {cfg['final_images']} images:"
+    )
+    typer.echo(f"  {pick['strategy']}")
+    typer.echo(
+        f"  GFLOPs/image {pick['gflops']:.4f} vs {full['gflops']:.4f} at full width: "
+        f"{100 * saving:.1f}% saved"
+    )
+    typer.echo(f"  {label}: {_fid(pick)} (pick) vs {_fid(full)} (full width)")
+
+
+def _fid(record: dict[str, Any]) -> str:
+    return "failed" if record.get("fid") is None else f"{record['fid']:.3f}"
+
+
+def sample_grid(svc_home: Path, results: dict[str, Any], supernet_sha: str, out: Path) -> None:
+    """64 samples at full width and with the pick, same seeds (needs torch and the local artifact store)."""
+    from api.artifacts import ArtifactStore
+    from api.settings import Settings
+    from ddsm_core.checkpoint import load_checkpoint
+    from ddsm_core.evaluate import sample_images
+    from ddsm_core.report import plot_samples
+    from ddsm_core.strategy import Strategy
+
+    os.environ.setdefault("DDSM_HOME", str(svc_home))
+    settings = Settings()
+    folder = ArtifactStore(settings.resolved_artifact_store()).get_dir(
+        supernet_sha, settings.resolved_worker_cache() / "checkpoints" / supernet_sha
+    )
+    model, schedule, _ = load_checkpoint(folder)
+    cfg = results["config"]
+    seeds = list(range(cfg["eval_seed"], cfg["eval_seed"] + 64))
+    panels = {}
+    for name in ("full", "pick"):
+        rec = results["final"][name]
+        strategy = Strategy(cfg["sampler"], cfg["steps"], tuple(cfg["widths"]), tuple(rec["genome"]))
+        panels[f"{name}, FID {_fid(rec)}"] = sample_images(model, schedule, strategy, seeds, 64)[0]
+    plot_samples(out / "samples.png", panels)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def demo(
+    out: Annotated[Path, typer.Option(help="Report folder.")] = Path("runs/demo"),
+    home: Annotated[Path, typer.Option(help="Embedded service folder (DDSM_HOME).")] = Path(".ddsm"),
+    url: Annotated[str | None, typer.Option(help="Use this running service instead of starting one.")] = None,
+    workers: Annotated[int, typer.Option(help="Worker processes to start.")] = 1,
+    train_steps: Annotated[int, typer.Option(help="Supernet training steps.")] = DEMO["train_steps"],
+    retrain: Annotated[bool, typer.Option(help="Train a new supernet even if one exists.")] = False,
+    sampler: Annotated[str, typer.Option(help="ddpm, ddim, edm-heun, dpm-solver++.")] = DEMO["sampler"],
+    steps: Annotated[int, typer.Option(help="Sampler steps.")] = DEMO["steps"],
+    population: Annotated[int, typer.Option(help="NSGA-II population (paper: 50).")] = DEMO["population"],
+    generations: Annotated[int, typer.Option(help="Generations (paper: 10).")] = DEMO["generations"],
+    images: Annotated[int, typer.Option(help="Images per candidate.")] = DEMO["images"],
+    final_images: Annotated[int, typer.Option(help="Images per finalist.")] = DEMO["final_images"],
+    weight: Annotated[float, typer.Option(help="Pick = argmin FID + weight x GFLOPs.")] = DEMO["weight"],
+    seed: Annotated[int, typer.Option(help="Seed of NSGA-II.")] = 0,
+) -> None:
+    """The main job: train (or reuse) a digits supernet, reference statistics, a search over REST with a
+    progress bar, then the front, the pick's GFLOPs saving and FID, and the report."""
+    started = time.monotonic()
+    signal.signal(signal.SIGTERM, _interrupt)  # stop the service processes on `kill` too
+    svc = Service(url, home, workers)
+    try:
+        net = supernet(svc, train_steps, retrain)
+        stats = reference_stats(svc)
+        body = {"name": "demo", "supernet_id": net["id"], "reference_stats_id": stats["id"],
+                "sampler": sampler, "steps": steps, "population": population, "generations": generations,
+                "n_images": images, "final_images": final_images, "weight": weight, "seed": seed,
+                "crossover": "one_point"}  # fmt: skip
+        search = svc.post("/searches", body)
+        typer.echo(f"search {search['id']}: {population} x {generations} generations, {images} images each")
+        search = follow_search(svc, search)
+        results = svc.get(f"/searches/{search['id']}/report")
+    finally:
+        svc.close()
+    from api.report import write_search_report
+
+    report = write_search_report(out, results)
+    try:
+        sample_grid(home, results, net["artifact_sha256"], out)
+    except Exception as exc:  # the grid is a nicety: the report is complete without it
+        typer.echo(f"(no sample grid: {exc})")
+    print_summary(results)
+    typer.echo(f"\nreport: {report}  ({time.monotonic() - started:.0f} s in all)")

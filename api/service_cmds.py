@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -78,31 +78,30 @@ def migrate(
     typer.echo("database schema is up to date")
 
 
+def _output(log: Path | None) -> Any:
+    return subprocess.DEVNULL if log is None else open(log, "ab")  # noqa: SIM115
+
+
 def start_worker_process(
-    env: dict[str, str] | None = None, queues: str = "eval,train"
+    env: dict[str, str] | None = None, queues: str = "eval,train", log: Path | None = None
 ) -> subprocess.Popen[bytes]:
     """A ``ddsm worker`` subprocess (used by ``up``, ``demo`` and the tests)."""
-    cmd = [sys.executable, "-m", "api.cli", "worker", "--queues", queues, "--loglevel", "WARNING"]
-    return subprocess.Popen(cmd, env={**os.environ, **(env or {})})
+    cmd = [sys.executable, "-m", "api.cli", "worker", "--queues", queues, "--loglevel", "INFO"]
+    out = _output(log) if log else None
+    return subprocess.Popen(
+        cmd, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT if log else None
+    )
 
 
 def start_api_process(
-    port: int, env: dict[str, str] | None = None, host: str = "127.0.0.1"
+    port: int, env: dict[str, str] | None = None, host: str = "127.0.0.1", log: Path | None = None
 ) -> subprocess.Popen[bytes]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "api.app:create_app",
-        "--factory",
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-    ]
-    return subprocess.Popen(cmd, env={**os.environ, **(env or {})})
+    cmd = [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory", "--host", host,
+           "--port", str(port), "--log-level", "warning"]  # fmt: skip
+    out = _output(log) if log else None
+    return subprocess.Popen(
+        cmd, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT if log else None
+    )
 
 
 def wait_healthy(url: str, timeout: float = 60.0, proc: subprocess.Popen[bytes] | None = None) -> None:
