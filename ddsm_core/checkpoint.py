@@ -201,11 +201,22 @@ def read_manifest(path: str | Path, *, verify: bool = True) -> dict[str, Any]:
     return manifest
 
 
+# Model config fields that change neither the weights' shapes nor what the network computes at sampling.
+TRAINING_ONLY_FIELDS: tuple[str, ...] = ("dropout",)
+
+
 def check_compatible(manifest: Mapping[str, Any], config: UNetConfig, what: str = "the preset") -> None:
-    """Raise CheckpointError if the checkpoint's model config differs from ``config``, naming the fields."""
+    """Raise CheckpointError if the checkpoint's model config differs from ``config``, naming the fields.
+
+    Training-only fields (dropout) are not compared: a recipe may override them.
+    """
     saved = manifest["model_config"]
     wanted = config.to_dict()
-    diff = [f"{k}: checkpoint {saved.get(k)!r} vs {wanted[k]!r}" for k in wanted if saved.get(k) != wanted[k]]
+    diff = [
+        f"{k}: checkpoint {saved.get(k)!r} vs {wanted[k]!r}"
+        for k in wanted
+        if k not in TRAINING_ONLY_FIELDS and saved.get(k) != wanted[k]
+    ]
     if diff:
         raise CheckpointError(
             f"checkpoint {manifest.get('path', '')} does not fit {what}: " + "; ".join(diff)

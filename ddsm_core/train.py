@@ -64,6 +64,8 @@ class TrainConfig:
         ``min(ema_decay, (1 + k) / (10 + k))`` so a short run's EMA is not stuck at the initial weights.
     :param n_middle: middle widths drawn per step (sandwich rule); all of them if fewer exist.
     :param distill: in-place distillation: sub-widths regress the full width's detached prediction.
+    :param dropout: replaces the model config's dropout for this run (None keeps it). Dropout only acts
+        in training, so a checkpoint's other uses do not depend on it.
     :param hflip: random horizontal flips (CIFAR-10 yes, digits no).
     :param amp: bf16 autocast on CUDA (ignored on CPU).
     :param eval_every, sample_every, checkpoint_every: intervals in steps (0 = only at the end).
@@ -85,6 +87,7 @@ class TrainConfig:
     ema_warmup: bool = True
     n_middle: int = 2
     distill: bool = False
+    dropout: float | None = None
     hflip: bool = False
     noise_schedule: str = "linear"
     timesteps: int = 1000
@@ -131,6 +134,8 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig.lr must be > 0, got {self.lr}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"TrainConfig.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"TrainConfig.dropout must be in [0, 1) or None, got {self.dropout}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ConfigError(choices_message("lr schedule", self.lr_schedule, ("constant", "cosine")))
 
@@ -561,6 +566,8 @@ def train(
     :return: where it ended; ``interrupted`` is set when a signal (or ``stop_at``) stopped it early.
     """
     started = time.time()
+    if config.dropout is not None:
+        model_config = dataclasses.replace(model_config, dropout=config.dropout)
     dev0 = pick_device(device)
     dist_env = _Dist.from_env(dev0.type)
     dev = pick_device(device, dist_env.local_rank) if dev0.type == "cuda" else dev0

@@ -225,3 +225,13 @@ def test_one_training_step_of_the_cifar10_preset_on_cpu(tmp_path):
     cfg = TrainConfig.for_preset("cifar10", steps=1, batch_size=2, eval_images=0, sample_n=0)
     result = train(UNetConfig.cifar10(), cfg, tmp_path / "c", dataset=data, eval_dataset=data, progress=False)
     assert result.step == 1 and (result.checkpoint / "model.safetensors").stat().st_size > 35e6 * 4
+
+
+def test_recipe_dropout_overrides_the_model_config_and_still_resumes(tmp_path):
+    data = small_digits()
+    cfg = TrainConfig(steps=1, dropout=0.0, **{**FAST, "eval_images": 0, "sample_n": 0})
+    first = train(TINY, cfg, tmp_path / "r", dataset=data, progress=False)
+    manifest = json.loads((first.checkpoint / "manifest.json").read_text())
+    assert manifest["model_config"]["dropout"] == 0.0 and TINY.dropout == 0.1
+    again = train(TINY, cfg.replace(steps=2), tmp_path / "r", dataset=data, resume=True, progress=False)
+    assert again.step == 2
