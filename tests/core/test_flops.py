@@ -138,3 +138,19 @@ def test_cli_unknown_preset_is_a_one_line_error_listing_allowed(capsys: pytest.C
     assert run_app(_app(), ["flops", "--preset", "imagenet"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "error: unknown preset 'imagenet'; allowed: celeba64, cifar10, digits"
+
+
+def test_ddsm_entry_point_prints_the_cifar10_json() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).parent / "ddsm"
+    if not exe.exists():
+        pytest.skip("the ddsm entry point is not installed (pip install -e .)")
+    out = subprocess.run([str(exe), "flops", "--preset", "cifar10", "--json"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["preset"] == "cifar10" and report["params"] == 35_746_307
+    by_width = dict(zip(report["widths"], report["gflops_conv_linear"], strict=True))
+    assert all(abs(by_width[w] / g - 1) < 0.015 for w, g in PAPER_CIFAR10_GFLOPS.items())
