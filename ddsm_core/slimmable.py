@@ -95,11 +95,8 @@ class _SlimWeights(SlimModule):
         """
         if width >= 1.0 or torch.is_grad_enabled():
             return self._slice(width)
-        key = (
-            self.weight.data_ptr(),
-            self.weight._version,
-            None if self.bias is None else self.bias._version,
-        )
+        w, b = self.weight, self.bias
+        key = (w.device, w.dtype, w.data_ptr(), w._version, None if b is None else b._version)
         packed = self.__dict__.get("_packed")
         if packed is None or packed[0] != key:
             packed = (key, {})
