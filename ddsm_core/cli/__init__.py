@@ -43,31 +43,34 @@ def register_all(target: typer.Typer, modules: tuple[str, ...] = _COMMAND_MODULE
         module.register(target)
 
 
+
+
+@app.callback()
+def _root() -> None:
+    """Keeps ``ddsm CMD`` a group even while a single command is registered."""
+
+
 register_all(app)
 
 
 def run_app(typer_app: typer.Typer | Callable[..., Any], argv: list[str] | None = None) -> int:
-    """Run a typer app, turning any DDSMError into a one-line message and exit status 2."""
+    """Run a typer app; a DDSMError becomes a one-line message and exit status 2.
+
+    Click's standalone mode already turns usage errors and Ctrl-C into a message and an exit status.
+    """
     try:
-        typer_app(args=argv, standalone_mode=False)  # type: ignore[call-arg]
+        typer_app(args=argv, prog_name="ddsm")  # type: ignore[call-arg]
     except DDSMError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
     except SystemExit as exc:
-        return int(exc.code or 0)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            return exc.exit_code
-        if isinstance(exc, click.exceptions.Abort):
-            print("aborted", file=sys.stderr)
-            return 1
-        raise
+        code = exc.code
+        if code is None:
+            return 0
+        if isinstance(code, int):
+            return code
+        print(code, file=sys.stderr)
+        return 1
     return 0
 
 
