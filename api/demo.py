@@ -107,8 +107,13 @@ class Service:
         stop(self.procs)
 
 
-def supernet(svc: Service, train_steps: int, retrain: bool) -> dict[str, Any]:
-    """A COMPLETE digits supernet: reused, or trained (following an unfinished run if there is one)."""
+def supernet(svc: Service, train_steps: int, retrain: bool, checkpoint: Path | None) -> dict[str, Any]:
+    """A COMPLETE digits supernet: registered from ``checkpoint``, reused, or trained (following an
+    unfinished run if there is one)."""
+    if checkpoint is not None:
+        net = svc.post("/supernets", {"name": SUPERNET_NAME, "checkpoint_path": str(checkpoint.resolve())})
+        typer.echo(f"registered {checkpoint} as supernet {net['id']}; a worker checks it and counts GFLOPs")
+        return svc.wait(f"/supernets/{net['id']}", "supernet check")
     if not retrain:
         for net in reversed(svc.get("/supernets")):
             if net["name"] == SUPERNET_NAME and net["status"] == "COMPLETE":
@@ -233,6 +238,9 @@ def demo(
     workers: Annotated[int, typer.Option(help="Worker processes to start.")] = 1,
     train_steps: Annotated[int, typer.Option(help="Supernet training steps.")] = DEMO["train_steps"],
     retrain: Annotated[bool, typer.Option(help="Train a new supernet even if one exists.")] = False,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Use this trained checkpoint (folder) instead of training one.")
+    ] = None,
     sampler: Annotated[str, typer.Option(help="ddpm, ddim, edm-heun, dpm-solver++.")] = DEMO["sampler"],
     steps: Annotated[int, typer.Option(help="Sampler steps.")] = DEMO["steps"],
     population: Annotated[int, typer.Option(help="NSGA-II population (paper: 50).")] = DEMO["population"],
@@ -248,7 +256,7 @@ def demo(
     signal.signal(signal.SIGTERM, _interrupt)  # stop the service processes on `kill` too
     svc = Service(url, home, workers)
     try:
-        net = supernet(svc, train_steps, retrain)
+        net = supernet(svc, train_steps, retrain, checkpoint)
         stats = reference_stats(svc)
         body = {"name": "demo", "supernet_id": net["id"], "reference_stats_id": stats["id"],
                 "sampler": sampler, "steps": steps, "population": population, "generations": generations,

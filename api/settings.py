@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     )
     fast_eval_seconds: float = 0.0
     device: str = "auto"
+    torch_threads: int = Field(
+        default=0, description="torch threads per worker process; 0 = torch's default."
+    )
     worker_cache: Path | None = None
     heartbeat_interval_s: float = 5.0
     stale_after_s: float = 60.0

@@ -26,6 +26,14 @@ class TrainingStopped(DDSMError):
     """The run was cancelled or reaped while this worker was training it."""
 
 
+def configure(threads: int) -> None:
+    """Per-process torch settings (called before the first task's work)."""
+    import torch
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
 def device_of(setting: str) -> str:
     import torch
 

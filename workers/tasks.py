@@ -43,6 +43,10 @@ class WorkerContext:
 def context() -> WorkerContext:
     """Per-process state, created lazily in the process that runs tasks (after any fork)."""
     settings = Settings()
+    if settings.torch_threads:
+        from workers import compute
+
+        compute.configure(settings.torch_threads)
     return WorkerContext(
         settings=settings,
         repo=Repository(make_engine(settings.resolved_database_url())),
