@@ -25,13 +25,13 @@ from typing import Annotated, Any
 import httpx
 import typer
 
+from ddsm_core.cli.search_cmd import DEFAULT_SEARCH
 from ddsm_core.errors import DDSMError
 
 SUPERNET_NAME = "digits-demo"
 STATS_NAME = "digits"
-# Sized to finish in about 15 minutes on 2 CPU cores (see bench/service_demo.md).
-DEMO = {"train_steps": 600, "sampler": "ddim", "steps": 10, "population": 16, "generations": 4, "images": 200,
-        "final_images": 500, "weight": 2.0}  # fmt: skip
+# The search uses `ddsm search`'s defaults (one source of truth); the supernet the digits recipe's steps.
+DEMO = DEFAULT_SEARCH
 
 
 class DemoError(DDSMError):
@@ -107,7 +107,7 @@ class Service:
         stop(self.procs)
 
 
-def supernet(svc: Service, train_steps: int, retrain: bool, checkpoint: Path | None) -> dict[str, Any]:
+def supernet(svc: Service, train_steps: int | None, retrain: bool, checkpoint: Path | None) -> dict[str, Any]:
     """A COMPLETE digits supernet: registered from ``checkpoint``, reused, or trained (following an
     unfinished run if there is one)."""
     if checkpoint is not None:
@@ -128,9 +128,13 @@ def supernet(svc: Service, train_steps: int, retrain: bool, checkpoint: Path | N
         run = runs[-1]
         typer.echo(f"following training run {run['id']} left unfinished (resumes from its last checkpoint)")
     else:
-        body = {"name": SUPERNET_NAME, "preset": "digits", "train": {"steps": train_steps}}
+        body = {
+            "name": SUPERNET_NAME,
+            "preset": "digits",
+            "train": {"steps": train_steps} if train_steps else {},
+        }
         run = svc.post("/training-runs", body)
-    bar = _bar(train_steps, "train supernet", "step")
+    bar = _bar(run["total_steps"] or None, "train supernet", "step")
     while run["status"] not in ("COMPLETE", "FAILED", "CANCELLED"):
         svc._check_processes()
         time.sleep(1.0)
@@ -160,14 +164,14 @@ def follow_search(svc: Service, search: dict[str, Any]) -> dict[str, Any]:
         time.sleep(1.0)
         search = svc.get(f"/searches/{search['id']}")
         p = search["progress"]
-        bar.update(round(p["percent"] - bar.n, 1))
+        bar.n = round(p["percent"], 1)
         phase = (
             "finalists"
             if search["status"] == "FINISHING"
             else f"gen {p['generations_done']}/{p['generations']}"
         )
         bar.set_postfix_str(f"{phase}, {p['candidates']['COMPLETE']} evaluated")
-    bar.update(100.0 - bar.n) if search["status"] == "COMPLETE" else None
+    bar.n = 100.0 if search["status"] == "COMPLETE" else bar.n
     bar.close()
     if search["status"] != "COMPLETE":
         raise DemoError(f"search {search['id']} {search['status']}: {search.get('error')}")
@@ -236,7 +240,9 @@ def demo(
     home: Annotated[Path, typer.Option(help="Embedded service folder (DDSM_HOME).")] = Path(".ddsm"),
     url: Annotated[str | None, typer.Option(help="Use this running service instead of starting one.")] = None,
     workers: Annotated[int, typer.Option(help="Worker processes to start.")] = 1,
-    train_steps: Annotated[int, typer.Option(help="Supernet training steps.")] = DEMO["train_steps"],
+    train_steps: Annotated[
+        int | None, typer.Option(help="Supernet training steps (default: the digits recipe's).")
+    ] = None,
     retrain: Annotated[bool, typer.Option(help="Train a new supernet even if one exists.")] = False,
     checkpoint: Annotated[
         Path | None, typer.Option(help="Use this trained checkpoint (folder) instead of training one.")

@@ -1,0 +1,51 @@
+"""A training run whose worker dies resumes from its last uploaded checkpoint on another worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+
+import pytest
+
+from .conftest import Stack
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+TRAIN = {"steps": 12, "batch_size": 8, "checkpoint_every": 3, "sample_every": 0, "eval_every": 0,
+         "log_every": 1, "eval_images": 8, "sample_n": 1, "sample_steps": 2}  # fmt: skip
+TINY = {"model_channels": 32, "num_groups": 8, "num_res_blocks": 1}
+
+
+def test_killed_trainer_resumes_from_its_last_checkpoint_on_another_worker(
+    stack_factory: Callable[..., Stack],
+) -> None:
+    stack = stack_factory(n_workers=2, device="cpu")
+    seen: list[tuple[int, int]] = []
+    with stack.client() as http:
+        run = http.post(
+            "/training-runs", json={"name": "r", "preset": "digits", "train": TRAIN, "model": TINY}
+        )
+        path = f"/training-runs/{run.json()['id']}"
+
+        def checkpointed() -> dict[str, object] | None:
+            row = http.get(path).json()
+            ok = row["last_checkpoint_sha256"] and row["status"] == "RUNNING" and row["step"] >= 7
+            return row if ok else None
+
+        row = stack.wait_for("the checkpoint of step 6", checkpointed, timeout=180)
+        os.kill(int(row["worker"].rsplit(":", 1)[1]), signal.SIGKILL)  # type: ignore[union-attr]
+
+        def finished() -> bool:
+            row = http.get(path).json()
+            seen.append((row["attempt"], row["step"]))
+            assert row["status"] not in ("FAILED", "CANCELLED"), row["error"]
+            return row["status"] == "COMPLETE"
+
+        stack.wait_for("the run to complete", finished, timeout=180)
+        done = http.get(path).json()
+        net = http.get(f"/supernets/{done['supernet_id']}").json()
+    assert done["attempt"] == 2 and done["step"] == TRAIN["steps"]
+    second = [step for attempt, step in seen if attempt == 2 and step > 0]
+    assert second and min(second) >= 6  # resumed from the step-6 checkpoint, not restarted
+    assert net["status"] == "COMPLETE" and len(net["gflops"]["widths"]) == 7
