@@ -52,7 +52,16 @@ def main() -> None:
     p.add_argument("--weight", type=float, default=1.5)
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--render-only", action="store_true", help="rewrite the markdown from OUT/bench.json")
     args = p.parse_args()
+    if args.render_only:
+        saved = json.loads((args.out / "bench.json").read_text())
+        res = json.loads((args.out / "results.json").read_text())
+        t = saved["timings"]
+        args.command, args.date, args.git = saved.get("command", ""), saved.get("date"), saved.get("git")
+        write_markdown(args, saved["rows"], res, saved["manifest"], t["baselines"], t["search"], t["total"])
+        return
+    args.command = " ".join([Path(sys.executable).name, *sys.argv])
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -139,15 +148,17 @@ def write_markdown(args, rows, res, manifest, t_base: float, t_search: float, t_
     small = rows[f"uniform {format_width(min(res['config']['widths']))}"]
     pick = rows["searched pick"]
     spread = full["fid_range"] or 0.0
+    se, rev = rows["2/8 early, 8/8 late"], rows["8/8 early, 2/8 late (reverse)"]
     lines = [
         "# Digits benchmark: step-aware width search on CPU",
         "",
-        f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        f"- date: {getattr(args, 'date', None) or time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared with other "
         f"jobs), torch {torch.__version__}, {args.threads} threads",
-        f"- command: `{' '.join([Path(sys.executable).name, *sys.argv])}`",
-        f"- git: {_git()}",
-        f"- supernet: `{args.checkpoint}` (step {manifest.get('step')}), sampler {args.sampler}, "
+        f"- command: `{args.command}`",
+        f"- git: {getattr(args, 'git', None) or _git()}",
+        f"- supernet: `{args.checkpoint}` (step {manifest.get('step')}, written {manifest.get('created')}; "
+        f"recipe {_recipe(manifest)}), sampler {args.sampler}, "
         f"{args.steps} steps; FID (domain:digits-cnn-v1) against the 1500 training digits",
         f"- every row: {args.images} images x 3 seed sets {SEED_SETS} (image i of a set uses seed base+i, "
         "the same for every strategy); FID = mean over the sets, +- = standard deviation, range = max-min",
@@ -169,9 +180,10 @@ def write_markdown(args, rows, res, manifest, t_base: float, t_search: float, t_
          f"{100 * (1 - pick['gflops'] / full['gflops']):.0f}%"),
         ("pick FID within full width's seed spread", pick["fid"] <= full["fid"] + spread,
          f"{_f(pick['fid'])} vs {_f(full['fid'])} + range {_f(spread)}"),
-        ("small-early/large-late beats its reverse by far",
-         rows["2/8 early, 8/8 late"]["fid"] < 0.5 * rows["8/8 early, 2/8 late (reverse)"]["fid"],
-         f"{_f(rows['2/8 early, 8/8 late']['fid'])} vs {_f(rows['8/8 early, 2/8 late (reverse)']['fid'])}"),
+        ("small-early/large-late beats its reverse by far (gap > 3x the larger seed range)",
+         rev["fid"] - se["fid"] > 3 * max(se["fid_range"], rev["fid_range"]),
+         f"{_f(se['fid'])} vs {_f(rev['fid'])}: gap {_f(rev['fid'] - se['fid'])}, ranges "
+         f"{_f(se['fid_range'])} / {_f(rev['fid_range'])}"),
     ]  # fmt: skip
     for label in ("5/8", "6/8"):
         key = f"front at <= uniform {label} cost"
@@ -209,6 +221,12 @@ def write_markdown(args, rows, res, manifest, t_base: float, t_search: float, t_
     ]
     args.md.write_text("\n".join(lines))
     print("\n".join(lines))
+
+
+def _recipe(manifest: dict) -> str:
+    tc = manifest.get("train_config") or {}
+    keys = ("steps", "batch_size", "lr", "lr_schedule", "ema_decay")
+    return ", ".join(f"{k} {tc[k]}" for k in keys if k in tc)
 
 
 def _git() -> str:
