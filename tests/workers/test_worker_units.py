@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from api.artifacts import ArtifactError, ArtifactStore
+from api.queue import EVAL_QUEUE, ROUTES, TRAIN_QUEUE, TRAIN_SUPERNET, celery_config
+from api.settings import Settings
+from workers.tasks import Heartbeat
+
+
+def test_celery_settings_follow_the_known_traps() -> None:
+    conf = celery_config(Settings(celery_broker_url="redis://localhost:6379/0", visibility_timeout_s=100_000))
+    assert conf["task_acks_late"] and conf["task_reject_on_worker_lost"]
+    assert conf["worker_prefetch_multiplier"] == 1
+    assert conf["broker_transport_options"]["visibility_timeout"] == 100_000
+    assert conf["task_serializer"] == "json" and conf["accept_content"] == ["json"]
+    assert ROUTES[TRAIN_SUPERNET]["queue"] == TRAIN_QUEUE
+    assert {r["queue"] for r in ROUTES.values()} == {EVAL_QUEUE, TRAIN_QUEUE}
+
+
+def test_embedded_broker_needs_no_server(tmp_path: Path) -> None:
+    conf = celery_config(Settings(home=tmp_path))
+    assert conf["broker_url"].startswith("sqla+sqlite:///") and conf["broker_transport_options"] == {}
+
+
+def test_heartbeat_beats_until_the_claim_is_lost() -> None:
+    beats: list[float] = []
+    lost_after = 3
+
+    def beat() -> bool:
+        beats.append(time.monotonic())
+        return len(beats) < lost_after
+
+    with Heartbeat(beat, 0.01) as hb:
+        assert hb.lost.wait(2.0)
+    assert len(beats) == lost_after
+
+
+def test_heartbeat_survives_a_database_error() -> None:
+    calls = {"n": 0}
+    done = threading.Event()
+
+    def beat() -> bool:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ConnectionError("database blip")
+        done.set()
+        return True
+
+    with Heartbeat(beat, 0.01) as hb:
+        assert done.wait(2.0)
+    assert not hb.lost.is_set()
+
+
+def test_artifact_store_is_content_addressed_and_verifies(tmp_path: Path) -> None:
+    store = ArtifactStore(str(tmp_path / "store"))
+    folder = tmp_path / "ckpt"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "manifest.json").write_text("{}")
+    (folder / "sub" / "w.bin").write_bytes(b"\x00" * 10)
+    tree = store.put_dir(folder)
+    assert store.put_dir(folder) == tree  # same content, same id
+    out = store.get_dir(tree, tmp_path / "copy")
+    assert (out / "sub" / "w.bin").read_bytes() == b"\x00" * 10
+    sha = store.tree(tree)["manifest.json"]
+    blob = Path(store.root) / sha[:2] / sha
+    blob.write_text("tampered")
+    with pytest.raises(ArtifactError, match="corrupt"):
+        store.get_file(sha, tmp_path / "x")
+    with pytest.raises(ArtifactError, match="not found"):
+        store.get_bytes("0" * 64)
+    with pytest.raises(ArtifactError, match="sha256"):
+        store.get_bytes("../etc/passwd")
