@@ -90,6 +90,17 @@ class Stack:
         self.workers.append(proc)
         return proc
 
+    def restart_api(self) -> None:
+        """SIGKILL the API process (controller included) and start a new one on the same port."""
+        self.api.kill()
+        self.api.wait()
+        port = self.url.rsplit(":", 1)[1]
+        cmd = [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory", "--port", port,
+               "--log-level", "warning"]  # fmt: skip
+        out = open(self.logs / "api2.log", "ab")  # noqa: SIM115
+        self.api = subprocess.Popen(cmd, env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        wait_healthy(self.url, timeout=60, proc=self.api)
+
     def wait_for(self, what: str, check: Callable[[], Any], timeout: float = 120.0) -> Any:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -116,6 +127,7 @@ def stack_factory(pg_url: str, redis_url: str, tmp_path: Path) -> Iterator[Calla
             "DDSM_CONTROLLER_INTERVAL_S": "0.2",
             "DDSM_HEARTBEAT_INTERVAL_S": "0.5",
             "DDSM_STALE_AFTER_S": "4",
+            "DDSM_LEASE_TTL_S": "3",
             "PYTHONPATH": str(ROOT),
             **{f"DDSM_{k.upper()}": str(v) for k, v in settings.items()},
         }

@@ -132,3 +132,25 @@ def test_worker_killed_mid_candidate_runs_it_again_and_the_search_completes(
     assert [[p["genome"], p["fid"], p["gflops"]] for p in done["front"]] == local_front(
         search["config"], tmp_path
     )
+
+
+@pytest.mark.slow
+def test_api_killed_mid_search_resumes_the_search_after_restart(
+    stack_factory: Callable[..., Stack], repo: Repository, tmp_path: Path
+) -> None:
+    stack = stack_factory(n_workers=1, evaluator="fast", fast_eval_seconds="0.3")
+    net, stats = ready(repo)
+    with stack.client() as http:
+        search = http.post("/searches", json=body(net, stats)).json()
+        sid = search["id"]
+        stack.wait_for("the second generation", lambda: repo.get_search(sid).generation >= 1, timeout=60)  # type: ignore[union-attr]
+        stack.restart_api()
+        stack.wait_for(
+            "the search to complete",
+            lambda: http.get(f"/searches/{sid}").json()["status"] == "COMPLETE",
+            timeout=120,
+        )
+        done = http.get(f"/searches/{sid}").json()
+    assert [[p["genome"], p["fid"], p["gflops"]] for p in done["front"]] == local_front(
+        search["config"], tmp_path
+    )
