@@ -43,7 +43,9 @@ class Settings(BaseSettings):
     fast_eval_seconds: float = 0.0
     device: str = "auto"
     torch_threads: int = Field(
-        default=0, description="torch threads per worker process; 0 = torch's default."
+        default=1,
+        description="torch threads per worker process (0 = torch's default, all cores). One thread per "
+        "process is much faster on a CPU shared with other work; scale with more worker processes.",
     )
     worker_cache: Path | None = None
     heartbeat_interval_s: float = 5.0
