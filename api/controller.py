@@ -117,17 +117,19 @@ class SearchController:
         if search.status == JobStatus.FINISHING:
             self._finish(search, spec)
             return
-        driver = self._driver(search, spec)
         generation = (
             self.repo.get_generation(search_id, search.generation) if search.algorithm_state else None
         )
         if generation is not None and not generation.told:
             members = self._members(search_id, SEARCH, generation.genome_hashes)
             if any(not c.finished for c in members):
-                return
+                return  # (the driver is rebuilt only when there is something to tell)
+            driver = self._driver(search, spec)
             self._tell(driver, members)
             if not self.repo.tell_generation(search_id, self.id, generation.generation, driver.state_dict()):
                 return
+        else:
+            driver = self._driver(search, spec)
         self._ask(search, spec, driver, next_generation=0 if generation is None else search.generation + 1)
 
     def _driver(self, search: SearchRecord, spec: SearchSpec) -> SearchDriver:
