@@ -105,12 +105,16 @@ def eval_cmd(
     batch_size: int = typer.Option(250, "--batch-size"),
     device: str = typer.Option("cpu", "--device"),
     out: Path | None = typer.Option(None, "--json", help="Also write the result as JSON here."),
+    threads: int = typer.Option(
+        0, "--threads", help="Torch CPU threads (0: torch's default; 1 on a busy machine)."
+    ),
 ) -> None:
     """Evaluate one strategy: FID (with its extractor), GFLOPs, measured latency."""
     from ddsm_core.evaluate import evaluate
     from ddsm_core.flops import cost_table
     from ddsm_core.strategy import parse_strategy_spec
 
+    _set_threads(threads)
     model, schedule, manifest, dev = _load_model(checkpoint, device)
     strat = parse_strategy_spec(strategy, sampler, steps, model.config.widths)
     ref, ext = resolve_stats(stats, extractor, _dataset_of(manifest, dataset), dev)
@@ -252,6 +256,14 @@ def search_to_folder(
     return results
 
 
+def _set_threads(threads: int) -> None:
+    # oversubscribed cores (other processes busy) make torch's spinning threads far slower than one
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def _num(v: float | None) -> str:
     return "failed" if v is None else f"{v:.2f}"
 
@@ -283,8 +295,12 @@ def search(
     device: str = typer.Option("cpu", "--device"),
     resume: bool = typer.Option(True, "--resume/--restart", help="Continue the search state in --out."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    threads: int = typer.Option(
+        0, "--threads", help="Torch CPU threads (0: torch's default; 1 on a busy machine)."
+    ),
 ) -> None:
     """Search a step-aware width strategy locally (NSGA-II) and write a report folder."""
+    _set_threads(threads)
     res = search_to_folder(
         checkpoint, out, stats=stats, dataset=dataset, extractor=extractor, sampler=sampler, steps=steps,
         population=population, generations=generations, mutation_rate=mutation_rate, crossover=crossover,
