@@ -80,7 +80,8 @@ def main() -> None:
         str(full),
         "--no-progress",
     ]
-    subprocess.run([*sample_cmd, *sample_argv], check=True, cwd=ROOT)
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}  # as many threads as training used
+    subprocess.run([*sample_cmd, *sample_argv], check=True, cwd=ROOT, env=env)
     sample_s = time.time() - t0
 
     cfg = TrainConfig.for_preset("digits")
@@ -119,7 +120,9 @@ def main() -> None:
         ev.to_markdown(),
         "",
         f"Smallest width (2/8) vs full width: {smallest:.5f} vs {largest:.5f}, "
-        f"{100 * (smallest / largest - 1):+.1f}%.",
+        f"{100 * (smallest / largest - 1):+.1f}%, i.e. {(smallest - largest) / ev.diff_se[0]:.1f} paired "
+        "standard errors (SE over the images of the per-image difference; both widths see the same noisy "
+        "inputs).",
         "",
         "## Samples",
         "",

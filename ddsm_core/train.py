@@ -234,6 +234,7 @@ class WidthLosses:
     t_edges: tuple[int, ...]
     per_bin: tuple[tuple[float, ...], ...]  # [width][bin]
     n_images: int
+    diff_se: tuple[float, ...] = ()  # standard error of (loss - full-width loss), paired per image
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -242,17 +243,21 @@ class WidthLosses:
             "t_edges": list(self.t_edges),
             "per_bin": [list(r) for r in self.per_bin],
             "n_images": self.n_images,
+            "diff_se": list(self.diff_se),
         }
 
     def to_markdown(self) -> str:
-        """A table: one row per width, overall loss, ratio to full width, loss per t range."""
+        """One row per width: loss, ratio and excess over full width (+- paired SE), loss per t range."""
         full = self.overall[-1]
+        se = self.diff_se or (float("nan"),) * len(self.widths)
         bins = [f"t {a}-{b - 1}" for a, b in zip(self.t_edges, self.t_edges[1:], strict=False)]
-        head = "| width | eval loss | / full | " + " | ".join(bins) + " |"
-        rule = "|---" * (3 + len(bins)) + "|"
+        head = "| width | eval loss | / full | minus full (+- SE) | " + " | ".join(bins) + " |"
+        rule = "|---" * (4 + len(bins)) + "|"
         rows = [
-            f"| {format_width(w)} | {o:.5f} | {o / full:.3f} | " + " | ".join(f"{v:.5f}" for v in per) + " |"
-            for w, o, per in zip(self.widths, self.overall, self.per_bin, strict=True)
+            f"| {format_width(w)} | {o:.5f} | {o / full:.3f} | {o - full:+.5f} +- {e:.5f} | "
+            + " | ".join(f"{v:.5f}" for v in per)
+            + " |"
+            for w, o, per, e in zip(self.widths, self.overall, self.per_bin, se, strict=True)
         ]
         return "\n".join([head, rule, *rows])
 
@@ -381,7 +386,7 @@ def eval_width_losses(
     items = [dataset[i] for i in range(n)]
     x0 = torch.stack([x for x, _ in items])
     labels = torch.tensor([lab for _, lab in items])
-    sums = torch.zeros(len(widths), t_bins, dtype=torch.float64)
+    per_image = torch.zeros(len(widths), t_bins, n, dtype=torch.float64)
     was_training = model.training
     model.eval()
     conditional = getattr(model, "config", None) is not None and model.config.num_classes  # type: ignore
@@ -395,15 +400,19 @@ def eval_width_losses(
             x_t = schedule.q_sample(xb, tb, nb)
             for i, w in enumerate(widths):
                 pred = model(x_t, tb.float(), width=w, y=yb).float()
-                sums[i, j] += ((pred - nb) ** 2).mean(dim=(1, 2, 3)).sum().double().cpu()
+                per_image[i, j, s : s + batch_size] = ((pred - nb) ** 2).mean(dim=(1, 2, 3)).double().cpu()
     model.train(was_training)
-    per_bin = (sums / n).tolist()
+    per_bin = per_image.mean(dim=2).tolist()
+    # Paired differences to the full width (the last width), per image, averaged over the bins.
+    diff = per_image.mean(dim=1) - per_image[-1].mean(dim=0)
+    diff_se = (diff.std(dim=1) / math.sqrt(n)).nan_to_num(0.0) if n > 1 else torch.zeros(len(widths))
     return WidthLosses(
         widths=widths,
         overall=tuple(sum(r) / t_bins for r in per_bin),
         t_edges=edges,
         per_bin=tuple(tuple(r) for r in per_bin),
         n_images=n,
+        diff_se=tuple(diff_se.tolist()),
     )
 
 
