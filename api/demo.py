@@ -53,7 +53,7 @@ def _bar(total: float, desc: str, unit: str) -> Any:
 class Service:
     """A REST client of the service, and the processes this demo started (stopped on exit)."""
 
-    def __init__(self, url: str | None, home: Path, workers: int) -> None:
+    def __init__(self, url: str | None, home: Path, workers: int, train_threads: int) -> None:
         from api.service_cmds import start_api_process, start_worker_process, wait_healthy
 
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -64,10 +64,19 @@ class Service:
             env = {"DDSM_HOME": str(home)}
             port = _free_port()
             url = f"http://127.0.0.1:{port}"
-            typer.echo(f"starting the service in {home} (API {url}, {workers} worker(s); logs in {logs})")
+            typer.echo(
+                f"starting the service in {home} (API {url}, a training worker and {workers} evaluation "
+                f"workers; logs in {logs})"
+            )
             self.procs.append(start_api_process(port, env, log=logs / "api.log"))
             wait_healthy(url, timeout=120, proc=self.procs[0])
-            self.procs += [start_worker_process(env, log=logs / f"worker{i}.log") for i in range(workers)]
+            # one training worker (all its threads: it runs alone before the search) and `workers`
+            # evaluation workers with one thread each (parallel candidates, no oversubscription)
+            train_env = {**env, "DDSM_TORCH_THREADS": str(train_threads)}
+            self.procs.append(start_worker_process(train_env, queues="train", log=logs / "trainer.log"))
+            self.procs += [
+                start_worker_process(env, queues="eval", log=logs / f"worker{i}.log") for i in range(workers)
+            ]
         key = os.environ.get("DDSM_API_KEY")
         self.http = httpx.Client(base_url=url, timeout=60, headers={"X-API-Key": key} if key else {})
 
@@ -149,12 +158,12 @@ def supernet(svc: Service, train_steps: int | None, retrain: bool, checkpoint: P
 
 
 def reference_stats(svc: Service) -> dict[str, Any]:
+    """Reused, or started on an evaluation worker (it runs while the supernet trains)."""
     for stats in reversed(svc.get("/reference-stats")):
-        if stats["name"] == STATS_NAME and stats["status"] == "COMPLETE":
+        if stats["name"] == STATS_NAME and stats["status"] in ("COMPLETE", "PENDING"):
             return stats
     typer.echo("computing reference statistics of the digits training images (domain feature extractor)")
-    stats = svc.post("/reference-stats", {"name": STATS_NAME, "dataset": "digits", "extractor": "auto"})
-    return svc.wait(f"/reference-stats/{stats['id']}", "reference statistics")
+    return svc.post("/reference-stats", {"name": STATS_NAME, "dataset": "digits", "extractor": "auto"})
 
 
 def follow_search(svc: Service, search: dict[str, Any]) -> dict[str, Any]:
@@ -239,7 +248,10 @@ def demo(
     out: Annotated[Path, typer.Option(help="Report folder.")] = Path("runs/demo"),
     home: Annotated[Path, typer.Option(help="Embedded service folder (DDSM_HOME).")] = Path(".ddsm"),
     url: Annotated[str | None, typer.Option(help="Use this running service instead of starting one.")] = None,
-    workers: Annotated[int, typer.Option(help="Worker processes to start.")] = 1,
+    workers: Annotated[int, typer.Option(help="Evaluation worker processes (one torch thread each).")] = 2,
+    train_threads: Annotated[
+        int, typer.Option(help="torch threads of the training worker (0 = all cores).")
+    ] = 0,
     train_steps: Annotated[
         int | None, typer.Option(help="Supernet training steps (default: the digits recipe's).")
     ] = None,
@@ -260,10 +272,11 @@ def demo(
     progress bar, then the front, the pick's GFLOPs saving and FID, and the report."""
     started = time.monotonic()
     signal.signal(signal.SIGTERM, _interrupt)  # stop the service processes on `kill` too
-    svc = Service(url, home, workers)
+    svc = Service(url, home, workers, train_threads)
     try:
-        net = supernet(svc, train_steps, retrain, checkpoint)
         stats = reference_stats(svc)
+        net = supernet(svc, train_steps, retrain, checkpoint)
+        stats = svc.wait(f"/reference-stats/{stats['id']}", "reference statistics")
         body = {"name": "demo", "supernet_id": net["id"], "reference_stats_id": stats["id"],
                 "sampler": sampler, "steps": steps, "population": population, "generations": generations,
                 "n_images": images, "final_images": final_images, "weight": weight, "seed": seed,
