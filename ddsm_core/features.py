@@ -119,7 +119,21 @@ def _shift(x: Tensor, generator: torch.Generator) -> Tensor:
 def train_domain_cnn(
     config: DomainCNNConfig, images: Tensor, labels: Tensor, test: tuple[Tensor, Tensor] | None = None
 ) -> tuple[DomainCNN, dict[str, float]]:
-    """Train the classifier with Adam on (images in [-1, 1], labels); deterministic for a seed."""
+    """Train the classifier with Adam on (images in [-1, 1], labels); deterministic for a seed.
+
+    Runs on one thread: float reductions split across threads change the weights' last bits.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(config, images, labels, test)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(
+    config: DomainCNNConfig, images: Tensor, labels: Tensor, test: tuple[Tensor, Tensor] | None
+) -> tuple[DomainCNN, dict[str, float]]:
     g = torch.Generator().manual_seed(config.seed)
     net = _empty_cnn(config)
     _seeded_init(net, g)
@@ -161,6 +175,9 @@ class DomainExtractor:
         self.name = config.name
         self.dim = config.feature_dim
         self.metrics = dict(metrics or {})
+        # content hash of the weights: stats record it, so extractors trained apart can be told apart
+        blob = b"".join(v.detach().cpu().numpy().tobytes() for v in net.state_dict().values())
+        self.fingerprint = hashlib.sha256(blob).hexdigest()[:16]
 
     def __call__(self, images: Tensor) -> Tensor:
         x = quantize(images) * 2 - 1
@@ -263,4 +280,7 @@ def reference_stats(
         for start in range(0, len(ds), batch_size)
     )
     feats = extract_features(ext, batches)
-    return FeatureStats.from_features(feats, ext.name, dataset=str(dataset), split=split)
+    meta = {"dataset": str(dataset), "split": split}
+    if getattr(ext, "fingerprint", None):
+        meta["extractor_weights"] = ext.fingerprint
+    return FeatureStats.from_features(feats, ext.name, **meta)
