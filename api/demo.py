@@ -250,8 +250,11 @@ def demo(
     url: Annotated[str | None, typer.Option(help="Use this running service instead of starting one.")] = None,
     workers: Annotated[int, typer.Option(help="Evaluation worker processes (one torch thread each).")] = 2,
     train_threads: Annotated[
-        int, typer.Option(help="torch threads of the training worker (0 = all cores).")
-    ] = 0,
+        int,
+        typer.Option(
+            help="torch threads of the training worker (0 = all cores; 1 is safest on a shared CPU)."
+        ),
+    ] = 1,
     train_steps: Annotated[
         int | None, typer.Option(help="Supernet training steps (default: the digits recipe's).")
     ] = None,
