@@ -47,9 +47,8 @@ def stats(tmp_path_factory: pytest.TempPathFactory, checkpoint):
 
 def test_ref_stats_file_is_labelled(stats) -> None:
     with np.load(stats) as f:
-        assert (
-            str(f["extractor"]) == "domain:digits-cnn-v1" and f["mu"].shape == (16,) and int(f["n"]) == 1500
-        )
+        assert str(f["extractor"]) == "domain:digits-cnn-v1" and int(f["n"]) == 1500
+        assert f["mu"].shape == (16,) and len(json.loads(str(f["meta"]))["extractor_weights"]) == 16
 
 
 def test_eval_prints_fid_with_its_extractor(checkpoint, stats, tmp_path, capsys) -> None:
