@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,9 +11,10 @@ from api.db.engine import make_engine
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "api.cli", *args], capture_output=True, text=True, timeout=120
-    )
+    deployment = ("DATABASE_URL", "CELERY_BROKER_URL", "ARTIFACT_STORE")
+    env = {k: v for k, v in os.environ.items() if k not in deployment}  # the embedded default
+    cmd = [sys.executable, "-m", "api.cli", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
 
 
 def test_ddsm_has_the_service_commands() -> None:

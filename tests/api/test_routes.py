@@ -36,6 +36,12 @@ class Outbox:
         self.sent.append(("inspect", (supernet_id,)))
 
 
+def local_settings(home: Path, **kw: object) -> Settings:
+    """Embedded settings in ``home`` whatever DATABASE_URL etc. the environment holds."""
+    return Settings(home=home, database_url=f"sqlite:///{home}/ddsm.sqlite", artifact_store=str(home / "a"),
+                    celery_broker_url=f"sqla+sqlite:///{home}/broker.sqlite", **kw)  # fmt: skip
+
+
 @pytest.fixture
 def outbox() -> Outbox:
     return Outbox()
@@ -43,7 +49,7 @@ def outbox() -> Outbox:
 
 @pytest.fixture
 def client(tmp_path: Path, outbox: Outbox) -> Iterator[TestClient]:
-    settings = Settings(home=tmp_path / "home", api_key="secret", run_controller=False)
+    settings = local_settings(tmp_path / "home", api_key="secret", run_controller=False)
     with TestClient(create_app(settings, dispatcher=outbox)) as c:  # type: ignore[arg-type]
         yield c
 
@@ -88,7 +94,7 @@ def test_writes_need_the_api_key_and_reads_do_not(client: TestClient) -> None:
 
 
 def test_reads_can_require_the_key(tmp_path: Path) -> None:
-    settings = Settings(home=tmp_path, api_key="secret", reads_need_key=True, run_controller=False)
+    settings = local_settings(tmp_path, api_key="secret", reads_need_key=True, run_controller=False)
     with TestClient(create_app(settings, dispatcher=Outbox())) as c:  # type: ignore[arg-type]
         assert c.get("/searches").status_code == 401
         assert c.get("/searches", headers=KEY).status_code == 200
@@ -227,7 +233,9 @@ def test_the_api_process_imports_no_torch(tmp_path: Path) -> None:
         "from api.app import create_app\n"
         "from api.settings import Settings\n"
         "import api.cli, workers.app\n"
-        f"with TestClient(create_app(Settings(home={str(tmp_path)!r}))) as c:\n"
+        f"s = Settings(home={str(tmp_path)!r}, database_url='sqlite:///{tmp_path}/t.sqlite', "
+        f"celery_broker_url='sqla+sqlite:///{tmp_path}/b.sqlite', artifact_store={str(tmp_path / 'a')!r})\n"
+        "with TestClient(create_app(s)) as c:\n"
         "    assert c.get('/health').status_code == 200\n"
         "    assert c.get('/openapi.json').status_code == 200\n"
         "print('no torch')\n"
