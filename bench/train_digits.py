@@ -46,6 +46,7 @@ def main() -> None:
     import torch
     from safetensors.torch import load_file
 
+    from ddsm_core.checkpoint import sha256_file
     from ddsm_core.train import TrainConfig, main_train
 
     torch.set_num_threads(args.threads)
@@ -112,6 +113,9 @@ def main() -> None:
         " the number to compare with the 10-minute target; the wall time above includes waiting for the"
         " cores other jobs held.",
         f"- Full-width sampling of 64 images (DDPM, 100 steps): {sample_s:.1f} s including start-up.",
+        f"- Weights: sha256 of `ema.safetensors` {sha256_file(result.checkpoint / 'ema.safetensors')}, "
+        f"of `model.safetensors` {sha256_file(result.checkpoint / 'model.safetensors')} (training is a "
+        "function of the seed: a rerun on the same CPU/torch gives the same bytes).",
         "",
         f"## Per-width eval loss (EMA weights, {ev.n_images} held-out test digits, each at one t per bin)",
         "",
