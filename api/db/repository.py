@@ -37,6 +37,10 @@ from api.db.models import (
 
 ACTIVE_SEARCH = (JobStatus.RUNNING, JobStatus.FINISHING)
 
+# A value placeholder for ``Repository._update`` / ``_insert``: the database's 'now', read once inside
+# that write's transaction.
+_NOW: Any = object()
+
 
 # ----------------------------------------------------------------------------- records
 @dataclass(frozen=True)
@@ -216,6 +220,52 @@ class Repository:
     def _cas(self, session: Session, stmt: Any) -> bool:
         return session.execute(stmt.execution_options(synchronize_session=False)).rowcount == 1
 
+    def _with_now(self, session: Session, values: dict[str, Any]) -> dict[str, Any]:
+        if not any(v is _NOW for v in values.values()):
+            return values
+        now = self.now(session)
+        return {k: now if v is _NOW else v for k, v in values.items()}
+
+    def _insert(self, model: Any, /, **values: Any) -> int:
+        """Add one row (``_NOW`` values become the database's 'now') and return its id."""
+        with self._tx() as s:
+            row = model(**self._with_now(s, values))
+            s.add(row)
+            s.flush()
+            return row.id
+
+    def _update(self, model: Any, /, *where: Any, **values: Any) -> bool:
+        """One compare-and-set UPDATE in its own transaction (``_NOW`` values become the database's
+        'now'); True if exactly one row matched ``where``, i.e. this caller won."""
+        with self._tx() as s:
+            return self._cas(s, update(model).where(*where).values(**self._with_now(s, values)))
+
+    def _transition(
+        self, model: Any, key: int, from_status: JobStatus | Sequence[JobStatus], /, **values: Any
+    ) -> bool:
+        """``_update`` of the row ``key`` if its status is ``from_status`` (or one of them)."""
+        if isinstance(from_status, JobStatus):
+            expected = model.status == from_status
+        else:
+            expected = model.status.in_(from_status)
+        return self._update(model, model.id == key, expected, **values)
+
+    def _records(self, record_cls: type[R], query: Any) -> list[R]:
+        with self._tx() as s:
+            return [_record(record_cls, r) for r in s.scalars(query).all()]
+
+    def _get(self, model: Any, record_cls: type[R], key: Any) -> R | None:
+        with self._tx() as s:
+            row = s.get(model, key)
+            return _record(record_cls, row) if row else None
+
+    def _list(self, model: Any, record_cls: type[R], *where: Any) -> list[R]:
+        """All rows of ``model`` (matching ``where``) in id order."""
+        query = select(model).order_by(model.id)
+        if where:
+            query = query.where(*where)
+        return self._records(record_cls, query)
+
     # ------------------------------------------------------------------ supernets
     def create_supernet(
         self,
@@ -225,63 +275,45 @@ class Repository:
         *,
         training_run_id: int | None = None,
     ) -> int:
-        with self._tx() as s:
-            row = Supernet(
-                name=name,
-                status=JobStatus.PENDING,
-                artifact_sha256=artifact_sha256,
-                config=config,
-                training_run_id=training_run_id,
-                created_at=self.now(s),
-            )
-            s.add(row)
-            s.flush()
-            return row.id
+        return self._insert(
+            Supernet,
+            name=name,
+            status=JobStatus.PENDING,
+            artifact_sha256=artifact_sha256,
+            config=config,
+            training_run_id=training_run_id,
+            created_at=_NOW,
+        )
 
     def supernet_ready(self, supernet_id: int, gflops: dict[str, Any], config: dict[str, Any]) -> bool:
-        with self._tx() as s:
-            stmt = (
-                update(Supernet)
-                .where(Supernet.id == supernet_id, Supernet.status == JobStatus.PENDING)
-                .values(status=JobStatus.COMPLETE, gflops=gflops, config=config)
-            )
-            return self._cas(s, stmt)
+        return self._transition(
+            Supernet, supernet_id, JobStatus.PENDING, status=JobStatus.COMPLETE, gflops=gflops, config=config
+        )
 
     def supernet_failed(self, supernet_id: int, error: str) -> bool:
-        with self._tx() as s:
-            stmt = (
-                update(Supernet)
-                .where(Supernet.id == supernet_id, Supernet.status == JobStatus.PENDING)
-                .values(status=JobStatus.FAILED, error=error[:4000])
-            )
-            return self._cas(s, stmt)
+        return self._transition(
+            Supernet, supernet_id, JobStatus.PENDING, status=JobStatus.FAILED, error=error[:4000]
+        )
 
     def get_supernet(self, supernet_id: int) -> SupernetRecord | None:
-        with self._tx() as s:
-            row = s.get(Supernet, supernet_id)
-            return _record(SupernetRecord, row) if row else None
+        return self._get(Supernet, SupernetRecord, supernet_id)
 
     def list_supernets(self) -> list[SupernetRecord]:
-        with self._tx() as s:
-            rows = s.scalars(select(Supernet).order_by(Supernet.id)).all()
-            return [_record(SupernetRecord, r) for r in rows]
+        return self._list(Supernet, SupernetRecord)
 
     # ------------------------------------------------------------------ reference statistics
     def create_reference_stats(
         self, name: str, dataset: str, extractor: str, *, artifact_sha256: str | None = None
     ) -> int:
-        with self._tx() as s:
-            row = ReferenceStats(
-                name=name,
-                dataset=dataset,
-                extractor=extractor,
-                status=JobStatus.COMPLETE if artifact_sha256 else JobStatus.PENDING,
-                artifact_sha256=artifact_sha256,
-                created_at=self.now(s),
-            )
-            s.add(row)
-            s.flush()
-            return row.id
+        return self._insert(
+            ReferenceStats,
+            name=name,
+            dataset=dataset,
+            extractor=extractor,
+            status=JobStatus.COMPLETE if artifact_sha256 else JobStatus.PENDING,
+            artifact_sha256=artifact_sha256,
+            created_at=_NOW,
+        )
 
     def reference_stats_ready(
         self, stats_id: int, artifact_sha256: str, n_images: int | None, extractor: str | None = None
@@ -290,47 +322,30 @@ class Repository:
         values["n_images"] = n_images
         if extractor:
             values["extractor"] = extractor
-        with self._tx() as s:
-            stmt = (
-                update(ReferenceStats)
-                .where(ReferenceStats.id == stats_id, ReferenceStats.status == JobStatus.PENDING)
-                .values(**values)
-            )
-            return self._cas(s, stmt)
+        return self._transition(ReferenceStats, stats_id, JobStatus.PENDING, **values)
 
     def reference_stats_failed(self, stats_id: int, error: str) -> bool:
-        with self._tx() as s:
-            stmt = (
-                update(ReferenceStats)
-                .where(ReferenceStats.id == stats_id, ReferenceStats.status == JobStatus.PENDING)
-                .values(status=JobStatus.FAILED, error=error[:4000])
-            )
-            return self._cas(s, stmt)
+        return self._transition(
+            ReferenceStats, stats_id, JobStatus.PENDING, status=JobStatus.FAILED, error=error[:4000]
+        )
 
     def get_reference_stats(self, stats_id: int) -> ReferenceStatsRecord | None:
-        with self._tx() as s:
-            row = s.get(ReferenceStats, stats_id)
-            return _record(ReferenceStatsRecord, row) if row else None
+        return self._get(ReferenceStats, ReferenceStatsRecord, stats_id)
 
     def list_reference_stats(self) -> list[ReferenceStatsRecord]:
-        with self._tx() as s:
-            rows = s.scalars(select(ReferenceStats).order_by(ReferenceStats.id)).all()
-            return [_record(ReferenceStatsRecord, r) for r in rows]
+        return self._list(ReferenceStats, ReferenceStatsRecord)
 
     # ------------------------------------------------------------------ training runs
     def create_training_run(self, name: str, config: dict[str, Any], total_steps: int) -> int:
-        with self._tx() as s:
-            row = TrainingRun(
-                name=name,
-                status=JobStatus.PENDING,
-                config=config,
-                total_steps=total_steps,
-                attempt=1,
-                created_at=self.now(s),
-            )
-            s.add(row)
-            s.flush()
-            return row.id
+        return self._insert(
+            TrainingRun,
+            name=name,
+            status=JobStatus.PENDING,
+            config=config,
+            total_steps=total_steps,
+            attempt=1,
+            created_at=_NOW,
+        )
 
     def claim_training_run(self, run_id: int, attempt: int, worker: str) -> bool:
         """PENDING (this attempt) -> RUNNING for ``worker``."""
@@ -352,6 +367,14 @@ class Repository:
             )
             return self._cas(s, stmt)
 
+    def _run_running(self, run_id: int, attempt: int, worker: str) -> Any:
+        return and_(
+            TrainingRun.id == run_id,
+            TrainingRun.status == JobStatus.RUNNING,
+            TrainingRun.attempt == attempt,
+            TrainingRun.worker == worker,
+        )
+
     def training_progress(
         self,
         run_id: int,
@@ -367,33 +390,11 @@ class Repository:
             values["total_steps"] = total_steps
         if checkpoint_sha256:
             values["last_checkpoint_sha256"] = checkpoint_sha256
-        with self._tx() as s:
-            values["heartbeat_at"] = self.now(s)
-            stmt = (
-                update(TrainingRun)
-                .where(
-                    TrainingRun.id == run_id,
-                    TrainingRun.status == JobStatus.RUNNING,
-                    TrainingRun.attempt == attempt,
-                    TrainingRun.worker == worker,
-                )
-                .values(**values)
-            )
-            return self._cas(s, stmt)
+        values["heartbeat_at"] = _NOW
+        return self._update(TrainingRun, self._run_running(run_id, attempt, worker), **values)
 
     def heartbeat_training_run(self, run_id: int, attempt: int, worker: str) -> bool:
-        with self._tx() as s:
-            stmt = (
-                update(TrainingRun)
-                .where(
-                    TrainingRun.id == run_id,
-                    TrainingRun.status == JobStatus.RUNNING,
-                    TrainingRun.attempt == attempt,
-                    TrainingRun.worker == worker,
-                )
-                .values(heartbeat_at=self.now(s))
-            )
-            return self._cas(s, stmt)
+        return self._update(TrainingRun, self._run_running(run_id, attempt, worker), heartbeat_at=_NOW)
 
     def complete_training_run(
         self, run_id: int, attempt: int, worker: str, checkpoint_sha256: str, config: dict[str, Any]
@@ -416,12 +417,7 @@ class Repository:
             s.flush()
             stmt = (
                 update(TrainingRun)
-                .where(
-                    TrainingRun.id == run_id,
-                    TrainingRun.status == JobStatus.RUNNING,
-                    TrainingRun.attempt == attempt,
-                    TrainingRun.worker == worker,
-                )
+                .where(self._run_running(run_id, attempt, worker))
                 .values(
                     status=JobStatus.COMPLETE,
                     ended_at=now,
@@ -436,31 +432,25 @@ class Repository:
             return supernet.id
 
     def fail_training_run(self, run_id: int, attempt: int, worker: str | None, error: str) -> bool:
-        with self._tx() as s:
-            conditions = [
-                TrainingRun.id == run_id,
-                TrainingRun.attempt == attempt,
-                TrainingRun.status.in_((JobStatus.PENDING, JobStatus.RUNNING)),
-            ]
-            if worker is not None:
-                conditions.append(TrainingRun.worker == worker)
-            stmt = (
-                update(TrainingRun)
-                .where(*conditions)
-                .values(status=JobStatus.FAILED, error=error[:4000], ended_at=self.now(s))
-            )
-            return self._cas(s, stmt)
+        conditions = [
+            TrainingRun.id == run_id,
+            TrainingRun.attempt == attempt,
+            TrainingRun.status.in_((JobStatus.PENDING, JobStatus.RUNNING)),
+        ]
+        if worker is not None:
+            conditions.append(TrainingRun.worker == worker)
+        return self._update(
+            TrainingRun, *conditions, status=JobStatus.FAILED, error=error[:4000], ended_at=_NOW
+        )
 
     def cancel_training_run(self, run_id: int) -> bool:
-        with self._tx() as s:
-            stmt = (
-                update(TrainingRun)
-                .where(
-                    TrainingRun.id == run_id, TrainingRun.status.in_((JobStatus.PENDING, JobStatus.RUNNING))
-                )
-                .values(status=JobStatus.CANCELLED, ended_at=self.now(s))
-            )
-            return self._cas(s, stmt)
+        return self._transition(
+            TrainingRun,
+            run_id,
+            (JobStatus.PENDING, JobStatus.RUNNING),
+            status=JobStatus.CANCELLED,
+            ended_at=_NOW,
+        )
 
     def reap_training_runs(self, stale_after_s: float, max_attempts: int) -> list[tuple[int, int]]:
         """Stale RUNNING runs -> PENDING with attempt+1 (to be sent again), or FAILED after the limit.
@@ -490,46 +480,33 @@ class Repository:
         return out
 
     def get_training_run(self, run_id: int) -> TrainingRunRecord | None:
-        with self._tx() as s:
-            row = s.get(TrainingRun, run_id)
-            return _record(TrainingRunRecord, row) if row else None
+        return self._get(TrainingRun, TrainingRunRecord, run_id)
 
     def list_training_runs(self) -> list[TrainingRunRecord]:
-        with self._tx() as s:
-            rows = s.scalars(select(TrainingRun).order_by(TrainingRun.id)).all()
-            return [_record(TrainingRunRecord, r) for r in rows]
+        return self._list(TrainingRun, TrainingRunRecord)
 
     # ------------------------------------------------------------------ searches
     def create_search(
         self, name: str, supernet_id: int, reference_stats_id: int, config: dict[str, Any]
     ) -> int:
-        with self._tx() as s:
-            now = self.now(s)
-            row = Search(
-                name=name,
-                supernet_id=supernet_id,
-                reference_stats_id=reference_stats_id,
-                config=config,
-                status=JobStatus.RUNNING,
-                generation=0,
-                created_at=now,
-                updated_at=now,
-            )
-            s.add(row)
-            s.flush()
-            return row.id
+        return self._insert(
+            Search,
+            name=name,
+            supernet_id=supernet_id,
+            reference_stats_id=reference_stats_id,
+            config=config,
+            status=JobStatus.RUNNING,
+            generation=0,
+            created_at=_NOW,
+            updated_at=_NOW,
+        )
 
     def get_search(self, search_id: int) -> SearchRecord | None:
-        with self._tx() as s:
-            row = s.get(Search, search_id)
-            return _record(SearchRecord, row) if row else None
+        return self._get(Search, SearchRecord, search_id)
 
     def list_searches(self, status: JobStatus | None = None) -> list[SearchRecord]:
-        with self._tx() as s:
-            query = select(Search).order_by(Search.id)
-            if status is not None:
-                query = query.where(Search.status == status)
-            return [_record(SearchRecord, r) for r in s.scalars(query).all()]
+        where = [] if status is None else [Search.status == status]
+        return self._list(Search, SearchRecord, *where)
 
     def active_search_ids(self) -> list[int]:
         with self._tx() as s:
@@ -557,13 +534,13 @@ class Repository:
             return self._cas(s, stmt)
 
     def release_lease(self, search_id: int, controller_id: str) -> bool:
-        with self._tx() as s:
-            stmt = (
-                update(Search)
-                .where(Search.id == search_id, Search.controller_id == controller_id)
-                .values(controller_id=None, lease_until=None)
-            )
-            return self._cas(s, stmt)
+        return self._update(
+            Search,
+            Search.id == search_id,
+            Search.controller_id == controller_id,
+            controller_id=None,
+            lease_until=None,
+        )
 
     def _lease_held(
         self, search_id: int, controller_id: str, status: Sequence[JobStatus] = ACTIVE_SEARCH
@@ -633,9 +610,7 @@ class Repository:
             return True
 
     def get_generation(self, search_id: int, generation: int) -> GenerationRecord | None:
-        with self._tx() as s:
-            row = s.get(SearchGeneration, (search_id, generation))
-            return _record(GenerationRecord, row) if row else None
+        return self._get(SearchGeneration, GenerationRecord, (search_id, generation))
 
     def tell_generation(
         self, search_id: int, controller_id: str, generation: int, algorithm_state: dict[str, Any]
@@ -669,45 +644,44 @@ class Repository:
         result: dict[str, Any],
         status: JobStatus = JobStatus.COMPLETE,
     ) -> bool:
-        with self._tx() as s:
-            now = self.now(s)
-            stmt = (
-                update(Search)
-                .where(self._lease_held(search_id, controller_id))
-                .values(status=status, result=result, ended_at=now, updated_at=now, controller_id=None)
-            )
-            return self._cas(s, stmt)
+        return self._update(
+            Search,
+            self._lease_held(search_id, controller_id),
+            status=status,
+            result=result,
+            ended_at=_NOW,
+            updated_at=_NOW,
+            controller_id=None,
+        )
 
     def set_search_result(self, search_id: int, controller_id: str, result: dict[str, Any]) -> bool:
-        with self._tx() as s:
-            stmt = (
-                update(Search)
-                .where(self._lease_held(search_id, controller_id))
-                .values(result=result, updated_at=self.now(s))
-            )
-            return self._cas(s, stmt)
+        return self._update(
+            Search, self._lease_held(search_id, controller_id), result=result, updated_at=_NOW
+        )
 
     def fail_search(self, search_id: int, error: str) -> bool:
-        with self._tx() as s:
-            now = self.now(s)
-            stmt = (
-                update(Search)
-                .where(Search.id == search_id, Search.status.in_(ACTIVE_SEARCH))
-                .values(status=JobStatus.FAILED, error=error[:4000], ended_at=now, updated_at=now)
-            )
-            return self._cas(s, stmt)
+        return self._transition(
+            Search,
+            search_id,
+            ACTIVE_SEARCH,
+            status=JobStatus.FAILED,
+            error=error[:4000],
+            ended_at=_NOW,
+            updated_at=_NOW,
+        )
 
     def cancel_search(self, search_id: int) -> bool:
         """RUNNING/FINISHING -> CANCELLED. Candidates are left as they are: a WAITING one can no longer be
         claimed (claims check the search), a RUNNING one may still record its result."""
-        with self._tx() as s:
-            now = self.now(s)
-            stmt = (
-                update(Search)
-                .where(Search.id == search_id, Search.status.in_(ACTIVE_SEARCH))
-                .values(status=JobStatus.CANCELLED, ended_at=now, updated_at=now, controller_id=None)
-            )
-            return self._cas(s, stmt)
+        return self._transition(
+            Search,
+            search_id,
+            ACTIVE_SEARCH,
+            status=JobStatus.CANCELLED,
+            ended_at=_NOW,
+            updated_at=_NOW,
+            controller_id=None,
+        )
 
     def resume_search(self, search_id: int) -> bool:
         """CANCELLED/FAILED -> RUNNING (or FINISHING); its WAITING candidates will be sent again."""
@@ -752,18 +726,17 @@ class Repository:
         offset: int = 0,
         limit: int | None = None,
     ) -> list[CandidateRecord]:
-        with self._tx() as s:
-            query = select(Candidate).where(Candidate.search_id == search_id).order_by(Candidate.id)
-            if phase is not None:
-                query = query.where(Candidate.phase == phase)
-            if hashes is not None:
-                query = query.where(Candidate.genome_hash.in_(list(hashes)))
-            if state is not None:
-                query = query.where(Candidate.state == state)
-            query = query.offset(offset)
-            if limit is not None:
-                query = query.limit(limit)
-            return [_record(CandidateRecord, r) for r in s.scalars(query).all()]
+        query = select(Candidate).where(Candidate.search_id == search_id).order_by(Candidate.id)
+        if phase is not None:
+            query = query.where(Candidate.phase == phase)
+        if hashes is not None:
+            query = query.where(Candidate.genome_hash.in_(list(hashes)))
+        if state is not None:
+            query = query.where(Candidate.state == state)
+        query = query.offset(offset)
+        if limit is not None:
+            query = query.limit(limit)
+        return self._records(CandidateRecord, query)
 
     def count_candidates(self, search_id: int, phase: str | None = None) -> dict[str, int]:
         with self._tx() as s:
@@ -780,9 +753,7 @@ class Repository:
             return counts
 
     def get_candidate(self, candidate_id: int) -> CandidateRecord | None:
-        with self._tx() as s:
-            row = s.get(Candidate, candidate_id)
-            return _record(CandidateRecord, row) if row else None
+        return self._get(Candidate, CandidateRecord, candidate_id)
 
     def candidates_to_send(self, search_id: int, resend_after_s: float) -> list[CandidateRecord]:
         """WAITING candidates whose current attempt was never sent, or sent long ago and never claimed."""
@@ -796,17 +767,14 @@ class Repository:
             return [_record(CandidateRecord, r) for r in s.scalars(query.order_by(Candidate.id)).all()]
 
     def mark_sent(self, candidate_id: int, attempt: int) -> bool:
-        with self._tx() as s:
-            stmt = (
-                update(Candidate)
-                .where(
-                    Candidate.id == candidate_id,
-                    Candidate.state == CandidateState.WAITING,
-                    Candidate.attempt == attempt,
-                )
-                .values(sent_attempt=attempt, sent_at=self.now(s))
-            )
-            return self._cas(s, stmt)
+        return self._update(
+            Candidate,
+            Candidate.id == candidate_id,
+            Candidate.state == CandidateState.WAITING,
+            Candidate.attempt == attempt,
+            sent_attempt=attempt,
+            sent_at=_NOW,
+        )
 
     def reap_candidates(self, search_id: int, stale_after_s: float, max_attempts: int) -> tuple[int, int]:
         """RUNNING candidates with a stale heartbeat (dead worker) -> WAITING with attempt+1, or FAILED
@@ -842,20 +810,18 @@ class Repository:
     def claim_candidate(self, candidate_id: int, attempt: int, worker: str) -> bool:
         """WAITING (this attempt, search active) -> RUNNING for ``worker``. A redelivered or stale message
         loses and must be dropped."""
-        with self._tx() as s:
-            now = self.now(s)
-            active = exists().where(Search.id == Candidate.search_id, Search.status.in_(ACTIVE_SEARCH))
-            stmt = (
-                update(Candidate)
-                .where(
-                    Candidate.id == candidate_id,
-                    Candidate.state == CandidateState.WAITING,
-                    Candidate.attempt == attempt,
-                    active,
-                )
-                .values(state=CandidateState.RUNNING, worker=worker, heartbeat_at=now, started_at=now)
-            )
-            return self._cas(s, stmt)
+        active = exists().where(Search.id == Candidate.search_id, Search.status.in_(ACTIVE_SEARCH))
+        return self._update(
+            Candidate,
+            Candidate.id == candidate_id,
+            Candidate.state == CandidateState.WAITING,
+            Candidate.attempt == attempt,
+            active,
+            state=CandidateState.RUNNING,
+            worker=worker,
+            heartbeat_at=_NOW,
+            started_at=_NOW,
+        )
 
     def _running(self, candidate_id: int, attempt: int, worker: str) -> Any:
         return and_(
@@ -866,37 +832,27 @@ class Repository:
         )
 
     def heartbeat(self, candidate_id: int, attempt: int, worker: str) -> bool:
-        with self._tx() as s:
-            stmt = (
-                update(Candidate)
-                .where(self._running(candidate_id, attempt, worker))
-                .values(heartbeat_at=self.now(s))
-            )
-            return self._cas(s, stmt)
+        return self._update(Candidate, self._running(candidate_id, attempt, worker), heartbeat_at=_NOW)
 
     def complete_candidate(
         self, candidate_id: int, attempt: int, worker: str, metrics: dict[str, Any]
     ) -> bool:
         """RUNNING -> COMPLETE with metrics (``fid``, ``gflops``, ...). Recorded once: a second call loses."""
-        with self._tx() as s:
-            stmt = (
-                update(Candidate)
-                .where(self._running(candidate_id, attempt, worker))
-                .values(
-                    state=CandidateState.COMPLETE,
-                    metrics=encode_metrics(metrics),
-                    fid=_finite_or_none(metrics.get("fid")),
-                    gflops=_finite_or_none(metrics.get("gflops")),
-                    ended_at=self.now(s),
-                )
-            )
-            return self._cas(s, stmt)
+        return self._update(
+            Candidate,
+            self._running(candidate_id, attempt, worker),
+            state=CandidateState.COMPLETE,
+            metrics=encode_metrics(metrics),
+            fid=_finite_or_none(metrics.get("fid")),
+            gflops=_finite_or_none(metrics.get("gflops")),
+            ended_at=_NOW,
+        )
 
     def fail_candidate(self, candidate_id: int, attempt: int, worker: str, error: str) -> bool:
-        with self._tx() as s:
-            stmt = (
-                update(Candidate)
-                .where(self._running(candidate_id, attempt, worker))
-                .values(state=CandidateState.FAILED, error=error[:4000], ended_at=self.now(s))
-            )
-            return self._cas(s, stmt)
+        return self._update(
+            Candidate,
+            self._running(candidate_id, attempt, worker),
+            state=CandidateState.FAILED,
+            error=error[:4000],
+            ended_at=_NOW,
+        )
