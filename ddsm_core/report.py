@@ -25,6 +25,18 @@ def _pyplot():
     return plt
 
 
+def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
+    """Lay out, write (120 dpi, creating the folder) and close a figure; returns its path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_pareto(
     path: str | os.PathLike[str],
     candidates: Sequence[Candidate],
@@ -56,12 +68,7 @@ def plot_pareto(
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_samples(path: str | os.PathLike[str], panels: Mapping[str, Any], nrow: int = 8) -> Path:
@@ -79,13 +86,8 @@ def plot_samples(path: str | os.PathLike[str], panels: Mapping[str, Any], nrow: 
         ax.imshow(grid.permute(1, 2, 0).numpy() if grid.shape[0] == 3 else grid[0].numpy(), cmap="gray")
         ax.set_title(title, fontsize=9)
         ax.axis("off")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
     del torch
-    return path
+    return _save(fig, path)
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
