@@ -47,6 +47,7 @@ def main() -> None:
     from safetensors.torch import load_file
 
     from ddsm_core.checkpoint import sha256_file
+    from ddsm_core.config import UNetConfig
     from ddsm_core.train import TrainConfig, main_train
 
     torch.set_num_threads(args.threads)
@@ -86,6 +87,8 @@ def main() -> None:
     sample_s = time.time() - t0
 
     cfg = TrainConfig.for_preset("digits")
+    model_dropout = UNetConfig.digits().dropout
+    dropout = f"{model_dropout} (the UNet preset's)" if cfg.dropout is None else f"{cfg.dropout}"
     n_params = sum(int(v.numel()) for v in load_file(str(result.checkpoint / "model.safetensors")).values())
     ev = result.eval
     shown_out = args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out
@@ -101,7 +104,7 @@ def main() -> None:
         "- Command (what this script runs): `ddsm train --preset digits --out runs/digits-bench --threads 1`",
         f"- Recipe (`TrainConfig.for_preset('digits')`): {cfg.steps} steps, batch {cfg.batch_size}, Adam lr "
         f"{cfg.lr:g} ({cfg.warmup_steps} warm-up steps, {cfg.lr_schedule} decay to {cfg.min_lr_ratio:g} x), "
-        f"EMA {cfg.ema_decay} (with warm-up), grad clip {cfg.grad_clip}, dropout {cfg.dropout}, "
+        f"EMA {cfg.ema_decay} (with warm-up), grad clip {cfg.grad_clip}, dropout {dropout}, "
         "sandwich rule with "
         f"{cfg.n_middle} random middle widths, T = {cfg.timesteps} linear betas; UNet preset `digits` "
         "(8x8, 1 channel, 64 channels, mult (1,2), attention at 4x4, "

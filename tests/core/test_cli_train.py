@@ -65,7 +65,7 @@ def test_resume_with_another_recipe_or_preset_is_refused(tmp_path, capsys):
     out = str(tmp_path / "run")
     assert run(["train", "--steps", "1", "--out", out, *QUICK], capsys)[0] == 0
     code, _, err = run(["train", "--steps", "2", "--out", out, "--resume", "--lr", "0.5", *QUICK], capsys)
-    assert code == 2 and "different training recipe (lr: run 0.002 vs now 0.5" in err
+    assert code == 2 and "different training recipe (lr: run 0.001 vs now 0.5" in err
     code, _, err = run(["train", "--preset", "cifar10", "--steps", "2", "--out", out, "--resume"], capsys)
     assert code == 2 and "does not fit the preset" in err and "image_size: checkpoint 8 vs 32" in err
     assert err.count("\n") == 1
