@@ -14,7 +14,8 @@ COPY api ./api
 COPY workers ./workers
 COPY migrations ./migrations
 COPY alembic.ini ./
-RUN pip install --no-deps . \
+# Editable, so that api/ finds alembic.ini and migrations/ beside it in /app (`ddsm up`, `ddsm migrate`).
+RUN pip install --no-deps -e . \
     && useradd --create-home --uid 1000 ddsm && mkdir -p /data && chown ddsm /data
 
 USER ddsm
