@@ -95,8 +95,9 @@ def eval_cmd(
     strategy: str = typer.Option(
         "uniform:8/8", "--strategy", help="uniform:6/8, piecewise:2/8,8/8 or a JSON."
     ),
-    sampler: str = typer.Option("ddim", "--sampler", help="ddpm, ddim, edm-heun, dpm-solver++."),
-    steps: int = typer.Option(10, "--steps"),
+    # The same defaults as `ddsm search`, so that an eval re-measures what a search reported.
+    sampler: str = typer.Option("ddpm", "--sampler", help="ddpm, ddim, edm-heun, dpm-solver++."),
+    steps: int = typer.Option(20, "--steps"),
     stats: Path | None = typer.Option(None, "--stats", help="Reference statistics (.npz)."),
     dataset: str | None = typer.Option(None, "--dataset", help="Compute reference stats of this dataset."),
     extractor: str | None = typer.Option(None, "--extractor", help="Default: the one of --stats / auto."),
