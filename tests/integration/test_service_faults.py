@@ -7,7 +7,9 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 import redis
 
@@ -68,6 +70,20 @@ def local_front(config: dict[str, object], tmp_path: Path) -> list[list[object]]
     return [[list(c.genome), c.fid, c.cost] for c in run.driver.front()]
 
 
+def assert_front_is_the_local_one(done: dict[str, Any], config: dict[str, object], tmp_path: Path) -> None:
+    """The service's front equals the one `ddsm search` finds locally with the same seed."""
+    assert [[p["genome"], p["fid"], p["gflops"]] for p in done["front"]] == local_front(config, tmp_path)
+
+
+def wait_until_complete(stack: Stack, http: httpx.Client, sid: int, timeout: float) -> dict[str, Any]:
+    stack.wait_for(
+        "the search to complete",
+        lambda: http.get(f"/searches/{sid}").json()["status"] == "COMPLETE",
+        timeout=timeout,
+    )
+    return http.get(f"/searches/{sid}").json()
+
+
 def test_every_message_delivered_twice_is_recorded_once(
     stack_factory: Callable[..., Stack], repo: Repository, tmp_path: Path
 ) -> None:
@@ -99,9 +115,7 @@ def test_every_message_delivered_twice_is_recorded_once(
     assert cands == before  # nothing recorded twice, finished rows unchanged
     assert all(c.state == CandidateState.COMPLETE and c.attempt == 1 for c in cands)
     assert len({(c.phase, c.genome_hash) for c in cands}) == len(cands)
-    assert [[p["genome"], p["fid"], p["gflops"]] for p in done["front"]] == local_front(
-        search["config"], tmp_path
-    )
+    assert_front_is_the_local_one(done, search["config"], tmp_path)
 
 
 @pytest.mark.slow
@@ -120,18 +134,11 @@ def test_worker_killed_mid_candidate_runs_it_again_and_the_search_completes(
         pid = int(victim.worker.rsplit(":", 1)[1])  # type: ignore[union-attr]
         assert pid in [p.pid for p in stack.workers]
         os.kill(pid, signal.SIGKILL)
-        stack.wait_for(
-            "the search to complete",
-            lambda: http.get(f"/searches/{sid}").json()["status"] == "COMPLETE",
-            timeout=150,
-        )
-        done = http.get(f"/searches/{sid}").json()
+        done = wait_until_complete(stack, http, sid, timeout=150)
     again = repo.get_candidate(victim.id)
     assert again is not None and again.state == CandidateState.COMPLETE
     assert again.attempt == 2 and again.worker != victim.worker
-    assert [[p["genome"], p["fid"], p["gflops"]] for p in done["front"]] == local_front(
-        search["config"], tmp_path
-    )
+    assert_front_is_the_local_one(done, search["config"], tmp_path)
 
 
 @pytest.mark.slow
@@ -145,12 +152,5 @@ def test_api_killed_mid_search_resumes_the_search_after_restart(
         sid = search["id"]
         stack.wait_for("the second generation", lambda: repo.get_search(sid).generation >= 1, timeout=60)  # type: ignore[union-attr]
         stack.restart_api()
-        stack.wait_for(
-            "the search to complete",
-            lambda: http.get(f"/searches/{sid}").json()["status"] == "COMPLETE",
-            timeout=120,
-        )
-        done = http.get(f"/searches/{sid}").json()
-    assert [[p["genome"], p["fid"], p["gflops"]] for p in done["front"]] == local_front(
-        search["config"], tmp_path
-    )
+        done = wait_until_complete(stack, http, sid, timeout=120)
+    assert_front_is_the_local_one(done, search["config"], tmp_path)
