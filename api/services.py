@@ -107,10 +107,13 @@ def search_view(repo: Repository, search: SearchRecord) -> dict[str, Any]:
 def _front_from_state(state: dict[str, Any]) -> list[dict[str, Any]]:
     if not state:
         return []
-    from ddsm_core.search import SearchDriver
+    from ddsm_core.search import state_front
 
-    driver = SearchDriver.from_state_dict(state)
-    return [{"genome": list(c.genome), "fid": c.fid, "gflops": c.cost} for c in driver.front()]
+    try:
+        front = state_front(state)  # plain data: NSGA-II is not rebuilt, nothing is unpickled
+    except ConfigError:
+        return []  # a corrupt state fails the search in the controller; a read still answers
+    return [{"genome": list(c.genome), "fid": c.fid, "gflops": c.cost} for c in front]
 
 
 def candidate_strategy(repo: Repository, candidate_id: int) -> Strategy:

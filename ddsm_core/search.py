@@ -10,18 +10,19 @@ Celery workers for the service): the driver only proposes genomes and receives t
         driver.tell(genomes, [evaluate(g) for g in genomes])
     driver.front(); driver.pick(w=0.1); driver.knee()
 
-``state_dict()`` is JSON-serialisable (the pymoo algorithm is pickled into base64; only load states
-you wrote yourself) and also holds the population and every evaluated candidate, enough to rebuild
-the search when the pickle cannot be read (another pymoo version).
+``state_dict()`` is plain JSON data, never a pickle: the surviving population in pymoo's order with
+its non-domination rank and crowding distance, the generation in progress, every evaluated candidate
+and the random generator's state as 32-bit words. ``load_state_dict`` rebuilds NSGA-II from it, so a
+search resumed from its state proposes exactly what an uninterrupted one would (same seed). States of
+the old format (``ddsm-search-v1``, which carried a pickle) are never unpickled: NSGA-II restarts from
+their stored population, as it would for any lost algorithm state.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 import os
-import pickle
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -47,7 +48,8 @@ CrossoverKind = Literal["two_point", "one_point", "uniform", "none"]
 MutationKind = Literal["reset", "creep"]
 CROSSOVERS: tuple[str, ...] = ("two_point", "one_point", "uniform", "none")
 MUTATIONS: tuple[str, ...] = ("reset", "creep")
-STATE_FORMAT = "ddsm-search-v1"
+STATE_FORMAT = "ddsm-search-v2"
+LEGACY_STATE_FORMATS = ("ddsm-search-v1",)  # held a pickle: rebuilt from the population, never unpickled
 
 
 @dataclass(frozen=True)
@@ -151,7 +153,7 @@ class Candidate:
             "reason": self.reason,
             "generation": self.generation,
             "index": self.index,
-            "record": self.record,
+            "record": _encode_nonfinite(self.record),
         }
 
     @classmethod
@@ -163,8 +165,29 @@ class Candidate:
             reason=d.get("reason"),
             generation=int(d["generation"]),
             index=int(d["index"]),
-            record=dict(d.get("record") or {}),
+            record=_decode_nonfinite(dict(d.get("record") or {})),
         )
+
+
+def _encode_nonfinite(value: Any) -> Any:
+    """Records may hold NaN or inf (a diverged sampler's FID): strict JSON (Postgres) has neither."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"nonfinite": str(value)}
+    if isinstance(value, Mapping):
+        return {k: _encode_nonfinite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encode_nonfinite(v) for v in value]
+    return value
+
+
+def _decode_nonfinite(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        if set(value) == {"nonfinite"} and value["nonfinite"] in ("nan", "inf", "-inf"):
+            return float(value["nonfinite"])
+        return {k: _decode_nonfinite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode_nonfinite(v) for v in value]
+    return value
 
 
 class _StrategyProblem(Problem):
@@ -357,7 +380,7 @@ class SearchDriver:
                 "n_candidates": len(self._pending),
                 "n_evaluated": len(self._candidates),
                 "front_size": len(front),
-                "best_fid": min((c.fid for c in front), default=math.nan),
+                "best_fid": min((c.fid for c in front), default=None),  # None: JSON has no NaN
             }
         )
         self._pending_pop, self._pending = None, []
@@ -380,9 +403,7 @@ class SearchDriver:
 
     def front(self) -> list[Candidate]:
         """Pareto front over every successful candidate of the search, sorted by cost."""
-        ok = [c for c in self.candidates if c.ok]
-        front = [ok[i] for i in non_dominated([c.objectives for c in ok])]  # type: ignore[misc]
-        return sorted(front, key=lambda c: (c.cost, c.fid))
+        return pareto_front(self.candidates)
 
     def pick(self, w: float) -> Candidate:
         """The paper's weighted pick: argmin FID + w * cost (one point of the front)."""
@@ -405,7 +426,10 @@ class SearchDriver:
 
     # -- state --------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        blob = pickle.dumps((self._algorithm, self._pending_pop))
+        """Plain JSON data from which ``load_state_dict`` rebuilds this driver exactly (no pickle)."""
+        pop = self._algorithm.pop if self._generation > 0 else None
+        rank = [] if pop is None else [int(r) for r in pop.get("rank")]
+        crowding = [] if pop is None else [_float_to_json(c) for c in pop.get("crowding")]
         return {
             "format": STATE_FORMAT,
             "config": self.config.to_dict(),
@@ -414,32 +438,105 @@ class SearchDriver:
             "exhausted": self._exhausted,
             "pending": [list(g) for g in self._pending],
             "population": [list(g) for g in self.population],
+            "rank": rank,
+            "crowding": crowding,
+            "rng": _rng_to_json(self._algorithm.random_state),
             "candidates": [c.to_dict() for c in self.candidates],
             "history": self.history,
-            "algorithm": base64.b64encode(blob).decode("ascii"),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state.get("format") != STATE_FORMAT:
-            raise ConfigError(
-                f"not a search state (format {state.get('format')!r}, expected {STATE_FORMAT!r})"
-            )
-        config = SearchConfig.from_dict(state["config"])
+        """Rebuild the driver from ``state_dict()`` output; a malformed state raises ConfigError."""
+        if not isinstance(state, Mapping):
+            raise ConfigError(f"a search state is a JSON object, got {type(state).__name__}")
+        fmt = state.get("format")
+        if fmt != STATE_FORMAT and fmt not in LEGACY_STATE_FORMATS:
+            raise ConfigError(f"not a search state (format {fmt!r}, expected {STATE_FORMAT!r})")
+        try:
+            config = SearchConfig.from_dict(state["config"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"search state has an unreadable configuration: {exc}") from None
         if config != self.config:
             raise ConfigError("search state was written for another search configuration")
-        self.seed = int(state["seed"])
-        self._generation = int(state["generation"])
+        fresh = SearchDriver(config, seed=self.seed)  # a refused state leaves this driver untouched
+        try:
+            fresh._load(state, legacy=fmt in LEGACY_STATE_FORMATS)
+        except ConfigError:
+            raise
+        except (AttributeError, KeyError, IndexError, TypeError, ValueError, OverflowError) as exc:
+            raise ConfigError(f"malformed search state ({type(exc).__name__}: {exc})") from None
+        self.__dict__.update(fresh.__dict__)
+
+    def _load(self, state: Mapping[str, Any], legacy: bool) -> None:
+        self.seed = _int(state["seed"])
+        generation = _int(state["generation"])
+        if not 0 <= generation <= self.config.generations:
+            raise ConfigError(f"search state generation {generation} outside 0..{self.config.generations}")
+        self._generation = generation
         self._exhausted = bool(state["exhausted"])
         self.history = [dict(h) for h in state.get("history", [])]
         self._candidates = {}
         for d in state["candidates"]:
             c = Candidate.from_dict(d)
+            self.config.check_genome(c.genome)
+            if c.objectives is not None and not all(math.isfinite(v) for v in c.objectives):
+                raise ConfigError(f"search state: candidate {list(c.genome)} has non-finite objectives")
             self._candidates[c.genome] = c
-        try:
-            self._algorithm, self._pending_pop = pickle.loads(base64.b64decode(state["algorithm"]))
-            self._pending = [tuple(int(v) for v in g) for g in state["pending"]]
-        except Exception:  # unreadable pickle (other pymoo version): rebuild from the population
-            self._rebuild([tuple(int(v) for v in g) for g in state["population"]])
+        population = [self._known_genome(g) for g in state["population"]]
+        if legacy:  # the old format's algorithm was a pickle: it is never read
+            self._rebuild(population)
+            return
+        pending = [self.config.check_genome(g) for g in state["pending"]]
+        rng = _rng_from_json(state["rng"])
+        if generation == 0:
+            self._restore_first_generation(pending)
+        else:
+            rank = [_int(r) for r in state["rank"]]
+            crowding = [_float_from_json(c) for c in state["crowding"]]
+            self._restore_population(population, rank, crowding, pending)
+        self._algorithm.random_state = rng
+
+    def _known_genome(self, raw: Sequence[int]) -> Genome:
+        genome = self.config.check_genome(raw)
+        if genome not in self._candidates:
+            raise ConfigError(f"search state: population member {list(genome)} was never evaluated")
+        return genome
+
+    def _restore_first_generation(self, pending: list[Genome]) -> None:
+        """Generation 1 is the seeded initial sampling: asking again reproduces it without a draw."""
+        self._algorithm = _nsga2(self.config, np.array(initial_genomes(self.config, self.seed)), self.seed)
+        self._pending_pop, self._pending = None, []
+        if pending:
+            pop = self._algorithm.ask()
+            genomes = [tuple(int(v) for v in np.rint(x)) for x in pop.get("X")]
+            if genomes != pending:
+                raise ConfigError("search state: the first generation does not match its seed")
+            self._pending_pop, self._pending = pop, genomes
+
+    def _restore_population(
+        self, population: list[Genome], rank: list[int], crowding: list[float], pending: list[Genome]
+    ) -> None:
+        """NSGA-II after ``generation`` tells: the survivors with the rank and crowding the survival gave."""
+        if not population or len(rank) != len(population) or len(crowding) != len(population):
+            raise ConfigError(
+                f"search state: population of {len(population)} with {len(rank)} ranks and "
+                f"{len(crowding)} crowding distances"
+            )
+        algorithm = _nsga2(self.config, np.array(initial_genomes(self.config, self.seed)), self.seed)
+        pop = Population.new(X=np.array(population, dtype=int))
+        F = np.array([self._objectives_or_penalty(g) for g in population], dtype=float)
+        Evaluator().eval(StaticProblem(algorithm.problem, F=F), pop)
+        pop.set("rank", np.array(rank, dtype=int), "crowding", np.array(crowding, dtype=float))
+        algorithm.start_time = time.time()
+        algorithm.pop, algorithm.is_initialized = pop, True
+        algorithm.n_iter = self._generation + 1  # pymoo counts the generation being asked
+        algorithm._set_optimum()
+        self._algorithm = algorithm
+        self._pending_pop, self._pending = None, []
+        if pending:
+            infills = Population.new(X=np.array(pending, dtype=int))
+            infills.set("n_gen", algorithm.n_iter, "n_iter", algorithm.n_iter)
+            self._pending_pop, self._pending = infills, pending
 
     def _rebuild(self, population: list[Genome]) -> None:
         """Restart NSGA-II from a stored population (the pending generation is asked anew)."""
@@ -458,9 +555,102 @@ class SearchDriver:
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, Any]) -> SearchDriver:
-        driver = cls(SearchConfig.from_dict(state["config"]), seed=int(state["seed"]))
+        if not isinstance(state, Mapping) or not isinstance(state.get("config"), Mapping):
+            raise ConfigError("not a search state: it has no configuration")
+        try:
+            config, seed = SearchConfig.from_dict(state["config"]), _int(state["seed"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"search state has an unreadable configuration: {exc}") from None
+        driver = cls(config, seed=seed)
         driver.load_state_dict(state)
         return driver
+
+
+def _int(value: Any) -> int:
+    """An int from JSON, refusing floats and strings (a state holds exact integers only)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"search state: expected an integer, got {value!r:.40}")
+    return value
+
+
+_WORD = 32
+_WORDS = 4  # PCG64's 128-bit state and increment as four 32-bit words: exact in any JSON reader
+
+
+def _words(value: int) -> list[int]:
+    return [(value >> (_WORD * i)) & 0xFFFFFFFF for i in range(_WORDS)]
+
+
+def _from_words(words: Any) -> int:
+    if not isinstance(words, list) or len(words) != _WORDS:
+        raise ConfigError(f"search state: a 128-bit value is {_WORDS} 32-bit words, got {words!r:.60}")
+    value = 0
+    for i, w in enumerate(words):
+        if not 0 <= _int(w) <= 0xFFFFFFFF:
+            raise ConfigError(f"search state: {w} is not a 32-bit word")
+        value |= w << (_WORD * i)
+    return value
+
+
+def _rng_to_json(rng: np.random.Generator) -> dict[str, Any]:
+    st = rng.bit_generator.state
+    if st["bit_generator"] != "PCG64":
+        raise TypeError(f"cannot store a {st['bit_generator']} generator")
+    return {
+        "bit_generator": "PCG64",
+        "state": _words(int(st["state"]["state"])),
+        "inc": _words(int(st["state"]["inc"])),
+        "has_uint32": int(st["has_uint32"]),
+        "uinteger": int(st["uinteger"]),
+    }
+
+
+def _rng_from_json(d: Any) -> np.random.Generator:
+    if not isinstance(d, Mapping) or d.get("bit_generator") != "PCG64":
+        raise ConfigError("search state: the random generator must be a PCG64 state")
+    has_uint32, uinteger = _int(d["has_uint32"]), _int(d["uinteger"])
+    if has_uint32 not in (0, 1) or not 0 <= uinteger <= 0xFFFFFFFF:
+        raise ConfigError("search state: malformed random generator state")
+    bits = np.random.PCG64()
+    bits.state = {
+        "bit_generator": "PCG64",
+        "state": {"state": _from_words(d["state"]), "inc": _from_words(d["inc"])},
+        "has_uint32": has_uint32,
+        "uinteger": uinteger,
+    }
+    return np.random.Generator(bits)
+
+
+def _float_to_json(value: float) -> float | str:
+    """Crowding distances are infinite at a front's ends; JSON (and Postgres) have no Infinity."""
+    v = float(value)
+    return v if math.isfinite(v) else str(v)
+
+
+def _float_from_json(value: Any) -> float:
+    if isinstance(value, str) and value in ("inf", "-inf", "nan"):
+        return float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"search state: expected a number, got {value!r:.40}")
+    return float(value)
+
+
+def pareto_front(candidates: Iterable[Candidate]) -> list[Candidate]:
+    """The non-dominated successful candidates, sorted by cost."""
+    ok = [c for c in candidates if c.ok]
+    front = [ok[i] for i in non_dominated([c.objectives for c in ok])]  # type: ignore[misc]
+    return sorted(front, key=lambda c: (c.cost, c.fid))
+
+
+def state_front(state: Mapping[str, Any]) -> list[Candidate]:
+    """The Pareto front of a stored state, read without rebuilding NSGA-II (a cheap, safe read)."""
+    try:
+        candidates = [Candidate.from_dict(d) for d in state["candidates"]]
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
+        raise ConfigError(f"malformed search state ({type(exc).__name__}: {exc})") from None
+    return pareto_front(
+        c for c in candidates if c.objectives is None or all(map(math.isfinite, c.objectives))
+    )
 
 
 def knee_point(front: Sequence[Candidate]) -> Candidate:
@@ -534,7 +724,13 @@ def run_search(
     state_path = out / STATE_FILE
     driver, resumed = SearchDriver(config, seed), False
     if resume and state_path.exists():
-        driver.load_state_dict(json.loads(state_path.read_text()))
+        try:
+            state = json.loads(state_path.read_text())
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ConfigError(
+                f"{state_path} is not a search state ({exc}); delete it to start over"
+            ) from None
+        driver.load_state_dict(state)
         resumed = True
     start = time.perf_counter()
     bar = _progress(progress, total=config.generations * config.population, initial=len(driver.candidates))

@@ -20,6 +20,7 @@ from ddsm_core.search import (
     initial_genomes,
     non_dominated,
     run_search,
+    state_front,
 )
 
 
@@ -154,18 +155,204 @@ def test_state_round_trip_through_json_resumes_exactly() -> None:
     assert [c.genome for c in resumed.front()] == [c.genome for c in ref.front()]
 
 
-def test_unreadable_pickle_rebuilds_from_the_stored_population() -> None:
+def json_round_trip(driver: SearchDriver) -> SearchDriver:
+    """What a restarted process sees: the state through strict JSON (no NaN/Infinity tokens)."""
+    return SearchDriver.from_state_dict(json.loads(json.dumps(driver.state_dict(), allow_nan=False)))
+
+
+def outcome(driver: SearchDriver) -> dict:
+    return {
+        "candidates": [c.to_dict() for c in driver.candidates],
+        "history": driver.history,
+        "front": [c.genome for c in driver.front()],
+        "picks": [driver.pick(w).genome for w in (0.0, 0.05, 1.0, 1e9)],
+        "knee": driver.knee().genome,
+        "population": driver.population,
+    }
+
+
+RESUME_CONFIGS = [
+    CFG,
+    SearchConfig(steps=6, n_widths=4, population=12, generations=7, mutation_rate=0.2, mutation="creep"),
+    SearchConfig(steps=8, n_widths=5, population=10, generations=6, mutation_rate=0.1, crossover="uniform"),
+    SearchConfig(steps=3, n_widths=3, population=9, generations=8, mutation_rate=0.3),  # space runs out
+]
+
+
+@pytest.mark.parametrize("seed", [0, 11])
+@pytest.mark.parametrize("config", RESUME_CONFIGS, ids=lambda c: f"{c.crossover}-{c.mutation}-{c.steps}")
+def test_resuming_from_json_after_every_generation_equals_the_uninterrupted_search(
+    config: SearchConfig, seed: int
+) -> None:
+    fail = lambda g: sum(g) % 5 == 1  # noqa: E731  some failed evaluations get the penalty
+    ref = SearchDriver(config, seed=seed)
+    ref_asked = run_driver(ref, fail)
+    driver, asked, resumes = SearchDriver(config, seed=seed), [], 0
+    while not driver.done:
+        genomes = driver.ask()
+        asked += genomes
+        driver = json_round_trip(driver)  # after ask: the generation is pending
+        driver.tell(genomes, [None if fail(g) else toy_objectives(g) for g in genomes])
+        driver = json_round_trip(driver)  # after tell: the generation is complete
+        resumes += 2
+    assert resumes >= 4 and asked == ref_asked
+    assert outcome(driver) == outcome(ref)
+    assert driver.state_dict() == ref.state_dict()
+
+
+def test_resuming_from_json_after_every_single_result_equals_the_uninterrupted_search() -> None:
+    ref = SearchDriver(CFG, seed=4)
+    ref_asked = run_driver(ref)
+    driver, asked = SearchDriver(CFG, seed=4), []
+    while not driver.done:
+        genomes = driver.ask()
+        asked += genomes
+        for g in genomes:
+            driver.tell([g], [toy_objectives(g)])
+            driver = json_round_trip(driver)
+    assert asked == ref_asked and outcome(driver) == outcome(ref)
+
+
+def test_the_state_is_plain_data_with_the_rng_as_32_bit_words() -> None:
+    driver = SearchDriver(CFG, seed=3)
+    genomes = driver.ask()
+    driver.tell(
+        genomes, [None] + [toy_objectives(g) for g in genomes[1:]], records=[{"fid": math.nan}] * len(genomes)
+    )
+    driver.ask()
+    state = driver.state_dict()
+
+    def leaves(value):
+        if isinstance(value, dict):
+            assert all(isinstance(k, str) for k in value)
+            for v in value.values():
+                yield from leaves(v)
+        elif isinstance(value, list):
+            for v in value:
+                yield from leaves(v)
+        else:
+            yield value
+
+    assert all(v is None or type(v) in (str, int, float, bool) for v in leaves(state))
+    json.dumps(state, allow_nan=False)  # Postgres' json type refuses NaN and Infinity
+    assert "algorithm" not in state and state["format"] == "ddsm-search-v2"
+    rng = state["rng"]
+    assert all(0 <= w < 2**32 for w in rng["state"] + rng["inc"]) and len(rng["state"]) == 4
+    assert len(state["rank"]) == len(state["crowding"]) == len(state["population"]) == CFG.population
+    assert "inf" in state["crowding"]  # the ends of a front
+    resumed = json_round_trip(driver)
+    assert math.isnan(resumed.lookup(genomes[0]).record["fid"])
+    assert [c.genome for c in state_front(state)] == [c.genome for c in driver.front()] != []
+
+
+class _WritesAFile:
+    """Unpickling this object opens (creates) a file: the stand-in for any code in a crafted state."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize("fmt", ["ddsm-search-v1", "ddsm-search-v2"])
+def test_a_crafted_state_with_a_pickle_runs_no_code(tmp_path, fmt: str) -> None:
+    import base64
+    import pickle
+
     driver = SearchDriver(CFG, seed=5)
     for _ in range(2):
         g = driver.ask()
         driver.tell(g, [toy_objectives(x) for x in g])
-    state = driver.state_dict()
-    state["algorithm"] = "bm90IGEgcGlja2xl"
-    rebuilt = SearchDriver.from_state_dict(state)
-    assert rebuilt.population == driver.population
-    assert rebuilt.generation == 2
+    marker = tmp_path / "pwned"
+    payload = base64.b64encode(pickle.dumps(_WritesAFile(str(marker)))).decode()
+    pickle.loads(base64.b64decode(payload)).close()  # the payload works when unpickled ...
+    assert marker.exists()
+    marker.unlink()
+    state = {**driver.state_dict(), "format": fmt, "algorithm": payload}
+    rebuilt = SearchDriver.from_state_dict(json.loads(json.dumps(state)))
+    assert not marker.exists()  # ... but loading the state never unpickles it
+    assert rebuilt.population == driver.population and rebuilt.generation == 2
     run_driver(rebuilt)
     assert rebuilt.done and len(rebuilt.candidates) > len(driver.candidates)
+
+
+def test_an_old_state_is_rebuilt_from_its_stored_population() -> None:
+    driver = SearchDriver(CFG, seed=5)
+    for _ in range(2):
+        g = driver.ask()
+        driver.tell(g, [toy_objectives(x) for x in g])
+    driver.ask()  # the third generation is pending: an old state asks it anew
+    old = {k: v for k, v in driver.state_dict().items() if k not in ("rank", "crowding", "rng")}
+    old.update(format="ddsm-search-v1", algorithm="bm90IGEgcGlja2xl")
+    rebuilt = SearchDriver.from_state_dict(old)
+    assert rebuilt.population == driver.population and rebuilt.generation_genomes == []
+    assert [c.genome for c in rebuilt.candidates] == [c.genome for c in driver.candidates]
+    assert rebuilt.ask() and run_driver(rebuilt) is not None and rebuilt.done
+
+
+def _corrupt(state: dict, how: str) -> dict:
+    s = json.loads(json.dumps(state))
+    if how == "rng word":
+        s["rng"]["state"][0] = 2**40
+    elif how == "rng kind":
+        s["rng"]["bit_generator"] = "MT19937"
+    elif how == "unevaluated member":
+        s["population"][0] = [6] * CFG.steps if [6] * CFG.steps not in s["population"] else [0, 1] * 4
+        s["candidates"] = [c for c in s["candidates"] if c["genome"] != s["population"][0]]
+    elif how == "rank length":
+        s["rank"] = s["rank"][:-1]
+    elif how == "generation":
+        s["generation"] = CFG.generations + 3
+    elif how == "float generation":
+        s["generation"] = 2.0
+    elif how == "genome range":
+        s["pending"][0] = [99] * CFG.steps
+    elif how == "crowding":
+        s["crowding"][0] = "__import__('os')"
+    elif how == "candidates":
+        s["candidates"] = "all"
+    elif how == "format":
+        s["format"] = "pickle"
+    elif how == "not an object":
+        return ["ddsm-search-v2"]  # type: ignore[return-value]
+    return s
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["rng word", "rng kind", "unevaluated member", "rank length", "generation", "float generation",
+     "genome range", "crowding", "candidates", "format", "not an object"],
+)  # fmt: skip
+def test_a_malformed_state_is_refused_with_a_config_error(how: str) -> None:
+    driver = SearchDriver(CFG, seed=5)
+    for _ in range(2):
+        g = driver.ask()
+        driver.tell(g, [toy_objectives(x) for x in g])
+    driver.ask()
+    before = driver.state_dict()
+    bad = _corrupt(before, how)
+    with pytest.raises(ConfigError):
+        SearchDriver.from_state_dict(bad)
+    if isinstance(bad, dict) and isinstance(bad.get("config"), dict):
+        with pytest.raises(ConfigError):
+            driver.load_state_dict(bad)
+        assert driver.state_dict() == before  # a refused state leaves the driver as it was
+
+
+def test_a_first_generation_that_does_not_match_its_seed_is_refused() -> None:
+    driver = SearchDriver(CFG, seed=5)
+    driver.ask()
+    state = driver.state_dict()
+    state["pending"] = state["pending"][::-1]
+    with pytest.raises(ConfigError, match="first generation"):
+        SearchDriver.from_state_dict(state)
+
+
+def test_run_search_refuses_a_corrupt_state_file_with_a_message(tmp_path) -> None:
+    (tmp_path / "search_state.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="delete it"):
+        run_search(CFG, _toy_eval([]), tmp_path, n_images=10, final_images=10, weight=0.1, progress=False)
 
 
 def test_state_of_another_config_is_refused() -> None:
