@@ -101,7 +101,14 @@ class ArtifactStore:
         folder = Path(folder)
         if not folder.is_dir():
             raise ArtifactError(f"not a folder: {folder}")
-        paths = [p for p in sorted(folder.rglob("*")) if p.is_file()]
+        root = folder.resolve()
+        paths = []
+        for p in sorted(folder.rglob("*")):
+            if p.is_symlink() and not p.resolve().is_relative_to(root):
+                # never copy what a link out of the folder points at (a checkpoint naming /etc/shadow)
+                raise ArtifactError(f"{p} is a symlink out of {folder}; it is not stored")
+            if p.is_file():
+                paths.append(p)
         files = {p.relative_to(folder).as_posix(): self.put_file(p) for p in paths}
         if not files:
             raise ArtifactError(f"folder {folder} is empty")

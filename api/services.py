@@ -7,6 +7,7 @@ Raises :class:`NotFound` / :class:`Conflict` / ``ConfigError`` (all DDSMErrors);
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from api.db.models import JobStatus
 from api.db.repository import Repository, SearchRecord
 from api.queue import Dispatcher
 from api.schemas import SearchCreate
+from api.settings import Settings
 from api.specs import SearchSpec
 from ddsm_core.errors import CheckpointError, ConfigError, DDSMError, StatsError
 from ddsm_core.strategy import Strategy
@@ -25,6 +27,10 @@ class NotFound(DDSMError):
 
 
 class Conflict(DDSMError):
+    pass
+
+
+class Forbidden(DDSMError):
     pass
 
 
@@ -146,9 +152,30 @@ def check_training(preset: str, model: dict[str, Any]) -> None:
         UNetConfig.from_dict({**base.to_dict(), **model})
 
 
-def check_path(path: str) -> None:
-    if not Path(path).exists():
-        raise ConfigError(f"path {path!r} does not exist on the API server")
+MAX_PATH_CHARS = 4096  # PATH_MAX on Linux
+
+
+def server_path(settings: Settings, raw: str) -> Path:
+    """The file or folder a REST client names, symlinks resolved, if it lies under a checkpoint root.
+
+    The roots are checked before anything else, so a path outside them gets the same 403 whether it
+    exists or not: key holders cannot probe the server's filesystem through registration.
+    """
+    if not raw or "\0" in raw or len(raw) > MAX_PATH_CHARS:
+        raise ConfigError(f"not a valid path (empty, NUL character or over {MAX_PATH_CHARS} characters)")
+    try:
+        path = Path(raw).resolve()  # relative to the API's working directory; follows symlinks
+    except (OSError, RuntimeError, ValueError):
+        raise ConfigError(f"not a valid path: {raw[:200]!r}") from None
+    roots = settings.resolved_checkpoint_roots()
+    if not any(path == root or path.is_relative_to(root) for root in roots):
+        raise Forbidden(
+            f"path {raw[:200]!r} is outside the folders this server registers from "
+            f"(DDSM_CHECKPOINT_ROOTS: {os.pathsep.join(map(str, roots))})"
+        )
+    if not path.exists():
+        raise ConfigError(f"path {raw[:200]!r} does not exist on the API server")
+    return path
 
 
 USER_ERRORS = (ConfigError, CheckpointError, StatsError)

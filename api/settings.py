@@ -8,6 +8,7 @@ broker (kombu's SQLAlchemy transport on a SQLite file) and a local artifact fold
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -34,8 +35,20 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("ARTIFACT_STORE", "DDSM_ARTIFACT_STORE", "artifact_store"),
         description="Folder or fsspec URL for content-addressed artifacts; empty means <home>/artifacts.",
     )
-    api_key: str | None = Field(default=None, description="If set, writes need header X-API-Key.")
+    api_key: str | None = Field(
+        default=None,
+        description="Writes need header X-API-Key with this value. Unset: no authentication (embedded, "
+        "local use only). Set but empty, or not printable ASCII: the API refuses to start.",
+    )
     reads_need_key: bool = False
+    max_body_bytes: int = Field(
+        default=1 << 20, description="Larger request bodies get 413 before they are parsed or authorised."
+    )
+    checkpoint_roots: str = Field(
+        default="",
+        description="Folders (separated by the OS path separator, ':' on Linux) under which REST may "
+        "register checkpoint and statistics paths; empty means the artifact store and ./runs.",
+    )
     evaluator: Literal["ddsm", "fast"] = Field(
         default="ddsm",
         description="'fast' replaces sampling + FID by a trivial analytic score (benchmarks only).",
@@ -65,6 +78,16 @@ class Settings(BaseSettings):
 
     def resolved_artifact_store(self) -> str:
         return self.artifact_store or str(self.home.resolve() / "artifacts")
+
+    def resolved_checkpoint_roots(self) -> list[Path]:
+        """Absolute, symlink-resolved folders a REST client may name paths under."""
+        if self.checkpoint_roots.strip():
+            roots = [Path(r) for r in self.checkpoint_roots.split(os.pathsep) if r.strip()]
+        else:
+            roots = [Path("runs")]
+            if "://" not in self.resolved_artifact_store():  # a local folder, not an fsspec URL
+                roots.append(Path(self.resolved_artifact_store()))
+        return [r.expanduser().resolve() for r in roots]
 
     def resolved_worker_cache(self) -> Path:
         return (self.worker_cache or self.home / "cache").resolve()

@@ -23,7 +23,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from ddsm_core.config import UNetConfig
@@ -146,12 +146,12 @@ def resolve_checkpoint(path: str | Path) -> Path:
         raise CheckpointError(f"checkpoint {str(path)!r} is not a directory")
     latest = path / LATEST
     if latest.is_file():
-        target = path / latest.read_text().strip()
+        target = member(path, latest.read_text().strip(), str(latest))
         if (target / MANIFEST).is_file():
             return target
         raise CheckpointError(f"{latest} names {target.name!r}, which has no {MANIFEST}")
     # A run that crashed between writing its first checkpoint and LATEST: take the newest complete one.
-    steps = sorted(p for p in path.glob(f"{_STEP_PREFIX}*") if (p / MANIFEST).is_file())
+    steps = sorted(p for p in path.glob(f"{_STEP_PREFIX}*") if (p / MANIFEST).is_file() and inside(path, p))
     if steps:
         return steps[-1]
     raise CheckpointError(f"no checkpoint in {str(path)!r}: {MANIFEST} missing")
@@ -186,10 +186,20 @@ def read_manifest(path: str | Path, *, verify: bool = True) -> dict[str, Any]:
     for key in ("step", "model_config", "schedule", "files", "weights"):
         if key not in manifest:
             raise CheckpointError(f"{mpath} lacks {key!r}")
+    files, weights = manifest["files"], manifest["weights"]
+    if not isinstance(files, dict) or not isinstance(weights, dict) or not weights.get("model"):
+        raise CheckpointError(f"{mpath}: 'files' and 'weights' must be objects naming the weight files")
+    # every name the manifest gives stays inside the checkpoint folder (no ../, absolute path or link out)
+    for name in [*files, *(v for v in weights.values() if v is not None)]:
+        member(ckpt, name, str(mpath))
+    if manifest.get("training_state") is not None:
+        member(ckpt, manifest["training_state"], str(mpath))
     manifest["path"] = str(ckpt)
     if verify:
-        for name, info in manifest["files"].items():
+        for name, info in files.items():
             fpath = ckpt / name
+            if not isinstance(info, dict):
+                raise CheckpointError(f"{mpath}: the entry of {name!r} is not an object")
             if not fpath.is_file():
                 raise CheckpointError(f"checkpoint file {fpath} is missing")
             digest = sha256_file(fpath)
@@ -308,6 +318,8 @@ def copy_checkpoint(src: str | Path, dst: str | Path) -> Path:
     try:
         for f in ckpt.iterdir():
             if f.is_file():
+                if not inside(ckpt, f):  # a symlink out of the checkpoint: never copy what it points at
+                    raise CheckpointError(f"{f} is a symlink out of checkpoint {ckpt}; it is not copied")
                 shutil.copy2(f, tmp / f.name)
         _ordinary_modes(tmp)
         _swap_into_place(tmp, dst)
@@ -318,6 +330,26 @@ def copy_checkpoint(src: str | Path, dst: str | Path) -> Path:
 
 
 # ---- helpers -------------------------------------------------------------------------------------
+
+
+def inside(folder: str | Path, path: str | Path) -> bool:
+    """Whether ``path``, symlinks resolved, is ``folder`` or lies under it."""
+    root, target = Path(folder).resolve(), Path(path).resolve()
+    return target == root or target.is_relative_to(root)
+
+
+def member(folder: Path, name: Any, source: str) -> Path:
+    """``folder / name`` for a name read from ``source`` (a manifest, LATEST): refused with a
+    CheckpointError if it is absolute, climbs out with ``..`` or leads out through a symlink."""
+    if not isinstance(name, str) or not name or "\0" in name:
+        raise CheckpointError(f"{source} names {name!r:.80}, which is not a file name")
+    pure = PurePosixPath(name)
+    if pure.is_absolute() or ".." in pure.parts or "\\" in name or PureWindowsPath(name).drive:
+        raise CheckpointError(f"{source} names {name!r:.80}, outside its checkpoint folder")
+    path = folder / name
+    if not inside(folder, path):
+        raise CheckpointError(f"{source} names {name!r:.80}, a symlink out of its checkpoint folder")
+    return path
 
 
 def _contiguous(state: Mapping[str, Any]) -> dict[str, Any]:

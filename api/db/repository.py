@@ -157,6 +157,13 @@ def _record(cls: type[R], row: Any) -> R:
 
 
 # ----------------------------------------------------------------------------- helpers
+MAX_ID = 2**31 - 1  # ids and offsets are Postgres integer columns
+
+
+def valid_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_ID
+
+
 def genome_hash(genome: Sequence[int]) -> str:
     """A stable hash of a genome (tuple of width indices)."""
     return hashlib.sha256(json.dumps([int(g) for g in genome]).encode()).hexdigest()
@@ -255,6 +262,8 @@ class Repository:
             return [_record(record_cls, r) for r in s.scalars(query).all()]
 
     def _get(self, model: Any, record_cls: type[R], key: Any) -> R | None:
+        if isinstance(key, int) and not valid_id(key):  # beyond the integer column: no such row
+            return None  # (Postgres and SQLite would raise instead)
         with self._tx() as s:
             row = s.get(model, key)
             return _record(record_cls, row) if row else None

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Query, status
 
 from api import services
 from api.db.models import CandidateState
+from api.db.repository import MAX_ID
 from api.deps import Read, RepoDep, Write, conflict, not_found
 from api.schemas import CandidateOut, CandidatePage, SearchCreate, SearchOut
 
@@ -39,7 +40,7 @@ def get_search(search_id: int, repo: RepoDep) -> SearchOut:
 def list_candidates(
     search_id: int,
     repo: RepoDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     state: CandidateState | None = None,
 ) -> CandidatePage:

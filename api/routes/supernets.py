@@ -3,7 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from api import services
-from api.deps import DispatcherDep, Read, RepoDep, StoreDep, Write, not_found
+from api.deps import DispatcherDep, Read, RepoDep, SettingsDep, StoreDep, Write, not_found
 from api.schemas import SupernetOut, SupernetRegister
 
 router = APIRouter(prefix="/supernets", tags=["supernets"])
@@ -11,11 +11,12 @@ router = APIRouter(prefix="/supernets", tags=["supernets"])
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, dependencies=[Write])
 def register_supernet(
-    body: SupernetRegister, repo: RepoDep, store: StoreDep, sender: DispatcherDep
+    body: SupernetRegister, repo: RepoDep, store: StoreDep, sender: DispatcherDep, settings: SettingsDep
 ) -> SupernetOut:
-    """Register a checkpoint folder; a worker validates it and counts GFLOPs (PENDING -> COMPLETE)."""
-    services.check_path(body.checkpoint_path)
-    supernet_id = services.register_supernet(repo, store, sender, body.name, body.checkpoint_path)
+    """Register a checkpoint folder under the server's checkpoint roots (DDSM_CHECKPOINT_ROOTS); a
+    worker validates it and counts GFLOPs (PENDING -> COMPLETE)."""
+    path = services.server_path(settings, body.checkpoint_path)
+    supernet_id = services.register_supernet(repo, store, sender, body.name, str(path))
     return SupernetOut.model_validate(repo.get_supernet(supernet_id))
 
 

@@ -141,16 +141,21 @@ def test_unknown_ids_are_404(client: TestClient) -> None:
         assert client.get(path).status_code == 404, path
 
 
-def test_register_missing_checkpoint_is_a_4xx(client: TestClient, tmp_path: Path) -> None:
-    reply = client.post(
-        "/supernets", json={"name": "x", "checkpoint_path": str(tmp_path / "nope")}, headers=KEY
-    )
-    assert reply.status_code == 422 and "does not exist" in reply.text
-    (tmp_path / "empty").mkdir()
-    reply = client.post(
-        "/supernets", json={"name": "x", "checkpoint_path": str(tmp_path / "empty")}, headers=KEY
-    )
-    assert reply.status_code == 400 and "manifest" in reply.text
+def test_register_missing_checkpoint_is_a_4xx(tmp_path: Path, outbox: Outbox) -> None:
+    roots = tmp_path / "ckpts"
+    roots.mkdir()
+    settings = local_settings(tmp_path / "home", api_key="secret", run_controller=False,
+                              checkpoint_roots=str(roots))  # fmt: skip
+    with TestClient(create_app(settings, dispatcher=outbox)) as client:  # type: ignore[arg-type]
+        reply = client.post(
+            "/supernets", json={"name": "x", "checkpoint_path": str(roots / "nope")}, headers=KEY
+        )
+        assert reply.status_code == 422 and "does not exist" in reply.text
+        (roots / "empty").mkdir()
+        reply = client.post(
+            "/supernets", json={"name": "x", "checkpoint_path": str(roots / "empty")}, headers=KEY
+        )
+        assert reply.status_code == 400 and "manifest" in reply.text
 
 
 def test_training_run_is_queued_and_can_be_cancelled_once(client: TestClient, outbox: Outbox) -> None:
