@@ -148,3 +148,53 @@ def test_copy_checkpoint_verifies_and_copies(tmp_path):
     ck.save_to_run(tmp_path / "run", step=4, **args)
     dst = ck.copy_checkpoint(tmp_path / "run", tmp_path / "export")
     assert ck.read_manifest(dst)["step"] == 4
+
+
+@pytest.mark.parametrize(
+    "where", ["files", "weights", "training_state", "LATEST", "LATEST-absolute", "symlinked step"]
+)
+def test_names_in_a_checkpoint_cannot_lead_out_of_its_folder(tmp_path, where):
+    """A manifest or LATEST naming ../x, /x or a symlink out is refused before anything is read."""
+    _, args = _write(tmp_path)
+    run = tmp_path / "run"
+    ckpt = ck.save_to_run(run, **args)
+    outside = tmp_path / "outside"
+    ck.write_checkpoint(outside, **args)  # a valid checkpoint, but not this run's
+    mpath = ckpt / "manifest.json"
+    m = json.loads(mpath.read_text())
+    if where == "files":
+        m["files"]["../../outside/model.safetensors"] = m["files"]["model.safetensors"]
+    elif where == "weights":
+        m["weights"]["ema"] = str(outside / "ema.safetensors")
+    elif where == "training_state":
+        m["training_state"] = "../../outside/training_state.pt"
+    elif where == "LATEST":
+        (run / "LATEST").write_text("../outside\n")
+    elif where == "LATEST-absolute":
+        (run / "LATEST").write_text(f"{outside}\n")
+    else:
+        for step in run.glob("step-*"):
+            ck.shutil.rmtree(step)
+        (run / "LATEST").unlink()
+        (run / "step-0000009").symlink_to(outside)
+    if where in ("files", "weights", "training_state"):
+        mpath.write_text(json.dumps(m))
+    with pytest.raises(CheckpointError, match="outside its checkpoint folder|symlink out|no checkpoint"):
+        ck.read_manifest(run, verify=False)
+
+
+def test_copy_checkpoint_refuses_a_symlink_out_of_the_source(tmp_path):
+    _, args = _write(tmp_path)
+    ck.write_checkpoint(tmp_path / "c", **args)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("top secret")
+    (tmp_path / "c" / "notes.txt").symlink_to(secret)
+    with pytest.raises(CheckpointError, match="symlink out"):
+        ck.copy_checkpoint(tmp_path / "c", tmp_path / "copy")
+    assert not (tmp_path / "copy").exists()
+    (tmp_path / "c" / "notes.txt").unlink()
+    (tmp_path / "c" / "alias.safetensors").symlink_to(tmp_path / "c" / "model.safetensors")  # inside: fine
+    ck.copy_checkpoint(tmp_path / "c", tmp_path / "copy")
+    assert (tmp_path / "copy" / "alias.safetensors").read_bytes() == (
+        tmp_path / "c" / "model.safetensors"
+    ).read_bytes()
