@@ -275,6 +275,9 @@ def demo(
     progress bar, then the front, the pick's GFLOPs saving and FID, and the report."""
     started = time.monotonic()
     signal.signal(signal.SIGTERM, _interrupt)  # stop the service processes on `kill` too
+    if checkpoint is not None and url is None:  # the service started here registers it from its folder
+        roots = [os.environ.get("DDSM_CHECKPOINT_ROOTS", ""), str(checkpoint.resolve())]
+        os.environ["DDSM_CHECKPOINT_ROOTS"] = os.pathsep.join(r for r in roots if r)
     svc = Service(url, home, workers, train_threads)
     try:
         stats = reference_stats(svc)
