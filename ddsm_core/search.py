@@ -237,17 +237,14 @@ def _crossover(config: SearchConfig):
 
 def initial_genomes(config: SearchConfig, seed: int) -> list[Genome]:
     """Every uniform strategy, the warm-start genomes, then distinct seeded random genomes."""
-    genomes: list[Genome] = [(i,) * config.steps for i in range(config.n_widths)]
-    for g in config.initial:
-        if g not in genomes:
-            genomes.append(g)
+    genomes: dict[Genome, None] = dict.fromkeys((i,) * config.steps for i in range(config.n_widths))
+    genomes.update(dict.fromkeys(config.initial))  # insertion-ordered and O(1) membership
     rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
     space = config.n_widths**config.steps
     while len(genomes) < min(config.population, space):
         g = tuple(int(v) for v in rng.integers(0, config.n_widths, config.steps))
-        if g not in genomes:
-            genomes.append(g)
-    return genomes
+        genomes.setdefault(g)
+    return list(genomes)
 
 
 def _nsga2(config: SearchConfig, sampling: Any, seed: int) -> NSGA2:
@@ -446,26 +443,11 @@ class SearchDriver:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Rebuild the driver from ``state_dict()`` output; a malformed state raises ConfigError."""
-        if not isinstance(state, Mapping):
-            raise ConfigError(f"a search state is a JSON object, got {type(state).__name__}")
-        fmt = state.get("format")
-        if fmt != STATE_FORMAT and fmt not in LEGACY_STATE_FORMATS:
-            raise ConfigError(f"not a search state (format {fmt!r}, expected {STATE_FORMAT!r})")
-        try:
-            config = SearchConfig.from_dict(state["config"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(f"search state has an unreadable configuration: {exc}") from None
-        if config != self.config:
+        """Rebuild the driver from ``state_dict()`` output; a malformed state raises ConfigError and
+        leaves this driver as it was."""
+        if _state_config(state)[0] != self.config:
             raise ConfigError("search state was written for another search configuration")
-        fresh = SearchDriver(config, seed=self.seed)  # a refused state leaves this driver untouched
-        try:
-            fresh._load(state, legacy=fmt in LEGACY_STATE_FORMATS)
-        except ConfigError:
-            raise
-        except (AttributeError, KeyError, IndexError, TypeError, ValueError, OverflowError) as exc:
-            raise ConfigError(f"malformed search state ({type(exc).__name__}: {exc})") from None
-        self.__dict__.update(fresh.__dict__)
+        self.__dict__.update(SearchDriver.from_state_dict(state).__dict__)
 
     def _load(self, state: Mapping[str, Any], legacy: bool) -> None:
         self.seed = _int(state["seed"])
@@ -522,8 +504,9 @@ class SearchDriver:
                 f"search state: population of {len(population)} with {len(rank)} ranks and "
                 f"{len(crowding)} crowding distances"
             )
-        algorithm = _nsga2(self.config, np.array(initial_genomes(self.config, self.seed)), self.seed)
-        pop = Population.new(X=np.array(population, dtype=int))
+        X = np.array(population, dtype=int)
+        algorithm = _nsga2(self.config, X, self.seed)  # the sampling is never asked: pymoo is past it
+        pop = Population.new(X=X.copy())
         F = np.array([self._objectives_or_penalty(g) for g in population], dtype=float)
         Evaluator().eval(StaticProblem(algorithm.problem, F=F), pop)
         pop.set("rank", np.array(rank, dtype=int), "crowding", np.array(crowding, dtype=float))
@@ -555,15 +538,28 @@ class SearchDriver:
 
     @classmethod
     def from_state_dict(cls, state: Mapping[str, Any]) -> SearchDriver:
-        if not isinstance(state, Mapping) or not isinstance(state.get("config"), Mapping):
-            raise ConfigError("not a search state: it has no configuration")
-        try:
-            config, seed = SearchConfig.from_dict(state["config"]), _int(state["seed"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(f"search state has an unreadable configuration: {exc}") from None
+        config, seed, legacy = _state_config(state)
         driver = cls(config, seed=seed)
-        driver.load_state_dict(state)
+        try:
+            driver._load(state, legacy)
+        except ConfigError:
+            raise
+        except (AttributeError, KeyError, IndexError, TypeError, ValueError, OverflowError) as exc:
+            raise ConfigError(f"malformed search state ({type(exc).__name__}: {exc})") from None
         return driver
+
+
+def _state_config(state: Any) -> tuple[SearchConfig, int, bool]:
+    """A stored state's configuration, seed and whether it has the old (pickle) format."""
+    if not isinstance(state, Mapping):
+        raise ConfigError(f"a search state is a JSON object, got {type(state).__name__}")
+    fmt = state.get("format")
+    if fmt != STATE_FORMAT and fmt not in LEGACY_STATE_FORMATS:
+        raise ConfigError(f"not a search state (format {fmt!r:.40}, expected {STATE_FORMAT!r})")
+    try:
+        return SearchConfig.from_dict(state["config"]), _int(state["seed"]), fmt in LEGACY_STATE_FORMATS
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"search state has an unreadable configuration: {exc}") from None
 
 
 def _int(value: Any) -> int:
