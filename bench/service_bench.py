@@ -225,9 +225,9 @@ def write_md(args: argparse.Namespace, ctl: list[dict[str, Any]], tp: list[dict[
         "takes seconds on a CPU and a CIFAR-10 one minutes on a GPU: the service's overhead (~10-40 ms "
         "per candidate, ~0.3-0.5 s per generation of 50) is then well under 1%.",
         "",
-        "Controller overhead grows with the search because the pymoo state (pickled algorithm + every "
-        "evaluated candidate) is rebuilt from the database and written back on every tell; at population "
-        "50 x 10 generations it stays under 0.6 s per generation on both backends.",
+        "Controller overhead grows with the search because the NSGA-II state (population, ranks, crowding, "
+        "RNG + every evaluated candidate) is rebuilt from the database and written back on every tell; "
+        "at population 50 x 10 generations it stays under 0.6 s per generation on both backends.",
     ]
     lines.append("")
     args.md.write_text("\n".join(lines))
