@@ -12,6 +12,8 @@ from fastapi import FastAPI, Request, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from api.artifacts import ArtifactStore
 from api.controller import SearchController
@@ -20,7 +22,7 @@ from api.db.repository import Repository
 from api.deps import check_api_key_setting
 from api.edge import ErrorRedaction, RequestGuard, json_safe
 from api.queue import Dispatcher
-from api.routes import health, reference_stats, searches, strategies, supernets, training
+from api.routes import health, reference_stats, searches, strategies, supernets, training, ui
 from api.services import Conflict, Forbidden, NotFound
 from api.settings import Settings
 from ddsm_core.errors import ConfigError, DDSMError
@@ -56,14 +58,18 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
                 controller.stop()
             engine.dispose()
 
-    app = FastAPI(
+    # Swagger UI and ReDoc from the assets fastapi-offline ships: /docs works without internet
+    app = FastAPIOffline(
         title="ddsm",
         summary="Step-aware diffusion: supernets, reference statistics, width-strategy searches.",
         version="0.1.0",
         lifespan=lifespan,
+        swagger_ui_parameters={"validatorUrl": None},  # the validator badge would call an outside host
     )
-    for module in (health, supernets, training, reference_stats, searches, strategies):
+    for module in (health, supernets, training, reference_stats, searches, strategies, ui):
         app.include_router(module.router)
+    app.include_router(ui.pages)
+    app.mount("/ui/static", StaticFiles(directory=ui.STATIC), name="ui-static")
     _error_handlers(app)
     # the last added runs first: body limits before anything else, then the reply's redaction
     app.add_middleware(ErrorRedaction, api_key=settings.api_key)

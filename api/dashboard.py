@@ -1,0 +1,251 @@
+"""What the dashboard shows beyond the REST resources, computed from stored rows (torch-free).
+
+Every number here is derived from the candidates table and the stored search result, so a page shows
+the same front and pick as the REST API and the report: the front is the non-dominated set of the
+completed search-phase candidates, the pick the controller's argmin FID + weight * GFLOPs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from api.artifacts import ArtifactError, ArtifactStore
+from api.db.models import CandidateState, JobStatus
+from api.db.repository import CandidateRecord, Repository, SearchRecord, TrainingRunRecord
+from api.specs import SearchSpec, cost_table
+from ddsm_core.widths import format_width
+
+Point = tuple[float, float]  # (GFLOPs, FID): both minimised
+
+
+def front_indices(points: Sequence[Point]) -> list[int]:
+    """Indices of the non-dominated points, sorted by cost (ties: the lower FID first)."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], points[i][1]))
+    front: list[int] = []
+    best_fid = math.inf
+    for i in order:
+        if points[i][1] < best_fid:
+            front.append(i)
+            best_fid = points[i][1]
+    return front
+
+
+def hypervolume(front: Sequence[Point], ref: Point) -> float:
+    """Area dominated by a 2-D front (sorted by cost, FID decreasing) and bounded by ``ref``."""
+    area, prev_fid = 0.0, ref[1]
+    for cost, fid in front:
+        if cost >= ref[0] or fid >= prev_fid:
+            continue
+        area += (ref[0] - cost) * (prev_fid - fid)
+        prev_fid = fid
+    return area
+
+
+def hypervolume_per_generation(cands: Sequence[CandidateRecord]) -> list[dict[str, Any]]:
+    """Normalised hypervolume of the front of all candidates evaluated up to each generation.
+
+    Reference point: the worst GFLOPs and FID seen in the whole search; the objectives are scaled by
+    the box between the best and worst values, so 1.0 would be a single point best in both."""
+    ok = [c for c in cands if c.state == CandidateState.COMPLETE and _finite(c.fid) and _finite(c.gflops)]
+    if not ok:
+        return []
+    costs, fids = [c.gflops for c in ok], [c.fid for c in ok]
+    lo, ref = (min(costs), min(fids)), (max(costs), max(fids))
+    span = (ref[0] - lo[0]) * (ref[1] - lo[1])
+    rows = []
+    for gen in sorted({c.generation for c in ok}):
+        pts = [(c.gflops, c.fid) for c in ok if c.generation <= gen]
+        front = [pts[i] for i in front_indices(pts)]  # type: ignore[index]
+        hv = hypervolume(front, ref) / span if span > 0 else 0.0  # type: ignore[arg-type]
+        rows.append({"generation": gen, "hypervolume": hv, "front_size": len(front), "evaluated": len(pts)})
+    return rows
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def _candidate(c: CandidateRecord) -> dict[str, Any]:
+    metrics = c.metrics or {}
+    latency = metrics.get("latency_s")
+    return {
+        "id": c.id,
+        "phase": c.phase,
+        "generation": c.generation,
+        "genome": list(c.genome),
+        "state": c.state.value,
+        "attempt": c.attempt,
+        "worker": c.worker,
+        "n_images": c.n_images,
+        "fid": c.fid if _finite(c.fid) else None,
+        "gflops": c.gflops if _finite(c.gflops) else None,
+        "latency_s": latency if isinstance(latency, float) and math.isfinite(latency) and latency > 0 else None,
+        "intervals": {k: v for k, v in metrics.items() if _is_interval(k, v)},
+        "error": c.error,
+    }
+
+
+def _is_interval(key: str, value: Any) -> bool:
+    """A metric that is a (low, high) pair, e.g. a paired confidence interval of an FID difference."""
+    named = "interval" in key or key.endswith("_ci")
+    return named and isinstance(value, list | tuple) and len(value) == 2
+
+
+def extractor_of(repo: Repository, search: SearchRecord, cands: Sequence[CandidateRecord]) -> str:
+    """Which feature extractor produced the FIDs: the one the workers report, else the statistics'."""
+    for c in cands:
+        if c.metrics and isinstance(c.metrics.get("extractor"), str):
+            return c.metrics["extractor"]
+    stats = repo.get_reference_stats(search.reference_stats_id)
+    return stats.extractor if stats is not None else "unknown extractor"
+
+
+def full_width_gflops(repo: Repository, search: SearchRecord, spec: SearchSpec) -> float | None:
+    net = repo.get_supernet(search.supernet_id)
+    if net is None or not net.gflops:
+        return None
+    return spec.gflops(spec.full_width_genome(), cost_table(net.gflops))
+
+
+def _marked(result: dict[str, Any] | None, by_genome: dict[tuple[int, ...], dict[str, Any]]) -> dict[str, Any]:
+    if not result:
+        return {}
+    out = {}
+    for name in ("pick", "knee"):
+        entry = result.get(name)
+        if entry and tuple(entry["genome"]) in by_genome:
+            out[name] = by_genome[tuple(entry["genome"])]["id"]
+    return out
+
+
+def pick_so_far(search: SearchRecord, front: Sequence[dict[str, Any]], full: float | None) -> dict[str, Any] | None:
+    """The stored pick of a finished search (finalist FID), else argmin FID + w * GFLOPs of the front."""
+    result = search.result
+    weight = float(search.config.get("weight", 0.0))
+    if result and result.get("pick"):
+        pick = result["pick"]
+        final = (result.get("final") or {}).get("pick") or {}
+        metrics = final.get("metrics") or {}
+        return {
+            "genome": pick["genome"],
+            "gflops": pick["gflops"],
+            "fid": pick["fid"],
+            "final_fid": metrics.get("fid"),
+            "final_n_images": final.get("n_images"),
+            "intervals": {k: v for k, v in metrics.items() if _is_interval(k, v)},
+            "saving": result.get("saving"),
+            "final": True,
+        }
+    if not front:
+        return None
+    best = min(front, key=lambda p: (p["fid"] + weight * p["gflops"], p["gflops"]))
+    return {
+        "genome": best["genome"],
+        "gflops": best["gflops"],
+        "fid": best["fid"],
+        "final_fid": None,
+        "final_n_images": None,
+        "intervals": best.get("intervals", {}),
+        "saving": 1.0 - best["gflops"] / full if full else None,
+        "final": False,
+    }
+
+
+def search_detail(repo: Repository, search: SearchRecord) -> dict[str, Any]:
+    """Everything the search page draws: candidates, uniform baseline, front, pick/knee, hypervolume."""
+    spec = SearchSpec.from_dict(search.config)
+    rows = repo.candidates(search.id)
+    searched = [c for c in rows if c.phase == "search"]
+    cands = [_candidate(c) for c in rows]
+    evaluated = [c for c in cands if c["phase"] == "search" and c["state"] == "COMPLETE"
+                 and c["fid"] is not None and c["gflops"] is not None]  # fmt: skip
+    by_genome = {tuple(c["genome"]): c for c in evaluated}
+    front = [evaluated[i] for i in front_indices([(c["gflops"], c["fid"]) for c in evaluated])]
+    uniform = []
+    for i, width in enumerate(spec.widths):
+        cand = by_genome.get((i,) * spec.steps)
+        if cand is not None:
+            uniform.append({"width": width, "candidate_id": cand["id"],
+                            "gflops": cand["gflops"], "fid": cand["fid"]})  # fmt: skip
+    full = full_width_gflops(repo, search, spec)
+    pick = pick_so_far(search, front, full)
+    marked = _marked(search.result, by_genome)
+    if pick is not None and "pick" not in marked and tuple(pick["genome"]) in by_genome:
+        marked["pick"] = by_genome[tuple(pick["genome"])]["id"]
+    return {
+        "id": search.id,
+        "sampler": spec.sampler,
+        "steps": spec.steps,
+        "widths": list(spec.widths),
+        "weight": spec.weight,
+        "extractor": extractor_of(repo, search, searched),
+        "full_gflops": full,
+        "candidates": cands,
+        "evaluated": len(evaluated),
+        "front": [c["id"] for c in front],
+        "uniform": uniform,
+        "marked": marked,
+        "pick": pick,
+        "hypervolume": hypervolume_per_generation(searched),
+        "sample_grids": None,  # the service stores no sample grids of searches (yet)
+    }
+
+
+def search_summary(repo: Repository, search: SearchRecord) -> dict[str, Any]:
+    """One row of the dashboard's search list: progress and the best pick so far."""
+    spec = SearchSpec.from_dict(search.config)
+    counts = repo.count_candidates(search.id, phase="search")
+    searched = repo.candidates(search.id, phase="search", state=CandidateState.COMPLETE)
+    points = [c for c in searched if _finite(c.fid) and _finite(c.gflops)]
+    front = [{"genome": list(points[i].genome), "gflops": points[i].gflops, "fid": points[i].fid}
+             for i in front_indices([(c.gflops, c.fid) for c in points])]  # type: ignore[misc]  # fmt: skip
+    full = full_width_gflops(repo, search, spec)
+    state = search.algorithm_state or {}
+    total = spec.generations * spec.population
+    finished = counts["COMPLETE"] + counts["FAILED"]
+    done = search.status == JobStatus.COMPLETE
+    return {
+        "id": search.id,
+        "name": search.name,
+        "status": search.status.value,
+        "sampler": spec.sampler,
+        "steps": spec.steps,
+        "generation": search.generation,
+        "generations_done": int(state.get("generation", 0)),
+        "generations": spec.generations,
+        "candidates": counts,
+        "percent": 100.0 if done else min(99.0, 100.0 * finished / max(total, 1)),
+        "extractor": extractor_of(repo, search, searched[:1]),
+        "pick": pick_so_far(search, front, full),
+        "error": search.error,
+        "created_at": search.created_at.isoformat(),
+    }
+
+
+def training_detail(store: ArtifactStore, run: TrainingRunRecord) -> dict[str, Any]:
+    """The per-width eval losses saved in the run's last checkpoint manifest (None before one exists).
+
+    The worker uploads checkpoint folders only: the per-step loss log and the sample grids stay in its
+    scratch folder, so loss curves and grids are reported as not recorded."""
+    eval_losses, step, error = None, None, None
+    if run.last_checkpoint_sha256:
+        try:
+            manifest = json.loads(store.get_bytes(store.tree(run.last_checkpoint_sha256)["manifest.json"]))
+            eval_losses, step = manifest.get("eval"), manifest.get("step")
+        except (ArtifactError, KeyError, ValueError) as exc:
+            error = f"could not read the last checkpoint's manifest: {exc}"
+    widths = None
+    if eval_losses:
+        widths = [format_width(w) for w in eval_losses.get("widths", [])]
+    return {
+        "id": run.id,
+        "checkpoint_step": step,
+        "eval": eval_losses,
+        "eval_widths": widths,
+        "loss_curves": None,
+        "sample_grids": None,
+        "error": error,
+    }

@@ -1,0 +1,76 @@
+"""The dashboard: static pages (vanilla JS + inline SVG, no CDN) and the read endpoints they poll.
+
+The pages are plain files under ``api/templates``; their scripts read the REST API (with the API key
+kept in the browser's sessionStorage) and the few summaries below, which no REST resource gives.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import FileResponse
+
+from api import dashboard
+from api.deps import Read, RepoDep, StoreDep, not_found
+
+TEMPLATES = Path(__file__).resolve().parents[1] / "templates"
+STATIC = Path(__file__).resolve().parents[1] / "static"
+
+pages = APIRouter(include_in_schema=False)
+router = APIRouter(prefix="/ui/data", tags=["dashboard"])
+
+
+def _page(name: str) -> FileResponse:
+    return FileResponse(TEMPLATES / f"{name}.html", media_type="text/html")
+
+
+@pages.get("/")
+def index_page() -> FileResponse:
+    return _page("index")
+
+
+@pages.get("/ui/searches/new")
+def new_search_page() -> FileResponse:
+    return _page("new_search")
+
+
+@pages.get("/ui/searches/{search_id}")
+def search_page(search_id: int) -> FileResponse:
+    return _page("search")
+
+
+@pages.get("/ui/training-runs/{run_id}")
+def training_page(run_id: int) -> FileResponse:
+    return _page("training")
+
+
+@pages.get("/ui/compare")
+def compare_page() -> FileResponse:
+    return _page("compare")
+
+
+@router.get("/overview", dependencies=[Read])
+def overview(repo: RepoDep) -> list[dict[str, Any]]:
+    """Every search with its progress and best pick so far (GFLOPs saved, FID and its extractor)."""
+    return [dashboard.search_summary(repo, s) for s in repo.list_searches()]
+
+
+@router.get("/searches/{search_id}", dependencies=[Read])
+def search_detail(search_id: int, repo: RepoDep) -> dict[str, Any]:
+    """All candidates with their generation, the uniform-width baseline, the front, pick and knee,
+    and the normalised hypervolume after each generation."""
+    search = repo.get_search(search_id)
+    if search is None:
+        raise not_found("search", search_id)
+    return dashboard.search_detail(repo, search)
+
+
+@router.get("/training-runs/{run_id}", dependencies=[Read])
+def training_detail(run_id: int, repo: RepoDep, store: StoreDep) -> dict[str, Any]:
+    """The per-width eval losses of the run's last checkpoint."""
+    run = repo.get_training_run(run_id)
+    if run is None:
+        raise not_found("training run", run_id)
+    return dashboard.training_detail(store, run)

@@ -1,0 +1,233 @@
+/* One search: Pareto scatter, strategy of the hovered/clicked candidate, hypervolume, candidate table. */
+"use strict";
+(() => {
+  const { api, esc, num, pct, statusBadge, bar, el, chart, legend, marker, seqColor, intervalText } = ddsm;
+  ddsm.header("");
+  const id = Number(location.pathname.split("/").filter(Boolean).pop());
+  const PAGE = 15;
+  const st = { search: null, detail: null, sig: "", pinned: null, hover: null, sortKey: "id", sortDir: 1, page: 0, x: "gflops" };
+  const $ = (sel) => document.querySelector(sel);
+  const errorBox = $("#error");
+  const PICK = "#d62728", KNEE = "#ff7f0e", FRONT = "#1d2330", UNIFORM = "#7a8496", SELECTED = "#2458c6";
+
+  const byId = () => Object.fromEntries(st.detail.candidates.map((c) => [c.id, c]));
+  const saved = (c) => (c.gflops !== null && st.detail.full_gflops ? 1 - c.gflops / st.detail.full_gflops : null);
+  const xLabel = () => (st.x === "gflops" ? "GFLOPs per generated image (sum over all sampler steps)" : "latency per image (s)");
+  const fidLabel = () => ddsm.fidLabel(st.detail.extractor);
+  const widthsText = (g) => g.map((i) => ddsm.widthLabel(st.detail.widths[i])).join(" ");
+
+  // ------------------------------------------------------------------ header and summary
+  function renderSummary() {
+    const s = st.search, d = st.detail, p = s.progress, cfg = s.config, c = p.candidates;
+    document.title = `ddsm search #${s.id} ${s.name}`;
+    $("#title").innerHTML = `Search #${s.id} ${esc(s.name)} ${statusBadge(s.status)}`;
+    const pick = d.pick;
+    const pickText = pick
+      ? `${pick.final ? "pick" : "pick so far"}: GFLOPs saved <b>${pct(pick.saving)}</b>, ${esc(fidLabel())} <b>${num(pick.fid, 4)}</b>` +
+        (pick.final_fid !== null && pick.final_fid !== undefined ? `, re-evaluated on ${pick.final_n_images} images: <b>${num(pick.final_fid, 4)}</b>` : "") +
+        (intervalText(pick.intervals) ? ` (${esc(intervalText(pick.intervals))})` : "")
+      : "no evaluated candidate yet";
+    $("#summary").innerHTML =
+      `${esc(d.sampler)}, ${d.steps} steps, widths ${d.widths.map(ddsm.widthLabel).join(" / ")}, population ${cfg.population},
+       ${cfg.generations} generations, ${cfg.n_images} images per candidate; pick = argmin FID + ${d.weight} × GFLOPs.<br>
+       ${bar(p.percent)} &nbsp; generation ${p.generations_done} / ${p.generations} &nbsp;·&nbsp; candidates: ${c.COMPLETE} complete,
+       ${c.RUNNING} running, ${c.WAITING} waiting, ${c.FAILED} failed &nbsp;·&nbsp; ${pickText}` +
+      (s.error ? `<br><span style="color: var(--bad)">${esc(s.error)}</span>` : "");
+    $("#cancel").disabled = ddsm.TERMINAL.includes(s.status);
+    $("#resume").disabled = !["CANCELLED", "FAILED"].includes(s.status);
+    $("#report-link").href = `/searches/${id}/report`;
+    $("#report-link").style.display = s.status === "COMPLETE" ? "" : "none";
+    $("#fid-col").textContent = fidLabel();
+  }
+
+  // ------------------------------------------------------------------ Pareto scatter
+  function renderPareto() {
+    const d = st.detail;
+    const all = d.candidates.filter((c) => c.phase === "search" && c.state === "COMPLETE" && c.fid !== null && c.gflops !== null);
+    const hasLatency = all.some((c) => c.latency_s !== null);
+    $("#x-choice").style.display = hasLatency ? "" : "none";
+    if (!hasLatency) st.x = "gflops";
+    const pts = all.filter((c) => c[st.x] !== null);
+    const svg = $("#pareto");
+    const xsv = pts.map((c) => c[st.x]), ysv = pts.map((c) => c.fid);
+    const pad = (lo, hi) => { const r = (hi - lo) || Math.abs(hi) || 1; return [lo - 0.05 * r, hi + 0.05 * r]; };
+    const [xlo, xhi] = pts.length ? pad(Math.min(...xsv), Math.max(...xsv)) : [0, 1];
+    let [ylo, yhi] = pts.length ? pad(Math.min(...ysv), Math.max(...ysv)) : [0, 1];
+    if (pts.length && Math.min(...ysv) >= 0) ylo = Math.max(0, ylo); // an FID is never negative
+    const c = chart(svg, { width: 690, height: 440, legendWidth: 130,
+      x: { label: xLabel(), lo: xlo, hi: xhi }, y: { label: fidLabel(), lo: ylo, hi: yhi } });
+    const gens = [...new Set(pts.map((p) => p.generation))].sort((a, b) => a - b);
+    const maxGen = Math.max(1, ...gens);
+    const color = (g) => seqColor(g / maxGen);
+    const cands = byId();
+    // uniform widths: the baseline every searched strategy should beat
+    const uni = d.uniform.map((u) => cands[u.candidate_id]).filter((u) => u && u[st.x] !== null).sort((a, b) => a[st.x] - b[st.x]);
+    if (uni.length) {
+      el("polyline", { class: "uniform-line", points: uni.map((u) => `${c.sx(u[st.x])},${c.sy(u.fid)}`).join(" "),
+                       fill: "none", stroke: UNIFORM, "stroke-width": 1.5, "stroke-dasharray": "5 4" }, c.data);
+      d.uniform.forEach((u) => {
+        const cand = cands[u.candidate_id];
+        if (!cand || cand[st.x] === null) return;
+        marker(c.data, "square", c.sx(cand[st.x]), c.sy(cand.fid), UNIFORM, 6);
+        el("text", { x: c.sx(cand[st.x]) + 7, y: c.sy(cand.fid) - 7, fill: UNIFORM, "font-size": 11 }, c.data, `w ${ddsm.widthLabel(u.width)}`);
+      });
+    }
+    // the front as a staircase (a point dominates everything up and to the right of it)
+    const front = d.front.map((i) => cands[i]).filter((f) => f && f[st.x] !== null).sort((a, b) => a[st.x] - b[st.x]);
+    if (front.length && st.x === "gflops") {
+      let path = `M${c.sx(front[0][st.x])} ${c.sy(front[0].fid)}`;
+      for (const f of front.slice(1)) path += `H${c.sx(f[st.x])}V${c.sy(f.fid)}`;
+      el("path", { class: "front-line", d: path, fill: "none", stroke: FRONT, "stroke-width": 1.5 }, c.data);
+    }
+    for (const p of pts) {
+      const dot = el("circle", { class: "cand", cx: c.sx(p[st.x]), cy: c.sy(p.fid), r: 5, fill: color(p.generation),
+                                 "data-id": p.id, "data-generation": p.generation }, c.data);
+      el("title", {}, dot, `candidate ${p.id}, generation ${p.generation}: ${num(p.gflops, 4)} GFLOPs, FID ${num(p.fid, 4)}`);
+    }
+    for (const [name, shape, col] of [["pick", "ring", PICK], ["knee", "diamond", KNEE]]) {
+      const m = cands[d.marked[name]];
+      if (!m || m[st.x] === null) continue;
+      const g = el("g", { class: `mark-${name}`, "pointer-events": "none" }, c.data);
+      marker(g, shape, c.sx(m[st.x]), c.sy(m.fid), col, 6);
+      el("text", { x: c.sx(m[st.x]) + 11, y: c.sy(m.fid) + 16, fill: col, "font-weight": 600 }, g, name);
+    }
+    el("g", { id: "selection", "pointer-events": "none" }, c.data);
+    const items = [];
+    const shown = gens.length <= 8 ? gens : [gens[0], ...gens.slice(1, -1).filter((_, i, a) => i % Math.ceil(a.length / 6) === 0), gens[gens.length - 1]];
+    for (const g of shown) items.push({ label: `generation ${g}`, color: color(g) });
+    items.push({ label: "uniform widths", color: UNIFORM, shape: "dash" });
+    if (st.x === "gflops") items.push({ label: "Pareto front", color: FRONT, shape: "line" });
+    items.push({ label: d.pick && d.pick.final ? "pick" : "pick so far", color: PICK, shape: "ring" });
+    items.push({ label: "knee", color: KNEE, shape: "diamond" });
+    legend(c, items, "candidates");
+    const failed = d.candidates.filter((x) => x.phase === "search" && x.state === "FAILED").length;
+    $("#pareto-note").textContent = `${pts.length} evaluated candidates` + (failed ? `, ${failed} failed (not drawn)` : "") +
+      (d.marked.knee === undefined ? "; the knee is marked once the search is complete" : "");
+    svg.onmouseover = (ev) => { if (ev.target.classList.contains("cand")) { st.hover = Number(ev.target.dataset.id); showStrategy(); } };
+    svg.onmouseout = (ev) => { if (ev.target.classList.contains("cand")) { st.hover = null; showStrategy(); } };
+    svg.onclick = (ev) => { if (ev.target.classList.contains("cand")) { st.pinned = Number(ev.target.dataset.id); showStrategy(); renderTable(); } };
+    st.scale = c;
+  }
+
+  // ------------------------------------------------------------------ strategy of one candidate
+  function showStrategy() {
+    const d = st.detail, cands = byId();
+    const cid = st.hover ?? st.pinned ?? d.marked.pick ?? null;
+    const svg = $("#strategy"), info = $("#strategy-info");
+    const sel = document.getElementById("selection");
+    if (sel) sel.innerHTML = "";
+    const cand = cands[cid];
+    if (!cand) { svg.innerHTML = ""; info.innerHTML = `<span class="note">no candidate selected</span>`; return; }
+    const label = cid === d.marked.pick ? " (pick)" : cid === d.marked.knee ? " (knee)" : "";
+    ddsm.strategyPlot(svg, d.widths, cand.genome, { title: `candidate ${cand.id}${label}, generation ${cand.generation}` });
+    info.dataset.candidate = cand.id;
+    info.innerHTML = `${num(cand.gflops, 4)} GFLOPs per image (saved ${pct(saved(cand))}), ${esc(fidLabel())} ${num(cand.fid, 4)}
+      · <a href="/candidates/${cand.id}/strategy" download="strategy-${cand.id}.json">strategy JSON</a>`;
+    if (sel && st.scale && cand[st.x] !== null && cand.fid !== null && cand.state === "COMPLETE") {
+      marker(sel, "ring", st.scale.sx(cand[st.x]), st.scale.sy(cand.fid), SELECTED, 4);
+    }
+  }
+
+  // ------------------------------------------------------------------ hypervolume
+  function renderHypervolume() {
+    const hv = st.detail.hypervolume, svg = $("#hypervolume");
+    const gens = hv.map((h) => h.generation);
+    const hi = Math.max(0.1, ...hv.map((h) => h.hypervolume));
+    const c = chart(svg, { width: 440, height: 190,
+      x: { label: "generation", lo: Math.min(0, ...gens) - 0.5, hi: Math.max(1, ...gens) + 0.5, ticks: gens.length ? gens : [0] },
+      y: { label: "hypervolume (normalised)", lo: 0, hi: hi * 1.1 } });
+    if (!hv.length) { el("text", { x: c.m.left + 20, y: c.m.top + 30 }, c.data, "no completed generation yet"); return; }
+    el("polyline", { points: hv.map((h) => `${c.sx(h.generation)},${c.sy(h.hypervolume)}`).join(" "), fill: "none", stroke: SELECTED, "stroke-width": 2 }, c.data);
+    for (const h of hv) {
+      const dot = el("circle", { class: "hv-point", cx: c.sx(h.generation), cy: c.sy(h.hypervolume), r: 3.5, fill: SELECTED }, c.data);
+      el("title", {}, dot, `generation ${h.generation}: ${num(h.hypervolume, 4)} (front of ${h.front_size} of ${h.evaluated} evaluated)`);
+    }
+    el("text", { x: c.m.left + 6, y: c.H - 52, class: "muted", "font-size": 11 }, c.data,
+       "area dominated by the front so far; box = best..worst GFLOPs and FID seen");
+  }
+
+  function renderSamples() {
+    const box = $("#samples");
+    if (st.detail.sample_grids) return;
+    box.innerHTML = `<span class="note">Sample grids are not available: this service does not store sample grids of
+      searches. Download the pick's <a href="/searches/${id}/strategies/pick">strategy JSON</a> (once complete) and draw
+      the pick and full width from the same seeds with <code>ddsm sample</code>.</span>`;
+  }
+
+  // ------------------------------------------------------------------ candidate table
+  function renderTable() {
+    const rows = st.detail.candidates.map((c) => ({ ...c, saved: saved(c) }));
+    const k = st.sortKey, dir = st.sortDir;
+    rows.sort((a, b) => {
+      const x = a[k], y = b[k];
+      if (x === y) return a.id - b.id;
+      if (x === null || x === undefined) return 1;
+      if (y === null || y === undefined) return -1;
+      return (x < y ? -1 : 1) * dir;
+    });
+    const pages = Math.max(1, Math.ceil(rows.length / PAGE));
+    st.page = Math.min(st.page, pages - 1);
+    const shown = rows.slice(st.page * PAGE, (st.page + 1) * PAGE);
+    $("#candidates tbody").innerHTML = shown.map((c) => `<tr class="clickable${c.id === st.pinned ? " selected" : ""}" data-id="${c.id}">
+      <td class="num">${c.id}</td><td class="num">${c.generation}</td><td>${esc(c.phase)}</td><td>${statusBadge(c.state)}</td>
+      <td class="num">${num(c.gflops, 4)}</td><td class="num">${pct(c.saved)}</td><td class="num">${num(c.fid, 4)}</td>
+      <td class="num">${c.n_images}</td><td>${esc(c.worker || "–")}</td><td class="num">${c.attempt}</td>
+      <td><code>${widthsText(c.genome)}</code></td><td class="muted">${esc((c.error || "").slice(0, 60))}</td></tr>`).join("");
+    $("#page-info").textContent = `page ${st.page + 1} of ${pages} (${rows.length} candidates)`;
+    $("#prev").disabled = st.page === 0;
+    $("#next").disabled = st.page >= pages - 1;
+    document.querySelectorAll("#candidates th.sortable").forEach((th) => {
+      const base = th.textContent.replace(/ [▲▼]$/, "");
+      th.textContent = th.dataset.key === k ? `${base} ${dir > 0 ? "▲" : "▼"}` : base;
+    });
+  }
+
+  $("#candidates thead").addEventListener("click", (ev) => {
+    const th = ev.target.closest("th.sortable");
+    if (!th) return;
+    st.sortDir = st.sortKey === th.dataset.key ? -st.sortDir : 1;
+    st.sortKey = th.dataset.key;
+    st.page = 0;
+    renderTable();
+  });
+  $("#candidates tbody").addEventListener("click", (ev) => {
+    const tr = ev.target.closest("tr[data-id]");
+    if (!tr) return;
+    st.pinned = Number(tr.dataset.id);
+    showStrategy();
+    renderTable();
+  });
+  $("#prev").addEventListener("click", () => { st.page -= 1; renderTable(); });
+  $("#next").addEventListener("click", () => { st.page += 1; renderTable(); });
+  $("#x-axis").addEventListener("change", (ev) => { st.x = ev.target.value; renderPareto(); showStrategy(); });
+
+  async function act(what) {
+    try {
+      st.search = await api(`/searches/${id}/${what}`, { method: "POST" });
+      ddsm.showMessage(errorBox, `search ${what === "cancel" ? "cancelled" : "resumed"}`, "info");
+      await refresh();
+    } catch (e) {
+      ddsm.showMessage(errorBox, `${what} refused: ${e.message}`);
+    }
+  }
+  $("#cancel").addEventListener("click", () => act("cancel"));
+  $("#resume").addEventListener("click", () => act("resume"));
+
+  async function refresh() {
+    const [search, detail] = await Promise.all([api(`/searches/${id}`), api(`/ui/data/searches/${id}`)]);
+    const sig = JSON.stringify([search.status, search.progress, detail]);
+    st.search = search;
+    if (sig === st.sig) return true;
+    st.sig = sig;
+    st.detail = detail;
+    renderSummary();
+    renderPareto();
+    showStrategy();
+    renderHypervolume();
+    renderSamples();
+    renderTable();
+    document.body.dataset.status = search.status; // lets a test wait for a state without parsing text
+    return true;
+  }
+  ddsm.poll(refresh, 2000, errorBox);
+})();
