@@ -69,7 +69,7 @@
         const cand = cands[u.candidate_id];
         if (!cand || cand[st.x] === null) return;
         marker(c.data, "square", c.sx(cand[st.x]), c.sy(cand.fid), UNIFORM, 6);
-        el("text", { x: c.sx(cand[st.x]) + 7, y: c.sy(cand.fid) - 7, fill: UNIFORM, "font-size": 11 }, c.data, `w ${ddsm.widthLabel(u.width)}`);
+        el("text", { x: c.sx(cand[st.x]) + 7, y: c.sy(cand.fid) - 7, fill: UNIFORM, "font-size": 11, "pointer-events": "none" }, c.data, `w ${ddsm.widthLabel(u.width)}`);
       });
     }
     // the front as a staircase (a point dominates everything up and to the right of it)

@@ -1,0 +1,176 @@
+"""The dashboard and /docs in Chromium against `ddsm up` with the fast evaluator."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from api.artifacts import ArtifactStore
+
+from .conftest import KEY, Browser, Service
+
+pytestmark = pytest.mark.ui
+
+LONG = {"generations": 2000}  # stays RUNNING for the whole test session unless cancelled
+
+
+def candidates(service: Service, search_id: int) -> list[dict[str, Any]]:
+    with service.http() as http:
+        return http.get(f"/searches/{search_id}/candidates", params={"limit": 1000}).json()["items"]
+
+
+def test_dashboard_lists_a_running_search_and_updates_it_without_a_reload(ui: Browser, service: Service) -> None:
+    running = service.start_search("running search", **LONG)
+    page = ui.goto("/")
+    row = page.locator(f"#searches tr[data-id='{running}']")
+    row.locator(".status.RUNNING").wait_for()
+    generation = row.locator("td.generation")
+    before = generation.inner_text()
+    page.wait_for_function(  # the page polls: the generation count moves on without a reload
+        "([sel, text]) => document.querySelector(sel).innerText !== text",
+        arg=[f"#searches tr[data-id='{running}'] td.generation", before],
+        timeout=20_000,
+    )
+    done = service.search(service.searches["done"])
+    done_row = page.locator(f"#searches tr[data-id='{service.searches['done']}']")
+    assert "COMPLETE" in done_row.inner_text()
+    assert f"{100 * done['result']['saving']:.1f}%" in done_row.locator("td.saved").inner_text()
+    assert "digits-tiny" in page.locator("#supernets").inner_text()
+    assert "domain" in page.locator("#reference-stats").inner_text()
+    ui.screenshot("dashboard")
+
+
+def test_search_page_draws_one_point_per_evaluated_candidate(ui: Browser, service: Service) -> None:
+    search_id = service.searches["done"]
+    evaluated = [c for c in candidates(service, search_id) if c["phase"] == "search" and c["state"] == "COMPLETE"]
+    page = ui.goto(f"/ui/searches/{search_id}")
+    page.locator("#pareto circle.cand").first.wait_for()
+    assert page.locator("#pareto circle.cand").count() == len(evaluated) > 0
+    drawn = sorted(int(i) for i in page.locator("#pareto circle.cand").evaluate_all(
+        "els => els.map(e => e.dataset.id)"))  # fmt: skip
+    assert drawn == sorted(c["id"] for c in evaluated)
+    assert "GFLOPs" in page.locator("#pareto .x-label").text_content()
+    extractor = evaluated[0]["metrics"]["extractor"]
+    assert page.locator("#pareto .y-label").text_content() == f"FID ({extractor})"
+    for mark in ("mark-pick", "mark-knee"):
+        assert page.locator(f"#pareto g.{mark}").count() == 1
+    assert page.locator("#pareto .uniform-line").count() == 1
+    generations = {c["generation"] for c in evaluated}
+    assert page.locator("#hypervolume circle.hv-point").count() == len(generations)
+    assert page.locator("#candidates tbody tr").count() == min(15, len(candidates(service, search_id)))
+    assert "not available" in page.locator("#samples").inner_text()
+    ui.screenshot("search")
+
+
+def test_clicking_or_hovering_a_point_shows_its_strategy(ui: Browser, service: Service) -> None:
+    search_id = service.searches["done"]
+    evaluated = [c for c in candidates(service, search_id) if c["phase"] == "search" and c["state"] == "COMPLETE"]
+    clicked, hovered = evaluated[-1], evaluated[-2]  # drawn last: on top of any point at the same place
+    page = ui.goto(f"/ui/searches/{search_id}")
+    page.locator(f"#pareto circle.cand[data-id='{clicked['id']}']").click()
+    strategy = page.locator("#strategy")
+    page.wait_for_function(f"document.querySelector('#strategy-info').dataset.candidate === '{clicked['id']}'")
+    assert strategy.get_attribute("data-genome") == ",".join(map(str, clicked["genome"]))
+    assert strategy.locator("circle.strategy-step").count() == len(clicked["genome"])
+    assert "1 = noisiest" in strategy.locator(".x-label").text_content()
+    # the noisiest step (genome[0]) is the leftmost point
+    xs = strategy.locator("circle.strategy-step").evaluate_all("els => els.map(e => +e.getAttribute('cx'))")
+    assert xs == sorted(xs)
+    page.locator(f"#pareto circle.cand[data-id='{hovered['id']}']").hover()
+    page.wait_for_function(f"document.querySelector('#strategy-info').dataset.candidate === '{hovered['id']}'")
+    assert strategy.get_attribute("data-genome") == ",".join(map(str, hovered["genome"]))
+
+
+def test_cancel_is_refused_without_the_key_and_works_with_it(ui: Browser, service: Service) -> None:
+    search_id = service.start_search("to cancel", **LONG)
+    page = ui.goto(f"/ui/searches/{search_id}")
+    page.locator("body[data-status='RUNNING']").wait_for()
+    ui.screenshot("search-running")
+    page.locator("#cancel").click()
+    page.locator("#error.error").wait_for()
+    assert "401" in page.locator("#error").inner_text()
+    assert service.search(search_id)["status"] == "RUNNING"
+
+    page.locator("#api-key").fill(KEY)
+    page.locator("#key-save").click()
+    assert page.evaluate("sessionStorage.getItem('ddsm-api-key')") == KEY
+    assert page.evaluate("localStorage.length") == 0  # kept for the browser session only
+    page.locator("#cancel").click()
+    page.locator("body[data-status='CANCELLED']").wait_for()
+    assert service.search(search_id)["status"] == "CANCELLED"
+    assert page.locator("#resume").is_enabled()
+
+
+def test_new_search_form_shows_the_schema_error_then_starts_the_search(ui: Browser, service: Service) -> None:
+    page = ui.goto("/ui/searches/new")
+    page.evaluate(f"sessionStorage.setItem('ddsm-api-key', '{KEY}')")
+    page.locator("#f-population").fill("1")
+    page.locator("#submit").click()
+    page.locator("#error.error").wait_for()
+    message = page.locator("#error").inner_text()
+    assert "422" in message and "population" in message and "greater than or equal to 2" in message
+    ui.screenshot("new-search")
+    for name, value in {"name": "from the form", "population": "6", "generations": "1", "steps": "4",
+                        "n_images": "4", "final_images": "8", "widths": "0.5, 1.0"}.items():  # fmt: skip
+        page.locator(f"#f-{name}").fill(value)
+    page.locator("#submit").click()
+    page.wait_for_url(re.compile(r".*/ui/searches/\d+$"))
+    created = service.search(int(page.url.rsplit("/", 1)[1]))
+    assert created["name"] == "from the form"
+    assert created["config"]["population"] == 6 and created["config"]["widths"] == [0.5, 1.0]
+
+
+def test_training_page_shows_progress_and_eval_losses_and_cancels(
+    ui: Browser, service: Service, tmp_path: Path
+) -> None:
+    # a run in the state a train worker leaves it after uploading its step-40 checkpoint
+    repo = service.repo
+    run_id = repo.create_training_run("digits supernet", {"preset": "digits", "train": {"steps": 100}}, 100)
+    assert repo.claim_training_run(run_id, 1, "worker-under-test")
+    widths = [0.25, 0.5, 0.75, 1.0]
+    ckpt = tmp_path / "step-0000040"
+    ckpt.mkdir()
+    evaluation = {"widths": widths, "overall": [0.061, 0.048, 0.044, 0.042], "t_edges": [0, 500, 1000],
+                  "per_bin": [[0.09, 0.03], [0.07, 0.026], [0.065, 0.023], [0.062, 0.022]],
+                  "n_images": 64, "diff_se": [0.001, 0.0008, 0.0005, 0.0]}  # fmt: skip
+    (ckpt / "manifest.json").write_text(json.dumps({"format": "ddsm-checkpoint", "step": 40, "eval": evaluation}))
+    sha = ArtifactStore(str(service.home / "artifacts")).put_dir(ckpt)
+    assert repo.training_progress(run_id, 1, "worker-under-test", 40, sha, 100)
+
+    page = ui.goto(f"/ui/training-runs/{run_id}")
+    page.locator("#eval-table").wait_for()
+    assert "40%" in page.locator("#summary").inner_text()
+    rows = page.locator("#eval-table tbody tr")
+    assert rows.count() == len(widths)
+    assert "0.06100" in rows.nth(0).inner_text()
+    assert "step 40" in page.locator("#eval-step").inner_text()
+    ui.screenshot("training-run")
+    page.evaluate(f"sessionStorage.setItem('ddsm-api-key', '{KEY}')")
+    page.locator("#cancel").click()
+    page.locator("body[data-status='CANCELLED']").wait_for()
+    assert repo.get_training_run(run_id).status.value == "CANCELLED"  # type: ignore[union-attr]
+
+
+def test_compare_page_draws_the_front_of_each_chosen_search(ui: Browser, service: Service) -> None:
+    ids = [service.searches["done"], service.searches["other seed"]]
+    page = ui.goto(f"/ui/compare?ids={ids[0]},{ids[1]}")
+    page.locator("#fronts path.front").nth(1).wait_for()
+    drawn = page.locator("#fronts path.front").evaluate_all("els => els.map(e => +e.dataset.search)")
+    assert sorted(drawn) == sorted(ids)
+    assert page.locator("#fronts .y-label").text_content().startswith("FID (")
+    ui.screenshot("compare")
+
+
+def test_docs_render_every_operation_without_leaving_the_machine(ui: Browser, service: Service) -> None:
+    with service.http() as http:
+        spec = http.get("/openapi.json").json()
+    operations = sum(len(methods) for methods in spec["paths"].values())
+    page = ui.goto("/docs")
+    page.locator(".opblock").first.wait_for()
+    assert page.locator(".opblock").count() == operations
+    assert not ui.outside  # Swagger UI's assets came from the API itself
+    ui.screenshot("docs")
