@@ -82,7 +82,9 @@ def _candidate(c: CandidateRecord) -> dict[str, Any]:
         "n_images": c.n_images,
         "fid": c.fid if _finite(c.fid) else None,
         "gflops": c.gflops if _finite(c.gflops) else None,
-        "latency_s": latency if isinstance(latency, float) and math.isfinite(latency) and latency > 0 else None,
+        "latency_s": latency
+        if isinstance(latency, float) and math.isfinite(latency) and latency > 0
+        else None,
         "intervals": {k: v for k, v in metrics.items() if _is_interval(k, v)},
         "error": c.error,
     }
@@ -110,7 +112,9 @@ def full_width_gflops(repo: Repository, search: SearchRecord, spec: SearchSpec) 
     return spec.gflops(spec.full_width_genome(), cost_table(net.gflops))
 
 
-def _marked(result: dict[str, Any] | None, by_genome: dict[tuple[int, ...], dict[str, Any]]) -> dict[str, Any]:
+def _marked(
+    result: dict[str, Any] | None, by_genome: dict[tuple[int, ...], dict[str, Any]]
+) -> dict[str, Any]:
     if not result:
         return {}
     out = {}
@@ -121,7 +125,9 @@ def _marked(result: dict[str, Any] | None, by_genome: dict[tuple[int, ...], dict
     return out
 
 
-def pick_so_far(search: SearchRecord, front: Sequence[dict[str, Any]], full: float | None) -> dict[str, Any] | None:
+def pick_so_far(
+    search: SearchRecord, front: Sequence[dict[str, Any]], full: float | None
+) -> dict[str, Any] | None:
     """The stored pick of a finished search (finalist FID), else argmin FID + w * GFLOPs of the front."""
     result = search.result
     weight = float(search.config.get("weight", 0.0))

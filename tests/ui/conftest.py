@@ -107,10 +107,14 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         svc.supernet_id = svc.repo.create_supernet("digits-tiny", "a" * 64, {})
         svc.repo.supernet_ready(svc.supernet_id, TABLE, {})
         svc.stats_id = svc.repo.create_reference_stats("digits", "digits", "domain", artifact_sha256="b" * 64)
-        svc.searches = {"done": svc.start_search("finished search"),
-                        "other seed": svc.start_search("other seed", seed=11, generations=2)}
+        svc.searches = {
+            "done": svc.start_search("finished search"),
+            "other seed": svc.start_search("other seed", seed=11, generations=2),
+        }
         for name, sid in svc.searches.items():
-            svc.wait_for(f"search '{name}' to complete", lambda s=sid: svc.search(s)["status"] == "COMPLETE", 90)
+            svc.wait_for(
+                f"search '{name}' to complete", lambda s=sid: svc.search(s)["status"] == "COMPLETE", 90
+            )
         yield svc
     finally:
         _stop_group(proc)

@@ -23,7 +23,9 @@ def candidates(service: Service, search_id: int) -> list[dict[str, Any]]:
         return http.get(f"/searches/{search_id}/candidates", params={"limit": 1000}).json()["items"]
 
 
-def test_dashboard_lists_a_running_search_and_updates_it_without_a_reload(ui: Browser, service: Service) -> None:
+def test_dashboard_lists_a_running_search_and_updates_it_without_a_reload(
+    ui: Browser, service: Service
+) -> None:
     running = service.start_search("running search", **LONG)
     page = ui.goto("/")
     row = page.locator(f"#searches tr[data-id='{running}']")
@@ -46,7 +48,9 @@ def test_dashboard_lists_a_running_search_and_updates_it_without_a_reload(ui: Br
 
 def test_search_page_draws_one_point_per_evaluated_candidate(ui: Browser, service: Service) -> None:
     search_id = service.searches["done"]
-    evaluated = [c for c in candidates(service, search_id) if c["phase"] == "search" and c["state"] == "COMPLETE"]
+    evaluated = [
+        c for c in candidates(service, search_id) if c["phase"] == "search" and c["state"] == "COMPLETE"
+    ]
     page = ui.goto(f"/ui/searches/{search_id}")
     page.locator("#pareto circle.cand").first.wait_for()
     assert page.locator("#pareto circle.cand").count() == len(evaluated) > 0
@@ -68,12 +72,16 @@ def test_search_page_draws_one_point_per_evaluated_candidate(ui: Browser, servic
 
 def test_clicking_or_hovering_a_point_shows_its_strategy(ui: Browser, service: Service) -> None:
     search_id = service.searches["done"]
-    evaluated = [c for c in candidates(service, search_id) if c["phase"] == "search" and c["state"] == "COMPLETE"]
+    evaluated = [
+        c for c in candidates(service, search_id) if c["phase"] == "search" and c["state"] == "COMPLETE"
+    ]
     clicked, hovered = evaluated[-1], evaluated[-2]  # drawn last: on top of any point at the same place
     page = ui.goto(f"/ui/searches/{search_id}")
     page.locator(f"#pareto circle.cand[data-id='{clicked['id']}']").click()
     strategy = page.locator("#strategy")
-    page.wait_for_function(f"document.querySelector('#strategy-info').dataset.candidate === '{clicked['id']}'")
+    page.wait_for_function(
+        f"document.querySelector('#strategy-info').dataset.candidate === '{clicked['id']}'"
+    )
     assert strategy.get_attribute("data-genome") == ",".join(map(str, clicked["genome"]))
     assert strategy.locator("circle.strategy-step").count() == len(clicked["genome"])
     assert "1 = noisiest" in strategy.locator(".x-label").text_content()
@@ -81,7 +89,9 @@ def test_clicking_or_hovering_a_point_shows_its_strategy(ui: Browser, service: S
     xs = strategy.locator("circle.strategy-step").evaluate_all("els => els.map(e => +e.getAttribute('cx'))")
     assert xs == sorted(xs)
     page.locator(f"#pareto circle.cand[data-id='{hovered['id']}']").hover()
-    page.wait_for_function(f"document.querySelector('#strategy-info').dataset.candidate === '{hovered['id']}'")
+    page.wait_for_function(
+        f"document.querySelector('#strategy-info').dataset.candidate === '{hovered['id']}'"
+    )
     assert strategy.get_attribute("data-genome") == ",".join(map(str, hovered["genome"]))
 
 
@@ -137,7 +147,9 @@ def test_training_page_shows_progress_and_eval_losses_and_cancels(
     evaluation = {"widths": widths, "overall": [0.061, 0.048, 0.044, 0.042], "t_edges": [0, 500, 1000],
                   "per_bin": [[0.09, 0.03], [0.07, 0.026], [0.065, 0.023], [0.062, 0.022]],
                   "n_images": 64, "diff_se": [0.001, 0.0008, 0.0005, 0.0]}  # fmt: skip
-    (ckpt / "manifest.json").write_text(json.dumps({"format": "ddsm-checkpoint", "step": 40, "eval": evaluation}))
+    (ckpt / "manifest.json").write_text(
+        json.dumps({"format": "ddsm-checkpoint", "step": 40, "eval": evaluation})
+    )
     sha = ArtifactStore(str(service.home / "artifacts")).put_dir(ckpt)
     assert repo.training_progress(run_id, 1, "worker-under-test", 40, sha, 100)
 
