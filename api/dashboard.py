@@ -16,7 +16,6 @@ from api.artifacts import ArtifactError, ArtifactStore
 from api.db.models import CandidateState, JobStatus
 from api.db.repository import CandidateRecord, Repository, SearchRecord, TrainingRunRecord
 from api.specs import SearchSpec, cost_table
-from ddsm_core.widths import format_width
 
 Point = tuple[float, float]  # (GFLOPs, FID): both minimised
 
@@ -243,14 +242,10 @@ def training_detail(store: ArtifactStore, run: TrainingRunRecord) -> dict[str, A
             eval_losses, step = manifest.get("eval"), manifest.get("step")
         except (ArtifactError, KeyError, ValueError) as exc:
             error = f"could not read the last checkpoint's manifest: {exc}"
-    widths = None
-    if eval_losses:
-        widths = [format_width(w) for w in eval_losses.get("widths", [])]
     return {
         "id": run.id,
         "checkpoint_step": step,
         "eval": eval_losses,
-        "eval_widths": widths,
         "loss_curves": None,
         "sample_grids": None,
         "error": error,

@@ -89,7 +89,8 @@
       if (!m || m[st.x] === null) continue;
       const g = el("g", { class: `mark-${name}`, "pointer-events": "none" }, c.data);
       marker(g, shape, c.sx(m[st.x]), c.sy(m.fid), col, 6);
-      el("text", { x: c.sx(m[st.x]) + 11, y: c.sy(m.fid) + 16, fill: col, "font-weight": 600 }, g, name);
+      const [dx, dy, anchor] = name === "pick" ? [-11, -10, "end"] : [11, 18, "start"]; // apart when close
+      el("text", { x: c.sx(m[st.x]) + dx, y: c.sy(m.fid) + dy, fill: col, "font-weight": 600, "text-anchor": anchor }, g, name);
     }
     el("g", { id: "selection", "pointer-events": "none" }, c.data);
     const items = [];
@@ -135,15 +136,13 @@
     const hi = Math.max(0.1, ...hv.map((h) => h.hypervolume));
     const c = chart(svg, { width: 440, height: 190,
       x: { label: "generation", lo: Math.min(0, ...gens) - 0.5, hi: Math.max(1, ...gens) + 0.5, ticks: gens.length ? gens : [0] },
-      y: { label: "hypervolume (normalised)", lo: 0, hi: hi * 1.1 } });
+      y: { label: "hypervolume", lo: 0, hi: hi * 1.1 } });
     if (!hv.length) { el("text", { x: c.m.left + 20, y: c.m.top + 30 }, c.data, "no completed generation yet"); return; }
     el("polyline", { points: hv.map((h) => `${c.sx(h.generation)},${c.sy(h.hypervolume)}`).join(" "), fill: "none", stroke: SELECTED, "stroke-width": 2 }, c.data);
     for (const h of hv) {
       const dot = el("circle", { class: "hv-point", cx: c.sx(h.generation), cy: c.sy(h.hypervolume), r: 3.5, fill: SELECTED }, c.data);
       el("title", {}, dot, `generation ${h.generation}: ${num(h.hypervolume, 4)} (front of ${h.front_size} of ${h.evaluated} evaluated)`);
     }
-    el("text", { x: c.m.left + 6, y: c.H - 52, class: "muted", "font-size": 11 }, c.data,
-       "area dominated by the front so far; box = best..worst GFLOPs and FID seen");
   }
 
   function renderSamples() {

@@ -37,7 +37,7 @@
     const bins = (e.t_edges || []).slice(0, -1).map((a, i) => `t ${a}–${e.t_edges[i + 1] - 1}`);
     const head = `<tr><th>width</th><th class="num">eval loss (MSE of ε)</th><th class="num">/ full width</th>
       <th class="num">minus full (± SE)</th>${bins.map((b) => `<th class="num">${esc(b)}</th>`).join("")}</tr>`;
-    const rows = e.widths.map((w, i) => `<tr><td>${esc(d.eval_widths[i])}</td><td class="num">${num(e.overall[i], 4)}</td>
+    const rows = e.widths.map((w, i) => `<tr><td>${ddsm.widthLabel(w)}</td><td class="num">${num(e.overall[i], 4)}</td>
       <td class="num">${num(e.overall[i] / full, 4)}</td>
       <td class="num">${num(e.overall[i] - full, 3)}${e.diff_se && e.diff_se.length ? ` ± ${num(e.diff_se[i], 2)}` : ""}</td>
       ${(e.per_bin[i] || []).map((v) => `<td class="num">${num(v, 4)}</td>`).join("")}</tr>`).join("");

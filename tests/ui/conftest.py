@@ -34,7 +34,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 KEY = "ui-test-key"
 TABLE = {"widths": [0.25, 0.5, 0.75, 1.0], "gflops": [0.9, 2.1, 3.6, 5.5], "gflops_conv_linear": None}
 SMALL = {"sampler": "ddim", "steps": 6, "population": 8, "generations": 3, "n_images": 4, "final_images": 8,
-         "weight": 0.3, "mutation_rate": 0.15, "seed": 3}  # fmt: skip
+         "weight": 3.0, "mutation_rate": 0.15, "seed": 3}  # fmt: skip
 
 
 def free_port() -> int:

@@ -99,7 +99,6 @@ def test_cancel_is_refused_without_the_key_and_works_with_it(ui: Browser, servic
     search_id = service.start_search("to cancel", **LONG)
     page = ui.goto(f"/ui/searches/{search_id}")
     page.locator("body[data-status='RUNNING']").wait_for()
-    ui.screenshot("search-running")
     page.locator("#cancel").click()
     page.locator("#error.error").wait_for()
     assert "401" in page.locator("#error").inner_text()
