@@ -89,8 +89,11 @@
       if (!m || m[st.x] === null) continue;
       const g = el("g", { class: `mark-${name}`, "pointer-events": "none" }, c.data);
       marker(g, shape, c.sx(m[st.x]), c.sy(m.fid), col, 6);
+      const same = d.marked.pick === d.marked.knee;
+      if (same && name === "knee") continue; // one label for both
       const [dx, dy, anchor] = name === "pick" ? [-11, -10, "end"] : [11, 18, "start"]; // apart when close
-      el("text", { x: c.sx(m[st.x]) + dx, y: c.sy(m.fid) + dy, fill: col, "font-weight": 600, "text-anchor": anchor }, g, name);
+      el("text", { x: c.sx(m[st.x]) + dx, y: c.sy(m.fid) + dy, fill: col, "font-weight": 600, "text-anchor": anchor }, g,
+         same ? "pick = knee" : name);
     }
     el("g", { id: "selection", "pointer-events": "none" }, c.data);
     const items = [];
