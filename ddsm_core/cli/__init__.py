@@ -29,6 +29,8 @@ _COMMAND_MODULES = (
     "ddsm_core.cli.train_cmd",
     "ddsm_core.cli.sample_cmd",
     "ddsm_core.cli.search_cmd",
+    "ddsm_core.cli.strategy_cmd",
+    "ddsm_core.cli.compare_cmd",
 )
 
 

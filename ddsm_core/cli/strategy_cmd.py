@@ -1,0 +1,93 @@
+"""``ddsm strategy ...``: work with strategy files; ``ddsm strategy transfer`` maps one to another sampler.
+
+Torch-free: a transfer needs only the noise schedule (from a checkpoint's manifest or by name).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+strategy_app = typer.Typer(
+    name="strategy", help="Work with step-aware strategy files.", no_args_is_help=True, add_completion=False
+)
+
+
+def transfer(
+    strategy: Path = typer.Option(..., "--strategy", help="Strategy JSON file to transfer."),
+    sampler: str = typer.Option(..., "--sampler", help="Target sampler: ddpm, ddim, edm-heun, dpm-solver++."),
+    steps: int = typer.Option(..., "--steps", help="Target number of sampler steps."),
+    out: Path = typer.Option(..., "--out", help="Strategy JSON file to write."),
+    plot: Path | None = typer.Option(None, "--plot", help="Also plot both strategies against log-SNR (PNG)."),
+    checkpoint: Path | None = typer.Option(
+        None, "--checkpoint", help="Take the noise schedule (and check the width set) from this checkpoint."
+    ),
+    schedule: str | None = typer.Option(
+        None, "--schedule", help="Noise schedule without --checkpoint: linear (default) or cosine."
+    ),
+    timesteps: int = typer.Option(1000, "--timesteps", help="The schedule's T (with --schedule)."),
+) -> None:
+    """Map a strategy to another sampler and step count by noise level (log-SNR).
+
+    Each target step runs at the width that covers most of its stretch of log-SNR in the source
+    strategy; the same sampler and steps give the same strategy back.
+    """
+    from ddsm_core.errors import ConfigError, StrategyError
+    from ddsm_core.strategy import Strategy
+    from ddsm_core.transfer import transfer_strategy
+
+    if not strategy.is_file():
+        raise StrategyError(f"strategy file {strategy} does not exist")
+    try:
+        source = Strategy.from_json(strategy.read_bytes())
+    except StrategyError as exc:
+        raise StrategyError(f"{strategy}: {exc}") from exc
+    if checkpoint is not None and schedule is not None:
+        raise ConfigError("give --checkpoint or --schedule, not both (the checkpoint has its schedule)")
+    sched = _schedule(checkpoint, source, schedule or "linear", timesteps)
+    target = transfer_strategy(source, sampler, steps, sched)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(target.to_json(indent=1) + "\n")
+    typer.echo(f"{source.describe()}  ->  {target.describe()}  -> {out}")
+    if plot is not None:
+        from ddsm_core.plots import plot_strategy
+
+        plot_strategy(
+            {f"source {source.sampler}/{source.steps}": source,
+             f"transferred {target.sampler}/{target.steps}": target},
+            plot, x="log_snr", schedule=sched, title="strategy transfer: width against noise level",
+        )  # fmt: skip
+        typer.echo(f"wrote {plot}")
+
+
+def _schedule(checkpoint: Path | None, source: Any, kind: str, timesteps: int) -> dict[str, Any]:
+    """The noise schedule's parameters, from a checkpoint manifest or by name; checks the width set."""
+    from ddsm_core.errors import ConfigError, StrategyError
+    from ddsm_core.widths import format_width
+
+    if checkpoint is None:
+        if kind == "linear":
+            return {"kind": "linear", "T": timesteps, "beta_start": 1e-4, "beta_end": 0.02}
+        if kind == "cosine":
+            return {"kind": "cosine", "T": timesteps, "cosine_s": 0.008}
+        raise ConfigError(f"unknown noise schedule {kind!r}; allowed: linear, cosine")
+    from ddsm_core.checkpoint import read_manifest
+
+    manifest = read_manifest(checkpoint, verify=False)
+    widths = tuple(manifest["model_config"].get("widths", ()))
+    if widths and (
+        len(widths) != len(source.widths)
+        or any(abs(a - b) > 1e-9 for a, b in zip(widths, source.widths, strict=True))
+    ):
+        raise StrategyError(
+            f"the strategy uses widths {[format_width(w) for w in source.widths]}, "
+            f"the checkpoint offers {[format_width(w) for w in widths]}"
+        )
+    return dict(manifest["schedule"])
+
+
+def register(app: typer.Typer) -> None:
+    strategy_app.command("transfer")(transfer)
+    app.add_typer(strategy_app, name="strategy")
