@@ -168,5 +168,5 @@ def plot_fronts(
     ax.set_ylabel(fid_label)
     ax.grid(True, alpha=0.3)
     ax.set_title(title or "Pareto fronts (lower left is better)")
-    ax.legend(loc="upper right", fontsize="small")
+    ax.legend(loc="best", fontsize="small")  # "best" keeps the reference point (top right) visible
     return _write(fig, path, dpi)

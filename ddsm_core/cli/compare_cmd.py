@@ -1,0 +1,59 @@
+"""``ddsm compare``: the Pareto fronts of several searches, a hypervolume each, one plot (torch-free)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+
+def compare(
+    results: list[Path] = typer.Argument(..., help="results.json files (or search folders holding one)."),
+    out: Path | None = typer.Option(None, "--out", help="Plot the fronts together (PNG)."),
+    names: list[str] | None = typer.Option(
+        None, "--name", help="Label of each search, in order (default: its folder's name)."
+    ),
+    ref: str | None = typer.Option(
+        None, "--ref", help="Reference point 'GFLOPS,FID' (default: 1.1 x the max over all fronts)."
+    ),
+    as_json: Path | None = typer.Option(None, "--json", help="Also write the table as JSON here."),
+) -> None:
+    """Hypervolume of each search's front against one shared reference point, as a table."""
+    from ddsm_core.compare import compare_fronts, format_table, load_front, unique_names
+    from ddsm_core.errors import ConfigError
+
+    if names and len(names) != len(results):
+        raise ConfigError(f"{len(names)} --name for {len(results)} results: give one per result or none")
+    fronts = unique_names([load_front(p, names[k] if names else None) for k, p in enumerate(results)])
+    comparison = compare_fronts(fronts, _parse_ref(ref))
+    typer.echo(format_table(comparison))
+    if as_json is not None:
+        as_json.parent.mkdir(parents=True, exist_ok=True)
+        as_json.write_text(json.dumps(comparison.to_dict(), indent=1) + "\n")
+    if out is not None:
+        from ddsm_core.plots import plot_fronts
+
+        extractor = next((f.extractor for f in fronts if f.extractor), None)
+        plot_fronts(
+            fronts, out, reference=comparison.reference,
+            hypervolumes={r.name: r.hypervolume for r in comparison.rows},
+            fid_label=f"FID ({extractor})" if extractor else "FID",
+        )  # fmt: skip
+        typer.echo(f"wrote {out}")
+
+
+def _parse_ref(text: str | None) -> tuple[float, float] | None:
+    from ddsm_core.errors import ConfigError
+
+    if text is None:
+        return None
+    try:
+        g, f = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--ref must be 'GFLOPS,FID', e.g. '12.5,40', got {text!r}") from None
+    return (g, f)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("compare")(compare)
