@@ -32,8 +32,11 @@ strategies (warm starts). The width set stays the source's: a strategy is for on
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -203,3 +206,48 @@ def width_share(strategy: Strategy, schedule: Mapping[str, Any] | Any | None = N
     for g, a, b in zip(strategy.genes, left, right, strict=True):
         share[strategy.widths[g]] += float(b - a) / total
     return share
+
+
+def read_strategies(path: str | os.PathLike[str]) -> list[tuple[str, Strategy]]:
+    """The strategies in a file: a strategy JSON (one), or a search's results.json (its pick and knee
+    first, then every genome of its front, without repeats), as ``(label, strategy)`` pairs.
+
+    A results.json is read through its ``config`` (``sampler``, ``steps``, ``widths``) and the
+    ``genome`` of ``pick``, ``knee`` and each ``front`` entry: what warm starts and transfers need.
+
+    :raises StrategyError: naming the file when it is missing, not JSON, or neither kind.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise StrategyError(f"strategy file {p} does not exist")
+    try:
+        data = json.loads(p.read_bytes())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StrategyError(f"{p}: strategy is not valid JSON: {exc}") from exc
+    try:
+        if isinstance(data, Mapping) and "genes" in data:
+            return [(p.stem, Strategy.from_dict(data))]
+        if isinstance(data, Mapping) and isinstance(data.get("config"), Mapping):
+            return _results_strategies(data)
+    except StrategyError as exc:
+        raise StrategyError(f"{p}: {exc}") from exc
+    raise StrategyError(f"{p} is neither a strategy (no 'genes') nor a search's results.json (no 'config')")
+
+
+def _results_strategies(results: Mapping[str, Any]) -> list[tuple[str, Strategy]]:
+    cfg = results["config"]
+    missing = [k for k in ("sampler", "steps", "widths") if k not in cfg]
+    if missing:
+        raise StrategyError(f"the results' config lacks {missing}")
+    entries = [("pick", results.get("pick")), ("knee", results.get("knee"))]
+    entries += [(f"front {k}", e) for k, e in enumerate(results.get("front") or [])]
+    out, seen = [], set()
+    for label, entry in entries:
+        genome = entry.get("genome") if isinstance(entry, Mapping) else None
+        if genome is None or tuple(genome) in seen:
+            continue
+        seen.add(tuple(genome))
+        out.append((label, Strategy(cfg["sampler"], cfg["steps"], tuple(cfg["widths"]), tuple(genome))))
+    if not out:
+        raise StrategyError("the results hold no genome (pick, knee or front): did the search finish?")
+    return out

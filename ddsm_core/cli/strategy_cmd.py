@@ -16,7 +16,9 @@ strategy_app = typer.Typer(
 
 
 def transfer(
-    strategy: Path = typer.Option(..., "--strategy", help="Strategy JSON file to transfer."),
+    strategy: Path = typer.Option(
+        ..., "--strategy", help="Strategy JSON file to transfer (or a search's results.json: its pick)."
+    ),
     sampler: str = typer.Option(..., "--sampler", help="Target sampler: ddpm, ddim, edm-heun, dpm-solver++."),
     steps: int = typer.Option(..., "--steps", help="Target number of sampler steps."),
     out: Path = typer.Option(..., "--out", help="Strategy JSON file to write."),
@@ -34,23 +36,18 @@ def transfer(
     Each target step runs at the width that covers most of its stretch of log-SNR in the source
     strategy; the same sampler and steps give the same strategy back.
     """
-    from ddsm_core.errors import ConfigError, StrategyError
-    from ddsm_core.strategy import Strategy
-    from ddsm_core.transfer import transfer_strategy
+    from ddsm_core.errors import ConfigError
+    from ddsm_core.transfer import read_strategies, transfer_strategy
 
-    if not strategy.is_file():
-        raise StrategyError(f"strategy file {strategy} does not exist")
-    try:
-        source = Strategy.from_json(strategy.read_bytes())
-    except StrategyError as exc:
-        raise StrategyError(f"{strategy}: {exc}") from exc
+    label, source = read_strategies(strategy)[0]  # a results.json: its pick
     if checkpoint is not None and schedule is not None:
         raise ConfigError("give --checkpoint or --schedule, not both (the checkpoint has its schedule)")
     sched = _schedule(checkpoint, source, schedule or "linear", timesteps)
     target = transfer_strategy(source, sampler, steps, sched)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(target.to_json(indent=1) + "\n")
-    typer.echo(f"{source.describe()}  ->  {target.describe()}  -> {out}")
+    what = "" if label == strategy.stem else f" ({label} of {strategy})"
+    typer.echo(f"{source.describe()}{what}  ->  {target.describe()}  -> {out}")
     if plot is not None:
         from ddsm_core.plots import plot_strategy
 

@@ -14,6 +14,7 @@ from ddsm_core.errors import StrategyError
 from ddsm_core.schedules import NoiseSchedule
 from ddsm_core.strategy import Strategy
 from ddsm_core.transfer import (
+    read_strategies,
     respaced_timesteps,
     schedule_sigmas,
     step_log_snr,
@@ -267,3 +268,46 @@ def test_cli_bad_input_is_one_line_with_exit_2(extra, message, checkpoint, tmp_p
     assert code == 2
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
     assert "Traceback" not in err and not (tmp_path / "o.json").exists()
+
+
+def _results_json(tmp_path):
+    """A results.json as ``ddsm search`` writes it (config, pick, knee, front of candidate dicts)."""
+    widths = (0.5, 0.75, 1.0)
+    entry = lambda genome: {"genome": list(genome), "objectives": [1.0, 2.0], "status": "ok"}  # noqa: E731
+    results = {
+        "config": {"sampler": "ddpm", "steps": 4, "widths": list(widths), "population": 8},
+        "pick": entry((0, 1, 2, 2)),
+        "knee": entry((0, 0, 2, 2)),
+        "front": [entry((0, 0, 0, 0)), entry((0, 0, 2, 2)), entry((0, 1, 2, 2)), entry((2, 2, 2, 2))],
+    }
+    path = tmp_path / "search" / "results.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(results))
+    return path, widths
+
+
+def test_read_strategies_from_a_strategy_file_or_a_search_results(tmp_path) -> None:
+    path, widths = _results_json(tmp_path)
+    got = read_strategies(path)
+    assert [label for label, _ in got] == ["pick", "knee", "front 0", "front 3"]  # no repeats
+    assert got[0][1] == Strategy("ddpm", 4, widths, (0, 1, 2, 2))
+    single = tmp_path / "one.json"
+    single.write_text(got[1][1].to_json())
+    assert read_strategies(single) == [("one", got[1][1])]
+    (tmp_path / "other.json").write_text(json.dumps({"front": []}))
+    with pytest.raises(StrategyError, match="neither a strategy"):
+        read_strategies(tmp_path / "other.json")
+    (tmp_path / "empty.json").write_text(
+        json.dumps({"config": {"sampler": "ddpm", "steps": 4, "widths": [1.0]}})
+    )
+    with pytest.raises(StrategyError, match="hold no genome"):
+        read_strategies(tmp_path / "empty.json")
+
+
+def test_cli_transfers_the_pick_of_a_results_json(tmp_path, capsys) -> None:
+    path, _ = _results_json(tmp_path)
+    argv = ["strategy", "transfer", "--strategy", str(path), "--sampler", "ddim", "--steps", "4"]
+    code, stdout, err = run([*argv, "--out", str(tmp_path / "o.json")], capsys)
+    assert code == 0, err
+    assert f"(pick of {path})" in stdout
+    assert Strategy.from_json((tmp_path / "o.json").read_text()).genes == (0, 1, 2, 2)
