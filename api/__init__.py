@@ -2,7 +2,7 @@
 
 Module map: ``settings`` (one pydantic-settings class), ``db`` (tables, engine, the repository every
 write goes through), ``artifacts`` (content-addressed store), ``queue`` (task names and Celery config
-shared with the workers), ``controller`` (drives searches), ``specs`` (a search's configuration),
+shared with the workers), ``controller`` (drives searches), ``ddsm_core.spec`` (a search's configuration),
 ``services`` + ``routes`` + ``schemas`` + ``deps`` (REST), ``report``, ``cli`` / ``service_cmds`` /
 ``demo`` (commands). Nothing here imports torch.
 """

@@ -10,8 +10,10 @@ the algorithm state is persisted with the rows it belongs to):
    the driver's penalty) and persist the algorithm state with the generation marked told;
 5. ``ask`` the next generation and persist its genomes and the state after ``ask`` in one transaction
    (a genome already evaluated in this search is answered from the database, never recomputed);
+   together with the front so far (``ddsm_core.results.progress``: the read paths show it as stored);
 6. after the last generation: the finalists (weighted pick, knee, full-width baseline) are evaluated
-   again with ``final_images`` images, then the front, pick and saving are stored and the search ends.
+   again with ``final_images`` images, then ``results.json`` (``ddsm_core.results.build_results``,
+   the same builder as ``ddsm search``) is stored as the search's result and the search ends.
 
 The driver (``ddsm_core.search.SearchDriver``) is rebuilt from its stored state on every tick, so an API
 restart resumes every running search where it stood.
@@ -30,9 +32,10 @@ from typing import Any, Protocol
 from api.db.models import CandidateState, JobStatus
 from api.db.repository import CandidateRecord, Repository, SearchRecord, genome_hash
 from api.settings import Settings
-from api.specs import SearchSpec, cost_table
-from ddsm_core.search import Candidate as DriverCandidate
+from ddsm_core.costs import CostTable
+from ddsm_core.results import build_results, progress
 from ddsm_core.search import SearchDriver
+from ddsm_core.spec import SearchSpec
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +129,10 @@ class SearchController:
                 return  # (the driver is rebuilt only when there is something to tell)
             driver = self._driver(search, spec)
             self._tell(driver, members)
-            if not self.repo.tell_generation(search_id, self.id, generation.generation, driver.state_dict()):
+            front = progress(driver.candidates, driver.history)
+            if not self.repo.tell_generation(
+                search_id, self.id, generation.generation, driver.state_dict(), front
+            ):
                 return
         else:
             driver = self._driver(search, spec)
@@ -149,7 +155,7 @@ class SearchController:
             [c.genome for c in todo],
             [objectives(c) for c in todo],
             [c.error for c in todo],
-            [{"candidate_id": c.id, **(c.metrics or {})} for c in todo],
+            [_record(c) for c in todo],
         )
 
     def _ask(
@@ -173,7 +179,7 @@ class SearchController:
         if not driver.front():
             self.repo.fail_search(search.id, "every candidate failed: no Pareto front (see candidate errors)")
             return
-        finalists = self._finalists(driver, spec)
+        finalists = spec.finalists(driver.front())
         self.repo.start_generation(
             search.id,
             self.id,
@@ -185,14 +191,6 @@ class SearchController:
             status=JobStatus.FINISHING,
         )
         self._dispatch(search.id)
-
-    @staticmethod
-    def _finalists(driver: SearchDriver, spec: SearchSpec) -> dict[str, tuple[int, ...]]:
-        return {
-            "pick": driver.pick(spec.weight).genome,
-            "knee": driver.knee().genome,
-            "full": spec.full_width_genome(),
-        }
 
     def _dispatch(self, search_id: int) -> None:
         for cand in self.repo.candidates_to_send(search_id, self.settings.resend_after_s):
@@ -209,55 +207,48 @@ class SearchController:
             return
         assert search.algorithm_state is not None
         driver = SearchDriver.from_state_dict(search.algorithm_state)
-        result = build_result(
-            driver, spec, self._finalists(driver, spec), final, self._supernet_table(search)
-        )
-        self.repo.finish_search(search.id, self.id, result)
+        self.repo.finish_search(search.id, self.id, self.results(search, spec, driver, final))
 
-    def _supernet_table(self, search: SearchRecord) -> Mapping[str, Any] | None:
+    def results(
+        self,
+        search: SearchRecord,
+        spec: SearchSpec,
+        driver: SearchDriver,
+        final: Mapping[tuple[int, ...], CandidateRecord],
+    ) -> dict[str, Any]:
+        """``results.json`` of a search whose finalists are evaluated (stored as its result)."""
         net = self.repo.get_supernet(search.supernet_id)
-        return net.gflops if net else None
+        stats = self.repo.get_reference_stats(search.reference_stats_id)
+        assert net is not None and net.gflops is not None and stats is not None
+        table = CostTable.from_dict(net.gflops)
+        records = {
+            name: _final_record(spec, genome, final.get(genome), table)
+            for name, genome in spec.finalists(driver.front()).items()
+        }
+        search_cands = self.repo.candidates(search.id, phase=SEARCH)
+        return build_results(
+            spec, driver.candidates, driver.history, records, extractor=stats.extractor,
+            checkpoint=f"supernet {net.id} '{net.name}' (sha256 {net.artifact_sha256[:12]})",
+            stats=f"reference statistics {stats.id} '{stats.name}' ({stats.dataset})",
+            retried_attempts=sum(c.attempt - 1 for c in search_cands),
+            search_wall_s=(self.repo.now() - search.created_at).total_seconds(),
+            run={"where": "service", "service_search_id": search.id,
+                 "workers": len({c.worker for c in search_cands if c.worker})},
+        )  # fmt: skip
 
 
-def _point(c: DriverCandidate) -> dict[str, Any]:
-    return {"genome": list(c.genome), "fid": c.fid, "gflops": c.cost, "generation": c.generation}
+def _record(cand: CandidateRecord) -> dict[str, Any]:
+    """A candidate's evaluation record, as a local search keeps it (its metrics and image count)."""
+    return {**(cand.metrics or {}), "n_images": cand.n_images}
 
 
-def _final_metrics(cand: CandidateRecord | None) -> dict[str, Any] | None:
-    if cand is None:
-        return None
-    return {
-        "state": cand.state.value,
-        "metrics": cand.metrics,
-        "error": cand.error,
-        "n_images": cand.n_images,
-    }
-
-
-def build_result(
-    driver: SearchDriver,
-    spec: SearchSpec,
-    finalists: dict[str, tuple[int, ...]],
-    final: Mapping[tuple[int, ...], CandidateRecord],
-    gflops_table: Mapping[str, Any] | None,
+def _final_record(
+    spec: SearchSpec, genome: tuple[int, ...], cand: CandidateRecord | None, table: CostTable
 ) -> dict[str, Any]:
-    """The stored outcome of a search: front, pick, knee, finalists re-evaluated, GFLOPs saving."""
-    pick = driver.pick(spec.weight)
-    baseline_gflops = (
-        spec.gflops(spec.full_width_genome(), cost_table(gflops_table)) if gflops_table else None
-    )
-    result: dict[str, Any] = {
-        "front": [_point(c) for c in driver.front()],
-        "pick": _point(pick),
-        "knee": _point(driver.knee()),
-        "weight": spec.weight,
-        "final": {
-            name: {"genome": list(g), **(_final_metrics(final.get(g)) or {})} for name, g in finalists.items()
-        },
-        "baseline_gflops": baseline_gflops,
-        "history": driver.history,
-        "n_evaluated": len(driver.candidates),
-    }
-    if baseline_gflops:
-        result["saving"] = 1.0 - pick.cost / baseline_gflops
-    return result
+    """A finalist's evaluation record; a failed one keeps its cost and reason (FID None)."""
+    if cand is not None and cand.state == CandidateState.COMPLETE and cand.metrics:
+        return _record(cand)
+    gflops = spec.gflops(genome, table)
+    return {"fid": None, "status": "failed", "reason": cand.error if cand else "not evaluated",
+            "gflops": gflops, "gflops_per_call": gflops / spec.strategy(genome).n_calls,
+            "n_images": cand.n_images if cand else 0}  # fmt: skip

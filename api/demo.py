@@ -25,13 +25,13 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-from ddsm_core.cli.search_cmd import DEFAULT_SEARCH
 from ddsm_core.errors import DDSMError
+from ddsm_core.spec import DEFAULTS
 
 SUPERNET_NAME = "digits-demo"
 STATS_NAME = "digits"
 # The search uses `ddsm search`'s defaults (one source of truth); the supernet the digits recipe's steps.
-DEMO = DEFAULT_SEARCH
+DEMO = {**DEFAULTS.to_dict(), "images": DEFAULTS.n_images}
 
 
 class DemoError(DDSMError):

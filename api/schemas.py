@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ddsm_core.cli.search_cmd import DEFAULT_SEARCH as DEFAULTS  # the same defaults as `ddsm search`
+from ddsm_core.spec import DEFAULTS, LIMITS, PROFILES, SAMPLER_HELP
 
 
 class Out(BaseModel):
@@ -81,25 +81,39 @@ class ReferenceStatsOut(Out):
 
 
 # ---------------------------------------------------------------- searches
+def _setting(name: str, description: str | None = None) -> Any:
+    """A search setting's field: default (the ``cpu`` profile, as ``ddsm search``) and bounds from
+    ddsm_core.spec, the one place they are written."""
+    low, high = LIMITS.get(name, (None, None))
+    others = ", ".join(f"{p}: {getattr(spec, name)}" for p, spec in PROFILES.items())
+    text = f"{description + ' ' if description else ''}({others})"
+    return Field(default=getattr(DEFAULTS, name), ge=low, le=high, description=text)
+
+
 class SearchCreate(BaseModel):
+    """A search; every setting defaults to the ``cpu`` profile of ddsm_core.spec (as ``ddsm search``)
+    and is validated again by ``SearchSpec`` (sampler names, crossover, population vs widths)."""
+
     name: str = Field(default="search", min_length=1, max_length=200)
     supernet_id: int
     reference_stats_id: int
-    sampler: str = DEFAULTS["sampler"]
-    steps: int = Field(default=DEFAULTS["steps"], ge=2, le=1000)
+    sampler: str = Field(default=DEFAULTS.sampler, description=SAMPLER_HELP)
+    steps: int = _setting("steps", "Sampler steps.")
     widths: list[float] | None = Field(
         default=None, description="Subset of the supernet's widths; default all."
     )
-    population: int = Field(default=DEFAULTS["population"], ge=2, le=10_000, description="Paper: 50.")
-    generations: int = Field(default=DEFAULTS["generations"], ge=1, le=10_000, description="Paper: 10.")
-    n_images: int = Field(default=DEFAULTS["images"], ge=2, description="Images per candidate.")
-    final_images: int = Field(default=DEFAULTS["final_images"], ge=2, description="Images per finalist.")
-    weight: float = Field(default=DEFAULTS["weight"], ge=0, description="Pick: argmin FID + weight * GFLOPs.")
-    seed: int = Field(default=0, description="Seed of NSGA-II.")
-    eval_seed: int = Field(default=0, description="Image i of every candidate uses eval_seed + i.")
-    batch_size: int = Field(default=250, ge=1)
-    mutation_rate: float = Field(default=0.001, ge=0, le=1, description="Per gene (paper: 0.001).")
-    crossover: str = "one_point"
+    population: int = _setting("population")
+    generations: int = _setting("generations")
+    n_images: int = _setting("n_images", "Images per candidate.")
+    final_images: int = _setting("final_images", "Images per finalist.")
+    weight: float = _setting("weight", "Pick: argmin FID + weight * GFLOPs.")
+    seed: int = Field(default=DEFAULTS.seed, description="Seed of NSGA-II.")
+    eval_seed: int = Field(
+        default=DEFAULTS.eval_seed, description="Image i of every candidate uses eval_seed + i."
+    )
+    batch_size: int = _setting("batch_size")
+    mutation_rate: float = _setting("mutation_rate", "Per gene.")
+    crossover: str = Field(default=DEFAULTS.crossover, description="one_point, two_point, uniform, none.")
 
 
 class SearchProgress(BaseModel):

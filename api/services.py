@@ -17,8 +17,9 @@ from api.db.repository import Repository, SearchRecord
 from api.queue import Dispatcher
 from api.schemas import SearchCreate
 from api.settings import Settings
-from api.specs import SearchSpec
 from ddsm_core.errors import CheckpointError, ConfigError, DDSMError, StatsError
+from ddsm_core.results import front_points, summary
+from ddsm_core.spec import FINALISTS, SearchSpec
 from ddsm_core.strategy import Strategy
 
 
@@ -79,19 +80,16 @@ def create_search(repo: Repository, body: SearchCreate) -> int:
 
 
 def search_view(repo: Repository, search: SearchRecord) -> dict[str, Any]:
+    """A search as REST shows it: progress, the front stored after the last generation (never the
+    algorithm state, which is the controller's), the result once COMPLETE (results.json less the
+    candidate list, which GET /searches/{id}/candidates pages through)."""
     counts = repo.count_candidates(search.id, phase="search")
     generations = int(search.config.get("generations", 1))
-    state = search.algorithm_state or {}
-    done = int(state.get("generation", 0))
+    done = len((search.result or {}).get("history", []))
     total_work = generations * int(search.config.get("population", 1))
     finished = counts["COMPLETE"] + counts["FAILED"]
-    percent = (
-        100.0 if search.status == JobStatus.COMPLETE else min(99.0, 100.0 * finished / max(total_work, 1))
-    )
-    if search.result:
-        front = search.result["front"]
-    else:
-        front = _front_from_state(state)
+    complete = search.status == JobStatus.COMPLETE and bool(search.result)
+    percent = 100.0 if complete else min(99.0, 100.0 * finished / max(total_work, 1))
     return {
         **{k: getattr(search, k) for k in ("id", "name", "supernet_id", "reference_stats_id", "config")},
         "status": search.status.value,
@@ -101,8 +99,8 @@ def search_view(repo: Repository, search: SearchRecord) -> dict[str, Any]:
             "candidates": counts,
             "percent": percent,
         },
-        "front": front,
-        "result": search.result,
+        "front": front_points(search.result),
+        "result": summary(search.result) if complete else None,  # type: ignore[arg-type]
         "error": search.error,
         "created_at": search.created_at,
         "updated_at": search.updated_at,
@@ -110,16 +108,11 @@ def search_view(repo: Repository, search: SearchRecord) -> dict[str, Any]:
     }
 
 
-def _front_from_state(state: dict[str, Any]) -> list[dict[str, Any]]:
-    if not state:
-        return []
-    from ddsm_core.search import state_front
-
-    try:
-        front = state_front(state)  # plain data: NSGA-II is not rebuilt, nothing is unpickled
-    except ConfigError:
-        return []  # a corrupt state fails the search in the controller; a read still answers
-    return [{"genome": list(c.genome), "fid": c.fid, "gflops": c.cost} for c in front]
+def search_results(search: SearchRecord) -> dict[str, Any]:
+    """results.json of a COMPLETE search, as the controller stored it (built by ddsm_core.results)."""
+    if search.status != JobStatus.COMPLETE or not search.result:
+        raise Conflict(f"search {search.id} is {search.status.value}: its report exists once it is COMPLETE")
+    return search.result
 
 
 def candidate_strategy(repo: Repository, candidate_id: int) -> Strategy:
@@ -135,12 +128,11 @@ def search_strategy(repo: Repository, search_id: int, which: str) -> Strategy:
     search = repo.get_search(search_id)
     if search is None:
         raise NotFound(f"search {search_id} not found")
-    choices = ("pick", "knee")
-    if which not in choices:
-        raise ConfigError(f"unknown strategy {which!r}; allowed: {', '.join(choices)}")
-    if not search.result:
+    if which not in FINALISTS:
+        raise ConfigError(f"unknown strategy {which!r}; allowed: {', '.join(FINALISTS)}")
+    if search.status != JobStatus.COMPLETE or not search.result:
         raise Conflict(f"search {search_id} is {search.status.value}: its {which} exists once it is COMPLETE")
-    return SearchSpec.from_dict(search.config).strategy(search.result[which]["genome"])
+    return SearchSpec.from_dict(search.config).strategy(search.result["final"][which]["genome"])
 
 
 def check_training(preset: str, model: dict[str, Any]) -> None:

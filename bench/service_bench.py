@@ -35,8 +35,9 @@ from api.db.models import JobStatus  # noqa: E402
 from api.db.repository import Repository  # noqa: E402
 from api.service_cmds import start_api_process, start_worker_process, stop, wait_healthy  # noqa: E402
 from api.settings import Settings  # noqa: E402
-from api.specs import SearchSpec, cost_table  # noqa: E402
 from api.testing import fresh_postgres_database, postgres_available, redis_available  # noqa: E402
+from ddsm_core.costs import CostTable  # noqa: E402
+from ddsm_core.spec import SearchSpec  # noqa: E402
 from workers.fast_eval import fast_metrics  # noqa: E402
 
 TABLE = {"widths": [k / 8 for k in range(2, 9)], "gflops": [0.0114 * (k / 2) ** 2 for k in range(2, 9)],
@@ -74,7 +75,7 @@ def controller_overhead(url: str, population: int, generations: int) -> dict[str
     sid = seed_search(repo, s)
     sender = NullSender()
     controller = SearchController(repo, sender, Settings(), ident="bench")
-    table = cost_table(TABLE)
+    table = CostTable.from_dict(TABLE)
     tick_s: list[float] = []
     ticks = 0
     while repo.get_search(sid).status != JobStatus.COMPLETE:  # type: ignore[union-attr]

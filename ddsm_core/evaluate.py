@@ -24,6 +24,7 @@ from ddsm_core.costs import CostTable, mean_gflops_per_call, strategy_gflops
 from ddsm_core.errors import StrategyError
 from ddsm_core.fid import FeatureExtractor, FeatureStats, FIDError, extract_features
 from ddsm_core.schedules import NoiseSchedule
+from ddsm_core.spec import SearchSpec
 from ddsm_core.strategy import Strategy
 from ddsm_core.widths import format_width
 
@@ -273,7 +274,8 @@ def evaluate(
 class GenomeEvaluator:
     """Turns a search genome into an evaluation (``ddsm_core.search.EvaluateFn``), in-process.
 
-    Every genome is sampled from the same seeds (``eval_seed + i`` for image ``i``); evaluations with
+    ``spec`` (bound to the model's widths if it names none) gives the sampler, steps, width set, batch
+    size and seeds: every genome is sampled from ``spec.eval_seed + i`` for image ``i``; evaluations with
     ``cache_images`` images share sampler states through a :class:`PrefixCache`; the objectives
     told to the search are (FID, GFLOPs per image); the full :class:`EvalResult` is kept as the record.
     """
@@ -284,12 +286,8 @@ class GenomeEvaluator:
         schedule: NoiseSchedule,
         ref_stats: FeatureStats,
         extractor: FeatureExtractor,
+        spec: SearchSpec,
         *,
-        sampler: str,
-        steps: int,
-        widths: Sequence[float],
-        eval_seed: int = 0,
-        batch_size: int = 250,
         costs: CostTable | None = None,
         device: str | torch.device = "cpu",
         cache_images: int | None = None,
@@ -301,8 +299,8 @@ class GenomeEvaluator:
 
             costs = cost_table(model)  # type: ignore[arg-type]
         self.model, self.schedule, self.ref, self.extractor = model, schedule, ref_stats, extractor
-        self.sampler, self.steps, self.widths = sampler, steps, tuple(widths)
-        self.eval_seed, self.batch_size, self.costs, self.device = eval_seed, batch_size, costs, device
+        self.spec = spec.bind(model.config.widths)  # type: ignore[union-attr]
+        self.costs, self.device = costs, device
         self.images_sampled = 0
         self.network_calls = 0
         # the prefix cache serves evaluations with ``cache_images`` images (the search phase) only, so
@@ -311,14 +309,14 @@ class GenomeEvaluator:
         self.cache = PrefixCache(cache_bytes)
 
     def strategy(self, genome: Sequence[int]) -> Strategy:
-        return Strategy(self.sampler, self.steps, self.widths, tuple(int(g) for g in genome))
+        return self.spec.strategy(genome)
 
     def evaluate(self, genome: Sequence[int], n_images: int, seed_offset: int = 0) -> EvalResult:
         strategy = self.strategy(genome)
         cache = self.cache if n_images == self.cache_images and seed_offset == 0 else None
         result = evaluate(
             self.model, self.schedule, strategy, self.ref, self.extractor, n_images,
-            self.eval_seed + seed_offset, self.batch_size, costs=self.costs, device=self.device,
+            self.spec.eval_seed + seed_offset, self.spec.batch_size, costs=self.costs, device=self.device,
             prefix_cache=cache,
         )  # fmt: skip
         self.images_sampled += n_images

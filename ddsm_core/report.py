@@ -109,11 +109,15 @@ def rows_table(rows: Sequence[Mapping[str, Any]], full_gflops: float | None, fid
         lines.append(
             f"| {r.get('name', '')} | {r.get('strategy', '')} | {fid_text if fid is not None else 'failed'} "
             "| "
-            f"{_fmt(r['gflops'])} | {_fmt(r['gflops_per_call'], 4)} | "
-            f"{'-' if saved is None else f'{100 * saved:.0f}%'} | {_fmt(1000 * r['latency_s'], 2)} | "
+            f"{_fmt(r['gflops'])} | {_fmt(r.get('gflops_per_call'), 4)} | "
+            f"{'-' if saved is None else f'{100 * saved:.0f}%'} | {_fmt(_ms(r.get('latency_s')), 2)} | "
             f"{r.get('n_images', '-')} |"
         )
     return "\n".join(lines)
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else 1000 * seconds
 
 
 def write_report(out_dir: str | os.PathLike[str], results: Mapping[str, Any]) -> Path:
@@ -121,6 +125,7 @@ def write_report(out_dir: str | os.PathLike[str], results: Mapping[str, Any]) ->
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1, default=_json_default))
+    write_strategy_files(out, results)
     label = f"FID ({results['extractor']})"
     full = results["final"].get("full", {}).get("gflops")
     cfg = results["config"]
@@ -162,6 +167,48 @@ def write_report(out_dir: str | os.PathLike[str], results: Mapping[str, Any]) ->
     path = out / "report.md"
     path.write_text("\n".join(md))
     return path
+
+
+def write_report_folder(out_dir: str | os.PathLike[str], results: Mapping[str, Any]) -> Path:
+    """The whole report folder from a results.json dict (local or service alike): pareto.png,
+    strategy.png, results.json, report.md and the finalists' strategy files (samples.png needs the
+    model: the caller's). Returns report.md's path."""
+    from ddsm_core.plots import plot_strategy
+    from ddsm_core.strategy import Strategy
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = results["config"]
+    cands = [Candidate.from_dict(c) for c in results["candidates"]]
+    front = [Candidate.from_dict(c) for c in results["front"]]
+    pick, knee = Candidate.from_dict(results["pick"]), Candidate.from_dict(results["knee"])
+    plot_pareto(
+        out / "pareto.png", cands, front,
+        uniform={k: (v["fid"], v["gflops"]) for k, v in results["uniform"].items()},
+        marked={"pick": pick.objectives, "knee": knee.objectives},  # type: ignore[dict-item]
+        fid_label=f"FID ({results['extractor']})",
+        title=f"{cfg['sampler']}, {cfg['steps']} steps, {cfg['n_images']} images per candidate",
+    )  # fmt: skip
+    widths = tuple(cfg["widths"])
+    strategies = {name: Strategy(cfg["sampler"], cfg["steps"], widths, c.genome) for name, c in
+                  (("pick", pick), ("knee", knee))}  # fmt: skip
+    plot_strategy(strategies, out / "strategy.png", title="searched strategies (width per sampler step)")
+    return write_report(out, results)
+
+
+def write_strategy_files(out_dir: str | os.PathLike[str], results: Mapping[str, Any]) -> list[Path]:
+    """``pick.json``, ``knee.json``, ``full.json``: one strategy file per finalist, the format
+    ``ddsm sample --strategy``, ``ddsm eval`` and the REST API take as is (sampler and steps inside)."""
+    from ddsm_core.strategy import Strategy
+
+    cfg = results["config"]
+    paths = []
+    for name, record in results["final"].items():
+        strategy = Strategy(cfg["sampler"], cfg["steps"], tuple(cfg["widths"]), tuple(record["genome"]))
+        path = Path(out_dir) / f"{name}.json"
+        path.write_text(strategy.to_json(indent=1) + "\n")
+        paths.append(path)
+    return paths
 
 
 def _json_default(obj: Any) -> Any:

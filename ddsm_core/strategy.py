@@ -303,8 +303,8 @@ class Strategy:
 
 def parse_strategy_spec(
     spec: str | os.PathLike[str],
-    sampler: str,
-    steps: int,
+    sampler: str | None,
+    steps: int | None,
     widths: Sequence[float] | None = None,
 ) -> Strategy:
     """A strategy from a command-line spec.
@@ -313,9 +313,11 @@ def parse_strategy_spec(
 
     - ``"uniform:8/8"`` (or ``"uniform:0.75"``): every step at that width;
     - ``"piecewise:2/8,4/8,8/8"``: equal segments, noisiest first;
-    - a path to a strategy JSON file (:meth:`Strategy.to_json`), which must be for ``sampler`` and
-      ``steps`` (and for ``widths`` when given).
+    - a path to a strategy JSON file (:meth:`Strategy.to_json`, e.g. a report's ``pick.json``), or to
+      a search report's ``results.json`` (its pick). A file carries its sampler and steps: ``sampler``
+      and ``steps`` are then checks (``None``: take the file's).
 
+    :param sampler: the sampler of the inline forms (required for them).
     :param widths: the model's width set; ``None`` means :data:`DEFAULT_WIDTHS` for the inline forms
         and "do not check" for files.
     :raises StrategyError: for an unknown form, a width not in the set, or a file that does not fit.
@@ -324,6 +326,8 @@ def parse_strategy_spec(
     kind, sep, arg = text.partition(":")
     width_set = DEFAULT_WIDTHS if widths is None else tuple(widths)
     if sep and kind in ("uniform", "piecewise"):
+        if sampler is None or steps is None:
+            raise StrategyError(f"{text!r} needs a sampler and a step count")
         try:
             parsed = [parse_width(s.strip()) for s in arg.split(",") if s.strip()]
         except ValueError as exc:
@@ -341,13 +345,16 @@ def parse_strategy_spec(
             "nor an existing JSON file"
         )
     try:
-        strategy = Strategy.from_json(path.read_bytes())
+        strategy = _strategy_of_file(path.read_bytes())
     except StrategyError as exc:
         raise StrategyError(f"{path}: {exc}") from exc
-    if strategy.sampler != canonical_sampler(sampler) or strategy.steps != steps:
+    want_sampler = strategy.sampler if sampler is None else canonical_sampler(sampler)
+    want_steps = strategy.steps if steps is None else steps
+    if strategy.sampler != want_sampler or strategy.steps != want_steps:
         raise StrategyError(
             f"{path} is a strategy for {strategy.sampler} with {strategy.steps} steps, "
-            f"but sampling runs {canonical_sampler(sampler)} with {steps} steps"
+            f"but sampling runs {want_sampler} with {want_steps} steps (leave out --sampler/--steps "
+            "to use the file's)"
         )
     if widths is not None and not _same_widths(strategy.widths, width_set):
         raise StrategyError(
@@ -355,6 +362,21 @@ def parse_strategy_spec(
             f"the model offers {[format_width(w) for w in width_set]}"
         )
     return strategy
+
+
+def _strategy_of_file(text: bytes) -> Strategy:
+    """A strategy JSON, or a search report's results.json (its pick; config gives the sampler grid)."""
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise StrategyError(f"strategy is not valid JSON: {exc}") from exc
+    if isinstance(data, Mapping) and "config" in data and "pick" in data:
+        cfg, pick = data["config"], data["pick"]
+        try:
+            return Strategy(cfg["sampler"], cfg["steps"], tuple(cfg["widths"]), tuple(pick["genome"]))
+        except (KeyError, TypeError) as exc:
+            raise StrategyError(f"a search report without a readable pick ({exc})") from exc
+    return Strategy.from_dict(data)
 
 
 def _same_widths(a: Sequence[float], b: Sequence[float]) -> bool:

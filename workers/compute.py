@@ -13,9 +13,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from api.specs import SearchSpec
 from ddsm_core.costs import CostTable
 from ddsm_core.errors import DDSMError
+from ddsm_core.spec import SearchSpec
 
 _CACHE_SIZE = 2
 _models: OrderedDict[tuple[str, str], Any] = OrderedDict()

@@ -12,8 +12,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from api.specs import SearchSpec
 from ddsm_core.costs import CostTable
+from ddsm_core.spec import SearchSpec
 
 EXTRACTOR = "fast-analytic (benchmark only, not an FID)"
 

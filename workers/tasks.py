@@ -24,8 +24,9 @@ from api.db.engine import make_engine
 from api.db.repository import Repository
 from api.queue import COMPUTE_REFERENCE_STATS, EVALUATE_CANDIDATE, INSPECT_SUPERNET, TRAIN_SUPERNET
 from api.settings import Settings
-from api.specs import SearchSpec, cost_table
+from ddsm_core.costs import CostTable
 from ddsm_core.errors import DDSMError
+from ddsm_core.spec import SearchSpec
 from workers.app import app
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,9 @@ def _evaluate(ctx: WorkerContext, candidate_id: int) -> dict[str, Any]:
     if ctx.settings.evaluator == "fast":
         from workers.fast_eval import fast_metrics
 
-        return fast_metrics(spec, cand.genome, cost_table(net.gflops), ctx.settings.fast_eval_seconds)
+        return fast_metrics(
+            spec, cand.genome, CostTable.from_dict(net.gflops), ctx.settings.fast_eval_seconds
+        )
     from workers import compute
 
     return compute.evaluate_genome(
@@ -145,7 +148,7 @@ def _evaluate(ctx: WorkerContext, candidate_id: int) -> dict[str, Any]:
         spec=spec,
         genome=cand.genome,
         n_images=cand.n_images,
-        table=cost_table(net.gflops),
+        table=CostTable.from_dict(net.gflops),
         device=ctx.settings.device,
         share_prefixes=cand.phase == "search",
     )

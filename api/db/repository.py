@@ -622,9 +622,16 @@ class Repository:
         return self._get(SearchGeneration, GenerationRecord, (search_id, generation))
 
     def tell_generation(
-        self, search_id: int, controller_id: str, generation: int, algorithm_state: dict[str, Any]
+        self,
+        search_id: int,
+        controller_id: str,
+        generation: int,
+        algorithm_state: dict[str, Any],
+        result: dict[str, Any] | None = None,
     ) -> bool:
-        """Mark a generation told and store the algorithm state after ``tell`` (one transaction)."""
+        """Mark a generation told and store the algorithm state after ``tell`` and, when given, the
+        search's result so far (its front: read paths never rebuild the algorithm) in one transaction."""
+        extra = {} if result is None else {"result": result}
         with self._tx() as s:
             ok = self._cas(
                 s,
@@ -640,7 +647,7 @@ class Repository:
                 s,
                 update(Search)
                 .where(self._lease_held(search_id, controller_id))
-                .values(algorithm_state=algorithm_state, updated_at=self.now(s)),
+                .values(algorithm_state=algorithm_state, updated_at=self.now(s), **extra),
             )
             if not ok:
                 s.rollback()

@@ -58,13 +58,12 @@ def list_candidates(
 
 @router.get("/{search_id}/report", dependencies=[Read])
 def search_report(search_id: int, repo: RepoDep) -> dict[str, Any]:
-    """A finished search in `ddsm search`'s results.json format (front, pick, finalists, uniform widths)."""
-    from api.report import build_results
-
+    """A finished search's results.json: the same builder and format as `ddsm search` (front, pick,
+    knee, finalists, uniform widths, cost)."""
     search = repo.get_search(search_id)
     if search is None:
         raise not_found("search", search_id)
-    return build_results(repo, search)
+    return services.search_results(search)
 
 
 @router.post("/{search_id}/cancel", dependencies=[Write])

@@ -10,15 +10,22 @@ from pathlib import Path
 
 import typer
 
+from ddsm_core.spec import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLER_HELP
+
 
 def sample(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="Checkpoint or training run directory."),
-    sampler: str = typer.Option(
-        "ddim", "--sampler", help="ddpm, ddim, edm (Heun) or dpmpp (DPM-Solver++ 2M)."
+    sampler: str | None = typer.Option(
+        None, "--sampler", help=f"{SAMPLER_HELP}. Default: the strategy file's, else {DEFAULT_SAMPLER}."
     ),
-    steps: int = typer.Option(50, "--steps", help="Sampler steps."),
+    steps: int | None = typer.Option(
+        None, "--steps", help=f"Sampler steps. Default: the strategy file's, else {DEFAULT_STEPS}."
+    ),
     strategy: str = typer.Option(
-        "uniform:8/8", "--strategy", help="uniform:<width>, piecewise:<w1>,<w2>,... or a strategy JSON file."
+        "uniform:8/8",
+        "--strategy",
+        help="uniform:<width>, piecewise:<w1>,<w2>,..., a strategy JSON (a report's pick.json) or a "
+        "report's results.json (its pick).",
     ),
     n: int = typer.Option(64, "--n", help="Number of images."),
     seed: int = typer.Option(0, "--seed", help="Image i uses seed + i."),
@@ -42,7 +49,7 @@ def sample(
     from ddsm_core.errors import ConfigError
     from ddsm_core.sampling import VPDenoiser
     from ddsm_core.sampling import sample as run_sample
-    from ddsm_core.strategy import parse_strategy_spec
+    from ddsm_core.spec import strategy_from_arg
     from ddsm_core.train import pick_device
 
     if n < 1:
@@ -50,7 +57,7 @@ def sample(
     dev = pick_device(device)
     model, schedule, manifest = load_checkpoint(checkpoint, use_ema=not raw, map_location=str(dev))
     cfg = model.config
-    strat = parse_strategy_spec(str(strategy), sampler, steps, cfg.widths)
+    strat = strategy_from_arg(str(strategy), sampler, steps, cfg.widths)
     y = None
     if cfg.num_classes:
         if label is not None and not 0 <= label < cfg.num_classes:

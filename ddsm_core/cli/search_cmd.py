@@ -12,18 +12,20 @@ from typing import Any
 
 import typer
 
-# Fast local defaults for the digits supernet: a whole search takes a few minutes on 2 CPU cores
-# (bench/digits_search.md). The paper's NSGA-II setting is population 50, generations 10. DDPM (not
-# DDIM): its fresh noise at every step forgives the small widths' errors at the noisy start.
-DEFAULT_SEARCH = {
-    "sampler": "ddpm",
-    "steps": 20,
-    "population": 16,
-    "generations": 5,
-    "images": 200,
-    "final_images": 500,
-    "weight": 1.5,
-}
+from ddsm_core.spec import (
+    DEFAULT_PROFILE,
+    DEFAULT_SAMPLER,
+    DEFAULT_STEPS,
+    DEFAULTS,
+    PROFILES,
+    SAMPLER_HELP,
+    SearchSpec,
+)
+
+
+def _profiles_help(name: str) -> str:
+    """``cpu: 16, paper: 50``: the value of a setting in each profile, for the help texts."""
+    return ", ".join(f"{p}: {getattr(spec, name)}" for p, spec in PROFILES.items())
 
 
 def _load_model(checkpoint: Path, device: str) -> tuple[Any, Any, dict[str, Any], Any]:
@@ -93,11 +95,17 @@ def ref_stats(
 def eval_cmd(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="Checkpoint or training run directory."),
     strategy: str = typer.Option(
-        "uniform:8/8", "--strategy", help="uniform:6/8, piecewise:2/8,8/8 or a JSON."
+        "uniform:8/8",
+        "--strategy",
+        help="uniform:6/8, piecewise:2/8,8/8, a strategy JSON (pick.json) or a report's results.json.",
     ),
     # The same defaults as `ddsm search`, so that an eval re-measures what a search reported.
-    sampler: str = typer.Option("ddpm", "--sampler", help="ddpm, ddim, edm-heun, dpm-solver++."),
-    steps: int = typer.Option(20, "--steps"),
+    sampler: str | None = typer.Option(
+        None, "--sampler", help=f"{SAMPLER_HELP}. Default: the strategy file's, else {DEFAULT_SAMPLER}."
+    ),
+    steps: int | None = typer.Option(
+        None, "--steps", help=f"Default: the strategy file's, else {DEFAULT_STEPS}."
+    ),
     stats: Path | None = typer.Option(None, "--stats", help="Reference statistics (.npz)."),
     dataset: str | None = typer.Option(None, "--dataset", help="Compute reference stats of this dataset."),
     extractor: str | None = typer.Option(None, "--extractor", help="Default: the one of --stats / auto."),
@@ -113,11 +121,11 @@ def eval_cmd(
     """Evaluate one strategy: FID (with its extractor), GFLOPs, measured latency."""
     from ddsm_core.evaluate import evaluate
     from ddsm_core.flops import cost_table
-    from ddsm_core.strategy import parse_strategy_spec
+    from ddsm_core.spec import strategy_from_arg
 
     _set_threads(threads)
     model, schedule, manifest, dev = _load_model(checkpoint, device)
-    strat = parse_strategy_spec(strategy, sampler, steps, model.config.widths)
+    strat = strategy_from_arg(strategy, sampler, steps, model.config.widths)
     ref, ext = resolve_stats(stats, extractor, _dataset_of(manifest, dataset), dev)
     result = evaluate(
         model, schedule, strat, ref, ext, images, seed, batch_size, costs=cost_table(model), device=dev
@@ -135,125 +143,59 @@ def eval_cmd(
 def search_to_folder(
     checkpoint: Path,
     out: Path,
+    spec: SearchSpec | None = None,
     *,
     stats: Path | None = None,
     dataset: str | None = None,
     extractor: str | None = None,
-    sampler: str = DEFAULT_SEARCH["sampler"],
-    steps: int = DEFAULT_SEARCH["steps"],
-    population: int = DEFAULT_SEARCH["population"],
-    generations: int = DEFAULT_SEARCH["generations"],
-    mutation_rate: float = 0.001,
-    crossover: str = "one_point",
-    images: int = DEFAULT_SEARCH["images"],
-    final_images: int = DEFAULT_SEARCH["final_images"],
-    weight: float = DEFAULT_SEARCH["weight"],
-    seed: int = 0,
-    eval_seed: int = 0,
-    batch_size: int = 250,
     device: str = "cpu",
     progress: bool = True,
     resume: bool = True,
     n_sample_images: int = 64,
 ) -> dict[str, Any]:
-    """A whole local search into ``out``: resumable state, results.json, plots, report.md."""
+    """A whole local search into ``out``: resumable state, results.json, plots, report.md and one
+    strategy file per finalist. ``spec`` defaults to :data:`ddsm_core.spec.DEFAULTS`."""
     from ddsm_core.evaluate import GenomeEvaluator, sample_images
     from ddsm_core.flops import cost_table
-    from ddsm_core.plots import plot_strategy
-    from ddsm_core.report import plot_pareto, plot_samples, write_report
-    from ddsm_core.search import SearchConfig, run_search
-    from ddsm_core.widths import format_width
+    from ddsm_core.report import plot_samples, write_report_folder
+    from ddsm_core.results import build_results
+    from ddsm_core.search import run_search
 
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     model, schedule, manifest, dev = _load_model(checkpoint, device)
-    widths = tuple(model.config.widths)
+    spec = (spec or DEFAULTS).bind(model.config.widths)
     ref, ext = resolve_stats(stats, extractor, _dataset_of(manifest, dataset), dev, out)
-    config = SearchConfig(
-        steps=steps, n_widths=len(widths), population=population, generations=generations,
-        mutation_rate=mutation_rate, crossover=crossover,  # type: ignore[arg-type]
-    )  # fmt: skip
     evaluator = GenomeEvaluator(
-        model, schedule, ref, ext, sampler=sampler, steps=steps, widths=widths, eval_seed=eval_seed,
-        batch_size=batch_size, costs=cost_table(model), device=dev, cache_images=images,
-    )  # fmt: skip
-    full = (len(widths) - 1,) * steps
+        model, schedule, ref, ext, spec, costs=cost_table(model), device=dev, cache_images=spec.n_images
+    )
+    full = spec.full_width_genome()
     run = run_search(
-        config, evaluator, out, seed=seed, n_images=images, final_images=final_images, weight=weight,
-        progress=progress, resume=resume, finalists={"full": full},
+        spec.search_config(), evaluator, out, seed=spec.seed, n_images=spec.n_images,
+        final_images=spec.final_images, weight=spec.weight, progress=progress, resume=resume,
+        finalists={"full": full},
     )  # fmt: skip
     driver = run.driver
-    uniform = {}
-    for i, w in enumerate(widths):
-        cand = driver.lookup((i,) * steps)
-        if cand is not None and cand.ok:
-            uniform[format_width(w)] = cand.record
-    final = {name: {"genome": None, **ev.record} for name, ev in run.final.items()}
-    for name, genome in (("pick", run.pick.genome), ("knee", run.knee.genome), ("full", full)):
-        final[name]["genome"] = list(genome)
-    fid_label = f"FID ({ext.name})"
-    plot_pareto(
-        out / "pareto.png", driver.candidates, driver.front(),
-        uniform={k: (v["fid"], v["gflops"]) for k, v in uniform.items()},
-        marked={"pick": run.pick.objectives, "knee": run.knee.objectives},  # type: ignore[dict-item]
-        fid_label=fid_label, title=f"{sampler}, {steps} steps, {images} images per candidate",
+    results = build_results(
+        spec, driver.candidates, driver.history, {k: ev.record for k, ev in run.final.items()},
+        extractor=ext.name, checkpoint=str(checkpoint), stats=str(stats or out / "ref_stats.npz"),
+        search_wall_s=run.wall_s,
+        run={"where": "local", "device": str(dev), "checkpoint_step": manifest.get("step"),
+             "resumed": run.resumed},
     )  # fmt: skip
-    plot_strategy(
-        {"pick": evaluator.strategy(run.pick.genome), "knee": evaluator.strategy(run.knee.genome)},
-        out / "strategy.png", title="searched strategies (width per sampler step)",
-    )  # fmt: skip
-    seeds = list(range(eval_seed, eval_seed + n_sample_images))
+    final = results["final"]
+    seeds = list(range(spec.eval_seed, spec.eval_seed + n_sample_images))
     panels = {
-        f"full width, FID {_num(final['full'].get('fid'))}": evaluator.strategy(full),
-        f"pick, FID {_num(final['pick'].get('fid'))}": evaluator.strategy(run.pick.genome),
+        f"full width, FID {_num(final['full'].get('fid'))}": spec.strategy(full),
+        f"pick, FID {_num(final['pick'].get('fid'))}": spec.strategy(run.pick.genome),
     }
     plot_samples(
         out / "samples.png",
-        {k: sample_images(model, schedule, s, seeds, batch_size, device=dev)[0] for k, s in panels.items()},
-    )
-    cands = driver.candidates
-    finals = list({tuple(g["genome"]): g for g in final.values()}.values())
-    results = {
-        "config": {
-            **config.to_dict(),
-            "checkpoint": str(checkpoint),
-            "stats": str(stats or out / "ref_stats.npz"),
-            "sampler": sampler,
-            "steps": steps,
-            "widths": list(widths),
-            "seed": seed,
-            "eval_seed": eval_seed,
-            "n_images": images,
-            "final_images": final_images,
-            "weight": weight,
-            "batch_size": batch_size,
-            "device": str(dev),
-            "checkpoint_step": manifest.get("step"),
-        },  # fmt: skip
-        "extractor": ext.name,
-        "candidates": [c.to_dict() for c in driver.candidates],
-        "front": [c.to_dict() for c in driver.front()],
-        "pick": run.pick.to_dict(),
-        "knee": run.knee.to_dict(),
-        "final": final,
-        "uniform": uniform,
-        "full_gflops": final["full"].get("gflops"),
-        "history": driver.history,
-        "cost": {
-            "evaluations": len(cands),
-            "search_images_sampled": sum(int(c.record.get("n_images", 0)) for c in cands),
-            "search_network_calls": sum(_calls(c.record) for c in cands),
-            "search_network_calls_run": sum(
-                round(_calls(c.record) * (1 - c.record.get("reused_fraction", 0.0))) for c in cands
-            ),
-            "final_images_sampled": sum(int(r.get("n_images", 0)) for r in finals),
-            "final_network_calls": sum(_calls(r) for r in finals),
-            "search_wall_s": run.wall_s,
-            "total_wall_s": time.perf_counter() - start,
-            "resumed": run.resumed,
-        },
-    }
-    write_report(out, results)
+        {k: sample_images(model, schedule, s, seeds, spec.batch_size, device=dev)[0]
+         for k, s in panels.items()},
+    )  # fmt: skip
+    results["cost"]["total_wall_s"] = time.perf_counter() - start
+    write_report_folder(out, results)
     return results
 
 
@@ -269,30 +211,39 @@ def _num(v: float | None) -> str:
     return "failed" if v is None else f"{v:.2f}"
 
 
-def _calls(record: dict[str, Any]) -> int:
-    return int(record.get("n_images", 0)) * int(record.get("network_calls", 0))
-
-
 def search(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="Checkpoint or training run directory."),
     out: Path = typer.Option(Path("runs/search"), "--out", help="Report folder (also the resume state)."),
     stats: Path | None = typer.Option(None, "--stats", help="Reference statistics (.npz)."),
     dataset: str | None = typer.Option(None, "--dataset", help="Default: the checkpoint's dataset."),
     extractor: str | None = typer.Option(None, "--extractor", help="Default: the one of --stats / auto."),
-    sampler: str = typer.Option(DEFAULT_SEARCH["sampler"], "--sampler"),
-    steps: int = typer.Option(DEFAULT_SEARCH["steps"], "--steps"),
-    population: int = typer.Option(DEFAULT_SEARCH["population"], "--population", help="Paper: 50."),
-    generations: int = typer.Option(DEFAULT_SEARCH["generations"], "--generations", help="Paper: 10."),
-    mutation_rate: float = typer.Option(0.001, "--mutation-rate", help="Per gene (paper: 0.001)."),
-    crossover: str = typer.Option("one_point", "--crossover", help="one_point, two_point, uniform, none."),
-    images: int = typer.Option(DEFAULT_SEARCH["images"], "--images", help="Images per candidate."),
-    final_images: int = typer.Option(DEFAULT_SEARCH["final_images"], "--final-images"),
-    weight: float = typer.Option(
-        DEFAULT_SEARCH["weight"], "--weight", help="Pick: min FID + w x GFLOPs/image."
+    profile: str = typer.Option(
+        DEFAULT_PROFILE, "--profile", help=f"Named settings: {', '.join(PROFILES)}; options override them."
     ),
-    seed: int = typer.Option(0, "--seed", help="Seed of NSGA-II."),
-    eval_seed: int = typer.Option(0, "--eval-seed", help="Image i of every candidate uses eval_seed + i."),
-    batch_size: int = typer.Option(250, "--batch-size"),
+    sampler: str | None = typer.Option(None, "--sampler", help=f"{SAMPLER_HELP} [{DEFAULT_SAMPLER}]."),
+    steps: int | None = typer.Option(None, "--steps", help=f"Sampler steps [{DEFAULT_STEPS}]."),
+    population: int | None = typer.Option(None, "--population", help=_profiles_help("population")),
+    generations: int | None = typer.Option(None, "--generations", help=_profiles_help("generations")),
+    mutation_rate: float | None = typer.Option(
+        None, "--mutation-rate", help=f"Per gene ({_profiles_help('mutation_rate')})."
+    ),
+    crossover: str | None = typer.Option(
+        None, "--crossover", help="one_point, two_point, uniform, none [one_point]."
+    ),
+    images: int | None = typer.Option(
+        None, "--images", help=f"Images per candidate ({_profiles_help('n_images')})."
+    ),
+    final_images: int | None = typer.Option(
+        None, "--final-images", help=f"Images per finalist ({_profiles_help('final_images')})."
+    ),
+    weight: float | None = typer.Option(
+        None, "--weight", help=f"Pick: min FID + w x GFLOPs/image ({_profiles_help('weight')})."
+    ),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of NSGA-II [0]."),
+    eval_seed: int | None = typer.Option(
+        None, "--eval-seed", help="Image i of every candidate uses eval_seed + i [0]."
+    ),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="[250]"),
     device: str = typer.Option("cpu", "--device"),
     resume: bool = typer.Option(True, "--resume/--restart", help="Continue the search state in --out."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
@@ -302,11 +253,16 @@ def search(
 ) -> None:
     """Search a step-aware width strategy locally (NSGA-II) and write a report folder."""
     _set_threads(threads)
+    from ddsm_core.spec import profile as named_profile
+
+    spec = named_profile(profile).replace(
+        sampler=sampler, steps=steps, population=population, generations=generations,
+        mutation_rate=mutation_rate, crossover=crossover, n_images=images, final_images=final_images,
+        weight=weight, seed=seed, eval_seed=eval_seed, batch_size=batch_size,
+    )  # fmt: skip
     res = search_to_folder(
-        checkpoint, out, stats=stats, dataset=dataset, extractor=extractor, sampler=sampler, steps=steps,
-        population=population, generations=generations, mutation_rate=mutation_rate, crossover=crossover,
-        images=images, final_images=final_images, weight=weight, seed=seed, eval_seed=eval_seed,
-        batch_size=batch_size, device=device, progress=progress, resume=resume,
+        checkpoint, out, spec, stats=stats, dataset=dataset, extractor=extractor, device=device,
+        progress=progress, resume=resume,
     )  # fmt: skip
     pick, full = res["final"]["pick"], res["final"]["full"]
     saved = 1 - pick["gflops"] / full["gflops"]

@@ -1,14 +1,18 @@
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
+from typing import Any
 
 from api.controller import SearchController
 from api.db.models import CandidateState, JobStatus
 from api.db.repository import Repository
 from api.settings import Settings
-from api.specs import SearchSpec, cost_table
-from ddsm_core.search import Evaluation, run_search
+from ddsm_core.costs import CostTable
+from ddsm_core.results import build_results, front_points
+from ddsm_core.search import Evaluation, SearchRun, run_search
+from ddsm_core.spec import SearchSpec
 from workers.fast_eval import fast_metrics
 
 TABLE = {"widths": [0.25, 0.5, 0.75, 1.0], "gflops": [1.0, 2.0, 3.0, 4.0], "gflops_conv_linear": None}
@@ -56,7 +60,7 @@ def work(repo: Repository, outbox: Outbox, worker: str = "w", duplicate: bool = 
         cand = repo.get_candidate(cid)
         assert cand is not None
         recorded += repo.complete_candidate(
-            cid, attempt, worker, fast_metrics(SPEC, cand.genome, cost_table(TABLE))
+            cid, attempt, worker, fast_metrics(SPEC, cand.genome, CostTable.from_dict(TABLE))
         )
     return recorded
 
@@ -70,12 +74,12 @@ def drive(repo: Repository, controller: SearchController, outbox: Outbox, search
     raise AssertionError("search did not complete")
 
 
-def local_front(tmp_path: Path) -> list[tuple[list[int], float, float]]:
+def local_run(tmp_path: Path) -> SearchRun:
     def evaluate(genome: tuple[int, ...], n: int) -> Evaluation:
-        m = fast_metrics(SPEC, genome, cost_table(TABLE))
-        return Evaluation((m["fid"], m["gflops"]))
+        m = {**fast_metrics(SPEC, genome, CostTable.from_dict(TABLE)), "n_images": n}
+        return Evaluation((m["fid"], m["gflops"]), None, m)
 
-    run = run_search(
+    return run_search(
         SPEC.search_config(),
         evaluate,
         tmp_path / "local",
@@ -84,13 +88,28 @@ def local_front(tmp_path: Path) -> list[tuple[list[int], float, float]]:
         final_images=8,
         weight=SPEC.weight,
         progress=False,
+        finalists={"full": SPEC.full_width_genome()},
     )
-    return [(list(c.genome), c.fid, c.cost) for c in run.driver.front()]
+
+
+def local_front(tmp_path: Path) -> list[tuple[list[int], float, float]]:
+    return [(list(c.genome), c.fid, c.cost) for c in local_run(tmp_path).driver.front()]
 
 
 def front(repo: Repository, search: int) -> list[tuple[list[int], float, float]]:
     result = repo.get_search(search).result  # type: ignore[union-attr]
-    return [(p["genome"], p["fid"], p["gflops"]) for p in result["front"]]
+    return [(p["genome"], p["fid"], p["gflops"]) for p in front_points(result)]
+
+
+def comparable(results: dict[str, Any]) -> dict[str, Any]:
+    """results.json without what differs by nature: where it ran, timings and paths."""
+    out = json.loads(json.dumps(results))
+    out.pop("run")
+    for key in ("checkpoint", "stats"):
+        out["config"].pop(key)
+    for key in ("search_wall_s", "total_wall_s"):
+        out["cost"].pop(key)
+    return out
 
 
 def test_controller_gives_the_same_front_as_the_local_search(sqlite_repo: Repository, tmp_path: Path) -> None:
@@ -98,8 +117,24 @@ def test_controller_gives_the_same_front_as_the_local_search(sqlite_repo: Reposi
     drive(sqlite_repo, SearchController(sqlite_repo, outbox, Settings()), outbox, search)
     assert front(sqlite_repo, search) == local_front(tmp_path)
     result = sqlite_repo.get_search(search).result  # type: ignore[union-attr]
-    assert result["final"]["pick"]["state"] == "COMPLETE" and result["final"]["pick"]["n_images"] == 8
+    assert result["final"]["pick"]["fid"] is not None and result["final"]["pick"]["n_images"] == 8
     assert 0 < result["saving"] < 1
+
+
+def test_the_service_and_a_local_search_write_the_same_results(
+    sqlite_repo: Repository, tmp_path: Path
+) -> None:
+    search, outbox = make(sqlite_repo), Outbox()
+    drive(sqlite_repo, SearchController(sqlite_repo, outbox, Settings()), outbox, search)
+    service = sqlite_repo.get_search(search).result  # type: ignore[union-attr]
+    run = local_run(tmp_path)
+    local = build_results(
+        SPEC, run.driver.candidates, run.driver.history, {k: ev.record for k, ev in run.final.items()},
+        extractor="domain", checkpoint="here", stats="there", search_wall_s=run.wall_s,
+    )  # fmt: skip
+    assert service["run"]["where"] == "service" and service["cost"]["search_wall_s"] > 0
+    assert comparable(service) == comparable(local)
+    assert set(service["final"]) == {"pick", "knee", "full"} and service["cost"]["final_images_sampled"] > 0
 
 
 def test_every_candidate_delivered_twice_is_recorded_once(sqlite_repo: Repository, tmp_path: Path) -> None:

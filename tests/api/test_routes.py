@@ -12,7 +12,8 @@ from api.app import create_app
 from api.controller import SearchController
 from api.db.models import JobStatus
 from api.settings import Settings
-from api.specs import SearchSpec, cost_table
+from ddsm_core.costs import CostTable
+from ddsm_core.spec import SearchSpec
 from workers.fast_eval import fast_metrics
 
 KEY = {"X-API-Key": "secret"}
@@ -192,7 +193,9 @@ def test_search_over_rest_runs_to_a_front_with_progress_strategies_and_report(
         for _, (cid, attempt) in [m for m in outbox.sent if m[0] == "evaluate"]:
             if repo.claim_candidate(cid, attempt, "w"):
                 genome = repo.get_candidate(cid).genome
-                repo.complete_candidate(cid, attempt, "w", fast_metrics(spec, genome, cost_table(TABLE)))
+                repo.complete_candidate(
+                    cid, attempt, "w", fast_metrics(spec, genome, CostTable.from_dict(TABLE))
+                )
         outbox.sent.clear()
         if repo.get_search(search["id"]).status == JobStatus.COMPLETE:
             break

@@ -17,8 +17,9 @@ from api.db.models import CandidateState
 from api.db.repository import Repository
 from api.queue import Dispatcher
 from api.settings import Settings
-from api.specs import SearchSpec, cost_table
+from ddsm_core.costs import CostTable
 from ddsm_core.search import Evaluation, run_search
+from ddsm_core.spec import SearchSpec
 from workers.fast_eval import fast_metrics
 
 from .conftest import Stack
@@ -54,7 +55,7 @@ def local_front(config: dict[str, object], tmp_path: Path) -> list[list[object]]
     spec = SearchSpec.from_dict(config)
 
     def evaluate(genome: tuple[int, ...], n: int) -> Evaluation:
-        m = fast_metrics(spec, genome, cost_table(TABLE))
+        m = fast_metrics(spec, genome, CostTable.from_dict(TABLE))
         return Evaluation((m["fid"], m["gflops"]))
 
     run = run_search(
