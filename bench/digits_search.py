@@ -31,6 +31,7 @@ from ddsm_core.cli.search_cmd import search_to_folder  # noqa: E402
 from ddsm_core.evaluate import evaluate  # noqa: E402
 from ddsm_core.features import get_extractor, reference_stats  # noqa: E402
 from ddsm_core.flops import cost_table  # noqa: E402
+from ddsm_core.spec import SearchSpec  # noqa: E402
 from ddsm_core.strategy import Strategy  # noqa: E402
 from ddsm_core.widths import format_width  # noqa: E402
 
@@ -109,12 +110,14 @@ def main() -> None:
     rows["8/8 early, 2/8 late (reverse)"] = run(early_large)
     t_baselines = time.perf_counter() - t_start
 
-    res = search_to_folder(
-        args.checkpoint, args.out, stats=args.out / "ref_stats.npz", sampler=args.sampler, steps=steps,
-        population=args.population, generations=args.generations, images=args.search_images,
-        final_images=args.final_images, weight=args.weight, batch_size=args.batch_size, progress=True,
-        resume=True,
+    spec = SearchSpec(
+        sampler=args.sampler, steps=steps, population=args.population, generations=args.generations,
+        n_images=args.search_images, final_images=args.final_images, weight=args.weight,
+        batch_size=args.batch_size,
     )  # fmt: skip
+    res = search_to_folder(
+        args.checkpoint, args.out, spec, stats=args.out / "ref_stats.npz", progress=True, resume=True
+    )
     t_search = res["cost"]["total_wall_s"]
     for name in ("pick", "knee"):
         genes = res[name]["genome"]

@@ -82,4 +82,57 @@ def test_search_writes_the_report_folder_and_resumes(checkpoint, stats, tmp_path
     assert res["final"]["pick"]["n_images"] == 16 and res["final"]["full"]["genome"] == [2, 2, 2]
     assert run_app(app, argv) == 0  # resumes from the finished state: nothing is evaluated again
     again = json.loads((out / "results.json").read_text())
-    assert again["cost"]["resumed"] and again["candidates"] == res["candidates"]
+    assert again["run"]["resumed"] and again["candidates"] == res["candidates"]
+    assert (again["front"], again["pick"], again["knee"]) == (res["front"], res["pick"], res["knee"])
+
+
+def test_the_report_folder_strategies_work_as_is_with_sample_and_eval(
+    checkpoint, stats, tmp_path, capsys
+) -> None:
+    out = tmp_path / "search"
+    argv = ["search", "--checkpoint", str(checkpoint), "--stats", str(stats), "--out", str(out),
+            "--sampler", "dpm-solver++", "--steps", "3", "--population", "6", "--generations", "1",
+            "--images", "8", "--final-images", "8", "--no-progress"]  # fmt: skip
+    assert run_app(app, argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    for name in ("pick", "knee", "full"):
+        strategy = json.loads((out / f"{name}.json").read_text())
+        assert strategy["genes"] == res["final"][name]["genome"]
+        assert (strategy["sampler"], strategy["steps"]) == ("dpmpp", 3)  # canonical spelling
+    capsys.readouterr()
+    # no --sampler / --steps: both come from the file (the shared default would be ddpm/20)
+    grid = tmp_path / "pick.png"
+    argv = ["sample", "--checkpoint", str(checkpoint), "--strategy", str(out / "pick.json"), "--n", "2",
+            "--out", str(grid), "--device", "cpu", "--no-progress"]  # fmt: skip
+    assert run_app(app, argv) == 0
+    assert grid.stat().st_size > 0 and "dpmpp/3" in capsys.readouterr().out
+    # a report's results.json stands for its pick
+    argv = ["eval", "--checkpoint", str(checkpoint), "--stats", str(stats), "--images", "4",
+            "--strategy", str(out / "results.json"), "--json", str(tmp_path / "e.json")]  # fmt: skip
+    assert run_app(app, argv) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["strategy"] == res["final"]["pick"]["strategy"]
+    # an explicit sampler must agree with the file's (aliases accepted)
+    argv = ["eval", "--checkpoint", str(checkpoint), "--stats", str(stats), "--images", "4",
+            "--strategy", str(out / "knee.json"), "--sampler", "dpmpp", "--steps", "3"]  # fmt: skip
+    assert run_app(app, argv) == 0
+    assert run_app(app, [*argv[:-4], "--sampler", "ddim"]) == 2
+    assert "leave out --sampler/--steps" in capsys.readouterr().err
+
+
+def test_search_profiles_set_the_defaults_and_options_override_them() -> None:
+    from ddsm_core.errors import ConfigError
+    from ddsm_core.spec import DEFAULTS, SearchSpec, profile
+
+    paper = profile("paper")
+    assert (paper.population, paper.generations, paper.n_images, paper.mutation_rate) == (50, 10, 4096, 0.001)
+    cpu = (DEFAULTS.population, DEFAULTS.generations, DEFAULTS.n_images, DEFAULTS.weight)
+    assert cpu == (16, 5, 200, 1.5) and (DEFAULTS.sampler, DEFAULTS.steps) == ("ddpm", 20)
+    assert paper.replace(population=None, weight=0.5).weight == 0.5 and paper.replace(weight=None) == paper
+    spec = paper.bind((0.5, 1.0))
+    assert SearchSpec.from_json(spec.to_json()) == spec and spec.strategy([0, 1] * 10).sampler == "ddpm"
+    with pytest.raises(ConfigError, match="allowed: cpu, paper"):
+        profile("gpu")
+    with pytest.raises(ConfigError, match="population must be in"):
+        SearchSpec(population=1)
+    with pytest.raises(ConfigError, match="unknown sampler"):
+        SearchSpec(sampler="euler")

@@ -69,18 +69,17 @@ def test_search_over_rest_gives_the_same_front_as_ddsm_search_locally(
         assert search.status_code == 201, search.text
         done = wait_status(stack, http, f"/searches/{search.json()['id']}", timeout=300)
 
+        report = http.get(f"/searches/{done['id']}/report").json()
+
     from ddsm_core.cli.search_cmd import search_to_folder
+    from ddsm_core.spec import SearchSpec
 
     store = ArtifactStore(stack.env["ARTIFACT_STORE"])
     checkpoint = store.get_dir(net["artifact_sha256"], tmp_path / "ckpt")
     stats_file = store.get_file(stats["artifact_sha256"], tmp_path / "stats.npz")
     local = search_to_folder(
-        checkpoint, tmp_path / "local", stats=stats_file, sampler=SEARCH["sampler"], steps=SEARCH["steps"],
-        population=SEARCH["population"], generations=SEARCH["generations"],
-        mutation_rate=SEARCH["mutation_rate"],
-        crossover=SEARCH["crossover"], images=SEARCH["n_images"], final_images=SEARCH["final_images"],
-        weight=SEARCH["weight"], seed=SEARCH["seed"], eval_seed=SEARCH["eval_seed"],
-        batch_size=SEARCH["batch_size"], progress=False, n_sample_images=8,
+        checkpoint, tmp_path / "local", SearchSpec(**SEARCH), stats=stats_file, progress=False,
+        n_sample_images=8,
     )  # fmt: skip
     remote_front = [(p["genome"], p["fid"], p["gflops"]) for p in done["front"]]
     local_front = [(c["genome"], *c["objectives"]) for c in local["front"]]
@@ -89,7 +88,26 @@ def test_search_over_rest_gives_the_same_front_as_ddsm_search_locally(
         assert math.isclose(fid_r, fid_l, rel_tol=1e-6) and math.isclose(cost_r, cost_l, rel_tol=1e-9)
     result = done["result"]
     assert result["pick"]["genome"] == local["pick"]["genome"]
-    assert math.isclose(
-        result["final"]["pick"]["metrics"]["fid"], local["final"]["pick"]["fid"], rel_tol=1e-6
-    )
+    assert math.isclose(result["final"]["pick"]["fid"], local["final"]["pick"]["fid"], rel_tol=1e-6)
     assert result["final"]["pick"]["n_images"] == SEARCH["final_images"]
+    # the same results.json, apart from where it ran, timings, paths and float noise between processes
+    assert comparable(report) == comparable(local)
+
+
+TIMINGS = ("seconds", "latency_s", "search_wall_s", "total_wall_s", "reused_fraction",
+           "search_network_calls_run", "device")  # fmt: skip
+
+
+def comparable(results: dict[str, Any]) -> Any:
+    """results.json without the run section, timings and paths; floats rounded to 6 digits."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items() if k not in TIMINGS}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return float(f"{value:.6g}") if isinstance(value, float) else value
+
+    out = {k: v for k, v in results.items() if k != "run"}
+    out["config"] = {k: v for k, v in out["config"].items() if k not in ("checkpoint", "stats")}
+    return clean(out)
