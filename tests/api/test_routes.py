@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from api.controller import SearchController
 from api.db.models import JobStatus
 from api.settings import Settings
 from ddsm_core.costs import CostTable
+from ddsm_core.search import SearchDriver
 from ddsm_core.spec import SearchSpec
 from workers.fast_eval import fast_metrics
 
@@ -177,6 +179,15 @@ def test_reference_stats_are_computed_on_a_worker(client: TestClient, outbox: Ou
     assert ("stats", (reply.json()["id"],)) in outbox.sent
 
 
+def _no_algorithm_reads(mp: pytest.MonkeyPatch) -> None:
+    """Make any rebuild of the search algorithm from its stored state fail loudly."""
+
+    def refuse(*args: object, **kw: object) -> None:
+        raise AssertionError("a read path rebuilt the algorithm state")
+
+    mp.setattr(SearchDriver, "load_state_dict", refuse)
+
+
 def test_search_over_rest_runs_to_a_front_with_progress_strategies_and_report(
     client: TestClient, outbox: Outbox, tmp_path: Path
 ) -> None:
@@ -188,6 +199,7 @@ def test_search_over_rest_runs_to_a_front_with_progress_strategies_and_report(
     repo = client.app.state.repo  # type: ignore[attr-defined]
     controller = SearchController(repo, outbox, Settings())  # type: ignore[arg-type]
     spec = SearchSpec.from_dict(search["config"])
+    seen_running = False
     for _ in range(100):
         controller.tick(search["id"])
         for _, (cid, attempt) in [m for m in outbox.sent if m[0] == "evaluate"]:
@@ -197,21 +209,37 @@ def test_search_over_rest_runs_to_a_front_with_progress_strategies_and_report(
                     cid, attempt, "w", fast_metrics(spec, genome, CostTable.from_dict(TABLE))
                 )
         outbox.sent.clear()
-        if repo.get_search(search["id"]).status == JobStatus.COMPLETE:
+        row = repo.get_search(search["id"])
+        if row.status == JobStatus.RUNNING and row.result and not seen_running:
+            with pytest.MonkeyPatch.context() as mp:  # the front is stored per generation
+                _no_algorithm_reads(mp)
+                running = client.get(f"/searches/{search['id']}").json()
+                assert client.get("/searches").status_code == 200
+            assert running["front"] and running["result"] is None
+            assert running["progress"]["generations_done"] >= 1
+            seen_running = True
+        if row.status == JobStatus.COMPLETE:
             break
-    done = client.get(f"/searches/{search['id']}").json()
+    assert seen_running
+    with pytest.MonkeyPatch.context() as mp:
+        _no_algorithm_reads(mp)
+        done = client.get(f"/searches/{search['id']}").json()
+        report = client.get(f"/searches/{search['id']}/report").json()
     assert done["status"] == "COMPLETE" and done["progress"]["percent"] == 100 and done["front"]
     page = client.get(f"/searches/{search['id']}/candidates", params={"limit": 3}).json()
     assert len(page["items"]) == 3 and page["total"] > 3
     pick = client.get(f"/searches/{search['id']}/strategies/pick").json()
     assert pick["genes"] == done["result"]["pick"]["genome"] and pick["sampler"] == "ddim"
+    assert "candidates" not in done["result"] and done["result"]["front"] == report["front"]
+    full = client.get(f"/searches/{search['id']}/strategies/full").json()
+    assert full["genes"] == [len(spec.widths) - 1] * spec.steps == report["final"]["full"]["genome"]
     assert client.get(f"/searches/{search['id']}/strategies/best").status_code == 422
-    report = client.get(f"/searches/{search['id']}/report").json()
     assert report["front"] and set(report["final"]) == {"pick", "knee", "full"}
     from api.report import write_search_report
 
     path = write_search_report(tmp_path / "report", report)
     assert "Step-aware strategy search" in path.read_text() and (tmp_path / "report" / "pareto.png").exists()
+    assert (tmp_path / "report" / "pick.json").read_text().strip() == json.dumps(pick, indent=1)
     assert client.post(f"/searches/{search['id']}/cancel", headers=KEY).status_code == 409
     assert client.post(f"/searches/{search['id']}/resume", headers=KEY).status_code == 409
 
