@@ -365,11 +365,16 @@ def parse_strategy_spec(
 
 
 def _strategy_of_file(text: bytes) -> Strategy:
-    """A strategy JSON, or a search report's results.json (its pick; config gives the sampler grid)."""
     try:
         data = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise StrategyError(f"strategy is not valid JSON: {exc}") from exc
+    return strategy_of_document(data)
+
+
+def strategy_of_document(data: Any) -> Strategy:
+    """A strategy from parsed JSON: a strategy file (``pick.json``, :meth:`Strategy.to_dict`) or a
+    search report's ``results.json`` (its pick; the report's config gives the sampler grid)."""
     if isinstance(data, Mapping) and "config" in data and "pick" in data:
         cfg, pick = data["config"], data["pick"]
         try:

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Response
 
 from api import services
 from api.deps import Read, RepoDep
-from ddsm_core.strategy import Strategy
+from ddsm_core.strategy import Strategy, strategy_of_document
 
 router = APIRouter(tags=["strategies"])
 PNG = {200: {"content": {"image/png": {}}}}
@@ -41,3 +41,18 @@ def search_strategy(search_id: int, which: str, repo: RepoDep) -> dict[str, Any]
 @router.get("/searches/{search_id}/strategies/{which}/plot.png", dependencies=[Read], responses=PNG)
 def search_strategy_png(search_id: int, which: str, repo: RepoDep) -> Response:
     return _png(services.search_strategy(repo, search_id, which), f"search {search_id}: {which}")
+
+
+@router.post("/strategies", dependencies=[Read])
+def check_strategy(body: dict[str, Any]) -> dict[str, Any]:
+    """A strategy file as is (``pick.json`` of a report folder, or a report's ``results.json`` for its
+    pick): validated, with its width per step and network calls; 422 with the reason if it is not."""
+    strategy = strategy_of_document(body)
+    return {**strategy.to_dict(), "describe": strategy.describe(), "network_calls": strategy.n_calls}
+
+
+@router.post("/strategies/plot.png", dependencies=[Read], responses=PNG)
+def strategy_png(body: dict[str, Any]) -> Response:
+    """The line plot of a strategy file (``pick.json``, or a report's ``results.json``)."""
+    strategy = strategy_of_document(body)
+    return _png(strategy, strategy.describe())

@@ -240,6 +240,14 @@ def test_search_over_rest_runs_to_a_front_with_progress_strategies_and_report(
     path = write_search_report(tmp_path / "report", report)
     assert "Step-aware strategy search" in path.read_text() and (tmp_path / "report" / "pareto.png").exists()
     assert (tmp_path / "report" / "pick.json").read_text().strip() == json.dumps(pick, indent=1)
+    for name in ("pick.json", "knee.json", "results.json"):  # the report folder's files, as is
+        body = json.loads((tmp_path / "report" / name).read_text())
+        checked = client.post("/strategies", json=body)
+        assert checked.status_code == 200, checked.text
+        assert checked.json()["genes"] == report["final"]["knee" if name == "knee.json" else "pick"]["genome"]
+    assert client.post("/strategies/plot.png", json=pick).content[:4] == b"\x89PNG"
+    bad = client.post("/strategies", json={**pick, "genes": [99] * spec.steps})
+    assert bad.status_code == 422 and "gene" in bad.json()["detail"]
     assert client.post(f"/searches/{search['id']}/cancel", headers=KEY).status_code == 409
     assert client.post(f"/searches/{search['id']}/resume", headers=KEY).status_code == 409
 
