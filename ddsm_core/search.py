@@ -4,7 +4,7 @@ A genome is a tuple of width indices, one per sampler step. Two objectives are m
 quality (FID) and cost (GFLOPs). Evaluation happens elsewhere (in-process for ``run_search``, on
 Celery workers for the service): the driver only proposes genomes and receives their objectives.
 
-    driver = SearchDriver(SearchConfig(steps=20, n_widths=7), seed=0)
+    driver = SearchDriver(SearchSpec(widths=(0.25, 0.5, 1.0)).search_config(), seed=0)  # ddsm_core.spec
     while not driver.done:
         genomes = driver.ask()                       # only genomes not evaluated yet in this search
         driver.tell(genomes, [evaluate(g) for g in genomes])
@@ -52,27 +52,28 @@ STATE_FORMAT = "ddsm-search-v2"
 LEGACY_STATE_FORMATS = ("ddsm-search-v1",)  # held a pickle: rebuilt from the population, never unpickled
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SearchConfig:
-    """NSGA-II settings. Defaults are the paper's (population 50, 10 generations, 0.001 per gene).
+    """NSGA-II settings. The search's own settings have no defaults here: they come from
+    ``ddsm_core.spec`` (``SearchSpec.search_config()``), the one place a search's defaults are written.
 
     ``generations`` counts evaluated populations, the initial one included (pymoo's ``n_gen``).
     ``mutation``: "reset" draws a different width index uniformly, "creep" moves one index up or
     down; either way a mutated gene always changes. ``penalty`` is the objective vector given to a
     failed evaluation: worse than any real candidate, so it never reaches the front.
-    ``crossover`` defaults to one-point: crossing two uniform strategies at one step gives exactly the
-    "small widths early, large widths late" two-level strategies (on a toy landscape it reached ~20%
-    lower FID at equal cost than two-point or uniform crossover within the paper's budget).
+    ``crossover``: one-point (the profiles' choice) crosses two uniform strategies at one step into
+    exactly the "small widths early, large widths late" two-level strategies (on a toy landscape it
+    reached ~20% lower FID at equal cost than two-point or uniform crossover within the paper's budget).
     ``initial`` adds warm-start genomes to the first generation next to the uniform strategies.
     """
 
     steps: int
     n_widths: int
-    population: int = 50
-    generations: int = 10
-    mutation_rate: float = 0.001
+    population: int
+    generations: int
+    mutation_rate: float
+    crossover: CrossoverKind
     mutation: MutationKind = "reset"
-    crossover: CrossoverKind = "one_point"
     crossover_prob: float = 0.9
     penalty: Objectives = (1e6, 1e6)
     initial: tuple[Genome, ...] = ()

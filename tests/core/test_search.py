@@ -40,12 +40,16 @@ def run_driver(driver: SearchDriver, fail=lambda g: False) -> list[tuple[int, ..
     return asked
 
 
-CFG = SearchConfig(steps=8, n_widths=7, population=16, generations=5, mutation_rate=0.05)
+CFG = SearchConfig(
+    steps=8, n_widths=7, population=16, generations=5, mutation_rate=0.05, crossover="one_point"
+)
 
 
-def test_defaults_are_the_papers() -> None:
-    cfg = SearchConfig(steps=10, n_widths=7)
-    assert (cfg.population, cfg.generations, cfg.mutation_rate) == (50, 10, 0.001)
+def test_the_paper_profile_gives_the_papers_nsga2_settings() -> None:
+    from ddsm_core.spec import profile
+
+    cfg = profile("paper").bind((0.25, 0.5, 0.75, 1.0)).search_config()
+    assert (cfg.population, cfg.generations, cfg.mutation_rate, cfg.n_widths) == (50, 10, 0.001, 4)
 
 
 def test_first_generation_holds_every_uniform_strategy_and_distinct_random_ones() -> None:
@@ -70,7 +74,10 @@ def test_same_seed_gives_the_same_search() -> None:
 
 def test_a_genome_is_never_evaluated_twice() -> None:
     driver = SearchDriver(
-        SearchConfig(steps=3, n_widths=3, population=9, generations=6, mutation_rate=0.2), 0
+        SearchConfig(
+            steps=3, n_widths=3, population=9, generations=6, mutation_rate=0.2, crossover="one_point"
+        ),
+        0,
     )
     asked = run_driver(driver)
     assert len(asked) == len(set(asked)) == len(driver.candidates)
@@ -79,7 +86,10 @@ def test_a_genome_is_never_evaluated_twice() -> None:
 
 def test_exhausted_space_ends_the_search_instead_of_looping() -> None:
     driver = SearchDriver(
-        SearchConfig(steps=2, n_widths=2, population=4, generations=50, mutation_rate=0.5), 0
+        SearchConfig(
+            steps=2, n_widths=2, population=4, generations=50, mutation_rate=0.5, crossover="one_point"
+        ),
+        0,
     )
     run_driver(driver)
     assert driver.done and len(driver.candidates) == 4
@@ -128,7 +138,12 @@ def test_front_pick_and_knee() -> None:
 
 
 def test_step_aware_strategies_beat_uniform_ones_on_the_toy_problem() -> None:
-    driver = SearchDriver(SearchConfig(steps=12, n_widths=7, population=30, generations=8), seed=0)
+    driver = SearchDriver(
+        SearchConfig(
+            steps=12, n_widths=7, population=30, generations=8, mutation_rate=0.001, crossover="one_point"
+        ),
+        seed=0,
+    )
     run_driver(driver)
     for index in (3, 4):
         fid, cost = toy_objectives((index,) * 12)
@@ -357,7 +372,12 @@ def test_run_search_refuses_a_corrupt_state_file_with_a_message(tmp_path) -> Non
 
 def test_state_of_another_config_is_refused() -> None:
     state = SearchDriver(CFG, seed=0).state_dict()
-    other = SearchDriver(SearchConfig(steps=8, n_widths=7, population=16, generations=6), seed=0)
+    other = SearchDriver(
+        SearchConfig(
+            steps=8, n_widths=7, population=16, generations=6, mutation_rate=0.001, crossover="one_point"
+        ),
+        seed=0,
+    )
     with pytest.raises(ConfigError, match="another search configuration"):
         other.load_state_dict(state)
 
@@ -395,11 +415,23 @@ def test_driver_mates_with_the_configured_mutation_and_offspring_differ() -> Non
 
 def test_bad_configs_are_refused() -> None:
     with pytest.raises(ConfigError, match="uniform strategies"):
-        SearchConfig(steps=8, n_widths=7, population=5)
+        SearchConfig(
+            steps=8, n_widths=7, population=5, generations=10, mutation_rate=0.001, crossover="one_point"
+        )
     with pytest.raises(ConfigError, match="allowed"):
-        SearchConfig(steps=8, n_widths=7, crossover="magic")  # type: ignore[arg-type]
+        SearchConfig(
+            steps=8, n_widths=7, crossover="magic", population=50, generations=10, mutation_rate=0.001
+        )  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="does not fit"):
-        SearchConfig(steps=3, n_widths=7, initial=((0, 9, 1),))
+        SearchConfig(
+            steps=3,
+            n_widths=7,
+            population=50,
+            generations=10,
+            mutation_rate=0.001,
+            crossover="one_point",
+            initial=((0, 9, 1),),
+        )
 
 
 def test_search_module_imports_without_torch() -> None:
