@@ -110,8 +110,10 @@ def eval_cmd(
     dataset: str | None = typer.Option(None, "--dataset", help="Compute reference stats of this dataset."),
     extractor: str | None = typer.Option(None, "--extractor", help="Default: the one of --stats / auto."),
     images: int = typer.Option(1000, "--images", help="Images to sample."),
-    seed: int = typer.Option(0, "--seed", help="Image i uses seed + i (the same for every strategy)."),
-    batch_size: int = typer.Option(250, "--batch-size"),
+    seed: int = typer.Option(
+        DEFAULTS.eval_seed, "--seed", help="Image i uses seed + i (a search's --eval-seed)."
+    ),
+    batch_size: int = typer.Option(DEFAULTS.batch_size, "--batch-size"),
     device: str = typer.Option("cpu", "--device"),
     out: Path | None = typer.Option(None, "--json", help="Also write the result as JSON here."),
     threads: int = typer.Option(
