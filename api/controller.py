@@ -7,10 +7,10 @@ the algorithm state is persisted with the rows it belongs to):
 2. reap candidates whose heartbeat went stale: a new attempt, or FAILED after ``max_attempts``;
 3. send a task for every WAITING candidate whose attempt was not sent yet (rows committed first);
 4. when every candidate of the current generation is finished, ``tell`` NSGA-II (failed candidates get
-   the driver's penalty) and persist the algorithm state with the generation marked told;
+   the driver's penalty) and persist the algorithm state with the generation marked told, and the
+   front so far as the search's result (``ddsm_core.results.progress``; read paths show it as stored);
 5. ``ask`` the next generation and persist its genomes and the state after ``ask`` in one transaction
    (a genome already evaluated in this search is answered from the database, never recomputed);
-   together with the front so far (``ddsm_core.results.progress``: the read paths show it as stored);
 6. after the last generation: the finalists (weighted pick, knee, full-width baseline) are evaluated
    again with ``final_images`` images, then ``results.json`` (``ddsm_core.results.build_results``,
    the same builder as ``ddsm search``) is stored as the search's result and the search ends.
