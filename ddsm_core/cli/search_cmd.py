@@ -222,15 +222,19 @@ def search(
     profile: str = typer.Option(
         DEFAULT_PROFILE, "--profile", help=f"Named settings: {', '.join(PROFILES)}; options override them."
     ),
-    sampler: str | None = typer.Option(None, "--sampler", help=f"{SAMPLER_HELP} [{DEFAULT_SAMPLER}]."),
-    steps: int | None = typer.Option(None, "--steps", help=f"Sampler steps [{DEFAULT_STEPS}]."),
-    population: int | None = typer.Option(None, "--population", help=_profiles_help("population")),
-    generations: int | None = typer.Option(None, "--generations", help=_profiles_help("generations")),
+    sampler: str | None = typer.Option(None, "--sampler", help=f"{SAMPLER_HELP}; default {DEFAULT_SAMPLER}."),
+    steps: int | None = typer.Option(None, "--steps", help=f"Sampler steps; default {DEFAULT_STEPS}."),
+    population: int | None = typer.Option(
+        None, "--population", help=f"NSGA-II population ({_profiles_help('population')})."
+    ),
+    generations: int | None = typer.Option(
+        None, "--generations", help=f"Generations ({_profiles_help('generations')})."
+    ),
     mutation_rate: float | None = typer.Option(
         None, "--mutation-rate", help=f"Per gene ({_profiles_help('mutation_rate')})."
     ),
     crossover: str | None = typer.Option(
-        None, "--crossover", help="one_point, two_point, uniform, none [one_point]."
+        None, "--crossover", help=f"one_point, two_point, uniform, none; default {DEFAULTS.crossover}."
     ),
     images: int | None = typer.Option(
         None, "--images", help=f"Images per candidate ({_profiles_help('n_images')})."
@@ -241,11 +245,13 @@ def search(
     weight: float | None = typer.Option(
         None, "--weight", help=f"Pick: min FID + w x GFLOPs/image ({_profiles_help('weight')})."
     ),
-    seed: int | None = typer.Option(None, "--seed", help="Seed of NSGA-II [0]."),
+    seed: int | None = typer.Option(None, "--seed", help=f"Seed of NSGA-II; default {DEFAULTS.seed}."),
     eval_seed: int | None = typer.Option(
-        None, "--eval-seed", help="Image i of every candidate uses eval_seed + i [0]."
+        None,
+        "--eval-seed",
+        help=f"Image i of every candidate uses eval_seed + i; default {DEFAULTS.eval_seed}.",
     ),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="[250]"),
+    batch_size: int | None = typer.Option(None, "--batch-size", help=f"Default {DEFAULTS.batch_size}."),
     device: str = typer.Option("cpu", "--device"),
     resume: bool = typer.Option(True, "--resume/--restart", help="Continue the search state in --out."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
