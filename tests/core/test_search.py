@@ -188,9 +188,19 @@ def outcome(driver: SearchDriver) -> dict:
 
 RESUME_CONFIGS = [
     CFG,
-    SearchConfig(steps=6, n_widths=4, population=12, generations=7, mutation_rate=0.2, mutation="creep"),
+    SearchConfig(
+        steps=6,
+        n_widths=4,
+        population=12,
+        generations=7,
+        mutation_rate=0.2,
+        mutation="creep",
+        crossover="one_point",
+    ),
     SearchConfig(steps=8, n_widths=5, population=10, generations=6, mutation_rate=0.1, crossover="uniform"),
-    SearchConfig(steps=3, n_widths=3, population=9, generations=8, mutation_rate=0.3),  # space runs out
+    SearchConfig(
+        steps=3, n_widths=3, population=9, generations=8, mutation_rate=0.3, crossover="one_point"
+    ),  # space runs out
 ]
 
 
