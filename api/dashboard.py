@@ -15,7 +15,9 @@ from typing import Any
 from api.artifacts import ArtifactError, ArtifactStore
 from api.db.models import CandidateState, JobStatus
 from api.db.repository import CandidateRecord, Repository, SearchRecord, TrainingRunRecord
-from api.specs import SearchSpec, cost_table
+from ddsm_core.costs import CostTable
+from ddsm_core.search import Candidate
+from ddsm_core.spec import SearchSpec
 
 Point = tuple[float, float]  # (GFLOPs, FID): both minimised
 
@@ -108,7 +110,7 @@ def full_width_gflops(repo: Repository, search: SearchRecord, spec: SearchSpec) 
     net = repo.get_supernet(search.supernet_id)
     if net is None or not net.gflops:
         return None
-    return spec.gflops(spec.full_width_genome(), cost_table(net.gflops))
+    return spec.gflops(spec.full_width_genome(), CostTable.from_dict(net.gflops))
 
 
 def _marked(
@@ -131,16 +133,15 @@ def pick_so_far(
     result = search.result
     weight = float(search.config.get("weight", 0.0))
     if result and result.get("pick"):
-        pick = result["pick"]
+        pick = Candidate.from_dict(result["pick"])  # results.json (ddsm_core.results)
         final = (result.get("final") or {}).get("pick") or {}
-        metrics = final.get("metrics") or {}
         return {
-            "genome": pick["genome"],
-            "gflops": pick["gflops"],
-            "fid": pick["fid"],
-            "final_fid": metrics.get("fid"),
+            "genome": list(pick.genome),
+            "gflops": pick.cost,
+            "fid": pick.fid,
+            "final_fid": final.get("fid"),
             "final_n_images": final.get("n_images"),
-            "intervals": {k: v for k, v in metrics.items() if _is_interval(k, v)},
+            "intervals": {k: v for k, v in final.items() if _is_interval(k, v)},
             "saving": result.get("saving"),
             "final": True,
         }

@@ -15,7 +15,8 @@ from api.controller import SearchController
 from api.dashboard import front_indices, hypervolume
 from api.db.models import JobStatus
 from api.settings import Settings
-from api.specs import SearchSpec, cost_table
+from ddsm_core.costs import CostTable
+from ddsm_core.spec import SearchSpec
 from workers.fast_eval import fast_metrics
 
 
@@ -46,7 +47,8 @@ def run_search_to_the_end(client: TestClient, outbox: Outbox) -> int:
         for _, (cid, attempt) in [m for m in outbox.sent if m[0] == "evaluate"]:
             if repo.claim_candidate(cid, attempt, "w"):
                 genome = repo.get_candidate(cid).genome
-                repo.complete_candidate(cid, attempt, "w", fast_metrics(spec, genome, cost_table(TABLE)))
+                metrics = fast_metrics(spec, genome, CostTable.from_dict(TABLE))
+                repo.complete_candidate(cid, attempt, "w", metrics)
         outbox.sent.clear()
         if repo.get_search(search["id"]).status == JobStatus.COMPLETE:
             return search["id"]
