@@ -37,7 +37,8 @@
       el("path", { class: "front", "data-search": v.id, d, fill: "none", stroke: col, "stroke-width": 2 }, c.data);
       for (const f of front) el("circle", { cx: c.sx(f.gflops), cy: c.sy(f.fid), r: 3.5, fill: col }, c.data);
       const pick = v.result && v.result.pick;
-      if (pick) marker(c.data, "ring", c.sx(pick.gflops), c.sy(pick.fid), col, 5);
+      // results.json's pick (ddsm_core.results): objectives = [FID, GFLOPs]
+      if (pick && pick.objectives) marker(c.data, "ring", c.sx(pick.objectives[1]), c.sy(pick.objectives[0]), col, 5);
       items.push({ label: `#${v.id} ${v.name}`.slice(0, 26), color: col, shape: "line" });
     });
     if (!views.length) el("text", { x: c.m.left + 20, y: c.m.top + 30 }, c.data, "choose searches on the left");
