@@ -47,8 +47,9 @@ def main() -> None:
     from safetensors.torch import load_file
 
     from ddsm_core.checkpoint import sha256_file
+    from ddsm_core.cli.train_cmd import main_train
     from ddsm_core.config import UNetConfig
-    from ddsm_core.train import TrainConfig, main_train
+    from ddsm_core.recipes import TrainConfig
 
     torch.set_num_threads(args.threads)
     if args.out.exists():

@@ -26,6 +26,17 @@ class TrainingStopped(DDSMError):
     """The run was cancelled or reaped while this worker was training it."""
 
 
+class TrainingInterrupted(DDSMError):
+    """A stop request (SIGINT / SIGTERM to this worker) ended the run early: it is not finished.
+
+    :param step: the step of ``checkpoint``, from which the run resumes.
+    """
+
+    def __init__(self, step: int, checkpoint: Path | None) -> None:
+        super().__init__(f"training interrupted at step {step}")
+        self.step, self.checkpoint = step, checkpoint
+
+
 def configure(threads: int) -> None:
     """Per-process torch settings (called before the first task's work)."""
     import torch
@@ -35,11 +46,9 @@ def configure(threads: int) -> None:
 
 
 def device_of(setting: str) -> str:
-    import torch
+    from ddsm_core.device import pick_device
 
-    if setting == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return setting
+    return str(pick_device(setting))
 
 
 def load_supernet(checkpoint: Path, sha: str, device: str) -> tuple[Any, Any, dict[str, Any]]:
@@ -166,16 +175,18 @@ def train_supernet(
     device: str = "auto",
 ) -> Path:
     """Train (or resume) into ``workdir``; every new checkpoint goes to ``on_checkpoint`` (which returns
-    False when this worker lost the run). Returns the final checkpoint folder."""
-    from ddsm_core import checkpoint as ckpt_io
-    from ddsm_core.config import UNetConfig
-    from ddsm_core.train import TrainConfig, train
+    False when this worker lost the run). Returns the final checkpoint folder.
 
-    preset = config.get("preset", "digits")
-    model_config = UNetConfig.from_preset(preset)
-    if config.get("model"):
-        model_config = UNetConfig.from_dict({**model_config.to_dict(), **config["model"]})
-    train_config = TrainConfig.for_preset(preset, **config.get("train", {}))
+    :raises TrainingInterrupted: a signal stopped the run before it finished (with its last checkpoint).
+    :raises TrainingStopped: the run was cancelled or taken over.
+    """
+    from ddsm_core import checkpoint as ckpt_io
+    from ddsm_core.recipes import resolve_recipe
+    from ddsm_core.trainer import train
+
+    model_config, train_config = resolve_recipe(
+        config.get("preset", "digits"), config.get("train", {}), model_overrides=config.get("model")
+    )
     run_dir = workdir / "run"
     if resume_from is not None:
         name = ckpt_io.step_dir_name(int(ckpt_io.read_manifest(resume_from)["step"]))
@@ -203,6 +214,8 @@ def train_supernet(
         progress=False,
         callback=callback,
     )
+    if result.interrupted:
+        raise TrainingInterrupted(result.step, result.checkpoint)
     if result.checkpoint is None:
         raise DDSMError("training ended without a checkpoint")
     return result.checkpoint

@@ -46,11 +46,11 @@ def sample(
 
     from ddsm_core.checkpoint import load_checkpoint
     from ddsm_core.data import save_image_grid
+    from ddsm_core.device import pick_device
     from ddsm_core.errors import ConfigError
     from ddsm_core.sampling import VPDenoiser
     from ddsm_core.sampling import sample as run_sample
     from ddsm_core.spec import strategy_from_arg
-    from ddsm_core.train import pick_device
 
     if n < 1:
         raise ConfigError(f"--n must be >= 1, got {n}")

@@ -30,7 +30,7 @@ def _profiles_help(name: str) -> str:
 
 def _load_model(checkpoint: Path, device: str) -> tuple[Any, Any, dict[str, Any], Any]:
     from ddsm_core.checkpoint import load_checkpoint
-    from ddsm_core.train import pick_device
+    from ddsm_core.device import pick_device
 
     dev = pick_device(device)
     model, schedule, manifest = load_checkpoint(checkpoint, map_location=str(dev))
@@ -82,8 +82,8 @@ def ref_stats(
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
 ) -> None:
     """Compute reference feature statistics of a dataset for FID."""
+    from ddsm_core.device import pick_device
     from ddsm_core.features import reference_stats
-    from ddsm_core.train import pick_device
 
     stats = reference_stats(
         dataset, extractor, split=split, device=str(pick_device(device)), batch_size=batch_size

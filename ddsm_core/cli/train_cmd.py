@@ -10,11 +10,60 @@ On a GPU box, one process per GPU through torchrun (the same command; DDP over N
 
 from __future__ import annotations
 
+import os
 import signal
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from ddsm_core.trainer import TrainResult
+
+
+def main_train(
+    *,
+    preset: str,
+    out_dir: str | Path,
+    overrides: Mapping[str, Any],
+    resume: bool = False,
+    class_cond: bool = False,
+    device: str | None = None,
+    data_root: str | Path | None = None,
+    download: bool = False,
+    verify: bool = True,
+    export: str | Path | None = None,
+    progress: bool = True,
+    echo: Callable[[str], Any] = print,
+) -> TrainResult:
+    """What ``ddsm train`` does: the recipe of the preset (or of the run being resumed) plus overrides."""
+    from ddsm_core import checkpoint as ckpt_io
+    from ddsm_core.recipes import resolve_recipe
+    from ddsm_core.trainer import train
+
+    out_dir = Path(out_dir)
+    existing = ckpt_io.find_resumable(out_dir) if resume and out_dir.exists() else None
+    saved = ckpt_io.read_manifest(existing, verify=False).get("train_config") if existing else None
+    model_config, config = resolve_recipe(preset, overrides, class_cond=class_cond, saved=saved)
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    if is_main:
+        where = f"resuming {existing}" if existing is not None else f"new run in {out_dir}"
+        echo(
+            f"{preset}: {config.dataset}, {config.steps} steps, batch {config.batch_size}, "
+            f"lr {config.lr:g}; {where}"
+        )
+    result = train(
+        model_config, config, out_dir, resume=resume, device=device, data_root=data_root,
+        download=download, verify=verify, progress=progress,
+    )  # fmt: skip
+    if is_main and not result.interrupted:
+        echo(f"done: step {result.step} in {result.wall_s:.1f} s; checkpoint {result.checkpoint}")
+        if result.eval is not None:
+            echo("per-width eval loss (EMA weights):\n" + result.eval.to_markdown())
+        if export is not None and result.checkpoint is not None:
+            echo(f"exported to {ckpt_io.copy_checkpoint(result.checkpoint, export)}")
+    return result
 
 
 def train(
@@ -57,8 +106,6 @@ def train(
 ) -> None:
     """Train a supernet: every step trains the largest, the smallest and random middle widths."""
     import torch
-
-    from ddsm_core.train import main_train
 
     if threads is not None:
         torch.set_num_threads(max(1, threads))
