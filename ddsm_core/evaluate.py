@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from ddsm_core.costs import CostTable, mean_gflops_per_call, strategy_gflops
 from ddsm_core.errors import StrategyError
 from ddsm_core.fid import FeatureExtractor, FeatureStats, FIDError, extract_features
+from ddsm_core.sampling import SamplerState
 from ddsm_core.schedules import NoiseSchedule
 from ddsm_core.spec import SearchSpec
 from ddsm_core.strategy import Strategy
@@ -105,38 +106,39 @@ def check_strategy_fits(model: nn.Module, strategy: Strategy) -> None:
 
 
 class PrefixCache:
-    """Sampler states after each step, keyed by (first seed, batch length, genes so far).
+    """Sampler states before each step, keyed by (first seed, batch length, genes so far).
 
-    For memoryless samplers (DDIM, DDPM: one network call per step, noise drawn per seed and step) the
-    state after step ``i`` depends only on the seeds and ``genes[:i + 1]``; candidates that share a
-    prefix (every one-point-crossover child shares its first parent's) resume from it. The result is
-    bit-identical to sampling from scratch. Least recently used entries go beyond ``max_bytes``.
+    Every sampler is a deterministic function of the seeds (initial and per-step noise) and the widths
+    of the steps run so far, so the :class:`~ddsm_core.sampling.SamplerState` before step ``i``
+    depends only on the batch and ``genes[:i]``: candidates that share a prefix (every one-point
+    crossover child shares its first parent's) start :func:`~ddsm_core.sampling.sample` from it. The
+    images are bit-identical to sampling from scratch. One cache serves one model, sampler grid and
+    labelling; least recently used entries go beyond ``max_bytes``.
     """
-
-    SAMPLERS = ("ddim", "ddpm")
 
     def __init__(self, max_bytes: int = 256 << 20) -> None:
         self.max_bytes = max_bytes
-        self._entries: OrderedDict[tuple[Any, ...], Tensor] = OrderedDict()
+        self._entries: OrderedDict[tuple[Any, ...], SamplerState] = OrderedDict()
         self._bytes = 0
 
-    def longest(self, batch: tuple[int, int], genes: tuple[int, ...]) -> tuple[int, Tensor | None]:
+    def longest(self, batch: tuple[int, int], genes: tuple[int, ...]) -> SamplerState | None:
+        """The state with the longest prefix of ``genes`` (short of all of them), or None."""
         for k in range(len(genes) - 1, 0, -1):
             key = (batch, genes[:k])
             if key in self._entries:
                 self._entries.move_to_end(key)
-                return k, self._entries[key]
-        return 0, None
+                return self._entries[key]
+        return None
 
-    def put(self, batch: tuple[int, int], genes: tuple[int, ...], x: Tensor) -> None:
+    def put(self, batch: tuple[int, int], genes: tuple[int, ...], state: SamplerState) -> None:
         key = (batch, genes)
         if key in self._entries:
             return
-        self._entries[key] = x
-        self._bytes += x.numel() * x.element_size()
+        self._entries[key] = state
+        self._bytes += state.nbytes()
         while self._bytes > self.max_bytes and self._entries:
             _, old = self._entries.popitem(last=False)
-            self._bytes -= old.numel() * old.element_size()
+            self._bytes -= old.nbytes()
 
 
 def sample_images(
@@ -154,7 +156,7 @@ def sample_images(
 
     :return: (images, sampling seconds, fraction of sampler steps reused from ``prefix_cache``).
     """
-    from ddsm_core.sampling import SeededNoise, VPDenoiser, get_sigmas, run_sampler, sample
+    from ddsm_core.sampling import VPDenoiser, sample
 
     if shape is None:
         cfg = model.config  # type: ignore[attr-defined]
@@ -162,32 +164,28 @@ def sample_images(
     denoiser = VPDenoiser(model.eval(), schedule)
     device = torch.device(device)
     y = class_labels(model, seeds)
-    use_cache = prefix_cache is not None and strategy.sampler in PrefixCache.SAMPLERS
-    sigmas = get_sigmas(strategy, schedule)
     out, seconds, reused = [], 0.0, 0
+    genes = strategy.genes
     with torch.inference_mode():
-        for start in range(0, len(seeds), batch_size):
-            chunk = seeds[start : start + batch_size]
-            ys = None if y is None else y[start : start + batch_size]
+        for first in range(0, len(seeds), batch_size):
+            chunk = seeds[first : first + batch_size]
+            ys = None if y is None else y[first : first + batch_size]
+            state, callback = None, None
+            if prefix_cache is not None:
+                batch = (chunk[0], len(chunk))
+                state = prefix_cache.longest(batch, genes)
+                reused += 0 if state is None else state.i
+
+                def callback(info: dict[str, Any], batch: tuple[int, int] = batch) -> None:
+                    if info["i"] > 0:  # the state before step i: after the genes of steps 0..i-1
+                        prefix_cache.put(batch, genes[: info["i"]], info["state"])
+
             _sync(device)
             t0 = time.perf_counter()
-            if not use_cache:
-                x = sample(denoiser, strategy, shape, chunk, y=ys, device=device, clip=False)
-            else:
-                assert prefix_cache is not None
-                batch, genes = (chunk[0], len(chunk)), strategy.genes
-                noise = SeededNoise(chunk, shape, device)
-                k, x = prefix_cache.longest(batch, genes)
-                reused += k
-                if x is None:
-                    x = noise.initial() * math.sqrt(1.0 + float(sigmas[0]) ** 2)
-                for i in range(k, strategy.steps):
-                    one = Strategy(strategy.sampler, 1, strategy.widths, (genes[i],))
-                    x = run_sampler(
-                        denoiser, x, sigmas[i : i + 2], one, noise=lambda j, i=i, nz=noise: nz(i + j), y=ys
-                    )
-                    if i + 1 < strategy.steps:
-                        prefix_cache.put(batch, genes[: i + 1], x)
+            x = sample(
+                denoiser, strategy, shape, chunk, y=ys, device=device, clip=False, start=state,
+                callback=callback,
+            )  # fmt: skip
             _sync(device)
             seconds += time.perf_counter() - t0
             out.append(x.float().cpu())

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -43,6 +44,29 @@ from ddsm_core.strategy import Strategy, canonical_sampler
 NoiseFn = Callable[[int], Tensor]
 """``noise(i)``: standard normal noise shaped like ``x`` for sampler step ``i``."""
 Callback = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class SamplerState:
+    """Where a sampler stands before step ``i``: everything it needs to go on from there.
+
+    The noise needs no state of its own: ``noise(i)`` is a function of the step index (and, with
+    :class:`SeededNoise`, of the seeds), so resuming at ``i`` with the same noise function draws what
+    the uninterrupted run would. Every sampler reports this state to ``callback`` as ``info["state"]``
+    and accepts it back as ``start``: a resumed sample equals the uninterrupted one bit for bit.
+
+    :param i: the next sampler step (0 = not started).
+    :param x: ``[N, C, H, W]`` state at ``sigmas[i]``.
+    :param denoised: the previous step's ``x0_hat`` (DPM-Solver++(2M)'s multistep memory), else None.
+    """
+
+    i: int
+    x: Tensor
+    denoised: Tensor | None = None
+
+    def nbytes(self) -> int:
+        tensors = [self.x] if self.denoised is None else [self.x, self.denoised]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
 
 class Denoiser(Protocol):
@@ -141,12 +165,14 @@ def get_sigmas(strategy: Strategy | str, schedule: NoiseSchedule, steps: int | N
 
 
 # ---------------------------------------------------------------------------------------- samplers
-def _check(sigmas: Tensor, strategy: Strategy) -> None:
+def _check(sigmas: Tensor, strategy: Strategy, start: int = 0) -> None:
     if sigmas.ndim != 1 or len(sigmas) != strategy.steps + 1:
         raise StrategyError(
             f"the sigma grid has {len(sigmas) - 1} steps but the strategy has {strategy.steps}: "
             "build the grid with get_sigmas(strategy, schedule)"
         )
+    if not 0 <= start <= strategy.steps:
+        raise StrategyError(f"a start step must be in 0..{strategy.steps}, got {start}")
 
 
 def _call(denoiser: Denoiser, x: Tensor, sigma: float, width: float, y: Tensor | None) -> Tensor:
@@ -162,18 +188,20 @@ def _step_start(
     i: int,
     y: Tensor | None,
     callback: Callback | None,
+    memory: Tensor | None = None,
 ) -> tuple[float, float, float, Tensor]:
     """The first evaluation of sampler step ``i``, shared by every sampler.
 
-    Calls the denoiser at ``sigmas[i]`` and the strategy's width of step ``i``, reports progress, and
-    returns ``(sigma, sigma_next, width, denoised)``.
+    Calls the denoiser at ``sigmas[i]`` and the strategy's width of step ``i``, reports progress (with
+    the :class:`SamplerState` before the step: ``x`` and the sampler's ``memory``), and returns
+    ``(sigma, sigma_next, width, denoised)``.
     """
     sigma, sigma_next, width = float(sigmas[i]), float(sigmas[i + 1]), strategy.width_at(i)
     denoised = _call(denoiser, x, sigma, width, y)
     if callback is not None:
         callback(
             {"i": i, "steps": strategy.steps, "x": x, "sigma": sigma, "sigma_next": sigma_next,
-             "width": width, "denoised": denoised}
+             "width": width, "denoised": denoised, "state": SamplerState(i, x, memory)}
         )
     return sigma, sigma_next, width, denoised
 
@@ -204,18 +232,20 @@ def sample_ddim(
     noise: NoiseFn | None = None,
     y: Tensor | None = None,
     callback: Callback | None = None,
+    start: int = 0,
 ) -> Tensor:
     """DDIM (Song et al. 2021) in the VE view; ``eta = 0`` is deterministic, ``eta = 1`` is DDPM.
 
-    :param x: ``[N, C, H, W]`` initial state at ``sigmas[0]``.
+    :param x: ``[N, C, H, W]`` state at ``sigmas[start]`` (the initial noise when ``start == 0``).
     :param sigmas: ``[steps + 1]`` grid from :func:`get_sigmas` (DDPM timesteps).
     :param noise: ``noise(i)`` standard normal like ``x``; required when ``eta > 0``.
+    :param start: the first step to run (resuming a :class:`SamplerState`).
     :return: ``[N, C, H, W]`` samples at sigma = ``sigmas[-1]`` (0).
     """
-    _check(sigmas, strategy)
+    _check(sigmas, strategy, start)
     if eta > 0 and noise is None:
         raise ValueError("sample_ddim with eta > 0 needs noise=... (a function of the step index)")
-    for i in range(strategy.steps):
+    for i in range(start, strategy.steps):
         sigma, sigma_next, width, denoised = _step_start(denoiser, x, sigmas, strategy, i, y, callback)
         # 1. eps_hat = (x - x0_hat) / sigma;  x' = x0_hat + sigma_down * eps_hat  (DDIM eq. 12, VE view)
         sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
@@ -235,6 +265,7 @@ def sample_ddpm(
     noise: NoiseFn,
     y: Tensor | None = None,
     callback: Callback | None = None,
+    start: int = 0,
 ) -> Tensor:
     """DDPM ancestral sampling (Ho et al. 2020, Alg. 2) on the (respaced) timestep grid.
 
@@ -242,7 +273,9 @@ def sample_ddpm(
     variance ``beta_tilde = (1 - abar')/(1 - abar) (1 - abar/abar')``); with all ``T`` steps it is the
     original 1000-step chain. Arguments as in :func:`sample_ddim`.
     """
-    return sample_ddim(denoiser, x, sigmas, strategy, eta=1.0, noise=noise, y=y, callback=callback)
+    return sample_ddim(
+        denoiser, x, sigmas, strategy, eta=1.0, noise=noise, y=y, callback=callback, start=start
+    )
 
 
 @torch.no_grad()
@@ -254,6 +287,7 @@ def sample_heun(
     *,
     y: Tensor | None = None,
     callback: Callback | None = None,
+    start: int = 0,
 ) -> Tensor:
     """EDM's deterministic 2nd-order Heun sampler (Karras et al. 2022, Alg. 1, no churn).
 
@@ -261,8 +295,8 @@ def sample_heun(
     step, plain Euler), again at ``sigmas[i+1]``; **both at the strategy's width of step i**.
     Arguments as in :func:`sample_ddim`; ``2 * steps - 1`` network calls.
     """
-    _check(sigmas, strategy)
-    for i in range(strategy.steps):
+    _check(sigmas, strategy, start)
+    for i in range(start, strategy.steps):
         sigma, sigma_next, width, denoised = _step_start(denoiser, x, sigmas, strategy, i, y, callback)
         # 1. d_i = (x_i - D(x_i; sigma_i)) / sigma_i  (Alg. 1, l. 5-6)
         #    Euler: x' = x_i + (sigma_{i+1} - sigma_i) d_i  (Alg. 1, l. 7)
@@ -286,18 +320,24 @@ def sample_dpmpp_2m(
     *,
     y: Tensor | None = None,
     callback: Callback | None = None,
+    start: int = 0,
+    old_denoised: Tensor | None = None,
 ) -> Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Alg. 2), multistep 2nd order, data prediction.
 
     With ``lambda = -log sigma`` and ``h = lambda' - lambda``:
     ``x' = (sigma'/sigma) x - (e^{-h} - 1) D_i`` where ``D_i = (1 + 1/(2r)) x0_i - 1/(2r) x0_{i-1}``,
     ``r = h_{i-1} / h`` (first step: ``D_0 = x0_0``); the last step (sigma' = 0) returns ``x0_hat``.
-    Arguments as in :func:`sample_ddim`; one network call per step.
+    Arguments as in :func:`sample_ddim`; one network call per step. Resuming at ``start > 0`` needs
+    ``old_denoised``, the ``x0_hat`` of step ``start - 1`` (:attr:`SamplerState.denoised`).
     """
-    _check(sigmas, strategy)
-    old_denoised: Tensor | None = None
-    for i in range(strategy.steps):
-        sigma, sigma_next, width, denoised = _step_start(denoiser, x, sigmas, strategy, i, y, callback)
+    _check(sigmas, strategy, start)
+    if start > 0 and old_denoised is None:
+        raise StrategyError("resuming DPM-Solver++(2M) after step 0 needs the previous step's denoised")
+    for i in range(start, strategy.steps):
+        sigma, sigma_next, width, denoised = _step_start(
+            denoiser, x, sigmas, strategy, i, y, callback, memory=old_denoised
+        )
         if sigma_next == 0:
             # 1. final step to sigma = 0: lambda' = inf, the update reduces to x' = x0_hat
             x = denoised
@@ -382,7 +422,7 @@ class SeededNoise:
 # ---------------------------------------------------------------------------------------- entry point
 def run_sampler(
     denoiser: Denoiser,
-    x: Tensor,
+    x: Tensor | SamplerState,
     sigmas: Tensor,
     strategy: Strategy,
     *,
@@ -391,8 +431,13 @@ def run_sampler(
     y: Tensor | None = None,
     callback: Callback | None = None,
 ) -> Tensor:
-    """Dispatch to the sampler the strategy names (``eta`` applies to ``ddim`` only; default 0)."""
-    common: dict[str, Any] = {"y": y, "callback": callback}
+    """Dispatch to the sampler the strategy names (``eta`` applies to ``ddim`` only; default 0).
+
+    :param x: the initial state at ``sigmas[0]``, or a :class:`SamplerState` to go on from.
+    """
+    state = x if isinstance(x, SamplerState) else SamplerState(0, x)
+    x = state.x
+    common: dict[str, Any] = {"y": y, "callback": callback, "start": state.i}
     if eta is not None and strategy.sampler != "ddim":
         raise ConfigError(f"eta applies to the ddim sampler only, not {strategy.sampler}")
     if strategy.sampler == "ddpm":
@@ -401,7 +446,7 @@ def run_sampler(
         return sample_ddim(denoiser, x, sigmas, strategy, eta=eta or 0.0, noise=noise, **common)
     if strategy.sampler == "edm":
         return sample_heun(denoiser, x, sigmas, strategy, **common)
-    return sample_dpmpp_2m(denoiser, x, sigmas, strategy, **common)
+    return sample_dpmpp_2m(denoiser, x, sigmas, strategy, old_denoised=state.denoised, **common)
 
 
 def sample(
@@ -418,6 +463,7 @@ def sample(
     eta: float | None = None,
     clip: bool = True,
     dtype: torch.dtype = torch.float32,
+    start: SamplerState | None = None,
 ) -> Tensor:
     """Sample ``len(seeds)`` images with a step-aware strategy.
 
@@ -434,6 +480,8 @@ def sample(
     :param batch_size: images per batch (default: all at once); the result does not depend on it.
     :param eta: DDIM's eta (``ddim`` only; default 0).
     :param clip: clamp the result to [-1, 1].
+    :param start: go on from this state (``callback``'s ``info["state"]`` of a run with the same seeds,
+        labels and first ``start.i`` widths) instead of the initial noise; all seeds in one batch.
     :return: ``[N, C, H, W]`` tensor on ``device``.
     """
     seeds = [int(s) for s in seeds]
@@ -453,14 +501,18 @@ def sample(
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     batches = math.ceil(n / batch_size)
+    if start is not None and (batches != 1 or len(start.x) != n):
+        raise ConfigError(f"a start state holds {len(start.x)} images: sample all {n} seeds in one batch")
     outputs = []
-    for b, start in enumerate(range(0, n, batch_size)):
-        noise = SeededNoise(seeds[start : start + batch_size], shape, device, dtype)
-        x = noise.initial() * math.sqrt(1.0 + float(sigmas[0]) ** 2)
-        y_batch = None if y is None else y[start : start + batch_size].to(device)
+    for b, first in enumerate(range(0, n, batch_size)):
+        noise = SeededNoise(seeds[first : first + batch_size], shape, device, dtype)
+        x: Tensor | SamplerState = (
+            noise.initial() * math.sqrt(1.0 + float(sigmas[0]) ** 2) if start is None else start
+        )
+        y_batch = None if y is None else y[first : first + batch_size].to(device)
         cb = None
         if callback is not None:
-            extra = {"batch": b, "batches": batches, "start": start, "n": n}
+            extra = {"batch": b, "batches": batches, "start": first, "n": n}
 
             def cb(info: dict[str, Any], extra: dict[str, Any] = extra) -> None:
                 callback(info | extra)

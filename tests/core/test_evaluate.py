@@ -16,7 +16,7 @@ from ddsm_core.evaluate import EvalResult, evaluate
 from ddsm_core.fid import FeatureStats
 from ddsm_core.flops import cost_table
 from ddsm_core.schedules import NoiseSchedule
-from ddsm_core.strategy import Strategy
+from ddsm_core.strategy import SAMPLERS, Strategy
 from ddsm_core.unet import SlimmableUNet
 
 CFG = UNetConfig.digits(model_channels=32, num_res_blocks=1)
@@ -111,7 +111,7 @@ def test_eval_result_json_round_trip(setup) -> None:
     assert back == r and back.objectives() == (r.fid, r.gflops)
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+@pytest.mark.parametrize("sampler", SAMPLERS)
 def test_prefix_cache_gives_bit_identical_images(setup, sampler: str) -> None:
     from ddsm_core.evaluate import PrefixCache, sample_images
 
@@ -125,3 +125,46 @@ def test_prefix_cache_gives_bit_identical_images(setup, sampler: str) -> None:
     plain, _, none = sample_images(model, schedule, b, seeds, 4)
     assert reused == pytest.approx(0.5) and none == 0.0
     assert torch.equal(cached, plain)
+
+
+class LabelRecorder(torch.nn.Module):
+    """Wraps a model; records the labels of every call and checks they sit on the input's device."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model, self.config, self.labels = model, model.config, []
+
+    def forward(self, x, t, width, y=None):
+        assert y is not None and y.device == x.device, (y, x.device)
+        self.labels.append(y.tolist())
+        return self.model(x, t, width=width, y=y)
+
+
+def _conditional_cache_run(device: str) -> None:
+    from ddsm_core.evaluate import PrefixCache, sample_images
+
+    cfg = UNetConfig.digits(model_channels=16, num_res_blocks=1, num_classes=10)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = LabelRecorder(SlimmableUNet(cfg)).to(device).eval()
+    schedule, seeds, cache = NoiseSchedule.linear(), list(range(3, 9)), PrefixCache()
+    a = Strategy("ddpm", 4, cfg.widths, (6, 2, 6, 6))
+    b = Strategy("ddpm", 4, cfg.widths, (6, 2, 0, 1))  # shares the first two steps with a
+    sample_images(model, schedule, a, seeds, 4, device=device, prefix_cache=cache)
+    model.labels.clear()
+    cached, _, reused = sample_images(model, schedule, b, seeds, 4, device=device, prefix_cache=cache)
+    # steps 2 and 3 only, in batches of 4 and 2: the labels are seed % 10, on the model's device
+    assert reused == pytest.approx(0.5)
+    assert model.labels == [[3, 4, 5, 6], [3, 4, 5, 6], [7, 8], [7, 8]]
+    plain, _, _ = sample_images(model, schedule, b, seeds, 4, device=device)
+    assert torch.equal(cached, plain)
+
+
+def test_class_conditional_model_through_the_prefix_cache_equals_sampling_without_it() -> None:
+    _conditional_cache_run("cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_class_conditional_model_through_the_prefix_cache_on_cuda() -> None:
+    _conditional_cache_run("cuda")

@@ -15,11 +15,13 @@ import torch
 
 from ddsm_core.errors import ConfigError, StrategyError
 from ddsm_core.sampling import (
+    SamplerState,
     SeededNoise,
     VPDenoiser,
     get_sigmas,
     noise_seed,
     respaced_timesteps,
+    run_sampler,
     sample,
     sample_ddim,
     sample_ddpm,
@@ -314,3 +316,48 @@ def test_seeded_noise_golden_values() -> None:
     torch.testing.assert_close(noise.initial()[:, 0, 0, :3], torch.tensor(expected_initial))
     expected_step2 = [[0.0402668, -0.9790254], [-1.5353831, -0.1885800]]
     torch.testing.assert_close(noise(2)[:, 2, 3, :2], torch.tensor(expected_step2))
+
+
+class WidthDenoiser(GaussianDenoiser):
+    """The exact denoiser, pulled toward 0 by a width-dependent factor (so every gene matters)."""
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, width: float, y=None) -> torch.Tensor:
+        return super().__call__(x, sigma, width, y) * (0.9 + 0.1 * width)
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_a_sample_resumed_from_a_saved_state_equals_the_uninterrupted_one(sampler: str) -> None:
+    strategy = _random_strategy(sampler, 8, seed=3)
+    seeds = [5, 6, 7]
+    states: dict[int, SamplerState] = {}
+    full = sample(
+        WidthDenoiser(), strategy, SHAPE, seeds, clip=False,
+        callback=lambda info: states.__setitem__(info["i"], info["state"]),
+    )  # fmt: skip
+    assert sorted(states) == list(range(8)) and states[0].i == 0
+    for k in (1, 4, 7):
+        denoiser = WidthDenoiser()
+        resumed = sample(denoiser, strategy, SHAPE, seeds, clip=False, start=states[k])
+        assert torch.equal(resumed, full), k  # bitwise
+        assert len(denoiser.calls) == (8 - k) * (2 if sampler == "edm" else 1) - (sampler == "edm")
+    # resuming from the state of another strategy's prefix gives that mix, not this strategy's sample
+    other = strategy.with_genes([(g + 3) % 7 for g in strategy.genes[:4]] + list(strategy.genes[4:]))
+    assert not torch.equal(sample(WidthDenoiser(), other, SHAPE, seeds, clip=False), full)
+
+
+def test_run_sampler_goes_on_from_a_state_and_checks_it() -> None:
+    strategy = _random_strategy("dpmpp", 6, seed=1)
+    sigmas = get_sigmas(strategy, SCHEDULE)
+    x0 = SeededNoise([1, 2], SHAPE).initial() * math.sqrt(1 + float(sigmas[0]) ** 2)
+    states: dict[int, SamplerState] = {}
+    full = run_sampler(
+        WidthDenoiser(), x0, sigmas, strategy, callback=lambda i: states.__setitem__(i["i"], i["state"])
+    )
+    assert torch.equal(run_sampler(WidthDenoiser(), states[3], sigmas, strategy), full)
+    assert states[3].denoised is not None and states[0].denoised is None
+    with pytest.raises(StrategyError, match="previous step's denoised"):
+        run_sampler(WidthDenoiser(), SamplerState(3, states[3].x), sigmas, strategy)
+    with pytest.raises(StrategyError, match="start step"):
+        run_sampler(WidthDenoiser(), SamplerState(9, x0), sigmas, strategy)
+    with pytest.raises(ConfigError, match="one batch"):
+        sample(WidthDenoiser(), strategy, SHAPE, [1, 2], batch_size=1, start=states[3])
