@@ -97,6 +97,8 @@ class SearchController:
             self.settings.stale_after_s, self.settings.max_attempts
         ):
             self.sender.train_supernet(run_id, attempt)
+        for run_id, attempt in self.repo.resume_interrupted_training_runs():
+            self.sender.train_supernet(run_id, attempt)
         for search_id in self.repo.active_search_ids():
             try:
                 self.tick(search_id)

@@ -3,7 +3,7 @@
 1. start the service on this machine (API + controller + one worker; SQLite, a serverless broker and a
    local artifact folder under ``--home``), unless ``--url`` names a running one;
 2. train a digits supernet on the worker (or reuse the one a previous demo trained, or follow a training
-   run a previous demo left unfinished: it resumes from its last checkpoint);
+   run a previous demo left unfinished or interrupted: it resumes from its last checkpoint);
 3. compute the digits reference statistics (domain feature extractor) on the worker, or reuse them;
 4. start a search over REST and follow it with a progress bar;
 5. print the Pareto front and the pick's GFLOPs saving and FID next to the full width's, and write the
@@ -30,6 +30,8 @@ from ddsm_core.spec import DEFAULTS
 
 SUPERNET_NAME = "digits-demo"
 STATS_NAME = "digits"
+# A running training run's worker beats every few seconds: silence beyond this is worth a word on the bar.
+STALE_NOTICE_S = 20.0
 # The search uses `ddsm search`'s defaults (one source of truth); the supernet the digits recipe's steps.
 DEMO = {**DEFAULTS.to_dict(), "images": DEFAULTS.n_images}
 
@@ -57,7 +59,11 @@ class Service:
         from api.service_cmds import start_api_process, start_worker_process, wait_healthy
 
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.stale_after_s: float | None = None  # the controller's, when this demo started the service
         if url is None:
+            from api.settings import Settings
+
+            self.stale_after_s = Settings().stale_after_s
             home = home.resolve()
             logs = home / "logs"
             logs.mkdir(parents=True, exist_ok=True)
@@ -116,6 +122,23 @@ class Service:
         stop(self.procs)
 
 
+UNFINISHED = ("PENDING", "RUNNING", "INTERRUPTED")
+
+
+def waiting_reason(run: dict[str, Any], stale_after_s: float | None) -> str:
+    """Why a training run makes no progress, for the bar ('' while it trains)."""
+    status, age = run["status"], run.get("heartbeat_age_s")
+    if status == "INTERRUPTED":
+        return f"interrupted at step {run['step']}: waiting for the controller to send it again"
+    if status == "PENDING":
+        resume = f" (resumes from step {run['step']})" if run.get("last_checkpoint_sha256") else ""
+        return f"waiting for a training worker{resume}"
+    if status == "RUNNING" and age is not None and age > STALE_NOTICE_S:
+        limit = f"; handed to another worker after {stale_after_s:.0f} s" if stale_after_s else ""
+        return f"waiting for a stale worker: no heartbeat for {age:.0f} s{limit}"
+    return ""
+
+
 def supernet(svc: Service, train_steps: int | None, retrain: bool, checkpoint: Path | None) -> dict[str, Any]:
     """A COMPLETE digits supernet: registered from ``checkpoint``, reused, or trained (following an
     unfinished run if there is one)."""
@@ -131,7 +154,7 @@ def supernet(svc: Service, train_steps: int | None, retrain: bool, checkpoint: P
     runs = [
         r
         for r in svc.get("/training-runs")
-        if r["name"] == SUPERNET_NAME and r["status"] in ("PENDING", "RUNNING")
+        if r["name"] == SUPERNET_NAME and r["status"] in UNFINISHED
     ]
     if runs and not retrain:
         run = runs[-1]
@@ -150,6 +173,7 @@ def supernet(svc: Service, train_steps: int | None, retrain: bool, checkpoint: P
         run = svc.get(f"/training-runs/{run['id']}")
         bar.total = run["total_steps"] or bar.total
         bar.update(run["step"] - bar.n)
+        bar.set_postfix_str(waiting_reason(run, svc.stale_after_s), refresh=False)
     bar.update(bar.total - bar.n) if run["status"] == "COMPLETE" else None
     bar.close()
     if run["status"] != "COMPLETE":

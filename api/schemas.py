@@ -50,6 +50,9 @@ class TrainingRunOut(Out):
     progress: float
     attempt: int
     worker: str | None
+    heartbeat_age_s: float | None = Field(
+        default=None, description="Seconds since the worker's last heartbeat (RUNNING runs only)."
+    )
     supernet_id: int | None
     last_checkpoint_sha256: str | None
     error: str | None

@@ -176,7 +176,8 @@ def inspect_supernet(supernet_id: int) -> str:
 @app.task(name=TRAIN_SUPERNET, acks_late=True, reject_on_worker_lost=True)
 def train_supernet(run_id: int, attempt: int) -> str:
     """Long-lived: trains, uploads each checkpoint to the artifact store with progress, resumes from the
-    last uploaded checkpoint when delivered again (a new attempt after the controller reaped it)."""
+    last uploaded checkpoint when delivered again (a new attempt after the controller reaped it, or the
+    same attempt after a SIGINT / SIGTERM left it INTERRUPTED)."""
     ctx = context()
     if not ctx.repo.claim_training_run(run_id, attempt, ctx.name):
         return "dropped"
@@ -202,6 +203,11 @@ def train_supernet(run_id: int, attempt: int) -> str:
             )
         except compute.TrainingStopped:
             return "stopped"
+        except compute.TrainingInterrupted as stop:  # a signal: resumable, never COMPLETE nor a supernet
+            sha = ctx.store.put_dir(stop.checkpoint) if stop.checkpoint is not None else None
+            ctx.repo.interrupt_training_run(run_id, attempt, ctx.name, stop.step, sha)
+            log.warning("training run %s interrupted at step %s; it resumes from there", run_id, stop.step)
+            return "interrupted"
         except Exception as exc:
             log.exception("training run %s failed", run_id)
             ctx.repo.fail_training_run(run_id, attempt, ctx.name, _error(exc))

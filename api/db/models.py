@@ -30,6 +30,8 @@ class JobStatus(str, enum.Enum):
     COMPLETE = "COMPLETE"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
+    # a training run stopped by a signal: resumable from its last checkpoint, never a supernet
+    INTERRUPTED = "INTERRUPTED"
 
 
 def _enum(cls: type[enum.Enum], name: str) -> Enum:

@@ -440,6 +440,40 @@ class Repository:
                 return None
             return supernet.id
 
+    def interrupt_training_run(
+        self, run_id: int, attempt: int, worker: str, step: int, checkpoint_sha256: str | None
+    ) -> bool:
+        """RUNNING -> INTERRUPTED: a stop request ended this worker's training before the run finished.
+
+        The run keeps its last checkpoint (``checkpoint_sha256`` when the worker wrote one on stopping)
+        and registers no supernet; :meth:`resume_interrupted_training_runs` sends it again."""
+        values: dict[str, Any] = {"status": JobStatus.INTERRUPTED, "heartbeat_at": _NOW}
+        if checkpoint_sha256:
+            values |= {"last_checkpoint_sha256": checkpoint_sha256, "step": step}
+        return self._update(TrainingRun, self._run_running(run_id, attempt, worker), **values)
+
+    def resume_interrupted_training_runs(self) -> list[tuple[int, int]]:
+        """INTERRUPTED -> PENDING (same attempt: an interruption is not a lost worker); returns
+        ``(run_id, attempt)`` for each run to send again."""
+        out: list[tuple[int, int]] = []
+        with self._tx() as s:
+            rows = s.execute(
+                select(TrainingRun.id, TrainingRun.attempt).where(TrainingRun.status == JobStatus.INTERRUPTED)
+            ).all()
+            for run_id, attempt in rows:
+                stmt = (
+                    update(TrainingRun)
+                    .where(
+                        TrainingRun.id == run_id,
+                        TrainingRun.status == JobStatus.INTERRUPTED,
+                        TrainingRun.attempt == attempt,
+                    )
+                    .values(status=JobStatus.PENDING, worker=None)
+                )
+                if self._cas(s, stmt):
+                    out.append((run_id, attempt))
+        return out
+
     def fail_training_run(self, run_id: int, attempt: int, worker: str | None, error: str) -> bool:
         conditions = [
             TrainingRun.id == run_id,
@@ -456,7 +490,7 @@ class Repository:
         return self._transition(
             TrainingRun,
             run_id,
-            (JobStatus.PENDING, JobStatus.RUNNING),
+            (JobStatus.PENDING, JobStatus.RUNNING, JobStatus.INTERRUPTED),
             status=JobStatus.CANCELLED,
             ended_at=_NOW,
         )

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+from datetime import datetime
+
 from fastapi import APIRouter, status
 
 from api import services
+from api.db.models import JobStatus
 from api.db.repository import TrainingRunRecord
 from api.deps import DispatcherDep, Read, RepoDep, Write, conflict, not_found
 from api.schemas import TrainingRunCreate, TrainingRunOut
@@ -10,9 +13,14 @@ from api.schemas import TrainingRunCreate, TrainingRunOut
 router = APIRouter(prefix="/training-runs", tags=["training"])
 
 
-def _out(run: TrainingRunRecord) -> TrainingRunOut:
+def _out(run: TrainingRunRecord, now: datetime | None = None) -> TrainingRunOut:
     progress = 100.0 * run.step / run.total_steps if run.total_steps else 0.0
-    return TrainingRunOut.model_validate({**run.__dict__, "status": run.status.value, "progress": progress})
+    age = None
+    if now is not None and run.status == JobStatus.RUNNING and run.heartbeat_at is not None:
+        age = max(0.0, (now - run.heartbeat_at).total_seconds())
+    return TrainingRunOut.model_validate(
+        {**run.__dict__, "status": run.status.value, "progress": progress, "heartbeat_age_s": age}
+    )
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, dependencies=[Write])
@@ -27,7 +35,8 @@ def start_training(body: TrainingRunCreate, repo: RepoDep, sender: DispatcherDep
 
 @router.get("", dependencies=[Read])
 def list_training_runs(repo: RepoDep) -> list[TrainingRunOut]:
-    return [_out(r) for r in repo.list_training_runs()]
+    now = repo.now()
+    return [_out(r, now) for r in repo.list_training_runs()]
 
 
 @router.get("/{run_id}", dependencies=[Read])
@@ -35,7 +44,7 @@ def get_training_run(run_id: int, repo: RepoDep) -> TrainingRunOut:
     run = repo.get_training_run(run_id)
     if run is None:
         raise not_found("training run", run_id)
-    return _out(run)
+    return _out(run, repo.now())
 
 
 @router.post("/{run_id}/cancel", dependencies=[Write])
