@@ -107,18 +107,69 @@ def test_folder_dataset_with_class_labels(tmp_path, capsys):
     assert read_manifest(tmp_path / "r")["model_config"]["num_classes"] == 2
 
 
-def test_sigterm_writes_a_checkpoint_and_exits_143(tmp_path):
-    out = tmp_path / "run"
+def start_train(argv: list[str]) -> subprocess.Popen[str]:
+    """``ddsm train`` in its own interpreter (signals go to it, not to pytest)."""
     code = "import sys; from ddsm_core.cli import main; sys.argv[0] = 'ddsm'; main()"
-    argv = ["train", "--steps", "100000", "--out", str(out), "--threads", "1", *QUICK]
-    proc = subprocess.Popen([sys.executable, "-c", code, *argv], stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (out / "log.jsonl").is_file() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
+    return subprocess.Popen(
+        [sys.executable, "-c", code, "train", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def logged_steps(out) -> list[int]:
+    path = out / "log.jsonl"
+    return [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def sigterm_when(proc: subprocess.Popen[str], ready, timeout: float = 120) -> tuple[float, str]:
+    """SIGTERM once ``ready()``; returns (seconds from the signal to the exit, stderr)."""
+    deadline = time.time() + timeout
+    while not ready() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[1]
+    sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
+    print(f"exited {time.monotonic() - sent:.1f} s after SIGTERM")
+    return time.monotonic() - sent, err
+
+
+def test_sigterm_mid_training_checkpoints_exits_within_30_s_and_the_rerun_resumes(tmp_path, capsys):
+    out = tmp_path / "run"
+    proc = start_train(["--steps", "100000", "--out", str(out), "--threads", "1", *QUICK])
+    seconds, err = sigterm_when(proc, lambda: len(logged_steps(out)) >= 2)
     assert proc.returncode == 128 + signal.SIGTERM, err
+    assert seconds < 30, seconds
     assert "stopped at step" in err and "--resume" in err
     step = read_manifest(out)["step"]
-    assert step >= 1 and not any(p.name.startswith(".tmp") for p in out.iterdir())
-    assert os.path.isfile(out / "LATEST")
+    assert step >= 2 and not any(p.name.startswith(".tmp") for p in out.iterdir())
+    assert os.path.isfile(out / "LATEST") and logged_steps(out)[-1] == step
+
+    code, stdout, err = run(
+        ["train", "--steps", str(step + 2), "--out", str(out), "--resume", "--no-progress"], capsys
+    )
+    assert code == 0, err
+    assert "resuming" in stdout and f"done: step {step + 2}" in stdout
+    assert logged_steps(out) == list(range(1, step + 3))  # went on from the checkpoint, not from 0
+
+
+def test_sigterm_during_the_final_evaluation_exits_within_30_s_and_the_rerun_finishes_it(tmp_path, capsys):
+    out = tmp_path / "run"
+    # a final phase of minutes: sample grids of 1000 DDPM steps for every width
+    slow_grids = ["--sample-n", "4", "--sample-steps", "1000"]
+    proc = start_train(["--steps", "3", "--out", str(out), "--threads", "1", *QUICK, *slow_grids])
+    seconds, err = sigterm_when(proc, lambda: 3 in logged_steps(out))  # the last step is logged first
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert seconds < 30, seconds
+    manifest = read_manifest(out)
+    assert manifest["step"] == 3 and manifest["finished"] is False  # resumable, and says what is left
+    assert not (out / "samples" / "step-0000003.png").exists()
+
+    argv = ["train", "--steps", "3", "--out", str(out), "--resume", "--sample-steps", "2", "--no-progress"]
+    code, stdout, err = run(argv, capsys)
+    assert code == 0, err
+    assert "resuming" in stdout and "done: step 3" in stdout and "per-width eval loss" in stdout
+    assert (out / "samples" / "step-0000003.png").is_file() and read_manifest(out)["finished"] is True
+    assert logged_steps(out) == [1, 2, 3]  # no step trained twice

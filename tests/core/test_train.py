@@ -235,3 +235,31 @@ def test_recipe_dropout_overrides_the_model_config_and_still_resumes(tmp_path):
     assert manifest["model_config"]["dropout"] == 0.0 and TINY.dropout == 0.1
     again = train(TINY, cfg.replace(steps=2), tmp_path / "r", dataset=data, resume=True, progress=False)
     assert again.step == 2
+
+
+def test_a_stop_after_the_last_step_cuts_the_final_phase_short_and_resuming_finishes_it(tmp_path):
+    data = small_digits()
+    cfg = TrainConfig(steps=3, **FAST)
+    full = train(TINY, cfg, tmp_path / "a", dataset=data, eval_dataset=data, progress=False)
+
+    def sigterm_at_the_end(record):
+        if record["step"] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    cut = train(
+        TINY, cfg, tmp_path / "b", dataset=data, eval_dataset=data, progress=False,
+        callback=sigterm_at_the_end,
+    )  # fmt: skip
+    assert cut.interrupted and cut.signal == signal.SIGTERM and cut.step == 3 and cut.eval is None
+    assert json.loads((cut.checkpoint / "manifest.json").read_text())["finished"] is False
+    assert not (tmp_path / "b" / "samples").exists()  # the grids were cut short, not half written
+
+    rest = train(TINY, cfg, tmp_path / "b", dataset=data, eval_dataset=data, resume=True, progress=False)
+    assert not rest.interrupted and rest.step == 3 and rest.eval == full.eval
+    assert (tmp_path / "b" / "samples" / "step-0000003.png").is_file()
+    assert json.loads((rest.checkpoint / "manifest.json").read_text())["finished"] is True
+    for name in ("model.safetensors", "ema.safetensors"):
+        a, b = weights(full.checkpoint, name), weights(rest.checkpoint, name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    again = train(TINY, cfg, tmp_path / "b", dataset=data, eval_dataset=data, resume=True, progress=False)
+    assert not again.interrupted and again.step == 3  # a finished run resumed is finished
