@@ -30,11 +30,12 @@ class TrainingInterrupted(DDSMError):
     """A stop request (SIGINT / SIGTERM to this worker) ended the run early: it is not finished.
 
     :param step: the step of ``checkpoint``, from which the run resumes.
+    :param signum: the signal that stopped it (the worker hands it back once the run is recorded).
     """
 
-    def __init__(self, step: int, checkpoint: Path | None) -> None:
+    def __init__(self, step: int, checkpoint: Path | None, signum: int | None) -> None:
         super().__init__(f"training interrupted at step {step}")
-        self.step, self.checkpoint = step, checkpoint
+        self.step, self.checkpoint, self.signum = step, checkpoint, signum
 
 
 def configure(threads: int) -> None:
@@ -215,7 +216,7 @@ def train_supernet(
         callback=callback,
     )
     if result.interrupted:
-        raise TrainingInterrupted(result.step, result.checkpoint)
+        raise TrainingInterrupted(result.step, result.checkpoint, result.signal)
     if result.checkpoint is None:
         raise DDSMError("training ended without a checkpoint")
     return result.checkpoint

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import tempfile
 import threading
@@ -207,6 +208,8 @@ def train_supernet(run_id: int, attempt: int) -> str:
             sha = ctx.store.put_dir(stop.checkpoint) if stop.checkpoint is not None else None
             ctx.repo.interrupt_training_run(run_id, attempt, ctx.name, stop.step, sha)
             log.warning("training run %s interrupted at step %s; it resumes from there", run_id, stop.step)
+            if stop.signum is not None:  # the trainer took the signal meant for this worker: hand it on
+                signal.raise_signal(stop.signum)
             return "interrupted"
         except Exception as exc:
             log.exception("training run %s failed", run_id)
@@ -215,8 +218,9 @@ def train_supernet(run_id: int, attempt: int) -> str:
     sha = ctx.store.put_dir(final)
     table, config = compute.inspect_checkpoint(final)
     supernet_id = ctx.repo.complete_training_run(run_id, attempt, ctx.name, sha, config)
-    if supernet_id is not None:
-        ctx.repo.supernet_ready(supernet_id, table, config)
+    if supernet_id is None:
+        return "lost"  # cancelled or reaped meanwhile: the run is another attempt's now
+    ctx.repo.supernet_ready(supernet_id, table, config)
     return "complete"
 
 

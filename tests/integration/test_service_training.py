@@ -49,3 +49,39 @@ def test_killed_trainer_resumes_from_its_last_checkpoint_on_another_worker(
     second = [step for attempt, step in seen if attempt == 2 and step > 0]
     assert second and min(second) >= 6  # resumed from the step-6 checkpoint, not restarted
     assert net["status"] == "COMPLETE" and len(net["gflops"]["widths"]) == 7
+
+
+def test_sigterm_to_the_trainer_leaves_the_run_interrupted_and_another_worker_finishes_it(
+    stack_factory: Callable[..., Stack],
+) -> None:
+    stack = stack_factory(n_workers=2, device="cpu")
+    seen: list[tuple[str, str | None, int]] = []
+    with stack.client() as http:
+        run = http.post(
+            "/training-runs", json={"name": "r", "preset": "digits", "train": TRAIN, "model": TINY}
+        )
+        path = f"/training-runs/{run.json()['id']}"
+
+        def training() -> dict[str, object] | None:
+            row = http.get(path).json()
+            return row if row["status"] == "RUNNING" and row["step"] >= 4 else None
+
+        row = stack.wait_for("step 4", training, timeout=180)
+        pid = int(row["worker"].rsplit(":", 1)[1])  # type: ignore[union-attr]
+        first = next(p for p in stack.workers if p.pid == pid)
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=60) == 0  # checkpointed, recorded, then the worker shut down cleanly
+
+        def finished() -> bool:
+            row = http.get(path).json()
+            seen.append((row["status"], row["worker"], row["step"]))
+            assert row["status"] not in ("FAILED", "CANCELLED"), row["error"]
+            return row["status"] == "COMPLETE"
+
+        stack.wait_for("the run to complete", finished, timeout=180)
+        done = http.get(path).json()
+        nets = http.get("/supernets").json()
+    assert done["attempt"] == 1 and done["step"] == TRAIN["steps"]  # not counted as a lost worker
+    assert [n["training_run_id"] for n in nets] == [done["id"]]  # one supernet: the finished one
+    resumed = [step for status, worker, step in seen if status == "RUNNING" and worker != row["worker"]]
+    assert resumed and min(resumed) >= int(row["step"])  # type: ignore[call-overload]
