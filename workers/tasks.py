@@ -182,39 +182,44 @@ def train_supernet(run_id: int, attempt: int) -> str:
     ctx = context()
     if not ctx.repo.claim_training_run(run_id, attempt, ctx.name):
         return "dropped"
-    run = ctx.repo.get_training_run(run_id)
-    assert run is not None
+    beat = Heartbeat(
+        lambda: ctx.repo.heartbeat_training_run(run_id, attempt, ctx.name), ctx.settings.heartbeat_interval_s
+    )
+    with beat:  # from the claim to the end: loading torch, uploads and the GFLOPs count take seconds too
+        return _train(ctx, run_id, attempt, beat)
+
+
+def _train(ctx: WorkerContext, run_id: int, attempt: int, beat: Heartbeat) -> str:
     from workers import compute
 
-    ctx.settings.resolved_worker_cache().mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix=f"ddsm-train-{run_id}-", dir=ctx.settings.resolved_worker_cache()))
-    resume = local_checkpoint(ctx, run.last_checkpoint_sha256) if run.last_checkpoint_sha256 else None
+    run = ctx.repo.get_training_run(run_id)
+    assert run is not None
 
     def on_checkpoint(step: int, folder: Path | None, total: int) -> bool:
         sha = ctx.store.put_dir(folder) if folder is not None else None
         return ctx.repo.training_progress(run_id, attempt, ctx.name, step, sha, total)
 
-    beat = Heartbeat(
-        lambda: ctx.repo.heartbeat_training_run(run_id, attempt, ctx.name), ctx.settings.heartbeat_interval_s
-    )
-    with beat:
-        try:
-            final = compute.train_supernet(
-                run.config, workdir, resume, on_checkpoint, stop=beat.lost.is_set, device=ctx.settings.device
-            )
-        except compute.TrainingStopped:
-            return "stopped"
-        except compute.TrainingInterrupted as stop:  # a signal: resumable, never COMPLETE nor a supernet
-            sha = ctx.store.put_dir(stop.checkpoint) if stop.checkpoint is not None else None
-            ctx.repo.interrupt_training_run(run_id, attempt, ctx.name, stop.step, sha)
-            log.warning("training run %s interrupted at step %s; it resumes from there", run_id, stop.step)
-            if stop.signum is not None:  # the trainer took the signal meant for this worker: hand it on
-                signal.raise_signal(stop.signum)
-            return "interrupted"
-        except Exception as exc:
-            log.exception("training run %s failed", run_id)
-            ctx.repo.fail_training_run(run_id, attempt, ctx.name, _error(exc))
-            return "failed"
+    try:
+        ctx.settings.resolved_worker_cache().mkdir(parents=True, exist_ok=True)
+        cache = ctx.settings.resolved_worker_cache()
+        workdir = Path(tempfile.mkdtemp(prefix=f"ddsm-train-{run_id}-", dir=cache))
+        resume = local_checkpoint(ctx, run.last_checkpoint_sha256) if run.last_checkpoint_sha256 else None
+        final = compute.train_supernet(
+            run.config, workdir, resume, on_checkpoint, stop=beat.lost.is_set, device=ctx.settings.device
+        )
+    except compute.TrainingStopped:
+        return "stopped"
+    except compute.TrainingInterrupted as stop:  # a signal: resumable, never COMPLETE nor a supernet
+        sha = ctx.store.put_dir(stop.checkpoint) if stop.checkpoint is not None else None
+        ctx.repo.interrupt_training_run(run_id, attempt, ctx.name, stop.step, sha)
+        log.warning("training run %s interrupted at step %s; it resumes from there", run_id, stop.step)
+        if stop.signum is not None:  # the trainer took the signal meant for this worker: hand it on
+            signal.raise_signal(stop.signum)
+        return "interrupted"
+    except Exception as exc:
+        log.exception("training run %s failed", run_id)
+        ctx.repo.fail_training_run(run_id, attempt, ctx.name, _error(exc))
+        return "failed"
     sha = ctx.store.put_dir(final)
     table, config = compute.inspect_checkpoint(final)
     supernet_id = ctx.repo.complete_training_run(run_id, attempt, ctx.name, sha, config)

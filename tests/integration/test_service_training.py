@@ -82,6 +82,7 @@ def test_sigterm_to_the_trainer_leaves_the_run_interrupted_and_another_worker_fi
         done = http.get(path).json()
         nets = http.get("/supernets").json()
     assert done["attempt"] == 1 and done["step"] == TRAIN["steps"]  # not counted as a lost worker
-    assert [n["training_run_id"] for n in nets] == [done["id"]]  # one supernet: the finished one
+    ours = [n for n in nets if n["training_run_id"] == done["id"]]
+    assert [n["id"] for n in ours] == [done["supernet_id"]]  # one supernet: the finished run's
     resumed = [step for status, worker, step in seen if status == "RUNNING" and worker != row["worker"]]
     assert resumed and min(resumed) >= int(row["step"])  # type: ignore[call-overload]
