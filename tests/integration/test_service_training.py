@@ -67,6 +67,7 @@ def test_sigterm_to_the_trainer_leaves_the_run_interrupted_and_another_worker_fi
             return row if row["status"] == "RUNNING" and row["step"] >= 4 else None
 
         row = stack.wait_for("step 4", training, timeout=180)
+        assert 0 <= row["heartbeat_age_s"] < 4  # type: ignore[operator]  # a live worker beats
         pid = int(row["worker"].rsplit(":", 1)[1])  # type: ignore[union-attr]
         first = next(p for p in stack.workers if p.pid == pid)
         first.send_signal(signal.SIGTERM)
