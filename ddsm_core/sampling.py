@@ -14,8 +14,11 @@ Every sampler is a small pure function ``sample_xxx(denoiser, x, sigmas, strateg
   other samples share its batch, and every strategy sees the same noise for the same seeds (common
   random numbers).
 - Progress goes through ``callback(dict)`` once per sampler step, after its first network call, with
-  keys ``i``, ``steps``, ``x`` (state before the step), ``sigma``, ``sigma_next``, ``width`` and
-  ``denoised`` (``x0_hat``).
+  keys ``i``, ``steps``, ``x`` (state before the step), ``sigma``, ``sigma_next``, ``width``,
+  ``denoised`` (``x0_hat``) and ``state`` (the :class:`SamplerState` before the step).
+- One loop per sampler, started anywhere: given a :class:`SamplerState` (step index, ``x`` and a
+  multistep sampler's memory) a sampler goes on from it exactly as the uninterrupted run would (the
+  noise is a function of the step index). The evaluation's prefix cache resumes from such states.
 
 Grids (``steps`` = N, each ends with an appended 0):
 
