@@ -49,9 +49,19 @@ def redis_url() -> Iterator[str]:
     require(redis_available(), "Redis at 127.0.0.1:6379")
     import redis
 
-    url = f"{REDIS_URL}/{random.randint(1, 15)}"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
+    # Concurrent runs on one machine must not share a database (their workers would take each
+    # other's messages): claim a free one with SET NX; a crashed run's claim expires.
+    claim = "ddsm-test-run"
+    for db in random.sample(range(1, 16), 15):
+        url = f"{REDIS_URL}/{db}"
+        client = redis.Redis.from_url(url)
+        if client.set(claim, os.getpid(), nx=True, ex=3600):
+            break
+    else:
+        pytest.fail("every Redis database 1-15 is claimed by another test run")
+    for key in client.scan_iter():
+        if key != claim.encode():
+            client.delete(key)
     yield url
     client.flushdb()
 
