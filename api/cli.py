@@ -1,12 +1,19 @@
-"""The full ``ddsm`` command: the core commands plus the service commands."""
+"""The ``ddsm`` command: the one place that composes every package's commands.
+
+``ddsm_core.cli`` brings the method's commands (flops, train, sample, search, ...), ``api`` the service's
+(up, serve, migrate, demo), ``workers`` the worker. Nothing else imports across packages for commands.
+"""
 
 from __future__ import annotations
 
 import sys
 
-from ddsm_core.cli import app, register_all, run_app
+from api import demo, service_cmds
+from ddsm_core.cli import app, run_app
+from workers import cli as worker_cmds
 
-register_all(app, ("api.service_cmds",))
+for commands in (service_cmds, worker_cmds, demo):
+    commands.register(app)
 
 
 def main() -> None:

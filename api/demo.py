@@ -25,6 +25,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 
+from api.processes import start_api_process, start_worker_process, stop, wait_healthy
 from ddsm_core.errors import DDSMError
 from ddsm_core.spec import DEFAULTS
 
@@ -56,8 +57,6 @@ class Service:
     """A REST client of the service, and the processes this demo started (stopped on exit)."""
 
     def __init__(self, url: str | None, home: Path, workers: int, train_threads: int) -> None:
-        from api.service_cmds import start_api_process, start_worker_process, wait_healthy
-
         self.procs: list[subprocess.Popen[bytes]] = []
         self.stale_after_s: float | None = None  # the controller's, when this demo started the service
         if url is None:
@@ -116,8 +115,6 @@ class Service:
                 raise DemoError(f"a service process exited with status {proc.returncode}; see the logs")
 
     def close(self) -> None:
-        from api.service_cmds import stop
-
         self.http.close()
         stop(self.procs)
 
@@ -326,3 +323,7 @@ def demo(
         typer.echo(f"(no sample grid: {exc})")
     print_summary(results)
     typer.echo(f"\nreport: {report}  ({time.monotonic() - started:.0f} s in all)")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("demo")(demo)

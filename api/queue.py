@@ -60,8 +60,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-def make_celery(settings: Settings | None = None) -> Celery:
-    settings = settings or Settings()
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app configured from ``settings``: the API's sender, and the base of the workers' app."""
     app = Celery("ddsm")
     app.conf.update(celery_config(settings))
     return app

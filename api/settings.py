@@ -95,3 +95,10 @@ class Settings(BaseSettings):
     @property
     def embedded(self) -> bool:
         return not self.database_url and not self.celery_broker_url
+
+
+def settings_for(home: Path | None) -> Settings:
+    """The settings of a command given ``--home``, which becomes DDSM_HOME for the processes it starts."""
+    if home is not None:
+        os.environ["DDSM_HOME"] = str(home)
+    return Settings()

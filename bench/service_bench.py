@@ -33,11 +33,11 @@ from api.controller import SearchController  # noqa: E402
 from api.db.engine import make_engine, upgrade  # noqa: E402
 from api.db.models import JobStatus  # noqa: E402
 from api.db.repository import Repository  # noqa: E402
-from api.service_cmds import start_api_process, start_worker_process, stop, wait_healthy  # noqa: E402
+from api.processes import start_api_process, start_worker_process, stop, wait_healthy  # noqa: E402
 from api.settings import Settings  # noqa: E402
-from api.testing import fresh_postgres_database, postgres_available, redis_available  # noqa: E402
 from ddsm_core.costs import CostTable  # noqa: E402
 from ddsm_core.spec import SearchSpec  # noqa: E402
+from tests.support import fresh_postgres_database, postgres_available, redis_available  # noqa: E402
 from workers.fast_eval import fast_metrics  # noqa: E402
 
 TABLE = {"widths": [k / 8 for k in range(2, 9)], "gflops": [0.0114 * (k / 2) ** 2 for k in range(2, 9)],

@@ -20,6 +20,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from celery import Celery
+
 from api.artifacts import ArtifactStore
 from api.db.engine import make_engine
 from api.db.repository import Repository
@@ -28,7 +30,6 @@ from api.settings import Settings
 from ddsm_core.costs import CostTable
 from ddsm_core.errors import DDSMError
 from ddsm_core.spec import SearchSpec
-from workers.app import app
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,6 @@ def local_stats(ctx: WorkerContext, sha: str) -> Path:
 
 
 # ---------------------------------------------------------------------------- evaluate_candidate
-@app.task(name=EVALUATE_CANDIDATE, acks_late=True, reject_on_worker_lost=True)
 def evaluate_candidate(candidate_id: int, attempt: int) -> str:
     ctx = context()
     if not ctx.repo.claim_candidate(candidate_id, attempt, ctx.name):
@@ -156,7 +156,6 @@ def _evaluate(ctx: WorkerContext, candidate_id: int) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- supernets
-@app.task(name=INSPECT_SUPERNET, acks_late=True, reject_on_worker_lost=True)
 def inspect_supernet(supernet_id: int) -> str:
     """Load a registered checkpoint, check it, count its GFLOPs per width: PENDING -> COMPLETE."""
     ctx = context()
@@ -174,7 +173,6 @@ def inspect_supernet(supernet_id: int) -> str:
     return "complete"
 
 
-@app.task(name=TRAIN_SUPERNET, acks_late=True, reject_on_worker_lost=True)
 def train_supernet(run_id: int, attempt: int) -> str:
     """Long-lived: trains, uploads each checkpoint to the artifact store with progress, resumes from the
     last uploaded checkpoint when delivered again (a new attempt after the controller reaped it, or the
@@ -230,7 +228,6 @@ def _train(ctx: WorkerContext, run_id: int, attempt: int, beat: Heartbeat) -> st
 
 
 # ---------------------------------------------------------------------------- reference statistics
-@app.task(name=COMPUTE_REFERENCE_STATS, acks_late=True, reject_on_worker_lost=True)
 def compute_reference_stats(stats_id: int) -> str:
     ctx = context()
     stats = ctx.repo.get_reference_stats(stats_id)
@@ -250,3 +247,15 @@ def compute_reference_stats(stats_id: int) -> str:
         return "failed"
     ctx.repo.reference_stats_ready(stats_id, sha, n, extractor)
     return "complete"
+
+
+def register(app: Celery) -> None:
+    """Register the tasks on ``app`` under the names the API sends (see :mod:`api.queue`)."""
+    tasks = {
+        EVALUATE_CANDIDATE: evaluate_candidate,
+        INSPECT_SUPERNET: inspect_supernet,
+        TRAIN_SUPERNET: train_supernet,
+        COMPUTE_REFERENCE_STATS: compute_reference_stats,
+    }
+    for name, body in tasks.items():
+        app.task(name=name, acks_late=True, reject_on_worker_lost=True)(body)

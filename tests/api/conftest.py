@@ -7,7 +7,7 @@ import pytest
 
 from api.db.engine import make_engine, upgrade
 from api.db.repository import Repository
-from api.testing import fresh_postgres_database, postgres_available, require
+from tests.support import fresh_postgres_database, postgres_available, require
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -25,14 +25,5 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 def repo(db_url: str) -> Iterator[Repository]:
     upgrade(db_url)
     engine = make_engine(db_url)
-    yield Repository(engine)
-    engine.dispose()
-
-
-@pytest.fixture
-def sqlite_repo(tmp_path: Path) -> Iterator[Repository]:
-    url = f"sqlite:///{tmp_path / 'ctl.sqlite'}"
-    upgrade(url)
-    engine = make_engine(url)
     yield Repository(engine)
     engine.dispose()

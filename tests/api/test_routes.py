@@ -12,31 +12,13 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from api.controller import SearchController
 from api.db.models import JobStatus
+from api.db.repository import Repository
 from api.settings import Settings
-from ddsm_core.costs import CostTable
 from ddsm_core.search import SearchDriver
 from ddsm_core.spec import SearchSpec
-from workers.fast_eval import fast_metrics
+from tests.factories import Outbox, complete_sent, ready, search_body
 
 KEY = {"X-API-Key": "secret"}
-TABLE = {"widths": [0.25, 0.5, 0.75, 1.0], "gflops": [1.0, 2.0, 3.0, 4.0], "gflops_conv_linear": None}
-
-
-class Outbox:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, tuple[int, ...]]] = []
-
-    def evaluate_candidate(self, candidate_id: int, attempt: int) -> None:
-        self.sent.append(("evaluate", (candidate_id, attempt)))
-
-    def train_supernet(self, run_id: int, attempt: int) -> None:
-        self.sent.append(("train", (run_id, attempt)))
-
-    def compute_reference_stats(self, stats_id: int) -> None:
-        self.sent.append(("stats", (stats_id,)))
-
-    def inspect_supernet(self, supernet_id: int) -> None:
-        self.sent.append(("inspect", (supernet_id,)))
 
 
 def local_settings(home: Path, **kw: object) -> Settings:
@@ -57,29 +39,8 @@ def client(tmp_path: Path, outbox: Outbox) -> Iterator[TestClient]:
         yield c
 
 
-def ready(client: TestClient) -> tuple[int, int]:
-    """Factory: a COMPLETE supernet and reference statistics, written through the repository."""
-    repo = client.app.state.repo  # type: ignore[attr-defined]
-    net = repo.create_supernet("net", "a" * 64, {})
-    repo.supernet_ready(net, TABLE, {})
-    stats = repo.create_reference_stats("digits", "digits", "domain", artifact_sha256="b" * 64)
-    return net, stats
-
-
-def search_body(net: int, stats: int, **kw: object) -> dict[str, object]:
-    body = {
-        "supernet_id": net,
-        "reference_stats_id": stats,
-        "sampler": "ddim",
-        "steps": 4,
-        "population": 6,
-        "generations": 2,
-        "n_images": 4,
-        "final_images": 8,
-        "weight": 2.0,
-        "mutation_rate": 0.2,
-    }
-    return {**body, **kw}
+def repo_of(client: TestClient) -> Repository:
+    return client.app.state.repo  # type: ignore[attr-defined,no-any-return]
 
 
 def test_health_answers_without_a_key(client: TestClient) -> None:
@@ -88,7 +49,7 @@ def test_health_answers_without_a_key(client: TestClient) -> None:
 
 
 def test_writes_need_the_api_key_and_reads_do_not(client: TestClient) -> None:
-    net, stats = ready(client)
+    net, stats = ready(repo_of(client))
     assert client.post("/searches", json=search_body(net, stats)).status_code == 401
     assert (
         client.post("/searches", json=search_body(net, stats), headers={"X-API-Key": "no"}).status_code == 401
@@ -118,15 +79,15 @@ def test_reads_can_require_the_key(tmp_path: Path) -> None:
 def test_user_mistakes_in_a_search_get_a_4xx_with_a_message(
     client: TestClient, change: dict[str, object], code: int, words: str
 ) -> None:
-    net, stats = ready(client)
+    net, stats = ready(repo_of(client))
     reply = client.post("/searches", json=search_body(net, stats, **change), headers=KEY)
     assert reply.status_code == code, reply.text
     assert words in reply.text
 
 
 def test_search_on_a_supernet_not_ready_is_a_conflict(client: TestClient) -> None:
-    repo = client.app.state.repo  # type: ignore[attr-defined]
-    _, stats = ready(client)
+    repo = repo_of(client)
+    _, stats = ready(repo)
     pending = repo.create_supernet("p", "c" * 64, {})
     reply = client.post("/searches", json=search_body(pending, stats), headers=KEY)
     assert reply.status_code == 409 and "PENDING" in reply.text
@@ -191,24 +152,18 @@ def _no_algorithm_reads(mp: pytest.MonkeyPatch) -> None:
 def test_search_over_rest_runs_to_a_front_with_progress_strategies_and_report(
     client: TestClient, outbox: Outbox, tmp_path: Path
 ) -> None:
-    net, stats = ready(client)
+    net, stats = ready(repo_of(client))
     reply = client.post("/searches", json=search_body(net, stats), headers=KEY)
     assert reply.status_code == 201, reply.text
     search = reply.json()
     assert search["status"] == "RUNNING" and search["progress"]["percent"] == 0
-    repo = client.app.state.repo  # type: ignore[attr-defined]
+    repo = repo_of(client)
     controller = SearchController(repo, outbox, Settings())  # type: ignore[arg-type]
     spec = SearchSpec.from_dict(search["config"])
     seen_running = False
     for _ in range(100):
         controller.tick(search["id"])
-        for _, (cid, attempt) in [m for m in outbox.sent if m[0] == "evaluate"]:
-            if repo.claim_candidate(cid, attempt, "w"):
-                genome = repo.get_candidate(cid).genome
-                repo.complete_candidate(
-                    cid, attempt, "w", fast_metrics(spec, genome, CostTable.from_dict(TABLE))
-                )
-        outbox.sent.clear()
+        complete_sent(repo, outbox)
         row = repo.get_search(search["id"])
         if row.status == JobStatus.RUNNING and row.result and not seen_running:
             with pytest.MonkeyPatch.context() as mp:  # the front is stored per generation
@@ -254,9 +209,9 @@ def test_search_over_rest_runs_to_a_front_with_progress_strategies_and_report(
 
 def test_strategy_line_plot_is_a_png(client: TestClient) -> None:
     pytest.importorskip("ddsm_core.plots")
-    net, stats = ready(client)
+    net, stats = ready(repo_of(client))
     sid = client.post("/searches", json=search_body(net, stats), headers=KEY).json()["id"]
-    repo = client.app.state.repo  # type: ignore[attr-defined]
+    repo = repo_of(client)
     SearchController(repo, Outbox(), Settings()).tick(sid)  # type: ignore[arg-type]
     cid = repo.candidates(sid)[0].id
     png = client.get(f"/candidates/{cid}/strategy/plot.png")
@@ -264,7 +219,7 @@ def test_strategy_line_plot_is_a_png(client: TestClient) -> None:
 
 
 def test_cancel_then_resume_a_running_search(client: TestClient) -> None:
-    net, stats = ready(client)
+    net, stats = ready(repo_of(client))
     sid = client.post("/searches", json=search_body(net, stats), headers=KEY).json()["id"]
     assert client.post(f"/searches/{sid}/cancel", headers=KEY).json()["status"] == "CANCELLED"
     assert client.post(f"/searches/{sid}/resume", headers=KEY).json()["status"] == "RUNNING"

@@ -22,8 +22,8 @@ import pytest
 
 from api.db.engine import make_engine, upgrade
 from api.db.repository import Repository
-from api.service_cmds import wait_healthy
-from api.testing import REDIS_URL, fresh_postgres_database, postgres_available, redis_available, require
+from api.processes import wait_healthy
+from tests.support import REDIS_URL, fresh_postgres_database, postgres_available, redis_available, require
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = {"X-API-Key": "integration"}

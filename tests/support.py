@@ -1,4 +1,4 @@
-"""Helpers for the service's tests (fresh databases, service checks); no pytest import at module level."""
+"""Test support: which services are reachable, fresh Postgres databases (used by the tests and bench/)."""
 
 from __future__ import annotations
 
