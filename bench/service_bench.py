@@ -35,10 +35,9 @@ from api.db.models import JobStatus  # noqa: E402
 from api.db.repository import Repository  # noqa: E402
 from api.processes import start_api_process, start_worker_process, stop, wait_healthy  # noqa: E402
 from api.settings import Settings  # noqa: E402
-from ddsm_core.costs import CostTable  # noqa: E402
 from ddsm_core.spec import SearchSpec  # noqa: E402
+from tests.factories import Outbox, complete_sent, make_search  # noqa: E402
 from tests.support import fresh_postgres_database, postgres_available, redis_available  # noqa: E402
-from workers.fast_eval import fast_metrics  # noqa: E402
 
 TABLE = {"widths": [k / 8 for k in range(2, 9)], "gflops": [0.0114 * (k / 2) ** 2 for k in range(2, 9)],
          "gflops_conv_linear": None}  # fmt: skip
@@ -50,32 +49,13 @@ def spec(population: int, generations: int) -> SearchSpec:
                       mutation_rate=0.1, crossover="one_point")  # fmt: skip
 
 
-def seed_search(repo: Repository, s: SearchSpec) -> int:
-    net = repo.create_supernet("bench", "a" * 64, {})
-    repo.supernet_ready(net, TABLE, {})
-    stats = repo.create_reference_stats("bench", "digits", "fast", artifact_sha256="b" * 64)
-    return repo.create_search("bench", net, stats, s.to_dict())
-
-
-class NullSender:
-    def __init__(self) -> None:
-        self.sent: list[tuple[int, int]] = []
-
-    def evaluate_candidate(self, candidate_id: int, attempt: int) -> None:
-        self.sent.append((candidate_id, attempt))
-
-    def train_supernet(self, run_id: int, attempt: int) -> None:
-        pass
-
-
 def controller_overhead(url: str, population: int, generations: int) -> dict[str, Any]:
     upgrade(url)
     repo = Repository(make_engine(url))
     s = spec(population, generations)
-    sid = seed_search(repo, s)
-    sender = NullSender()
+    sid = make_search(repo, s, TABLE)
+    sender = Outbox()  # sends nothing: the simulated worker below takes the messages
     controller = SearchController(repo, sender, Settings(), ident="bench")
-    table = CostTable.from_dict(TABLE)
     tick_s: list[float] = []
     ticks = 0
     while repo.get_search(sid).status != JobStatus.COMPLETE:  # type: ignore[union-attr]
@@ -83,11 +63,7 @@ def controller_overhead(url: str, population: int, generations: int) -> dict[str
         controller.tick(sid)
         tick_s.append(time.perf_counter() - t0)
         ticks += 1
-        messages, sender.sent = sender.sent, []
-        for cid, attempt in messages:  # the simulated worker (not timed)
-            if repo.claim_candidate(cid, attempt, "w"):
-                genome = repo.get_candidate(cid).genome  # type: ignore[union-attr]
-                repo.complete_candidate(cid, attempt, "w", fast_metrics(s, genome, table))
+        complete_sent(repo, sender)  # the simulated worker (not timed)
     n_cands = len(repo.candidates(sid))
     repo.engine.dispose()
     total = sum(tick_s)
@@ -113,7 +89,7 @@ def throughput(
             start_worker_process(env, queues="eval", log=logs / f"worker{i}.log") for i in range(workers)
         ]
         time.sleep(3.0)  # workers connected
-        sid = seed_search(repo, s)
+        sid = make_search(repo, s, TABLE)
         while repo.get_search(sid).status != JobStatus.COMPLETE:  # type: ignore[union-attr]
             time.sleep(0.2)
     finally:

@@ -17,63 +17,21 @@ from api.db.models import CandidateState
 from api.db.repository import Repository
 from api.queue import Dispatcher
 from api.settings import Settings
-from ddsm_core.costs import CostTable
-from ddsm_core.search import Evaluation, run_search
 from ddsm_core.spec import SearchSpec
-from workers.fast_eval import fast_metrics
+from tests.factories import front_of, local_front, ready, search_body
 
 from .conftest import Stack
 
 pytestmark = pytest.mark.integration
 
-TABLE = {"widths": [0.25, 0.5, 0.75, 1.0], "gflops": [1.0, 2.0, 3.0, 4.0], "gflops_conv_linear": None}
-
-
-def ready(repo: Repository) -> tuple[int, int]:
-    net = repo.create_supernet("net", "a" * 64, {})
-    repo.supernet_ready(net, TABLE, {})
-    return net, repo.create_reference_stats("r", "digits", "domain", artifact_sha256="b" * 64)
-
 
 def body(net: int, stats: int) -> dict[str, object]:
-    return {
-        "supernet_id": net,
-        "reference_stats_id": stats,
-        "sampler": "ddim",
-        "steps": 4,
-        "population": 6,
-        "generations": 2,
-        "n_images": 4,
-        "final_images": 8,
-        "weight": 2.0,
-        "mutation_rate": 0.2,
-        "seed": 5,
-    }
-
-
-def local_front(config: dict[str, object], tmp_path: Path) -> list[list[object]]:
-    spec = SearchSpec.from_dict(config)
-
-    def evaluate(genome: tuple[int, ...], n: int) -> Evaluation:
-        m = fast_metrics(spec, genome, CostTable.from_dict(TABLE))
-        return Evaluation((m["fid"], m["gflops"]))
-
-    run = run_search(
-        spec.search_config(),
-        evaluate,
-        tmp_path / "local",
-        seed=spec.seed,
-        n_images=spec.n_images,
-        final_images=spec.final_images,
-        weight=spec.weight,
-        progress=False,
-    )
-    return [[list(c.genome), c.fid, c.cost] for c in run.driver.front()]
+    return search_body(net, stats, seed=5)
 
 
 def assert_front_is_the_local_one(done: dict[str, Any], config: dict[str, object], tmp_path: Path) -> None:
     """The service's front equals the one `ddsm search` finds locally with the same seed."""
-    assert [[p["genome"], p["fid"], p["gflops"]] for p in done["front"]] == local_front(config, tmp_path)
+    assert front_of(done["front"]) == local_front(SearchSpec.from_dict(config), tmp_path / "local")
 
 
 def wait_until_complete(stack: Stack, http: httpx.Client, sid: int, timeout: float) -> dict[str, Any]:

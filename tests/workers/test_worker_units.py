@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -9,7 +12,10 @@ import pytest
 from api.artifacts import ArtifactError, ArtifactStore
 from api.queue import EVAL_QUEUE, ROUTES, TRAIN_QUEUE, TRAIN_SUPERNET, celery_config
 from api.settings import Settings
+from workers.app import make_worker_app
 from workers.tasks import Heartbeat
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_celery_settings_follow_the_known_traps() -> None:
@@ -20,6 +26,33 @@ def test_celery_settings_follow_the_known_traps() -> None:
     assert conf["task_serializer"] == "json" and conf["accept_content"] == ["json"]
     assert ROUTES[TRAIN_SUPERNET]["queue"] == TRAIN_QUEUE
     assert {r["queue"] for r in ROUTES.values()} == {EVAL_QUEUE, TRAIN_QUEUE}
+
+
+def test_the_worker_app_is_made_from_the_settings_given_with_every_task_routed() -> None:
+    settings = Settings(celery_broker_url="redis://127.0.0.1:6379/9", visibility_timeout_s=7200)
+    app = make_worker_app(settings)
+    assert app.conf.broker_url == "redis://127.0.0.1:6379/9"
+    assert app.conf.broker_transport_options == {"visibility_timeout": 7200}
+    assert app.conf.task_acks_late and app.conf.task_reject_on_worker_lost
+    assert app.conf.worker_prefetch_multiplier == 1
+    for name in ROUTES:  # every task the API sends has a body here, with the long-task settings
+        task = app.tasks[name]
+        assert task.acks_late and task.reject_on_worker_lost, name
+
+
+def test_importing_the_worker_modules_reads_no_settings() -> None:
+    """Settings are read when a worker app is made, not at import: a bad value fails only then."""
+    code = (
+        "import workers.app, workers.cli, workers.tasks, api.queue\n"
+        "try:\n"
+        "    workers.app.app\n"
+        "except Exception as exc:\n"
+        "    print('settings read on demand:', type(exc).__name__)\n"
+    )
+    env = {**os.environ, "DDSM_MAX_ATTEMPTS": "not a number", "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "settings read on demand: ValidationError" in out.stdout
 
 
 def test_embedded_broker_needs_no_server(tmp_path: Path) -> None:
