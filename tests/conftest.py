@@ -7,9 +7,14 @@ over threads that the worker processes of the integration tests also want; one t
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+BLOCK_TORCH = "DDSM_TEST_BLOCK_TORCH"
+if os.environ.get(BLOCK_TORCH) == "1":
+    sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` raises ImportError from here on
 
 try:
     import torch
