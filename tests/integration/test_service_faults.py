@@ -25,8 +25,12 @@ from .conftest import Stack
 pytestmark = pytest.mark.integration
 
 
-def body(net: int, stats: int) -> dict[str, object]:
-    return search_body(net, stats, seed=5)
+def post_search(http: httpx.Client, repo: Repository) -> dict[str, Any]:
+    """A small search (seed 5) on a ready supernet and statistics, created over REST."""
+    net, stats = ready(repo)
+    reply = http.post("/searches", json=search_body(net, stats, seed=5))
+    assert reply.status_code == 201, reply.text
+    return reply.json()  # type: ignore[no-any-return]
 
 
 def assert_front_is_the_local_one(done: dict[str, Any], config: dict[str, object], tmp_path: Path) -> None:
@@ -47,9 +51,8 @@ def test_every_message_delivered_twice_is_recorded_once(
     stack_factory: Callable[..., Stack], repo: Repository, tmp_path: Path
 ) -> None:
     stack = stack_factory(n_workers=2, evaluator="fast", fast_eval_seconds="0.2")
-    net, stats = ready(repo)
     with stack.client() as http:
-        search = http.post("/searches", json=body(net, stats)).json()
+        search = post_search(http, repo)
         sid = search["id"]
         duplicate = Dispatcher(Settings(celery_broker_url=stack.env["CELERY_BROKER_URL"]))
         sent: set[int] = set()
@@ -82,9 +85,8 @@ def test_worker_killed_mid_candidate_runs_it_again_and_the_search_completes(
     stack_factory: Callable[..., Stack], repo: Repository, tmp_path: Path
 ) -> None:
     stack = stack_factory(n_workers=2, evaluator="fast", fast_eval_seconds="1.0")
-    net, stats = ready(repo)
     with stack.client() as http:
-        search = http.post("/searches", json=body(net, stats)).json()
+        search = post_search(http, repo)
         sid = search["id"]
         running = stack.wait_for(
             "a running candidate", lambda: repo.candidates(sid, state=CandidateState.RUNNING), timeout=60
@@ -105,9 +107,8 @@ def test_api_killed_mid_search_resumes_the_search_after_restart(
     stack_factory: Callable[..., Stack], repo: Repository, tmp_path: Path
 ) -> None:
     stack = stack_factory(n_workers=1, evaluator="fast", fast_eval_seconds="0.3")
-    net, stats = ready(repo)
     with stack.client() as http:
-        search = http.post("/searches", json=body(net, stats)).json()
+        search = post_search(http, repo)
         sid = search["id"]
         stack.wait_for("the second generation", lambda: repo.get_search(sid).generation >= 1, timeout=60)  # type: ignore[union-attr]
         stack.restart_api()
