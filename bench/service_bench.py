@@ -37,7 +37,13 @@ from api.processes import start_api_process, start_worker_process, stop, wait_he
 from api.settings import Settings  # noqa: E402
 from ddsm_core.spec import SearchSpec  # noqa: E402
 from tests.factories import Outbox, complete_sent, make_search  # noqa: E402
-from tests.support import fresh_postgres_database, postgres_available, redis_available  # noqa: E402
+from tests.support import (  # noqa: E402
+    empty_redis_database,
+    fresh_postgres_database,
+    fresh_redis_database,
+    postgres_available,
+    redis_available,
+)
 
 TABLE = {"widths": [k / 8 for k in range(2, 9)], "gflops": [0.0114 * (k / 2) ** 2 for k in range(2, 9)],
          "gflops_conv_linear": None}  # fmt: skip
@@ -125,7 +131,7 @@ def main() -> None:
             print(ctl[-1], flush=True)
         stacks = {"embedded (SQLite + SQLAlchemy-transport broker)": None}
         if postgres_available() and redis_available():
-            stacks["Postgres + Redis"] = "redis://127.0.0.1:6379/14"
+            stacks["Postgres + Redis"] = stack.enter_context(fresh_redis_database())
         for work_s in (0.0, args.work):
             for name, broker in stacks.items():
                 for workers in (1, 2):
@@ -136,9 +142,7 @@ def main() -> None:
                     else:
                         url = stack.enter_context(fresh_postgres_database("ddsm_bench"))
                         env |= {"DATABASE_URL": url, "CELERY_BROKER_URL": broker}
-                        import redis
-
-                        redis.Redis.from_url(broker).flushdb()
+                        empty_redis_database(broker)
                     sizes = (args.tp_population, args.tp_generations)
                     row = throughput({**os.environ, **env}, url, workers, *sizes, home / "logs")
                     tp.append({"stack": name, "work_s": work_s, **row})

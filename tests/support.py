@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 import uuid
 from collections.abc import Iterator
@@ -71,3 +72,40 @@ def fresh_postgres_database(prefix: str = "ddsm_test") -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+REDIS_OWNER_KEY = "ddsm-test-run"
+
+
+@contextmanager
+def fresh_redis_database(hold_s: int = 4 * 3600) -> Iterator[str]:
+    """A Redis database (1-15) that no other test run holds, emptied; yields its URL.
+
+    Several test runs may share one Redis: each claims its database with SET NX (expiring after
+    ``hold_s`` in case a run dies) and empties it when done, which also gives the claim back.
+    """
+    import redis
+
+    token = uuid.uuid4().hex
+    for db in random.sample(range(1, 16), 15):
+        url = f"{REDIS_URL}/{db}"
+        client = redis.Redis.from_url(url)
+        if client.set(REDIS_OWNER_KEY, token, nx=True, ex=hold_s):
+            break
+    else:
+        raise RuntimeError("every Redis database 1-15 is held by another test run")
+    try:
+        empty_redis_database(url)  # what a run that died left
+        yield url
+    finally:
+        client.flushdb()
+
+
+def empty_redis_database(url: str) -> None:
+    """Delete every key but the claim of :func:`fresh_redis_database`."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    for key in client.scan_iter():
+        if key != REDIS_OWNER_KEY.encode():
+            client.delete(key)

@@ -6,7 +6,6 @@ Skips with a reason when Postgres or Redis is missing, except with CI=true, wher
 from __future__ import annotations
 
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -23,7 +22,13 @@ import pytest
 from api.db.engine import make_engine, upgrade
 from api.db.repository import Repository
 from api.processes import wait_healthy
-from tests.support import REDIS_URL, fresh_postgres_database, postgres_available, redis_available, require
+from tests.support import (
+    fresh_postgres_database,
+    fresh_redis_database,
+    postgres_available,
+    redis_available,
+    require,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = {"X-API-Key": "integration"}
@@ -45,25 +50,10 @@ def pg_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    """A Redis database of its own for this run, flushed before and after."""
+    """A Redis database of its own for this run (other runs may share the server), empty."""
     require(redis_available(), "Redis at 127.0.0.1:6379")
-    import redis
-
-    # Concurrent runs on one machine must not share a database (their workers would take each
-    # other's messages): claim a free one with SET NX; a crashed run's claim expires.
-    claim = "ddsm-test-run"
-    for db in random.sample(range(1, 16), 15):
-        url = f"{REDIS_URL}/{db}"
-        client = redis.Redis.from_url(url)
-        if client.set(claim, os.getpid(), nx=True, ex=3600):
-            break
-    else:
-        pytest.fail("every Redis database 1-15 is claimed by another test run")
-    for key in client.scan_iter():
-        if key != claim.encode():
-            client.delete(key)
-    yield url
-    client.flushdb()
+    with fresh_redis_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
