@@ -1,2 +1,3 @@
-"""Celery workers: ``app`` (torch-free), ``tasks`` (thin adapters), ``compute`` (the torch side),
-``fast_eval`` (a trivial evaluator for benchmarks)."""
+"""Celery workers: ``app`` (the Celery app, made by a factory; torch-free), ``tasks`` (thin adapters),
+``compute`` (the torch side), ``fast_eval`` (a trivial evaluator for benchmarks), ``cli`` (the
+``ddsm worker`` command)."""
