@@ -87,9 +87,10 @@ def fresh_redis_database(hold_s: int = 4 * 3600) -> Iterator[str]:
     import redis
 
     token = uuid.uuid4().hex
-    for db in random.sample(range(1, 16), 15):
+    clients = {db: redis.Redis.from_url(f"{REDIS_URL}/{db}") for db in random.sample(range(1, 16), 15)}
+    # empty ones first: a run that does not claim (an older checkout) still leaves its queues there
+    for db, client in sorted(clients.items(), key=lambda item: item[1].dbsize() > 0):
         url = f"{REDIS_URL}/{db}"
-        client = redis.Redis.from_url(url)
         if client.set(REDIS_OWNER_KEY, token, nx=True, ex=hold_s):
             break
     else:
