@@ -8,16 +8,14 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from test_routes import KEY, TABLE, Outbox, local_settings, ready, search_body
+from test_routes import KEY, local_settings
 
 from api.app import create_app
 from api.controller import SearchController
 from api.dashboard import front_indices, hypervolume
 from api.db.models import JobStatus
 from api.settings import Settings
-from ddsm_core.costs import CostTable
-from ddsm_core.spec import SearchSpec
-from workers.fast_eval import fast_metrics
+from tests.factories import TABLE, Outbox, complete_sent, ready, search_body
 
 
 @pytest.fixture
@@ -37,19 +35,13 @@ PAGES = ["/", "/ui/searches/1", "/ui/training-runs/1", "/ui/compare", "/ui/searc
 
 def run_search_to_the_end(client: TestClient, outbox: Outbox) -> int:
     """A search driven by the controller with the fast evaluator standing in for the workers."""
-    net, stats = ready(client)
-    search = client.post("/searches", json=search_body(net, stats, generations=3), headers=KEY).json()
     repo = client.app.state.repo  # type: ignore[attr-defined]
+    net, stats = ready(repo)
+    search = client.post("/searches", json=search_body(net, stats, generations=3), headers=KEY).json()
     controller = SearchController(repo, outbox, Settings())  # type: ignore[arg-type]
-    spec = SearchSpec.from_dict(search["config"])
     for _ in range(100):
         controller.tick(search["id"])
-        for _, (cid, attempt) in [m for m in outbox.sent if m[0] == "evaluate"]:
-            if repo.claim_candidate(cid, attempt, "w"):
-                genome = repo.get_candidate(cid).genome
-                metrics = fast_metrics(spec, genome, CostTable.from_dict(TABLE))
-                repo.complete_candidate(cid, attempt, "w", metrics)
-        outbox.sent.clear()
+        complete_sent(repo, outbox)
         if repo.get_search(search["id"]).status == JobStatus.COMPLETE:
             return search["id"]
     raise AssertionError("the search did not complete")

@@ -28,28 +28,11 @@ from api.db.models import JobStatus, Search
 from api.db.repository import MAX_ID, Repository
 from api.settings import Settings
 from ddsm_core.errors import ConfigError
+from tests.factories import Outbox, ready, search_body
 
 KEY = "secret"
 AUTH = {"X-API-Key": KEY}
-TABLE = {"widths": [0.25, 0.5, 0.75, 1.0], "gflops": [1.0, 2.0, 3.0, 4.0], "gflops_conv_linear": None}
 TRACEBACK = 'RuntimeError: CUDA out of memory\nTraceback (most recent call last):\n  File "/srv/x.py", line 3'
-
-
-class Outbox:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, tuple[int, ...]]] = []
-
-    def evaluate_candidate(self, candidate_id: int, attempt: int) -> None:
-        self.sent.append(("evaluate", (candidate_id, attempt)))
-
-    def train_supernet(self, run_id: int, attempt: int) -> None:
-        self.sent.append(("train", (run_id, attempt)))
-
-    def compute_reference_stats(self, stats_id: int) -> None:
-        self.sent.append(("stats", (stats_id,)))
-
-    def inspect_supernet(self, supernet_id: int) -> None:
-        self.sent.append(("inspect", (supernet_id,)))
 
 
 Factory = Callable[..., AbstractContextManager[TestClient]]
@@ -90,36 +73,12 @@ def repo_of(client: TestClient) -> Repository:
     return client.app.state.repo  # type: ignore[attr-defined]
 
 
-def ready(client: TestClient) -> tuple[int, int]:
-    repo = repo_of(client)
-    net = repo.create_supernet("net", "a" * 64, {})
-    repo.supernet_ready(net, TABLE, {})
-    stats = repo.create_reference_stats("digits", "digits", "domain", artifact_sha256="b" * 64)
-    return net, stats
-
-
-def search_body(net: int, stats: int, **kw: object) -> dict[str, object]:
-    body = {
-        "supernet_id": net,
-        "reference_stats_id": stats,
-        "sampler": "ddim",
-        "steps": 4,
-        "population": 6,
-        "generations": 2,
-        "n_images": 4,
-        "final_images": 8,
-        "weight": 2.0,
-        "mutation_rate": 0.2,
-    }
-    return {**body, **kw}
-
-
 # ------------------------------------------------------------------------------------------ keys
 @pytest.mark.parametrize(
     "header", [b"\xc3\xa9t\xc3\xa9", b"\xff\xfe", b"", b"secre", b"secret\x7f", "sécret".encode("latin-1")]
 )
 def test_malformed_empty_or_non_ascii_keys_are_401(client: TestClient, header: bytes) -> None:
-    net, stats = ready(client)
+    net, stats = ready(repo_of(client))
     reply = client.post("/searches", json=search_body(net, stats), headers={"X-API-Key": header})
     assert reply.status_code == 401, reply.text
     assert "X-API-Key" in reply.json()["detail"]
@@ -154,7 +113,7 @@ def test_ddsm_serve_with_an_empty_key_exits_with_a_one_line_error(tmp_path: Path
 
 def test_an_unset_key_means_no_authentication(make_client: Factory) -> None:
     with make_client(api_key=None) as client:
-        net, stats = ready(client)
+        net, stats = ready(repo_of(client))
         assert client.post("/searches", json=search_body(net, stats)).status_code == 201
 
 
@@ -187,7 +146,7 @@ def test_the_default_limit_is_one_mebibyte(client: TestClient) -> None:
 # ------------------------------------------------------------------------- non-finite numbers
 @pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity", "1e309", "-2.5e400"])
 def test_a_non_finite_number_in_a_json_body_is_an_encodable_422(client: TestClient, token: str) -> None:
-    net, stats = ready(client)
+    net, stats = ready(repo_of(client))
     text = json.dumps(search_body(net, stats)).replace('"weight": 2.0', f'"weight": {token}')
     assert token in text
     for content_type in ("application/json", "application/json; charset=utf-8", "application/x+json"):
@@ -237,13 +196,13 @@ def test_ids_beyond_the_integer_columns_are_404(client: TestClient, ident: int) 
         assert client.get(path.format(ident)).status_code == 404, path
     for path in ("/searches/{}/cancel", "/searches/{}/resume", "/training-runs/{}/cancel"):
         assert client.post(path.format(ident), headers=AUTH).status_code == 404, path
-    net, stats = ready(client)
+    net, stats = ready(repo_of(client))
     for body in (search_body(ident, stats), search_body(net, ident)):
         assert client.post("/searches", json=body, headers=AUTH).status_code == 404
 
 
 def test_an_offset_beyond_the_integer_columns_is_422(client: TestClient) -> None:
-    net, stats = ready(client)
+    net, stats = ready(repo_of(client))
     search = client.post("/searches", json=search_body(net, stats), headers=AUTH).json()
     for offset in (MAX_ID + 1, 10**30):
         reply = client.get(f"/searches/{search['id']}/candidates", params={"offset": offset})
@@ -361,7 +320,7 @@ def test_tracebacks_are_for_key_holders_only(client: TestClient) -> None:
     repo.supernet_failed(net, TRACEBACK)
     run = repo.create_training_run("t", {"preset": "digits"}, 10)
     assert repo.claim_training_run(run, 1, "w") and repo.fail_training_run(run, 1, "w", TRACEBACK)
-    good, stats = ready(client)
+    good, stats = ready(repo_of(client))
     search = client.post("/searches", json=search_body(good, stats), headers=AUTH).json()["id"]
     SearchController(repo, Outbox(), Settings()).tick(search)
     cand = repo.candidates(search)[0]
@@ -405,7 +364,7 @@ def evaluate_sent(repo: Repository, outbox: Outbox) -> None:
 
 def test_a_search_state_carrying_a_pickle_runs_no_code_in_the_api(client: TestClient, tmp_path: Path) -> None:
     repo = repo_of(client)
-    net, stats = ready(client)
+    net, stats = ready(repo_of(client))
     body = search_body(net, stats, generations=3)
     search = client.post("/searches", json=body, headers=AUTH).json()["id"]
     outbox = Outbox()

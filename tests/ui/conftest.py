@@ -24,8 +24,8 @@ import pytest
 
 from api.db.engine import make_engine
 from api.db.repository import Repository
-from api.service_cmds import wait_healthy
-from api.testing import require
+from api.processes import wait_healthy
+from tests.support import require
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("DDSM_CHROMIUM", "/usr/bin/chromium")
