@@ -23,19 +23,7 @@ COMPOSING_ENTRY = "api.cli"
 WORKERS_MAY_USE = ("api.db", "api.settings", "api.queue", "api.artifacts")
 TEST_ONLY = ("pytest", "_pytest")
 
-# Edges still on main that another branch removes; the lead deletes this allowlist after merging it.
-PENDING = {
-    # removed by i8-spec: the search definition moves from api/specs.py to ddsm_core/spec.py
-    ("workers.compute", "api.specs"),
-    ("workers.fast_eval", "api.specs"),
-    ("workers.tasks", "api.specs"),
-    # removed by i8-spec: the search defaults move out of the CLI into ddsm_core/spec.py
-    ("api.schemas", "ddsm_core.cli.search_cmd"),
-    ("api.demo", "ddsm_core.cli.search_cmd"),
-}
-
 Graph = dict[str, dict[str, int]]  # module -> {imported name: first line}
-Edges = set[tuple[str, str]] | frozenset[tuple[str, str]]
 
 
 def find_modules(root: Path, packages: Iterable[str] = PACKAGES) -> dict[str, Path]:
@@ -93,13 +81,11 @@ def _within(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
 
 
-def violations(graph: Graph, pending: Edges = frozenset()) -> list[str]:
+def violations(graph: Graph) -> list[str]:
     """One line per forbidden edge: ``source:line imports target (rule)``."""
     found = []
     for source, edges in sorted(graph.items()):
         for target, line in sorted(edges.items()):
-            if (source, target) in pending:
-                continue
             rule = _broken_rule(source, target)
             if rule:
                 found.append(f"{source}:{line} imports {target} ({rule})")
@@ -183,17 +169,11 @@ def graph() -> Graph:
 
 
 def test_every_import_follows_the_layers(graph: Graph) -> None:
-    assert violations(graph, PENDING) == []
+    assert violations(graph) == []
 
 
 def test_no_module_imports_itself_back_through_others(graph: Graph) -> None:
     assert [" -> ".join(c) for c in cycles(graph)] == []
-
-
-def test_each_pending_edge_still_exists(graph: Graph) -> None:
-    """An allowlisted edge that is gone must leave the allowlist, so that it cannot come back unseen."""
-    gone = sorted(f"{s} -> {t}" for s, t in PENDING if t not in graph.get(s, {}))
-    assert gone == [], "delete these from PENDING"
 
 
 def _write(root: Path, files: Mapping[str, str]) -> None:
@@ -231,7 +211,6 @@ def test_the_checker_finds_upward_edges_and_cycles_in_a_synthetic_tree(tmp_path:
         "workers.tasks:5 imports api.routes",
     ]
     assert found[2].endswith("(ddsm_core imports nothing of api/ or workers/)")
-    assert violations(graph, {("api.demo", "ddsm_core.cli.cmd")}) == found[1:]
     assert cycles(graph) == [["api.routes", "api.schemas", "api.routes"]]
 
 
