@@ -10,6 +10,9 @@ register_all(app, ("api.service_cmds",))
 
 
 def main() -> None:
+    from ddsm_core.threads import passive_openmp
+
+    passive_openmp()  # before any command imports torch (workers started here inherit it)
     sys.exit(run_app(app))
 
 

@@ -33,6 +33,10 @@ class UNetConfig:
     :param widths: the width set the supernet offers, fractions of the full width.
     :param num_classes: class-conditional when set (a label embedding is added to the time embedding).
     :param learn_sigma: output 2 x in_channels (epsilon and a variance term) when True.
+    :param channel_multiple: hardware-friendly widths: every layer's channels at a narrow width are
+        rounded up to a multiple of this (``widths.channels``); 16 suits AVX-512 and GPU tensor-core
+        kernels (bench/width_latency.md). 1 (the default) is the paper's ``ceil(C * width)``. A
+        different multiple makes different sub-networks, so it is part of the checkpoint's config.
     """
 
     image_size: int = 32
@@ -48,6 +52,7 @@ class UNetConfig:
     widths: tuple[float, ...] = field(default=DEFAULT_WIDTHS)
     num_classes: int | None = None
     learn_sigma: bool = False
+    channel_multiple: int = 1
 
     def __post_init__(self) -> None:
         # Normalise sequences (JSON gives lists) before the frozen dataclass is hashed or compared.
@@ -64,6 +69,7 @@ class UNetConfig:
             "num_res_blocks": self.num_res_blocks,
             "num_heads": self.num_heads,
             "num_groups": self.num_groups,
+            "channel_multiple": self.channel_multiple,
         }
         for name, value in positive.items():
             if int(value) < 1:
