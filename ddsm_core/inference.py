@@ -22,18 +22,33 @@ from torch import nn
 
 from ddsm_core.slimmable import SlimConv2d, SlimLinear
 
+# Where NHWC pays off (bench/width_latency.md): on the CPU (oneDNN); on CUDA for half types only
+# (cuDNN's NHWC kernels are the tensor-core ones; float32 NCHW is as fast or faster there).
+CPU_CHANNELS_LAST = True
+
+
+def default_channels_last(model: nn.Module) -> bool:
+    """Whether :func:`prepare_for_inference` stores the model channels_last by default."""
+    p = next(model.parameters())
+    if p.device.type == "cuda":
+        return p.dtype in (torch.bfloat16, torch.float16)
+    return CPU_CHANNELS_LAST
+
 
 def prepare_for_inference(
-    model: nn.Module, *, channels_last: bool = True, widths: Sequence[float] | None = None
+    model: nn.Module, *, channels_last: bool | None = None, widths: Sequence[float] | None = None
 ) -> nn.Module:
     """Eval mode, optionally channels_last, and every width's packed weights built now.
 
-    :param model: a :class:`~ddsm_core.unet.SlimmableUNet` (modified in place and returned).
+    :param model: a :class:`~ddsm_core.unet.SlimmableUNet` on its device and in its dtype (modified
+        in place and returned).
     :param channels_last: store 4-d weights NHWC; activations follow (a conv with an NHWC weight
-        returns NHWC), so inputs need no conversion.
+        returns NHWC), so inputs need no conversion. Default: :func:`default_channels_last`.
     :param widths: the widths to pack (default: all of the model's).
     """
     model.eval()
+    if channels_last is None:
+        channels_last = default_channels_last(model)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     chosen = tuple(model.config.widths if widths is None else widths)  # type: ignore[attr-defined]

@@ -85,7 +85,9 @@ class LatencyTable:
         rows = tuple(_row("seconds", r, len(batches)) for r in self.seconds)
         if len(rows) != len(widths):
             raise ConfigError(f"latency table has {len(widths)} widths but {len(rows)} rows of seconds")
-        overhead = {canonical_sampler(s): _row(f"overhead[{s}]", v, len(batches)) for s, v in self.overhead.items()}
+        overhead = {
+            canonical_sampler(s): _row(f"overhead[{s}]", v, len(batches)) for s, v in self.overhead.items()
+        }
         object.__setattr__(self, "widths", widths)
         object.__setattr__(self, "batch_sizes", batches)
         object.__setattr__(self, "seconds", rows)
@@ -314,10 +316,11 @@ def measure_overhead(
     with torch.inference_mode():
         for name in samplers:
             strategy = Strategy.uniform(canonical_sampler(name), steps, 0, (1.0,))
-            fns = {
-                b: (lambda b=b: sample(denoiser, strategy, shape, range(b), device=dev, dtype=dtype, clip=True))
-                for b in batch_sizes
-            }
+
+            def run(b: int, strategy: Strategy = strategy) -> None:
+                sample(denoiser, strategy, shape, range(b), device=dev, dtype=dtype, clip=True)
+
+            fns = {b: (lambda b=b: run(b)) for b in batch_sizes}
             med = time_round_robin(fns, repeats, warmup, dev)
             out[strategy.sampler] = tuple(med[b] / steps for b in batch_sizes)
     return out

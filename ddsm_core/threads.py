@@ -41,7 +41,9 @@ def resolve_threads(threads: int | None) -> int:
         try:
             threads = int(raw)
         except ValueError:
-            raise ConfigError(f"{ENV}={raw!r} is not an integer (threads per process; 0 = all cores)") from None
+            raise ConfigError(
+                f"{ENV}={raw!r} is not an integer (threads per process; 0 = all cores)"
+            ) from None
     if threads < 0:
         raise ConfigError(f"threads must be >= 0 (0 = all cores), got {threads}")
     return threads

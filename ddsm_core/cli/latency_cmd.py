@@ -8,7 +8,9 @@ import typer
 
 
 def latency(
-    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Checkpoint or training run directory."),
+    checkpoint: Path | None = typer.Option(
+        None, "--checkpoint", help="Checkpoint or training run directory."
+    ),
     preset: str | None = typer.Option(
         None, "--preset", help="Measure a preset's untrained network instead (digits, cifar10, celeba64)."
     ),
@@ -20,7 +22,9 @@ def latency(
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
     repeats: int = typer.Option(7, "--repeats", help="Timed calls per width and batch size (median)."),
     warmup: int = typer.Option(2, "--warmup", help="Untimed calls first."),
-    channels_last: bool = typer.Option(True, "--channels-last/--no-channels-last", help="NHWC weights."),
+    channels_last: bool | None = typer.Option(
+        None, "--channels-last/--no-channels-last", help="NHWC weights [the device's default]."
+    ),
     out: Path | None = typer.Option(None, "--out", help="Write the table as JSON here."),
     threads: int | None = typer.Option(
         None, "--threads", help="Torch CPU threads (default 1 or $DDSM_TORCH_THREADS; 0 = all cores)."
@@ -33,7 +37,7 @@ def latency(
     import torch
 
     from ddsm_core.errors import ConfigError
-    from ddsm_core.inference import prepare_for_inference
+    from ddsm_core.inference import default_channels_last, prepare_for_inference
     from ddsm_core.latency import DTYPES, measure_latency
     from ddsm_core.train import pick_device
 
@@ -44,7 +48,9 @@ def latency(
     sizes = _batch_sizes(batch_sizes)
     dev = pick_device(device)
     model, schedule, info = _model(checkpoint, preset, channel_multiple, dev)
-    model = prepare_for_inference(model.to(dtype=getattr(torch, dtype)), channels_last=channels_last)
+    model = model.to(dtype=getattr(torch, dtype))
+    channels_last = default_channels_last(model) if channels_last is None else channels_last
+    model = prepare_for_inference(model, channels_last=channels_last)
     table = measure_latency(
         model, sizes, schedule=schedule, repeats=repeats, warmup=warmup, device=dev, dtype=dtype,
         model_info={**info, "channels_last": channels_last},
@@ -80,7 +86,11 @@ def _model(checkpoint: Path | None, preset: str | None, channel_multiple: int | 
         model, schedule, manifest = load_checkpoint(checkpoint, map_location=str(dev))
         # the manifest's sha256 names the checkpoint as the service does (its artifact key)
         sha = sha256_file(Path(manifest["path"]) / MANIFEST)
-        return model, schedule, {"checkpoint": manifest["path"], "step": manifest.get("step"), "manifest_sha256": sha}
+        return (
+            model,
+            schedule,
+            {"checkpoint": manifest["path"], "step": manifest.get("step"), "manifest_sha256": sha},
+        )
     overrides = {} if channel_multiple is None else {"channel_multiple": channel_multiple}
     config = UNetConfig.from_preset(str(preset), **overrides)
     return SlimmableUNet(config).to(dev).eval(), NoiseSchedule.linear(), {"preset": preset}

@@ -108,7 +108,9 @@ def test_cli_latency_writes_a_table_for_a_preset(tmp_path, capsys):
     captured = capsys.readouterr()
     assert code == 0, captured.err
     t = LatencyTable.load(out)
-    assert t.batch_sizes == (1, 2) and len(t.widths) == 7 and set(t.overhead) == {"ddpm", "ddim", "edm", "dpmpp"}
+    assert (
+        t.batch_sizes == (1, 2) and len(t.widths) == 7 and set(t.overhead) == {"ddpm", "ddim", "edm", "dpmpp"}
+    )
     assert t.model["preset"] == "digits" and t.threads == 1
     assert "ms per network call" in captured.out
     assert json.loads(out.read_text())["format"] == "ddsm-latency-table"
