@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ddsm_core.errors import ConfigError, choices_message
-from ddsm_core.widths import DEFAULT_WIDTHS, validate_widths
+from ddsm_core.widths import DEFAULT_WIDTHS, channels, validate_widths
 
 
 @dataclass(frozen=True)
@@ -33,10 +33,6 @@ class UNetConfig:
     :param widths: the width set the supernet offers, fractions of the full width.
     :param num_classes: class-conditional when set (a label embedding is added to the time embedding).
     :param learn_sigma: output 2 x in_channels (epsilon and a variance term) when True.
-    :param channel_multiple: hardware-friendly widths: every layer's channels at a narrow width are
-        rounded up to a multiple of this (``widths.channels``); 16 suits AVX-512 and GPU tensor-core
-        kernels (bench/width_latency.md). 1 (the default) is the paper's ``ceil(C * width)``. A
-        different multiple makes different sub-networks, so it is part of the checkpoint's config.
     """
 
     image_size: int = 32
@@ -52,7 +48,6 @@ class UNetConfig:
     widths: tuple[float, ...] = field(default=DEFAULT_WIDTHS)
     num_classes: int | None = None
     learn_sigma: bool = False
-    channel_multiple: int = 1
 
     def __post_init__(self) -> None:
         # Normalise sequences (JSON gives lists) before the frozen dataclass is hashed or compared.
@@ -69,7 +64,6 @@ class UNetConfig:
             "num_res_blocks": self.num_res_blocks,
             "num_heads": self.num_heads,
             "num_groups": self.num_groups,
-            "channel_multiple": self.channel_multiple,
         }
         for name, value in positive.items():
             if int(value) < 1:
@@ -111,6 +105,37 @@ class UNetConfig:
     def time_embed_dim(self) -> int:
         """Width of the timestep (and label) embedding at full width: 4 x model_channels (DDPM)."""
         return 4 * self.model_channels
+
+    def slim_channel_sizes(self) -> tuple[int, ...]:
+        """Full channel counts of every slimmable tensor: each level's channels and the embedding's."""
+        return tuple(sorted({self.model_channels * m for m in self.channel_mult} | {self.time_embed_dim}))
+
+    def aligned_widths(self, multiple: int = 16) -> tuple[float, ...]:
+        """The widths of the set at which every slimmable layer keeps a multiple of ``multiple`` channels.
+
+        Convolution kernels work on vectors of 16 float32 (AVX-512) or tiles of 8-16 channels (GPU
+        tensor cores): a 40-channel layer costs about what a 48-channel one costs
+        (bench/width_latency.md), so off-multiple widths pay for FLOPs they do not save. E.g. digits
+        (64 and 128 channels) at 16: 2/8, 4/8, 6/8, 8/8; cifar10 (128, 256): all seven widths.
+        """
+        if multiple < 1:
+            raise ConfigError(f"channel multiple must be >= 1, got {multiple}")
+        sizes = self.slim_channel_sizes()
+        aligned = [w for w in self.widths if all(channels(c, w) in (c, *range(0, c, multiple)) for c in sizes)]
+        return tuple(aligned)
+
+    def hardware_friendly(self, multiple: int = 16) -> UNetConfig:
+        """This config with only its :meth:`aligned_widths` (the hardware-friendly width set).
+
+        Rounding each layer's channels up instead cannot work in this U-Net: its up-blocks normalise
+        ``cat(h, skip)`` in GroupNorm groups that span both parts (digits: 128 + 64 channels in
+        groups of 12), and per-part rounding breaks the groups at every width where it changes a
+        count (the model's build-time check rejects them).
+        """
+        aligned = self.aligned_widths(multiple)
+        if not aligned:
+            raise ConfigError(f"no width of {self.widths} keeps multiples of {multiple} channels everywhere")
+        return dataclasses.replace(self, widths=aligned)
 
     # ---- presets -------------------------------------------------------------------------------
 

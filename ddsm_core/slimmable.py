@@ -8,11 +8,6 @@ reads ``cat(h, skip)``. A width-k sub-network is then made of the first channels
 the first channels of the concatenation (the DDSM authors' code does the latter, which makes the
 narrow network read the wrong skip channels). Layers therefore take their channel count as a tuple
 of part sizes, and slice their weights part by part.
-
-Multiple. Every layer keeps ``channels(part, width, multiple)`` channels of each part, where
-``multiple`` is the model's ``channel_multiple`` (1: the paper's ``ceil(C * width)``; 16: rounded up
-to the kernels' vector width). Layers take it at construction, so the width stays the only forward
-argument.
 """
 
 from __future__ import annotations
@@ -37,18 +32,18 @@ def as_parts(c: int | Sequence[int]) -> Parts:
     return parts
 
 
-def part_channels(parts: Parts, width: float, multiple: int = 1) -> Parts:
+def part_channels(parts: Parts, width: float) -> Parts:
     """Channels each part keeps at ``width``."""
-    return tuple(channels(p, width, multiple) for p in parts)
+    return tuple(channels(p, width) for p in parts)
 
 
-def slice_parts(t: Tensor, dim: int, parts: Parts, width: float, multiple: int = 1) -> Tensor:
-    """The first ``channels(p, width, multiple)`` entries of each part of ``t`` along ``dim``.
+def slice_parts(t: Tensor, dim: int, parts: Parts, width: float) -> Tensor:
+    """The first ``channels(p, width)`` entries of each part of ``t`` along ``dim``.
 
     A view when there is one part or nothing is cut (so the full width copies nothing); a
     concatenation of views otherwise.
     """
-    kept = part_channels(parts, width, multiple)
+    kept = part_channels(parts, width)
     if len(parts) == 1:
         return t if kept[0] == parts[0] else t.narrow(dim, 0, kept[0])
     if kept == parts:
@@ -77,24 +72,17 @@ class _SlimWeights(SlimModule):
     out_parts: Parts
     slim_in: bool
     slim_out: bool
-    multiple: int
 
     def _setup_parts(
-        self,
-        in_parts: int | Sequence[int],
-        out_parts: int | Sequence[int],
-        slim_in: bool,
-        slim_out: bool,
-        multiple: int,
+        self, in_parts: int | Sequence[int], out_parts: int | Sequence[int], slim_in: bool, slim_out: bool
     ) -> None:
         self.in_parts, self.out_parts = as_parts(in_parts), as_parts(out_parts)
-        self.slim_in, self.slim_out, self.multiple = slim_in, slim_out, int(multiple)
+        self.slim_in, self.slim_out = slim_in, slim_out
 
     def channels_at(self, width: float) -> tuple[int, int]:
         """(input, output) channels at ``width``."""
         w_in, w_out = (width if self.slim_in else 1.0), (width if self.slim_out else 1.0)
-        m = self.multiple
-        return sum(part_channels(self.in_parts, w_in, m)), sum(part_channels(self.out_parts, w_out, m))
+        return sum(part_channels(self.in_parts, w_in)), sum(part_channels(self.out_parts, w_out))
 
     def weights_at(self, width: float) -> tuple[Tensor, Tensor | None]:
         """The weight and bias a width-``width`` sub-network uses.
@@ -122,9 +110,8 @@ class _SlimWeights(SlimModule):
 
     def _slice(self, width: float) -> tuple[Tensor, Tensor | None]:
         w_in, w_out = (width if self.slim_in else 1.0), (width if self.slim_out else 1.0)
-        m = self.multiple
-        weight = slice_parts(slice_parts(self.weight, 0, self.out_parts, w_out, m), 1, self.in_parts, w_in, m)
-        bias = None if self.bias is None else slice_parts(self.bias, 0, self.out_parts, w_out, m)
+        weight = slice_parts(slice_parts(self.weight, 0, self.out_parts, w_out), 1, self.in_parts, w_in)
+        bias = None if self.bias is None else slice_parts(self.bias, 0, self.out_parts, w_out)
         return weight, bias
 
     def __getstate__(self) -> dict:
@@ -150,7 +137,6 @@ class SlimConv2d(nn.Conv2d, _SlimWeights):
     :param in_channels: full input channels, or the part sizes of a concatenated input.
     :param out_channels: full output channels, or part sizes (e.g. (C, C, C) for a fused q, k, v).
     :param slim_in: False for a fixed input (the image); ``slim_out`` likewise for the output.
-    :param multiple: channel multiple of the model (see module docstring).
     """
 
     def __init__(
@@ -164,11 +150,10 @@ class SlimConv2d(nn.Conv2d, _SlimWeights):
         bias: bool = True,
         slim_in: bool = True,
         slim_out: bool = True,
-        multiple: int = 1,
     ) -> None:
         in_parts, out_parts = as_parts(in_channels), as_parts(out_channels)
         super().__init__(sum(in_parts), sum(out_parts), kernel_size, stride, padding, bias=bias)
-        self._setup_parts(in_parts, out_parts, slim_in, slim_out, multiple)
+        self._setup_parts(in_parts, out_parts, slim_in, slim_out)
 
     __getstate__ = _SlimWeights.__getstate__  # nn.Module's own would come first in the MRO
 
@@ -189,11 +174,10 @@ class SlimLinear(nn.Linear, _SlimWeights):
         bias: bool = True,
         slim_in: bool = True,
         slim_out: bool = True,
-        multiple: int = 1,
     ) -> None:
         in_parts, out_parts = as_parts(in_features), as_parts(out_features)
         super().__init__(sum(in_parts), sum(out_parts), bias=bias)
-        self._setup_parts(in_parts, out_parts, slim_in, slim_out, multiple)
+        self._setup_parts(in_parts, out_parts, slim_in, slim_out)
 
     __getstate__ = _SlimWeights.__getstate__
 
@@ -204,18 +188,14 @@ class SlimLinear(nn.Linear, _SlimWeights):
 
 
 class SlimEmbedding(nn.Embedding, SlimModule):
-    """Label embedding whose vectors are cut to their first ``channels(dim, width, multiple)`` entries."""
-
-    def __init__(self, num_embeddings: int, embedding_dim: int, *, multiple: int = 1) -> None:
-        super().__init__(num_embeddings, embedding_dim)
-        self.multiple = int(multiple)
+    """Label embedding whose vectors are cut to their first ``channels(dim, width)`` entries."""
 
     def forward(self, y: Tensor, width: float = 1.0) -> Tensor:  # type: ignore[override]
-        """:param y: an [N] long Tensor of labels; returns [N x channels(dim, width, multiple)]."""
-        return F.embedding(y, self.weight.narrow(1, 0, channels(self.embedding_dim, width, self.multiple)))
+        """:param y: an [N] long Tensor of labels; returns [N x channels(dim, width)]."""
+        return F.embedding(y, self.weight.narrow(1, 0, channels(self.embedding_dim, width)))
 
     def check_width(self, width: float) -> None:
-        channels(self.embedding_dim, width, self.multiple)
+        channels(self.embedding_dim, width)
 
 
 class SlimGroupNorm(nn.GroupNorm, SlimModule):
@@ -232,9 +212,7 @@ class SlimGroupNorm(nn.GroupNorm, SlimModule):
     The affine weight and bias are sliced per part like the input (see module docstring).
     """
 
-    def __init__(
-        self, num_groups: int, num_channels: int | Sequence[int], eps: float = 1e-5, *, multiple: int = 1
-    ) -> None:
+    def __init__(self, num_groups: int, num_channels: int | Sequence[int], eps: float = 1e-5) -> None:
         parts = as_parts(num_channels)
         total = sum(parts)
         if total % num_groups:
@@ -242,10 +220,9 @@ class SlimGroupNorm(nn.GroupNorm, SlimModule):
         super().__init__(num_groups, total, eps=eps)
         self.parts = parts
         self.group_size = total // num_groups
-        self.multiple = int(multiple)
 
     def groups_at(self, width: float) -> int:
-        kept = sum(part_channels(self.parts, width, self.multiple))
+        kept = sum(part_channels(self.parts, width))
         if kept % self.group_size:
             raise ConfigError(
                 f"GroupNorm keeps {kept} channels, not a multiple of its group size {self.group_size}"
@@ -254,8 +231,8 @@ class SlimGroupNorm(nn.GroupNorm, SlimModule):
 
     def forward(self, x: Tensor, width: float = 1.0) -> Tensor:  # type: ignore[override]
         """:param x: an [N x C(width) x H x W] Tensor."""
-        weight = slice_parts(self.weight, 0, self.parts, width, self.multiple)
-        bias = slice_parts(self.bias, 0, self.parts, width, self.multiple)
+        weight = slice_parts(self.weight, 0, self.parts, width)
+        bias = slice_parts(self.bias, 0, self.parts, width)
         return F.group_norm(x, self.groups_at(width), weight, bias, self.eps)
 
     def check_width(self, width: float) -> None:

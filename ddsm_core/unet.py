@@ -43,11 +43,11 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
 class TimeEmbedding(nn.Module):
     """Sinusoidal features (fixed size) -> SlimLinear -> SiLU -> SlimLinear."""
 
-    def __init__(self, model_channels: int, embed_dim: int, multiple: int = 1) -> None:
+    def __init__(self, model_channels: int, embed_dim: int) -> None:
         super().__init__()
         self.model_channels = model_channels
-        self.lin1 = SlimLinear(model_channels, embed_dim, slim_in=False, multiple=multiple)
-        self.lin2 = SlimLinear(embed_dim, embed_dim, multiple=multiple)
+        self.lin1 = SlimLinear(model_channels, embed_dim, slim_in=False)
+        self.lin2 = SlimLinear(embed_dim, embed_dim)
 
     def forward(self, t: Tensor, width: float) -> Tensor:
         h = timestep_embedding(t, self.model_channels).to(self.lin1.weight.dtype)
@@ -65,15 +65,14 @@ class ResBlock(nn.Module):
     ) -> None:
         super().__init__()
         parts = (in_channels,) if isinstance(in_channels, int) else in_channels
-        m = cfg.channel_multiple
-        self.norm1 = SlimGroupNorm(cfg.num_groups, parts, multiple=m)
-        self.conv1 = SlimConv2d(parts, out_channels, 3, padding=1, multiple=m)
-        self.emb_proj = SlimLinear(embed_dim, out_channels, multiple=m)
-        self.norm2 = SlimGroupNorm(cfg.num_groups, out_channels, multiple=m)
+        self.norm1 = SlimGroupNorm(cfg.num_groups, parts)
+        self.conv1 = SlimConv2d(parts, out_channels, 3, padding=1)
+        self.emb_proj = SlimLinear(embed_dim, out_channels)
+        self.norm2 = SlimGroupNorm(cfg.num_groups, out_channels)
         self.dropout = nn.Dropout(cfg.dropout)
-        self.conv2 = SlimConv2d(out_channels, out_channels, 3, padding=1, multiple=m)
+        self.conv2 = SlimConv2d(out_channels, out_channels, 3, padding=1)
         same = len(parts) == 1 and parts[0] == out_channels
-        self.shortcut = None if same else SlimConv2d(parts, out_channels, 1, multiple=m)
+        self.shortcut = None if same else SlimConv2d(parts, out_channels, 1)
 
     def forward(self, x: Tensor, emb: Tensor, width: float) -> Tensor:
         h = self.conv1(F.silu(self.norm1(x, width)), width)
@@ -92,14 +91,14 @@ class AttentionBlock(nn.Module, SlimModule):
 
     def __init__(self, ch: int, cfg: UNetConfig) -> None:
         super().__init__()
-        self.ch, self.multiple = ch, cfg.channel_multiple
+        self.ch = ch
         self.num_heads, self.head_channels = cfg.num_heads, cfg.num_head_channels
-        self.norm = SlimGroupNorm(cfg.num_groups, ch, multiple=self.multiple)
-        self.qkv = SlimConv2d(ch, (ch, ch, ch), 1, multiple=self.multiple)
-        self.proj = SlimConv2d(ch, ch, 1, multiple=self.multiple)
+        self.norm = SlimGroupNorm(cfg.num_groups, ch)
+        self.qkv = SlimConv2d(ch, (ch, ch, ch), 1)
+        self.proj = SlimConv2d(ch, ch, 1)
 
     def heads_at(self, width: float) -> int:
-        c = channels(self.ch, width, self.multiple)
+        c = channels(self.ch, width)
         divisor = self.head_channels if self.head_channels > 0 else self.num_heads
         heads = c // self.head_channels if self.head_channels > 0 else self.num_heads
         if heads < 1 or c % divisor:
@@ -124,9 +123,9 @@ class AttentionBlock(nn.Module, SlimModule):
 class Downsample(nn.Module):
     """Stride-2 3x3 conv."""
 
-    def __init__(self, ch: int, multiple: int = 1) -> None:
+    def __init__(self, ch: int) -> None:
         super().__init__()
-        self.conv = SlimConv2d(ch, ch, 3, stride=2, padding=1, multiple=multiple)
+        self.conv = SlimConv2d(ch, ch, 3, stride=2, padding=1)
 
     def forward(self, x: Tensor, emb: Tensor, width: float) -> Tensor:
         return self.conv(x, width)
@@ -135,9 +134,9 @@ class Downsample(nn.Module):
 class Upsample(nn.Module):
     """Nearest-neighbour 2x upsampling then a 3x3 conv."""
 
-    def __init__(self, ch: int, multiple: int = 1) -> None:
+    def __init__(self, ch: int) -> None:
         super().__init__()
-        self.conv = SlimConv2d(ch, ch, 3, padding=1, multiple=multiple)
+        self.conv = SlimConv2d(ch, ch, 3, padding=1)
 
     def forward(self, x: Tensor, emb: Tensor, width: float) -> Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"), width)
@@ -170,7 +169,7 @@ def _build_down(cfg: UNetConfig) -> tuple[nn.ModuleList, list[int]]:
             ch = out
             skips.append(ch)
         if level < len(cfg.channel_mult) - 1:
-            blocks.append(Block([Downsample(ch, cfg.channel_multiple)]))
+            blocks.append(Block([Downsample(ch)]))
             skips.append(ch)
     return blocks, skips
 
@@ -191,7 +190,7 @@ def _build_up(cfg: UNetConfig, skips: list[int]) -> nn.ModuleList:
             layers = _with_attention(cfg, cfg.resolutions[level], out, first)
             ch = out
             if level > 0 and i == cfg.num_res_blocks:
-                layers.append(Upsample(ch, cfg.channel_multiple))
+                layers.append(Upsample(ch))
             blocks.append(Block(layers))
     assert not skips, "every skip tensor is consumed exactly once"
     return blocks
@@ -216,15 +215,15 @@ class SlimmableUNet(nn.Module):
     def __init__(self, config: UNetConfig) -> None:
         super().__init__()
         self.config = config
-        mc, emb, m = config.model_channels, config.time_embed_dim, config.channel_multiple
-        self.time_embed = TimeEmbedding(mc, emb, m)
-        self.label_embed = SlimEmbedding(config.num_classes, emb, multiple=m) if config.num_classes else None
-        self.head = SlimConv2d(config.in_channels, mc, 3, padding=1, slim_in=False, multiple=m)
+        mc, emb = config.model_channels, config.time_embed_dim
+        self.time_embed = TimeEmbedding(mc, emb)
+        self.label_embed = SlimEmbedding(config.num_classes, emb) if config.num_classes else None
+        self.head = SlimConv2d(config.in_channels, mc, 3, padding=1, slim_in=False)
         self.down, skips = _build_down(config)
         self.middle = _build_middle(config)
         self.up = _build_up(config, skips)
-        self.out_norm = SlimGroupNorm(config.num_groups, mc, multiple=m)
-        self.out_conv = SlimConv2d(mc, config.out_channels, 3, padding=1, slim_out=False, multiple=m)
+        self.out_norm = SlimGroupNorm(config.num_groups, mc)
+        self.out_conv = SlimConv2d(mc, config.out_channels, 3, padding=1, slim_out=False)
         _init_weights(self)
         nn.init.xavier_uniform_(self.out_conv.weight, gain=1e-5)
         self.check_widths(config.widths)

@@ -18,7 +18,7 @@ DEFAULT_WIDTHS: tuple[float, ...] = (2 / 8, 3 / 8, 4 / 8, 5 / 8, 6 / 8, 7 / 8, 8
 _EPS = 1e-9
 
 
-def channels(full: int, width: float, multiple: int = 1) -> int:
+def channels(full: int, width: float) -> int:
     """Number of channels a layer with ``full`` channels uses at ``width``.
 
     THE channel arithmetic of the project: every slimmable layer, the build-time validation, the
@@ -26,18 +26,10 @@ def channels(full: int, width: float, multiple: int = 1) -> int:
     at least 1, so a sub-network never has fewer channels than the fraction asks for and the full
     width (1.0) always gives ``full``. Widths whose product is not an integer are legal here;
     the model's build-time check decides whether a layer can split that way (GroupNorm, heads).
-
-    ``multiple > 1`` (``UNetConfig.channel_multiple``, the hardware-friendly option) then rounds that
-    count up to a multiple of ``multiple``, never above ``full``: CPU and GPU convolution kernels work
-    on vectors of 16 (AVX-512 float32) or tiles of 8-16 channels, and a 40-channel layer can be slower
-    than a 48-channel one (bench/width_latency.md).
     """
     if not 0.0 < width <= 1.0 + _EPS:
         raise ConfigError(f"width must be in (0, 1], got {width!r}")
-    if multiple < 1:
-        raise ConfigError(f"channel multiple must be >= 1, got {multiple!r}")
-    kept = max(1, min(full, math.ceil(full * width - _EPS)))
-    return kept if multiple == 1 else min(full, -(-kept // multiple) * multiple)
+    return max(1, min(full, math.ceil(full * width - _EPS)))
 
 
 def format_width(width: float, denominator: int = 8) -> str:

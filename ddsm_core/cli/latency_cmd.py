@@ -14,8 +14,8 @@ def latency(
     preset: str | None = typer.Option(
         None, "--preset", help="Measure a preset's untrained network instead (digits, cifar10, celeba64)."
     ),
-    channel_multiple: int | None = typer.Option(
-        None, "--channel-multiple", help="With --preset: round narrow channel counts up to this multiple."
+    aligned: int | None = typer.Option(
+        None, "--aligned", help="With --preset: keep only the widths whose channels are multiples of this."
     ),
     batch_sizes: str = typer.Option("1,64", "--batch-sizes", help="Batch sizes to measure, e.g. 1,64,256."),
     dtype: str = typer.Option("float32", "--dtype", help="float32, bfloat16 or float16."),
@@ -47,7 +47,7 @@ def latency(
         raise ConfigError(f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
     sizes = _batch_sizes(batch_sizes)
     dev = pick_device(device)
-    model, schedule, info = _model(checkpoint, preset, channel_multiple, dev)
+    model, schedule, info = _model(checkpoint, preset, aligned, dev)
     model = model.to(dtype=getattr(torch, dtype))
     channels_last = default_channels_last(model) if channels_last is None else channels_last
     model = prepare_for_inference(model, channels_last=channels_last)
@@ -72,7 +72,7 @@ def _batch_sizes(text: str) -> list[int]:
     return sizes
 
 
-def _model(checkpoint: Path | None, preset: str | None, channel_multiple: int | None, dev):  # noqa: ANN202
+def _model(checkpoint: Path | None, preset: str | None, aligned: int | None, dev):  # noqa: ANN202
     from ddsm_core.config import UNetConfig
     from ddsm_core.errors import ConfigError
     from ddsm_core.schedules import NoiseSchedule
@@ -81,8 +81,8 @@ def _model(checkpoint: Path | None, preset: str | None, channel_multiple: int | 
     if checkpoint is not None:
         from ddsm_core.checkpoint import MANIFEST, load_checkpoint, sha256_file
 
-        if channel_multiple is not None:
-            raise ConfigError("--channel-multiple goes with --preset; a checkpoint has its own")
+        if aligned is not None:
+            raise ConfigError("--aligned goes with --preset; a checkpoint has its own width set")
         model, schedule, manifest = load_checkpoint(checkpoint, map_location=str(dev))
         # the manifest's sha256 names the checkpoint as the service does (its artifact key)
         sha = sha256_file(Path(manifest["path"]) / MANIFEST)
@@ -91,8 +91,8 @@ def _model(checkpoint: Path | None, preset: str | None, channel_multiple: int | 
             schedule,
             {"checkpoint": manifest["path"], "step": manifest.get("step"), "manifest_sha256": sha},
         )
-    overrides = {} if channel_multiple is None else {"channel_multiple": channel_multiple}
-    config = UNetConfig.from_preset(str(preset), **overrides)
+    config = UNetConfig.from_preset(str(preset))
+    config = config if aligned is None else config.hardware_friendly(aligned)
     return SlimmableUNet(config).to(dev).eval(), NoiseSchedule.linear(), {"preset": preset}
 
 
