@@ -121,8 +121,11 @@ class UNetConfig:
         if multiple < 1:
             raise ConfigError(f"channel multiple must be >= 1, got {multiple}")
         sizes = self.slim_channel_sizes()
-        aligned = [w for w in self.widths if all(channels(c, w) in (c, *range(0, c, multiple)) for c in sizes)]
-        return tuple(aligned)
+
+        def aligned(c: int, w: float) -> bool:
+            return channels(c, w) % multiple == 0 or channels(c, w) == c
+
+        return tuple(w for w in self.widths if all(aligned(c, w) for c in sizes))
 
     def hardware_friendly(self, multiple: int = 16) -> UNetConfig:
         """This config with only its :meth:`aligned_widths` (the hardware-friendly width set).
