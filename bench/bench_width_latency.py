@@ -51,6 +51,10 @@ def _plain_unet_factory():
     return module.plain_unet
 
 
+CLOCKS = {"thread": time.thread_time, "wall": time.perf_counter}
+_clock = CLOCKS["thread"]
+
+
 def _best_times(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
     """Best-of-``rounds`` seconds per function, timed round-robin after one warm-up round.
 
@@ -60,9 +64,9 @@ def _best_times(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, 
     best = {name: math.inf for name in fns}
     for r in range(rounds + 1):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            start = _clock()
             fn()
-            elapsed = time.perf_counter() - start
+            elapsed = _clock() - start
             if r > 0:  # round 0 warms up allocators and kernels
                 best[name] = min(best[name], elapsed)
     return best
@@ -128,7 +132,7 @@ def machine() -> str:
     )
 
 
-def to_markdown(rows: list[dict], command: str, repeats: int) -> str:
+def to_markdown(rows: list[dict], command: str, repeats: int, clock: str = "thread") -> str:
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "# Forward latency per width (CPU), before and after the fast inference path",
@@ -144,8 +148,7 @@ def to_markdown(rows: list[dict], command: str, repeats: int) -> str:
         "  GFLOPs: conv/linear per image (the paper's count, `ddsm flops`); ratios relative to full",
         "  width of the same variant; saving ratio = (1 - latency ratio) / (1 - GFLOPs ratio), 1.0 means",
         "  every GFLOP saved is time saved (targets: >= 0.95 at batch >= 64, >= 0.8 at batch 1).",
-        "- Caveat: the machine's 2 cores were shared with other jobs running at the same time, so",
-        "  absolute times are noisy (ratios within one run less so).",
+        *(_CLOCK_NOTE if clock == "thread" else _WALL_NOTE),
         "",
     ]
     for (preset, batch), group in _groups(rows).items():
@@ -181,6 +184,18 @@ def to_markdown(rows: list[dict], command: str, repeats: int) -> str:
         lines.append("")
     lines += _NOTES
     return "\n".join(lines)
+
+
+_CLOCK_NOTE = [
+    "- Clock: CPU time of the calling thread (`time.thread_time`), one torch thread. The machine's 2",
+    "  cores were shared with 4-6 other jobs (load average ~8): wall times then measure the neighbours",
+    "  (the same call took 1x-4x its idle time), while the thread's CPU time is the call's own work",
+    "  (cache sharing still adds a little). On an idle machine, wall time and CPU time agree.",
+]
+_WALL_NOTE = [
+    "- Clock: wall time. Caveat: if the machine is shared with other jobs, absolute times are noisy",
+    "  (ratios within one run less so).",
+]
 
 
 def _num(v: float | None) -> str:
@@ -229,16 +244,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=10, help="most timed rounds per width")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--standalone", action="store_true", help="also time standalone narrow nets")
+    parser.add_argument(
+        "--clock", choices=sorted(CLOCKS), default="thread",
+        help="thread: CPU time of this thread (needs --threads 1; robust on a shared machine); wall",
+    )  # fmt: skip
     parser.add_argument("--out", default=str(ROOT / "bench" / "width_latency.md"), help="'-' for stdout only")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    global _clock
+    if args.clock == "thread" and args.threads != 1:
+        parser.error("--clock thread measures one thread: use --threads 1 or --clock wall")
+    _clock = CLOCKS[args.clock]
     rows = []
     for preset in args.presets:
         for batch in args.batches:
             rows += bench_preset(preset, batch, args.repeats, args.standalone)
             print(f"done {preset} batch {batch}", file=sys.stderr)
     command = "python bench/bench_width_latency.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    report = to_markdown(rows, command.strip(), args.repeats)
+    report = to_markdown(rows, command.strip(), args.repeats, args.clock)
     print(report)
     if args.out != "-":
         Path(args.out).write_text(report + "\n")

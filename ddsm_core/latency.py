@@ -259,20 +259,31 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+Clock = Callable[[], float]
+
+
 def time_round_robin(
-    fns: Mapping[Any, Callable[[], object]], repeats: int, warmup: int, device: torch.device
+    fns: Mapping[Any, Callable[[], object]],
+    repeats: int,
+    warmup: int,
+    device: torch.device,
+    clock: Clock = time.perf_counter,
 ) -> dict[Any, float]:
     """Median seconds of each function: ``warmup`` untimed rounds, then ``repeats`` timed rounds, each
-    round calling every function once (so that load from other processes spreads over all of them)."""
+    round calling every function once (so that load from other processes spreads over all of them).
+
+    :param clock: wall time by default; ``time.thread_time`` (one torch thread, CPU only) counts the
+        call's own CPU time, which a machine shared with other jobs does not inflate.
+    """
     samples: dict[Any, list[float]] = {k: [] for k in fns}
     for r in range(warmup + repeats):
         for key, fn in fns.items():
             _sync(device)
-            start = time.perf_counter()
+            start = clock()
             fn()
             _sync(device)
             if r >= warmup:
-                samples[key].append(time.perf_counter() - start)
+                samples[key].append(clock() - start)
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
@@ -298,6 +309,7 @@ def measure_overhead(
     warmup: int = 1,
     device: torch.device | str = "cpu",
     dtype: torch.dtype | None = None,
+    clock: Clock = time.perf_counter,
 ) -> dict[str, tuple[float, ...]]:
     """Seconds per sampler step beside the network calls, per sampler and batch size.
 
@@ -321,7 +333,7 @@ def measure_overhead(
                 sample(denoiser, strategy, shape, range(b), device=dev, dtype=dtype, clip=True)
 
             fns = {b: (lambda b=b: run(b)) for b in batch_sizes}
-            med = time_round_robin(fns, repeats, warmup, dev)
+            med = time_round_robin(fns, repeats, warmup, dev, clock)
             out[strategy.sampler] = tuple(med[b] / steps for b in batch_sizes)
     return out
 
@@ -338,6 +350,7 @@ def measure_latency(
     device: torch.device | str = "cpu",
     dtype: str = "float32",
     model_info: Mapping[str, Any] | None = None,
+    clock: Clock = time.perf_counter,
 ) -> LatencyTable:
     """Measure a :class:`LatencyTable` for ``model`` (a SlimmableUNet) on ``device``.
 
@@ -371,13 +384,20 @@ def measure_latency(
             t = torch.full((b,), 500.0, device=dev, dtype=torch_dtype)
             y = None if not cfg.num_classes else (torch.arange(b) % cfg.num_classes).to(dev)
             fns = {w: (lambda w=w, x=x, t=t, y=y: model(x, t, width=w, y=y)) for w in chosen}
-            for w, s in time_round_robin(fns, repeats, warmup, dev).items():
+            for w, s in time_round_robin(fns, repeats, warmup, dev, clock).items():
                 seconds[(w, b)] = s
     overhead: dict[str, tuple[float, ...]] = {}
     if schedule is not None:
         shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
         overhead = measure_overhead(
-            schedule, shape, batches, samplers, repeats=max(3, repeats // 2), device=dev, dtype=torch_dtype
+            schedule,
+            shape,
+            batches,
+            samplers,
+            repeats=max(3, repeats // 2),
+            device=dev,
+            dtype=torch_dtype,
+            clock=clock,
         )
     return LatencyTable(
         device=device_name(dev),
@@ -390,6 +410,7 @@ def measure_latency(
         model={"config": cfg.to_dict(), **(model_info or {})},
         method={
             "warmup": warmup, "repeats": repeats, "statistic": "median", "torch": torch.__version__,
+            "clock": getattr(clock, "__name__", str(clock)),
             "python": platform.python_version(),
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         },

@@ -68,16 +68,16 @@ def test_bad_tables_and_widths_are_config_errors():
 
 
 def _measured(denoiser, strategy, shape, batch):
-    start = time.perf_counter()
+    start = time.thread_time()
     sample(denoiser, strategy, shape, range(batch))
-    return time.perf_counter() - start
+    return time.thread_time() - start
 
 
 def test_predicted_sampling_time_matches_measured_on_cpu():
     """digits preset, batch 8, DDPM-10: the prediction lands near the measured time for a narrow, a
-    mixed and a full-width strategy. Tables and sampling runs alternate over three rounds and the
-    median error counts, so that load from other processes hits both sides alike
-    (bench/latency_prediction.md measures the error properly; this bound is loose for shared CI)."""
+    mixed and a full-width strategy. Both sides count the thread's CPU time (one torch thread), which
+    other jobs on a shared CI machine do not inflate; tables and sampling runs alternate over three
+    rounds and the median error counts (bench/latency_prediction.md measures the error properly)."""
     torch.set_num_threads(1)
     cfg = UNetConfig.digits()
     model = prepare_for_inference(SlimmableUNet(cfg))
@@ -91,13 +91,15 @@ def test_predicted_sampling_time_matches_measured_on_cpu():
     ]
     errors: list[list[float]] = [[] for _ in strategies]
     for _ in range(3):
-        lat = measure_latency(model, [8], schedule=schedule, samplers=["ddpm"], repeats=3, warmup=1)
+        lat = measure_latency(
+            model, [8], schedule=schedule, samplers=["ddpm"], repeats=3, warmup=1, clock=time.thread_time
+        )
         with torch.inference_mode():
             for err, s in zip(errors, strategies, strict=True):
                 measured = _measured(denoiser, s, shape, 8)
                 err.append(abs(lat.predict(s, 8) - measured) / measured)
     medians = [statistics.median(e) for e in errors]
-    assert max(medians) < 0.35, errors
+    assert max(medians) < 0.25, errors
     assert lat.predict(strategies[0], 8) < lat.predict(strategies[1], 8) < lat.predict(strategies[2], 8)
 
 
