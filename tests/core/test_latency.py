@@ -118,6 +118,22 @@ def test_cli_latency_writes_a_table_for_a_preset(tmp_path, capsys):
     assert json.loads(out.read_text())["format"] == "ddsm-latency-table"
 
 
+def test_cli_latency_measures_a_checkpoint_and_names_it(tmp_path, capsys):
+    from ddsm_core import checkpoint as ck
+
+    cfg = UNetConfig.digits(model_channels=16, num_res_blocks=1)
+    state = SlimmableUNet(cfg).state_dict()
+    ckpt = tmp_path / "ckpt"
+    ck.write_checkpoint(ckpt, step=3, model_config=cfg, schedule=NoiseSchedule.linear().to_dict(),
+                        model_state=state, ema_state=state)  # fmt: skip
+    out = tmp_path / "lat.json"
+    argv = ["latency", "--checkpoint", str(ckpt), "--batch-sizes", "2", "--repeats", "1", "--warmup", "0"]
+    assert run_app(app, [*argv, "--out", str(out)]) == 0, capsys.readouterr().err
+    t = LatencyTable.load(out)
+    assert t.model["step"] == 3 and len(t.model["manifest_sha256"]) == 64
+    assert t.model["config"] == cfg.to_dict() and t.widths == cfg.widths
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
