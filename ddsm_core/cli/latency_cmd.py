@@ -36,10 +36,10 @@ def latency(
     set_threads(threads)
     import torch
 
+    from ddsm_core.device import pick_device
     from ddsm_core.errors import ConfigError
     from ddsm_core.inference import default_channels_last, prepare_for_inference
     from ddsm_core.latency import DTYPES, measure_latency
-    from ddsm_core.train import pick_device
 
     if (checkpoint is None) == (preset is None):
         raise ConfigError("give exactly one of --checkpoint DIR or --preset NAME")

@@ -48,7 +48,7 @@ def test_samplers_on_the_device_match_the_cpu(device, sampler):
 
 
 def test_bf16_training_step_of_the_cifar10_preset(device, quick):
-    from ddsm_core.train import train_step
+    from ddsm_core.train_step import train_step
 
     cfg = UNetConfig.cifar10(**({"model_channels": 32, "num_res_blocks": 1} if quick else {}))
     model = SlimmableUNet(cfg).to(device).train()
@@ -93,10 +93,10 @@ def test_worker_evaluates_a_candidate_on_the_device(device, tmp_path):
     pytest.importorskip("sklearn", reason="the digits dataset needs scikit-learn")
     pytest.importorskip("pymoo", reason="the search spec needs pymoo")
     pytest.importorskip("safetensors", reason="checkpoints need safetensors")
-    from api.specs import SearchSpec
     from ddsm_core import checkpoint as ck
     from ddsm_core.features import get_extractor, reference_stats
     from ddsm_core.flops import cost_table
+    from ddsm_core.spec import SearchSpec
     from workers import compute
 
     # the digits extractor comes from $DDSM_CACHE_DIR (trained there once, ~30 s on a CPU)
