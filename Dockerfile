@@ -1,7 +1,7 @@
 # ddsm service image: API, workers and trainer (the command picks the role; see docker-compose.yml).
 FROM python:3.11-slim
 
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 DDSM_HOME=/data
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 DDSM_HOME=/data OMP_WAIT_POLICY=PASSIVE
 WORKDIR /app
 
 # Dependencies first (cached layer), then the code.

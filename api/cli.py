@@ -17,6 +17,9 @@ for commands in (service_cmds, worker_cmds, demo):
 
 
 def main() -> None:
+    from ddsm_core.threads import passive_openmp
+
+    passive_openmp()  # before any command imports torch (workers started here inherit it)
     sys.exit(run_app(app))
 
 

@@ -1,9 +1,15 @@
-"""Per-width forward latency of the supernet next to its GFLOPs ratio.
+"""Per-width forward latency of the supernet next to its GFLOPs ratio, before and after the fast path.
 
 How far does slimming turn into wall-clock savings on this machine? For each preset and batch size
-this times ``model(x, t, width)`` under ``torch.inference_mode`` at every width (median of a few
-repeats after one warm-up), and, at full width, an independent plain U-Net with the same weights
-(tests/core/test_unet_golden.py) to show the slimmable layers cost nothing at full width.
+this times ``model(x, t, width)`` under ``torch.inference_mode`` at every width, in two variants timed
+round-robin in the same run (so their ratios share the machine's load):
+
+- ``before``: the model as training leaves it (NCHW, narrow weights packed lazily on first use);
+- ``after``: :func:`ddsm_core.inference.prepare_for_inference` (channels_last, packed weights).
+
+The saving ratio is (1 - latency ratio) / (1 - GFLOPs ratio): 1.0 means every GFLOP saved is time
+saved. With ``--standalone`` it also times the golden tests' plain U-Net at each width
+(tests/core/test_unet_golden.py), the floor a slimmable layer can reach.
 
     .venv/bin/python bench/bench_width_latency.py                    # writes bench/width_latency.md
     .venv/bin/python bench/bench_width_latency.py --presets digits --batches 1 --repeats 3 --out -
@@ -27,6 +33,8 @@ import torch
 
 from ddsm_core.config import UNetConfig
 from ddsm_core.flops import count_gflops
+from ddsm_core.inference import prepare_for_inference
+from ddsm_core.threads import passive_openmp
 from ddsm_core.unet import SlimmableUNet
 from ddsm_core.widths import format_width
 
@@ -43,6 +51,10 @@ def _plain_unet_factory():
     return module.plain_unet
 
 
+CLOCKS = {"thread": time.thread_time, "wall": time.perf_counter}
+_clock = CLOCKS["thread"]
+
+
 def _best_times(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
     """Best-of-``rounds`` seconds per function, timed round-robin after one warm-up round.
 
@@ -52,9 +64,9 @@ def _best_times(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, 
     best = {name: math.inf for name in fns}
     for r in range(rounds + 1):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            start = _clock()
             fn()
-            elapsed = time.perf_counter() - start
+            elapsed = _clock() - start
             if r > 0:  # round 0 warms up allocators and kernels
                 best[name] = min(best[name], elapsed)
     return best
@@ -65,34 +77,46 @@ def _rounds(full_gflops: float, batch: int, most: int) -> int:
     return max(2, min(most, int(300 / (full_gflops * batch))))
 
 
-def bench_preset(preset: str, batch: int, most_rounds: int) -> list[dict]:
+VARIANTS = ("before", "after")
+
+
+def bench_preset(preset: str, batch: int, most_rounds: int, standalone: bool = False) -> list[dict]:
     cfg = UNetConfig.from_preset(preset)
-    model = SlimmableUNet(cfg).eval()
-    plain = _plain_unet_factory()(cfg, 8).eval()
-    plain.load_state_dict(model.state_dict())
+    before = SlimmableUNet(cfg).eval()
+    after = prepare_for_inference(SlimmableUNet(cfg), channels_last=True)
+    after.load_state_dict(before.state_dict())  # same weights; the load drops and rebuilds the packs
+    prepare_for_inference(after, channels_last=True)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, cfg.in_channels, cfg.image_size, cfg.image_size, generator=gen)
     t = torch.full((batch,), 500.0)
     counts = count_gflops(cfg)
     full = counts[1.0]["gflops_conv_linear"]
-    fns: dict[str, Callable[[], object]] = {str(w): (lambda w=w: model(x, t, w)) for w in counts}
-    fns["plain"] = lambda: plain(x, t)
-    for w in counts:  # standalone narrow nets (contiguous weights): the cost of slicing at narrow widths
-        narrow = _plain_unet_factory()(cfg, round(w * 8)).eval()
-        fns[f"plain{w}"] = lambda n=narrow: n(x, t)
+    fns: dict[str, Callable[[], object]] = {}
+    for name, model in (("before", before), ("after", after)):
+        fns |= {f"{name}{w}": (lambda w=w, m=model: m(x, t, w)) for w in counts}
+    if standalone:  # standalone narrow nets (contiguous weights): the floor for a slimmed layer
+        for w in counts:
+            narrow = _plain_unet_factory()(cfg, round(w * 8)).eval()
+            fns[f"plain{w}"] = lambda n=narrow: n(x, t)
     rounds = _rounds(counts[1.0]["gflops"], batch, most_rounds)
     with torch.inference_mode():
         best = _best_times(fns, rounds)
-    t_full = best[str(1.0)]
-    rows = [
-        {"preset": preset, "batch": batch, "width": w, "gflops": c["gflops_conv_linear"],
-         "gflops_ratio": c["gflops_conv_linear"] / full, "seconds": best[str(w)], "rounds": rounds,
-         "latency_ratio": best[str(w)] / t_full, "speedup": t_full / best[str(w)],
-         "plain_narrow_seconds": best[f"plain{w}"]}
-        for w, c in counts.items()
-    ]  # fmt: skip
-    rows[-1]["plain_seconds"] = best["plain"]
+    rows = []
+    for w, c in counts.items():
+        row = {"preset": preset, "batch": batch, "width": w, "gflops": c["gflops_conv_linear"],
+               "gflops_ratio": c["gflops_conv_linear"] / full, "rounds": rounds,
+               "plain_narrow_seconds": best.get(f"plain{w}")}  # fmt: skip
+        for v in VARIANTS:
+            seconds, t_full = best[f"{v}{w}"], best[f"{v}1.0"]
+            row[v] = {"seconds": seconds, "latency_ratio": seconds / t_full, "speedup": t_full / seconds,
+                      "saving_ratio": _saving_ratio(seconds / t_full, row["gflops_ratio"])}  # fmt: skip
+        rows.append(row)
     return rows
+
+
+def _saving_ratio(latency_ratio: float, gflops_ratio: float) -> float | None:
+    """Time saved per GFLOP saved: (1 - latency ratio) / (1 - GFLOPs ratio); None at full width."""
+    return None if gflops_ratio >= 1.0 else (1.0 - latency_ratio) / (1.0 - gflops_ratio)
 
 
 def machine() -> str:
@@ -108,68 +132,100 @@ def machine() -> str:
     )
 
 
-def to_markdown(rows: list[dict], command: str, repeats: int) -> str:
+def to_markdown(rows: list[dict], command: str, repeats: int, clock: str = "thread") -> str:
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
-        "# Forward latency per width (CPU)",
+        "# Forward latency per width (CPU), before and after the fast inference path",
         "",
         f"- Command: `{command}`",
         f"- Machine: {machine()}",
-        f"- Date: {now}",
-        "- Method: `model(x, t, width)` under `torch.inference_mode()`, float32; every width (and the",
-        "  plain U-Net) timed round-robin, best of N rounds after a warm-up round (N <= "
+        f"- Date: {now}; git commit {_commit()}",
+        "- Method: `model(x, t, width)` under `torch.inference_mode()`, float32; every width of both",
+        "  variants timed round-robin, best of N rounds after a warm-up round (N <= "
         f"{repeats}, fewer for",
-        "  the big calls). GFLOPs: conv/linear per image (the paper's count, `ddsm flops`); ratios are",
-        "  relative to full width; speed-up = latency at 8/8 / latency at the width.",
-        "- Caveat: the machine's 2 cores were shared with other jobs running at the same time, so",
-        "  absolute times are noisy (ratios less so); rerun on an idle machine for clean numbers.",
+        "  the big calls). **before**: the model as training leaves it (NCHW; narrow weights packed on",
+        "  first use); **after**: `prepare_for_inference` (channels_last, all packs built up front).",
+        "  GFLOPs: conv/linear per image (the paper's count, `ddsm flops`); ratios relative to full",
+        "  width of the same variant; saving ratio = (1 - latency ratio) / (1 - GFLOPs ratio), 1.0 means",
+        "  every GFLOP saved is time saved (targets: >= 0.95 at batch >= 64, >= 0.8 at batch 1).",
+        *(_CLOCK_NOTE if clock == "thread" else _WALL_NOTE),
         "",
     ]
     for (preset, batch), group in _groups(rows).items():
-        full = group[-1]
         lines += [
             f"## {preset}, batch {batch}",
             "",
-            "| width | GFLOPs/image | GFLOPs ratio | latency (ms) | latency ratio | speed-up "
-            "| standalone narrow net (ms) | rounds |",
-            "|---|---|---|---|---|---|---|---|",
+            "| width | GFLOPs/image | GFLOPs ratio | before (ms) | before latency ratio "
+            "| before saving ratio | after (ms) | after latency ratio | after saving ratio | after/before |"
+            + (" standalone narrow net (ms) |" if group[0]["plain_narrow_seconds"] is not None else ""),
+            "|---|---|---|---|---|---|---|---|---|---|"
+            + ("---|" if group[0]["plain_narrow_seconds"] is not None else ""),
         ]
         for r in group:
+            b, a = r["before"], r["after"]
+            cells = [
+                format_width(r["width"]), f"{r['gflops']:.4f}", f"{r['gflops_ratio']:.3f}",
+                f"{b['seconds'] * 1e3:.1f}", f"{b['latency_ratio']:.3f}", _num(b["saving_ratio"]),
+                f"{a['seconds'] * 1e3:.1f}", f"{a['latency_ratio']:.3f}", _num(a["saving_ratio"]),
+                f"{a['seconds'] / b['seconds']:.2f}",
+            ]  # fmt: skip
+            if r["plain_narrow_seconds"] is not None:
+                cells.append(f"{r['plain_narrow_seconds'] * 1e3:.1f}")
+            lines.append("| " + " | ".join(cells) + " |")
+        narrow = [r for r in group if r["width"] < 1.0]
+        lines += [""]
+        for v in VARIANTS:
+            ratios = [r[v]["saving_ratio"] for r in narrow]
             lines.append(
-                f"| {format_width(r['width'])} | {r['gflops']:.4f} | {r['gflops_ratio']:.3f} | "
-                f"{r['seconds'] * 1e3:.1f} | {r['latency_ratio']:.3f} | {r['speedup']:.2f}x | "
-                f"{r['plain_narrow_seconds'] * 1e3:.1f} | {r['rounds']} |"
+                f"- {v}: saving ratio {min(ratios):.2f} to {max(ratios):.2f} over the narrow widths; "
+                f"{format_width(narrow[0]['width'])} is {narrow[0][v]['speedup']:.2f}x faster for "
+                f"{1 / narrow[0]['gflops_ratio']:.1f}x fewer GFLOPs."
             )
-        smallest = group[0]
-        narrow = [r["seconds"] / r["plain_narrow_seconds"] for r in group[:-1]]
-        lines += [
-            "",
-            f"- Full width: supernet {full['seconds'] * 1e3:.1f} ms, plain U-Net with the same weights "
-            f"{full['plain_seconds'] * 1e3:.1f} ms.",
-            f"- {format_width(smallest['width'])}: {1 / smallest['gflops_ratio']:.1f}x fewer GFLOPs, "
-            f"{smallest['speedup']:.2f}x faster.",
-            f"- Narrow widths: the supernet takes {min(narrow):.2f}x to {max(narrow):.2f}x the time of the "
-            "standalone narrow net.",
-            "",
-        ]
+        lines.append("")
     lines += _NOTES
     return "\n".join(lines)
+
+
+_CLOCK_NOTE = [
+    "- Clock: CPU time of the calling thread (`time.thread_time`), one torch thread. The machine's 2",
+    "  cores were shared with 4-6 other jobs (load average ~8): wall times then measure the neighbours",
+    "  (the same call took 1x-4x its idle time), while the thread's CPU time is the call's own work",
+    "  (cache sharing still adds a little). On an idle machine, wall time and CPU time agree.",
+]
+_WALL_NOTE = [
+    "- Clock: wall time. Caveat: if the machine is shared with other jobs, absolute times are noisy",
+    "  (ratios within one run less so).",
+]
+
+
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def _commit() -> str:
+    try:
+        cmd = ["git", "rev-parse", "--short", "HEAD"]
+        out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        return out.stdout.strip() or "?"
+    except OSError:
+        return "?"
 
 
 _NOTES = [
     "## Notes",
     "",
-    '- "Plain U-Net" and "standalone narrow net" are the golden tests\' independent U-Net',
-    "  (tests/core/test_unet_golden.py) built at that width with contiguous weights; it computes",
-    "  attention with einsum + softmax, the supernet with `scaled_dot_product_attention`.",
-    "- At full width the supernet's layers use their parameters as they are (no slicing, no copy).",
-    "  At narrow widths, with autograd off (as here), each layer keeps a contiguous copy of its",
-    "  narrow weights per width (ddsm_core/slimmable.py), so a narrow call does not repack strided",
-    "  views every time; in an A/B on this machine that cut digits batch-1 latency by 15-27% and",
-    "  cifar10 batch-1 latency by 2-8%. What remains between the supernet and the standalone net is",
-    "  mostly noise from the shared cores and the attention kernel difference.",
-    "- Latency falls less than GFLOPs, most at batch 1 where per-layer overheads dominate; the",
-    "  paper saw the same on an RTX 3090 (1.58x faster for 1.96x fewer GFLOPs on CIFAR-10).",
+    "- channels_last: oneDNN's NHWC convolutions are faster than NCHW ones for most of these layer",
+    "  shapes on this CPU; GroupNorm, SiLU and nearest upsampling keep NHWC; attention reshapes to",
+    "  NCHW and its 1x1 projection returns to NHWC.",
+    "- Hardware-friendly widths (`UNetConfig.hardware_friendly(16)`): digits' 3/8, 5/8 and 7/8 keep 24,",
+    "  40 and 56 channels on the first level; a 40-channel convolution here costs about what a 48-channel",
+    "  one does, so those widths save GFLOPs that do not turn into time. The aligned set of digits is",
+    "  2/8, 4/8, 6/8, 8/8; every cifar10 width is aligned to 16 already. Rounding each layer up instead",
+    "  is not possible in this U-Net: its up-blocks normalise cat(h, skip) in GroupNorm groups that",
+    "  span both parts, and per-part rounding breaks those groups.",
+    "- Batch 1 on a CPU is overhead-bound for the digits network (8x8 images: ~100 small ops per call),",
+    "  so its latency cannot fall like its GFLOPs; the paper saw the same on an RTX 3090 (1.58x faster",
+    "  for 1.96x fewer GFLOPs on CIFAR-10).",
     "",
 ]
 
@@ -187,20 +243,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 64])
     parser.add_argument("--repeats", type=int, default=10, help="most timed rounds per width")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--standalone", action="store_true", help="also time standalone narrow nets")
+    parser.add_argument(
+        "--clock", choices=sorted(CLOCKS), default="thread",
+        help="thread: CPU time of this thread (needs --threads 1; robust on a shared machine); wall",
+    )  # fmt: skip
     parser.add_argument("--out", default=str(ROOT / "bench" / "width_latency.md"), help="'-' for stdout only")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    global _clock
+    if args.clock == "thread" and args.threads != 1:
+        parser.error("--clock thread measures one thread: use --threads 1 or --clock wall")
+    _clock = CLOCKS[args.clock]
     rows = []
     for preset in args.presets:
         for batch in args.batches:
-            rows += bench_preset(preset, batch, args.repeats)
+            rows += bench_preset(preset, batch, args.repeats, args.standalone)
             print(f"done {preset} batch {batch}", file=sys.stderr)
     command = "python bench/bench_width_latency.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    report = to_markdown(rows, command.strip(), args.repeats)
+    report = to_markdown(rows, command.strip(), args.repeats, args.clock)
     print(report)
     if args.out != "-":
         Path(args.out).write_text(report + "\n")
 
 
 if __name__ == "__main__":
+    passive_openmp()  # before torch's OpenMP starts its threads (torch is imported, not yet used)
     main()

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ddsm_core.errors import ConfigError, choices_message
-from ddsm_core.widths import DEFAULT_WIDTHS, validate_widths
+from ddsm_core.widths import DEFAULT_WIDTHS, channels, validate_widths
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,40 @@ class UNetConfig:
     def time_embed_dim(self) -> int:
         """Width of the timestep (and label) embedding at full width: 4 x model_channels (DDPM)."""
         return 4 * self.model_channels
+
+    def slim_channel_sizes(self) -> tuple[int, ...]:
+        """Full channel counts of every slimmable tensor: each level's channels and the embedding's."""
+        return tuple(sorted({self.model_channels * m for m in self.channel_mult} | {self.time_embed_dim}))
+
+    def aligned_widths(self, multiple: int = 16) -> tuple[float, ...]:
+        """The widths of the set at which every slimmable layer keeps a multiple of ``multiple`` channels.
+
+        Convolution kernels work on vectors of 16 float32 (AVX-512) or tiles of 8-16 channels (GPU
+        tensor cores): a 40-channel layer costs about what a 48-channel one costs
+        (bench/width_latency.md), so off-multiple widths pay for FLOPs they do not save. E.g. digits
+        (64 and 128 channels) at 16: 2/8, 4/8, 6/8, 8/8; cifar10 (128, 256): all seven widths.
+        """
+        if multiple < 1:
+            raise ConfigError(f"channel multiple must be >= 1, got {multiple}")
+        sizes = self.slim_channel_sizes()
+
+        def aligned(c: int, w: float) -> bool:
+            return channels(c, w) % multiple == 0 or channels(c, w) == c
+
+        return tuple(w for w in self.widths if all(aligned(c, w) for c in sizes))
+
+    def hardware_friendly(self, multiple: int = 16) -> UNetConfig:
+        """This config with only its :meth:`aligned_widths` (the hardware-friendly width set).
+
+        Rounding each layer's channels up instead cannot work in this U-Net: its up-blocks normalise
+        ``cat(h, skip)`` in GroupNorm groups that span both parts (digits: 128 + 64 channels in
+        groups of 12), and per-part rounding breaks the groups at every width where it changes a
+        count (the model's build-time check rejects them).
+        """
+        aligned = self.aligned_widths(multiple)
+        if not aligned:
+            raise ConfigError(f"no width of {self.widths} keeps multiples of {multiple} channels everywhere")
+        return dataclasses.replace(self, widths=aligned)
 
     # ---- presets -------------------------------------------------------------------------------
 

@@ -91,19 +91,21 @@ class _SlimWeights(SlimModule):
         the first channels, or, when autograd is off (sampling), contiguous copies kept per
         width: a strided view is repacked by the convolution on every call, which made small
         narrow calls up to ~1.5x slower than a standalone narrow layer (bench/width_latency.md).
-        The copies are dropped as soon as a parameter changes (optimizer step, load, device move).
+        The copies are dropped as soon as a parameter changes (optimizer step, load, device move,
+        ``model.to(memory_format=torch.channels_last)``), and keep the parameter's memory format.
         """
         if width >= 1.0 or torch.is_grad_enabled():
             return self._slice(width)
         w, b = self.weight, self.bias
-        key = (w.device, w.dtype, w.data_ptr(), w._version, None if b is None else b._version)
+        key = (w.device, w.dtype, w.data_ptr(), w._version, None if b is None else b._version, w.stride())
         packed = self.__dict__.get("_packed")
         if packed is None or packed[0] != key:
             packed = (key, {})
             self.__dict__["_packed"] = packed
         if width not in packed[1]:
             weight, bias = self._slice(width)
-            packed[1][width] = (weight.contiguous(), None if bias is None else bias.contiguous())
+            packed[1][width] = (weight.contiguous(memory_format=_memory_format(w)),
+                                None if bias is None else bias.contiguous())  # fmt: skip
         return packed[1][width]
 
     def _slice(self, width: float) -> tuple[Tensor, Tensor | None]:
@@ -120,6 +122,13 @@ class _SlimWeights(SlimModule):
 
     def check_width(self, width: float) -> None:
         self.channels_at(width)  # channels() itself rejects widths outside (0, 1]
+
+
+def _memory_format(w: Tensor) -> torch.memory_format:
+    """channels_last for a 4-d weight stored that way (and not trivially both), else contiguous."""
+    if w.ndim == 4 and w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 class SlimConv2d(nn.Conv2d, _SlimWeights):

@@ -39,11 +39,12 @@ class TrainingInterrupted(DDSMError):
 
 
 def configure(threads: int) -> None:
-    """Per-process torch settings (called before the first task's work)."""
-    import torch
+    """Per-process torch settings (called before the first task's work): passive OpenMP waits if
+    torch is not loaded yet, ``threads`` torch threads (0: all cores); see :mod:`ddsm_core.threads`."""
+    from ddsm_core.threads import passive_openmp, set_threads
 
-    if threads > 0:
-        torch.set_num_threads(threads)
+    passive_openmp()
+    set_threads(threads)
 
 
 def device_of(setting: str) -> str:
@@ -62,7 +63,10 @@ def load_supernet(checkpoint: Path, sha: str, device: str) -> tuple[Any, Any, di
         if key in _models:
             _models.move_to_end(key)
             return _models[key]
+        from ddsm_core.inference import prepare_for_inference
+
         loaded = load_checkpoint(checkpoint, use_ema=True, map_location=device)
+        prepare_for_inference(loaded[0])  # packed per-width weights, channels_last where it helps
         _models[key] = loaded
         while len(_models) > _CACHE_SIZE:
             _models.popitem(last=False)

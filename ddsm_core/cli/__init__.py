@@ -31,6 +31,7 @@ _COMMAND_MODULES = (
     "ddsm_core.cli.search_cmd",
     "ddsm_core.cli.strategy_cmd",
     "ddsm_core.cli.compare_cmd",
+    "ddsm_core.cli.latency_cmd",
 )
 
 
@@ -77,4 +78,7 @@ def run_app(typer_app: typer.Typer | Callable[..., Any], argv: list[str] | None 
 
 
 def main() -> None:
+    from ddsm_core.threads import passive_openmp
+
+    passive_openmp()  # before any command imports torch
     sys.exit(run_app(app))

@@ -40,14 +40,21 @@ def sample(
     raw: bool = typer.Option(False, "--raw", help="Use the raw weights instead of the EMA."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    threads: int | None = typer.Option(
+        None, "--threads", help="Torch CPU threads (default 1 or $DDSM_TORCH_THREADS; 0 = all cores)."
+    ),
 ) -> None:
     """Sample images with one width per sampler step; write a grid (and optionally .npz / PNGs)."""
+    from ddsm_core.threads import set_threads
+
+    set_threads(threads)
     import torch
 
     from ddsm_core.checkpoint import load_checkpoint
     from ddsm_core.data import save_image_grid
     from ddsm_core.device import pick_device
     from ddsm_core.errors import ConfigError
+    from ddsm_core.inference import prepare_for_inference
     from ddsm_core.sampling import VPDenoiser
     from ddsm_core.sampling import sample as run_sample
     from ddsm_core.spec import strategy_from_arg
@@ -57,6 +64,7 @@ def sample(
     dev = pick_device(device)
     model, schedule, manifest = load_checkpoint(checkpoint, use_ema=not raw, map_location=str(dev))
     cfg = model.config
+    prepare_for_inference(model)
     strat = strategy_from_arg(str(strategy), sampler, steps, cfg.widths)
     y = None
     if cfg.num_classes:

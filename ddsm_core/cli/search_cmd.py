@@ -80,11 +80,15 @@ def ref_stats(
     split: str = typer.Option("train", "--split", help="Dataset split (train, test, all)."),
     batch_size: int = typer.Option(250, "--batch-size"),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
+    threads: int | None = typer.Option(
+        None, "--threads", help="Torch CPU threads (default 1 or $DDSM_TORCH_THREADS; 0 = all cores)."
+    ),
 ) -> None:
     """Compute reference feature statistics of a dataset for FID."""
     from ddsm_core.device import pick_device
     from ddsm_core.features import reference_stats
 
+    _set_threads(threads)
     stats = reference_stats(
         dataset, extractor, split=split, device=str(pick_device(device)), batch_size=batch_size
     )
@@ -116,8 +120,8 @@ def eval_cmd(
     batch_size: int = typer.Option(DEFAULTS.batch_size, "--batch-size"),
     device: str = typer.Option("cpu", "--device"),
     out: Path | None = typer.Option(None, "--json", help="Also write the result as JSON here."),
-    threads: int = typer.Option(
-        0, "--threads", help="Torch CPU threads (0: torch's default; 1 on a busy machine)."
+    threads: int | None = typer.Option(
+        None, "--threads", help="Torch CPU threads (default 1 or $DDSM_TORCH_THREADS; 0 = all cores)."
     ),
 ) -> None:
     """Evaluate one strategy: FID (with its extractor), GFLOPs, measured latency."""
@@ -201,12 +205,10 @@ def search_to_folder(
     return results
 
 
-def _set_threads(threads: int) -> None:
-    # oversubscribed cores (other processes busy) make torch's spinning threads far slower than one
-    if threads > 0:
-        import torch
+def _set_threads(threads: int | None) -> None:
+    from ddsm_core.threads import set_threads  # one thread unless told otherwise (see its docstring)
 
-        torch.set_num_threads(threads)
+    set_threads(threads)
 
 
 def _num(v: float | None) -> str:
@@ -255,8 +257,8 @@ def search(
     device: str = typer.Option("cpu", "--device"),
     resume: bool = typer.Option(True, "--resume/--restart", help="Continue the search state in --out."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
-    threads: int = typer.Option(
-        0, "--threads", help="Torch CPU threads (0: torch's default; 1 on a busy machine)."
+    threads: int | None = typer.Option(
+        None, "--threads", help="Torch CPU threads (default 1 or $DDSM_TORCH_THREADS; 0 = all cores)."
     ),
 ) -> None:
     """Search a step-aware width strategy locally (NSGA-II) and write a report folder."""

@@ -100,15 +100,14 @@ def train(
         None, "--export", help="Also copy the final checkpoint to this directory."
     ),
     threads: int | None = typer.Option(
-        None, "--threads", help="CPU threads for torch (1 is fastest on a busy machine)."
+        None, "--threads", help="Torch CPU threads (default 1 or $DDSM_TORCH_THREADS; 0 = all cores)."
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Train a supernet: every step trains the largest, the smallest and random middle widths."""
-    import torch
+    from ddsm_core.threads import set_threads
 
-    if threads is not None:
-        torch.set_num_threads(max(1, threads))
+    set_threads(threads)
 
     overrides: dict[str, Any] = {
         "dataset": dataset,
