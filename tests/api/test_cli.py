@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from api.cli import app
 from api.db.engine import make_engine
 
-CORE_COMMANDS = {"flops", "train", "sample", "ref-stats", "eval", "search", "strategy", "compare"}
+CORE_COMMANDS = {"flops", "train", "sample", "ref-stats", "eval", "search", "strategy", "compare", "latency"}
 SERVICE_COMMANDS = {"up", "serve", "migrate", "demo", "worker"}
 
 
