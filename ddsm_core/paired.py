@@ -118,7 +118,9 @@ def paired_fid_diff(
     a = np.asarray(features_a, dtype=np.float64)
     b = np.asarray(features_b, dtype=np.float64)
     if a.ndim != 2 or a.shape != b.shape:
-        raise StatsError(f"paired features must be two [N x D] arrays of one shape, got {a.shape} and {b.shape}")
+        raise StatsError(
+            f"paired features must be two [N x D] arrays of one shape, got {a.shape} and {b.shape}"
+        )
     n, dim = a.shape
     if dim != ref.dim:
         raise StatsError(f"features are {dim}-d but the reference statistics are {ref.dim}-d")

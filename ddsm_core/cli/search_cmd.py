@@ -41,17 +41,39 @@ def _dataset_of(manifest: dict[str, Any], dataset: str | None) -> str | None:
     return dataset or (manifest.get("train_config") or {}).get("dataset")
 
 
+def check_data_args(dataset: str | None, image_size: int | None, model_config: Any) -> int | None:
+    """Validate ``--dataset`` / ``--image-size`` against the checkpoint's model before any sampling.
+
+    :return: the image size to read the dataset at: ``--image-size``, else the model's own.
+    """
+    from ddsm_core.data import check_dataset
+    from ddsm_core.errors import ConfigError
+
+    own = int(model_config.image_size)
+    if image_size is not None and image_size != own:
+        raise ConfigError(
+            f"--image-size {image_size} differs from the checkpoint's image size {own}: FID compares "
+            "images of one size (leave --image-size out to use the checkpoint's)"
+        )
+    if dataset is not None:
+        check_dataset(dataset, own, int(model_config.in_channels))
+    return own
+
+
 def resolve_stats(
     stats: Path | None,
     extractor: str | None,
     dataset: str | None,
     device: Any,
     out_dir: Path | None = None,
+    image_size: int | None = None,
+    channels: int | None = None,
 ) -> tuple[Any, Any]:
     """(reference stats, extractor), checked against each other before any sampling.
 
     With ``stats`` the extractor defaults to the one that made them; without, the dataset's reference
-    statistics are computed now (and saved to ``out_dir/ref_stats.npz``).
+    statistics are computed now (read at ``image_size`` with ``channels``: the model's) and saved to
+    ``out_dir/ref_stats.npz``.
     """
     from ddsm_core.errors import ConfigError
     from ddsm_core.features import get_extractor, reference_stats
@@ -65,7 +87,7 @@ def resolve_stats(
     if dataset is None:
         raise ConfigError("give --stats (reference statistics .npz) or --dataset to compute them")
     ext = get_extractor(extractor or "auto", dataset=dataset, device=str(device))
-    ref = reference_stats(dataset, ext, device=str(device))
+    ref = reference_stats(dataset, ext, device=str(device), image_size=image_size, channels=channels)
     if out_dir is not None:
         ref.save(out_dir / "ref_stats.npz")
     return ref, ext
@@ -78,18 +100,33 @@ def ref_stats(
     ),
     out: Path = typer.Option(..., "--out", help="The .npz to write (pytorch-fid format + labels)."),
     split: str = typer.Option("train", "--split", help="Dataset split (train, test, all)."),
+    image_size: int | None = typer.Option(
+        None, "--image-size", help="Square size to read the images at (required for a folder)."
+    ),
+    channels: int | None = typer.Option(None, "--channels", help="Folder images: 1 (gray) or 3 (RGB) [3]."),
     batch_size: int = typer.Option(250, "--batch-size"),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
 ) -> None:
-    """Compute reference feature statistics of a dataset for FID."""
+    """Compute reference feature statistics of a dataset for FID, and its real-data floor."""
+    from ddsm_core.data import check_dataset
     from ddsm_core.device import pick_device
     from ddsm_core.features import reference_stats
+    from ddsm_core.floor import floors_of
 
+    check_dataset(dataset, image_size, channels)
     stats = reference_stats(
-        dataset, extractor, split=split, device=str(pick_device(device)), batch_size=batch_size
-    )
+        dataset, extractor, split=split, device=str(pick_device(device)), batch_size=batch_size,
+        image_size=image_size, channels=channels,
+    )  # fmt: skip
     path = stats.save(out)
     typer.echo(f"{stats.n} images of {dataset}/{split}, {stats.extractor} ({stats.dim}-d) -> {path}")
+    floors = floors_of(stats)
+    if floors:
+        typer.echo("real-data floor (held-out real images vs these stats): FID " + ", ".join(
+            f.describe() for f in reversed(floors)
+        ))  # fmt: skip
+    else:
+        typer.echo("real-data floor: none (no held-out split to measure it on)")
 
 
 def eval_cmd(
@@ -108,6 +145,9 @@ def eval_cmd(
     ),
     stats: Path | None = typer.Option(None, "--stats", help="Reference statistics (.npz)."),
     dataset: str | None = typer.Option(None, "--dataset", help="Compute reference stats of this dataset."),
+    image_size: int | None = typer.Option(
+        None, "--image-size", help="Size to read --dataset at [the checkpoint's image size]."
+    ),
     extractor: str | None = typer.Option(None, "--extractor", help="Default: the one of --stats / auto."),
     images: int = typer.Option(1000, "--images", help="Images to sample."),
     seed: int = typer.Option(
@@ -127,8 +167,10 @@ def eval_cmd(
 
     _set_threads(threads)
     model, schedule, manifest, dev = _load_model(checkpoint, device)
+    data = _dataset_of(manifest, dataset) if stats is None else dataset
+    size = check_data_args(data, image_size, model.config)
     strat = strategy_from_arg(strategy, sampler, steps, model.config.widths)
-    ref, ext = resolve_stats(stats, extractor, _dataset_of(manifest, dataset), dev)
+    ref, ext = resolve_stats(stats, extractor, data, dev, image_size=size, channels=model.config.in_channels)
     result = evaluate(
         model, schedule, strat, ref, ext, images, seed, batch_size, costs=cost_table(model), device=dev
     )
@@ -149,6 +191,7 @@ def search_to_folder(
     *,
     stats: Path | None = None,
     dataset: str | None = None,
+    image_size: int | None = None,
     extractor: str | None = None,
     device: str = "cpu",
     progress: bool = True,
@@ -167,7 +210,11 @@ def search_to_folder(
     out.mkdir(parents=True, exist_ok=True)
     model, schedule, manifest, dev = _load_model(checkpoint, device)
     spec = (spec or DEFAULTS).bind(model.config.widths)
-    ref, ext = resolve_stats(stats, extractor, _dataset_of(manifest, dataset), dev, out)
+    data = _dataset_of(manifest, dataset) if stats is None else dataset
+    size = check_data_args(data, image_size, model.config)
+    ref, ext = resolve_stats(
+        stats, extractor, data, dev, out, image_size=size, channels=model.config.in_channels
+    )
     evaluator = GenomeEvaluator(
         model, schedule, ref, ext, spec, costs=cost_table(model), device=dev, cache_images=spec.n_images
     )
@@ -218,6 +265,9 @@ def search(
     out: Path = typer.Option(Path("runs/search"), "--out", help="Report folder (also the resume state)."),
     stats: Path | None = typer.Option(None, "--stats", help="Reference statistics (.npz)."),
     dataset: str | None = typer.Option(None, "--dataset", help="Default: the checkpoint's dataset."),
+    image_size: int | None = typer.Option(
+        None, "--image-size", help="Size to read --dataset at [the checkpoint's image size]."
+    ),
     extractor: str | None = typer.Option(None, "--extractor", help="Default: the one of --stats / auto."),
     profile: str = typer.Option(
         DEFAULT_PROFILE, "--profile", help=f"Named settings: {', '.join(PROFILES)}; options override them."
@@ -269,8 +319,8 @@ def search(
         weight=weight, seed=seed, eval_seed=eval_seed, batch_size=batch_size,
     )  # fmt: skip
     res = search_to_folder(
-        checkpoint, out, spec, stats=stats, dataset=dataset, extractor=extractor, device=device,
-        progress=progress, resume=resume,
+        checkpoint, out, spec, stats=stats, dataset=dataset, image_size=image_size, extractor=extractor,
+        device=device, progress=progress, resume=resume,
     )  # fmt: skip
     pick, full = res["final"]["pick"], res["final"]["full"]
     saved = 1 - pick["gflops"] / full["gflops"]

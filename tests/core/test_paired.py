@@ -25,7 +25,9 @@ def test_fast_distance_equals_pytorch_fid_formula():
     ref = _ref()
     x = _draw(300, 1, shift=0.3) * 1.2
     mu, sigma = x.mean(0), np.cov(x, rowvar=False)
-    assert _RefDistance(ref)(mu, sigma) == pytest.approx(frechet_distance(mu, sigma, ref.mu, ref.sigma), rel=1e-9)
+    assert _RefDistance(ref)(mu, sigma) == pytest.approx(
+        frechet_distance(mu, sigma, ref.mu, ref.sigma), rel=1e-9
+    )
 
 
 def test_identical_sets_give_a_zero_interval():
