@@ -316,6 +316,9 @@ class GenomeEvaluator:
         # finalists re-evaluated with more images get a full, honest latency measurement
         self.cache_images = cache_images
         self.cache = PrefixCache(cache_bytes)
+        # per-image features of the finalists' evaluations (any count but ``cache_images``), keyed by
+        # (genome, n_images, seed_offset): paired comparisons with full width on the same seeds
+        self.kept_features: dict[tuple[tuple[int, ...], int, int], Any] = {}
 
     def strategy(self, genome: Sequence[int]) -> Strategy:
         return self.spec.strategy(genome)
@@ -323,11 +326,14 @@ class GenomeEvaluator:
     def evaluate(self, genome: Sequence[int], n_images: int, seed_offset: int = 0) -> EvalResult:
         strategy = self.strategy(genome)
         cache = self.cache if n_images == self.cache_images and seed_offset == 0 else None
+        keep = n_images != self.cache_images
         result = evaluate(
             self.model, self.schedule, strategy, self.ref, self.extractor, n_images,
             self.spec.eval_seed + seed_offset, self.spec.batch_size, costs=self.costs, device=self.device,
-            prefix_cache=cache,
+            prefix_cache=cache, keep_features=keep,
         )  # fmt: skip
+        if keep and result.features is not None:
+            self.kept_features[(strategy.genes, n_images, seed_offset)] = result.features
         self.images_sampled += n_images
         self.network_calls += round(n_images * result.network_calls * (1 - result.reused_fraction))
         return result

@@ -26,6 +26,8 @@ from ddsm_core.fid import FeatureStats, frechet_distance
 
 DEFAULT_BOOTSTRAP = 1000
 DEFAULT_LEVEL = 0.95
+# "Equal quality" unless stated otherwise: the interval's upper end within 5% of the full width's FID.
+DEFAULT_REL_TOLERANCE = 0.05
 
 
 @dataclass(frozen=True)

@@ -162,6 +162,7 @@ def eval_cmd(
 ) -> None:
     """Evaluate one strategy: FID (with its extractor), GFLOPs, measured latency."""
     from ddsm_core.evaluate import evaluate
+    from ddsm_core.floor import floor_of
     from ddsm_core.flops import cost_table
     from ddsm_core.spec import strategy_from_arg
 
@@ -175,13 +176,17 @@ def eval_cmd(
         model, schedule, strat, ref, ext, images, seed, batch_size, costs=cost_table(model), device=dev
     )
     fid = "failed: " + str(result.reason) if not result.ok else f"{result.fid:.4f}"
+    floor = floor_of(ref, images)
     typer.echo(
         f"{result.strategy}: {result.label} {fid}, {result.gflops:.4f} GFLOPs/image "
         f"({result.gflops_per_call:.4f}/call), {1000 * result.latency_s:.2f} ms/image, {images} images"
+        + (f"; real-data floor {floor.describe()}" if floor is not None else "")
+        + (f": {result.fid / floor.fid:.2f}x" if floor is not None and result.fid and floor.fid > 0 else "")
     )
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result.to_dict(), indent=1))
+        record = {**result.to_dict(), "floor": floor.to_dict() if floor is not None else None}
+        out.write_text(json.dumps(record, indent=1))
 
 
 def search_to_folder(
@@ -201,6 +206,7 @@ def search_to_folder(
     """A whole local search into ``out``: resumable state, results.json, plots, report.md and one
     strategy file per finalist. ``spec`` defaults to :data:`ddsm_core.spec.DEFAULTS`."""
     from ddsm_core.evaluate import GenomeEvaluator, sample_images
+    from ddsm_core.floor import floors_of
     from ddsm_core.flops import cost_table
     from ddsm_core.report import plot_samples, write_report_folder
     from ddsm_core.results import build_results
@@ -244,8 +250,44 @@ def search_to_folder(
          for k, s in panels.items()},
     )  # fmt: skip
     results["cost"]["total_wall_s"] = time.perf_counter() - start
+    # every FID next to the real-data floor; every finalist paired with full width on the same seeds
+    results["floors"] = [f.to_dict() for f in floors_of(ref)]
+    results["paired"] = paired_vs_full(
+        final, evaluator.kept_features, ref, spec.final_images, seed=spec.eval_seed
+    )
     write_report_folder(out, results)
     return results
+
+
+def paired_vs_full(
+    final: dict[str, dict[str, Any]],
+    features: dict[tuple[tuple[int, ...], int, int], Any],
+    ref: Any,
+    n_images: int,
+    *,
+    seed: int = 0,
+    tolerance: float | None = None,
+) -> dict[str, Any]:
+    """Each finalist vs full width on the same seeds: bootstrap interval of the FID difference.
+
+    ``equal_quality``: the interval's upper end is within ``tolerance`` FID (default
+    :data:`~ddsm_core.paired.DEFAULT_REL_TOLERANCE` x the full width's FID).
+    """
+    from ddsm_core.paired import DEFAULT_REL_TOLERANCE, paired_fid_diff
+
+    full = final.get("full", {})
+    base = features.get((tuple(full.get("genome") or ()), n_images, 0))
+    if base is None or full.get("fid") is None:
+        return {}
+    tol = tolerance if tolerance is not None else DEFAULT_REL_TOLERANCE * float(full["fid"])
+    out: dict[str, Any] = {}
+    for name, rec in final.items():
+        other = features.get((tuple(rec.get("genome") or ()), n_images, 0))
+        if name == "full" or other is None:
+            continue
+        d = paired_fid_diff(base, other, ref, seed=seed)
+        out[name] = {**d.to_dict(), "tolerance": tol, "equal_quality": d.equal_quality(tol)}
+    return out
 
 
 def _set_threads(threads: int) -> None:
