@@ -32,7 +32,7 @@ DEFAULT_REL_TOLERANCE = 0.05
 
 @dataclass(frozen=True)
 class PairedDiff:
-    """FID of ``b`` minus FID of ``a`` on the same seeds, with a percentile bootstrap interval.
+    """FID of ``b`` minus FID of ``a`` on the same seeds, with a bias-corrected bootstrap interval.
 
     :param fid_a, fid_b: the FIDs of all ``n_images`` (the point estimates).
     :param diff: ``fid_b - fid_a``; ``low``, ``high``: its ``level`` interval.
@@ -142,11 +142,31 @@ def paired_fid_diff(
         fa, fb = dist(*_moments(a, index)), dist(*_moments(b, index))
         diffs[k] = fb - fa
         ratios[k] = fb / fa if fa > 0 else np.inf
-    tail = 100 * (1 - level) / 2
-    low, high = np.percentile(diffs, [tail, 100 - tail])
-    r_low, r_high = np.percentile(ratios, [tail, 100 - tail])
+    diff = fid_b - fid_a
+    ratio = fid_b / fid_a if fid_a > 0 else float("inf")
+    low, high = _bias_corrected(diffs, diff, level)
+    r_low, r_high = _bias_corrected(ratios, ratio, level)
     return PairedDiff(
-        fid_a=fid_a, fid_b=fid_b, diff=fid_b - fid_a, low=float(low), high=float(high),
-        ratio=fid_b / fid_a if fid_a > 0 else float("inf"), ratio_low=float(r_low), ratio_high=float(r_high),
-        n_images=n, n_boot=n_boot, level=level, seed=seed,
+        fid_a=fid_a, fid_b=fid_b, diff=diff, low=low, high=high, ratio=ratio, ratio_low=r_low,
+        ratio_high=r_high, n_images=n, n_boot=n_boot, level=level, seed=seed,
     )  # fmt: skip
+
+
+def _bias_corrected(replicates: np.ndarray, estimate: float, level: float) -> tuple[float, float]:
+    """Efron's bias-corrected (BC) percentile interval.
+
+    A resample repeats images, which raises every FID by more finite-sample bias than the full set
+    has, and not by the same amount for both strategies: the replicates of a ratio sit mostly below
+    the estimate (measured: 2/8 vs full width on digits, ratio 1.61, plain percentiles [1.12, 1.65]).
+    BC shifts the percentiles by z0 = Phi^-1(share of replicates below the estimate), which removes
+    such a median bias; with none (z0 = 0) it is the plain percentile interval.
+    """
+    from scipy.stats import norm
+
+    b = len(replicates)
+    below = (np.sum(replicates < estimate) + 0.5 * np.sum(replicates == estimate)) / b
+    z0 = norm.ppf(np.clip(below, 0.5 / b, 1 - 0.5 / b))
+    z = norm.ppf(1 - (1 - level) / 2)
+    q_low, q_high = norm.cdf(2 * z0 - z), norm.cdf(2 * z0 + z)
+    low, high = np.percentile(replicates, [100 * q_low, 100 * q_high])
+    return float(low), float(high)
