@@ -219,7 +219,7 @@ def main() -> None:
         + ", ".join(f"{k} {v}" for k, v in cfg.to_dict().items() if k in RECIPE_KEYS),
     ]
     if args.checkpoint is None and args.export_from is None:
-        from ddsm_core.train import main_train
+        from ddsm_core.cli.train_cmd import main_train
 
         if args.out.exists():
             shutil.rmtree(args.out)
