@@ -179,8 +179,32 @@ def load_dataset(
     if key == "cifar10":
         return _load_cifar10(split, image_size, root, download, verify)
     if image_size is None:
-        raise DatasetError(f"a folder dataset needs an image size (got folder {key!r})")
+        raise DatasetError(f"the folder dataset {key!r} needs --image-size (the square size to read it at)")
     return FolderDataset(key, image_size=image_size, channels=channels or 3)
+
+
+def check_dataset(name: str | Path, image_size: int | None = None, channels: int | None = None) -> None:
+    """Validate a dataset argument up front (before any model, extractor or sampling work).
+
+    A folder must exist and needs an image size (its images have none of their own); sizes and
+    channels must be valid. Raises :class:`DatasetError` with a one-line message naming the option.
+    """
+    if image_size is not None and int(image_size) < 1:
+        raise DatasetError(f"--image-size must be >= 1, got {image_size}")
+    if channels is not None and channels not in (1, 3):
+        raise DatasetError(f"--channels must be 1 or 3, got {channels}")
+    if str(name) in BUILTIN_DATASETS:
+        return
+    folder = Path(name).expanduser()
+    if not folder.is_dir():
+        raise DatasetError(
+            f"dataset folder {str(folder)!r} does not exist; give "
+            f"{' or '.join(map(repr, BUILTIN_DATASETS))} or a folder of images"
+        )
+    if image_size is None:
+        raise DatasetError(
+            f"the folder dataset {str(folder)!r} needs --image-size (the square size to read it at)"
+        )
 
 
 def _load_digits(split: Split, image_size: int | None) -> ImageDataset:
@@ -338,12 +362,14 @@ def save_image_grid(images: Tensor, path: str | Path, nrow: int = 8, min_tile: i
     from PIL import Image
     from torchvision.utils import make_grid
 
+    from ddsm_core.fid import to_uint8
+
     images = images.detach().float().cpu().clamp(-1, 1)
     factor = max(1, -(-min_tile // images.shape[-1]))
     if factor > 1:
         images = images.repeat_interleave(factor, dim=-1).repeat_interleave(factor, dim=-2)
-    grid = make_grid((images + 1) / 2, nrow=nrow, padding=2, pad_value=1.0)
-    array = (grid * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    grid = make_grid(images, nrow=nrow, padding=2, pad_value=1.0)  # padding white: 1.0 in [-1, 1]
+    array = to_uint8(grid[None])[0].permute(1, 2, 0).numpy()  # the FID's rounding (half up)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     gray = images.shape[1] == 1

@@ -14,7 +14,7 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 import torch
@@ -55,6 +55,9 @@ class EvalResult:
     device: str = "cpu"
     seconds: float = 0.0
     reused_fraction: float = 0.0
+    # [N x D] per-image features (``evaluate(keep_features=True)``), for paired comparisons between
+    # strategies sampled from the same seeds (ddsm_core.paired); never serialised.
+    features: Any = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -70,11 +73,11 @@ class EvalResult:
         return (float(self.fid), self.gflops) if self.ok and self.fid is not None else None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "features"}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EvalResult:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data and k != "features"})
 
 
 def resolve_seeds(seeds: Sequence[int] | int, n_images: int) -> list[int]:
@@ -220,12 +223,14 @@ def evaluate(
     costs: CostTable | None = None,
     device: str | torch.device = "cpu",
     prefix_cache: PrefixCache | None = None,
+    keep_features: bool = False,
 ) -> EvalResult:
     """Sample ``n_images`` with ``strategy`` from ``seeds`` and measure FID, GFLOPs and latency.
 
     :param costs: GFLOPs per call and width (:func:`ddsm_core.flops.cost_table`; computed if None).
     :param prefix_cache: reuse sampler states of earlier strategies with the same first genes (same
         seeds and batch size only; the images are identical, the measured latency covers fewer steps).
+    :param keep_features: keep the per-image features on the result (``features``, [N x D]).
     :raises StatsError: ``ref_stats`` do not match ``extractor`` (before any sampling).
     :raises StrategyError: the strategy uses a width the model does not have.
     """
@@ -253,15 +258,21 @@ def evaluate(
     common["latency_s"] = seconds / max(n_images, 1)
     common["reused_fraction"] = reused
 
+    feats = None
+
     def done(fid: float | None, reason: str | None = None) -> EvalResult:
         status: Literal["ok", "failed"] = "ok" if reason is None else "failed"
-        return EvalResult(fid, status=status, reason=reason, seconds=time.perf_counter() - start, **common)
+        kept = feats if keep_features else None
+        return EvalResult(
+            fid, status=status, reason=reason, seconds=time.perf_counter() - start, features=kept, **common
+        )
 
     bad = int((~torch.isfinite(images.flatten(1)).all(1)).sum())
     if bad:
         return done(None, f"{bad} of {n_images} sampled images are not finite (the sampler diverged)")
     try:
-        fid = fid_of_images(images.clamp(-1.0, 1.0), ref_stats, extractor, batch_size)
+        feats = extract_features(extractor, images.clamp(-1.0, 1.0), batch_size)
+        fid = ref_stats.fid(FeatureStats.from_features(feats, extractor.name))
     except FIDError as exc:
         return done(None, f"FID failed: {exc}")
     if not math.isfinite(fid):
@@ -305,6 +316,9 @@ class GenomeEvaluator:
         # finalists re-evaluated with more images get a full, honest latency measurement
         self.cache_images = cache_images
         self.cache = PrefixCache(cache_bytes)
+        # per-image features of the finalists' evaluations (any count but ``cache_images``), keyed by
+        # (genome, n_images, seed_offset): paired comparisons with full width on the same seeds
+        self.kept_features: dict[tuple[tuple[int, ...], int, int], Any] = {}
 
     def strategy(self, genome: Sequence[int]) -> Strategy:
         return self.spec.strategy(genome)
@@ -312,11 +326,14 @@ class GenomeEvaluator:
     def evaluate(self, genome: Sequence[int], n_images: int, seed_offset: int = 0) -> EvalResult:
         strategy = self.strategy(genome)
         cache = self.cache if n_images == self.cache_images and seed_offset == 0 else None
+        keep = n_images != self.cache_images
         result = evaluate(
             self.model, self.schedule, strategy, self.ref, self.extractor, n_images,
             self.spec.eval_seed + seed_offset, self.spec.batch_size, costs=self.costs, device=self.device,
-            prefix_cache=cache,
+            prefix_cache=cache, keep_features=keep,
         )  # fmt: skip
+        if keep and result.features is not None:
+            self.kept_features[(strategy.genes, n_images, seed_offset)] = result.features
         self.images_sampled += n_images
         self.network_calls += round(n_images * result.network_calls * (1 - result.reused_fraction))
         return result

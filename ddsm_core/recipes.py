@@ -183,6 +183,27 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
         "checkpoint_every": 200,
         "log_every": 10,
     },
+    # The benchmark supernet, separate from the demo's: quality per CPU-minute (bench/train_digits_bench.md).
+    # 1.0 M parameters (UNet preset `digits-bench`), batch 128, Adam 2e-3 held constant after 100 warm-up
+    # steps, EMA 0.999 with warm-up, no dropout (a 1500-image set needs every sample's full signal).
+    # A constant LR makes the run's state at step k independent of ``steps``, so the learning curve of
+    # one long run measured which step count to stop at.
+    "digits-bench": {
+        "dataset": "digits",
+        "steps": 1200,
+        "batch_size": 128,
+        "lr": 2e-3,
+        "warmup_steps": 100,
+        "lr_schedule": "constant",
+        "ema_decay": 0.999,
+        "dropout": 0.0,
+        "eval_images": 297,
+        "sample_every": 0,
+        "sample_sampler": "ddpm",
+        "sample_steps": 100,
+        "checkpoint_every": 200,
+        "log_every": 50,
+    },
     "cifar10": _CIFAR10_RECIPE,
     # The same recipe at 64x64 (no bundled copy: --dataset FOLDER of face images).
     "celeba64": {**_CIFAR10_RECIPE, "dataset": "", "steps": 500_000},

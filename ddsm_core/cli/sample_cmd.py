@@ -94,9 +94,10 @@ def sample(
 
 
 def to_uint8(images):  # Tensor [N,C,H,W] in [-1,1] -> numpy uint8 [N,H,W,C]
-    import torch
+    """The FID's rounding (:func:`ddsm_core.fid.to_uint8`, half up), so the files score what was measured."""
+    from ddsm_core.fid import to_uint8 as quantize_uint8
 
-    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return quantize_uint8(images).permute(0, 2, 3, 1).numpy()
 
 
 def write_npz(path: Path, array) -> None:

@@ -41,17 +41,39 @@ def _dataset_of(manifest: dict[str, Any], dataset: str | None) -> str | None:
     return dataset or (manifest.get("train_config") or {}).get("dataset")
 
 
+def check_data_args(dataset: str | None, image_size: int | None, model_config: Any) -> int | None:
+    """Validate ``--dataset`` / ``--image-size`` against the checkpoint's model before any sampling.
+
+    :return: the image size to read the dataset at: ``--image-size``, else the model's own.
+    """
+    from ddsm_core.data import check_dataset
+    from ddsm_core.errors import ConfigError
+
+    own = int(model_config.image_size)
+    if image_size is not None and image_size != own:
+        raise ConfigError(
+            f"--image-size {image_size} differs from the checkpoint's image size {own}: FID compares "
+            "images of one size (leave --image-size out to use the checkpoint's)"
+        )
+    if dataset is not None:
+        check_dataset(dataset, own, int(model_config.in_channels))
+    return own
+
+
 def resolve_stats(
     stats: Path | None,
     extractor: str | None,
     dataset: str | None,
     device: Any,
     out_dir: Path | None = None,
+    image_size: int | None = None,
+    channels: int | None = None,
 ) -> tuple[Any, Any]:
     """(reference stats, extractor), checked against each other before any sampling.
 
     With ``stats`` the extractor defaults to the one that made them; without, the dataset's reference
-    statistics are computed now (and saved to ``out_dir/ref_stats.npz``).
+    statistics are computed now (read at ``image_size`` with ``channels``: the model's) and saved to
+    ``out_dir/ref_stats.npz``.
     """
     from ddsm_core.errors import ConfigError
     from ddsm_core.features import get_extractor, reference_stats
@@ -65,7 +87,7 @@ def resolve_stats(
     if dataset is None:
         raise ConfigError("give --stats (reference statistics .npz) or --dataset to compute them")
     ext = get_extractor(extractor or "auto", dataset=dataset, device=str(device))
-    ref = reference_stats(dataset, ext, device=str(device))
+    ref = reference_stats(dataset, ext, device=str(device), image_size=image_size, channels=channels)
     if out_dir is not None:
         ref.save(out_dir / "ref_stats.npz")
     return ref, ext
@@ -78,22 +100,37 @@ def ref_stats(
     ),
     out: Path = typer.Option(..., "--out", help="The .npz to write (pytorch-fid format + labels)."),
     split: str = typer.Option("train", "--split", help="Dataset split (train, test, all)."),
+    image_size: int | None = typer.Option(
+        None, "--image-size", help="Square size to read the images at (required for a folder)."
+    ),
+    channels: int | None = typer.Option(None, "--channels", help="Folder images: 1 (gray) or 3 (RGB) [3]."),
     batch_size: int = typer.Option(250, "--batch-size"),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
     threads: int | None = typer.Option(
         None, "--threads", help="Torch CPU threads (default 1 or $DDSM_TORCH_THREADS; 0 = all cores)."
     ),
 ) -> None:
-    """Compute reference feature statistics of a dataset for FID."""
+    """Compute reference feature statistics of a dataset for FID, and its real-data floor."""
+    from ddsm_core.data import check_dataset
     from ddsm_core.device import pick_device
     from ddsm_core.features import reference_stats
+    from ddsm_core.floor import floors_of
 
+    check_dataset(dataset, image_size, channels)
     _set_threads(threads)
     stats = reference_stats(
-        dataset, extractor, split=split, device=str(pick_device(device)), batch_size=batch_size
-    )
+        dataset, extractor, split=split, device=str(pick_device(device)), batch_size=batch_size,
+        image_size=image_size, channels=channels,
+    )  # fmt: skip
     path = stats.save(out)
     typer.echo(f"{stats.n} images of {dataset}/{split}, {stats.extractor} ({stats.dim}-d) -> {path}")
+    floors = floors_of(stats)
+    if floors:
+        typer.echo("real-data floor (held-out real images vs these stats): FID " + ", ".join(
+            f.describe() for f in reversed(floors)
+        ))  # fmt: skip
+    else:
+        typer.echo("real-data floor: none (no held-out split to measure it on)")
 
 
 def eval_cmd(
@@ -112,6 +149,9 @@ def eval_cmd(
     ),
     stats: Path | None = typer.Option(None, "--stats", help="Reference statistics (.npz)."),
     dataset: str | None = typer.Option(None, "--dataset", help="Compute reference stats of this dataset."),
+    image_size: int | None = typer.Option(
+        None, "--image-size", help="Size to read --dataset at [the checkpoint's image size]."
+    ),
     extractor: str | None = typer.Option(None, "--extractor", help="Default: the one of --stats / auto."),
     images: int = typer.Option(1000, "--images", help="Images to sample."),
     seed: int = typer.Option(
@@ -126,24 +166,31 @@ def eval_cmd(
 ) -> None:
     """Evaluate one strategy: FID (with its extractor), GFLOPs, measured latency."""
     from ddsm_core.evaluate import evaluate
+    from ddsm_core.floor import floor_of
     from ddsm_core.flops import cost_table
     from ddsm_core.spec import strategy_from_arg
 
     _set_threads(threads)
     model, schedule, manifest, dev = _load_model(checkpoint, device)
+    data = _dataset_of(manifest, dataset) if stats is None else dataset
+    size = check_data_args(data, image_size, model.config)
     strat = strategy_from_arg(strategy, sampler, steps, model.config.widths)
-    ref, ext = resolve_stats(stats, extractor, _dataset_of(manifest, dataset), dev)
+    ref, ext = resolve_stats(stats, extractor, data, dev, image_size=size, channels=model.config.in_channels)
     result = evaluate(
         model, schedule, strat, ref, ext, images, seed, batch_size, costs=cost_table(model), device=dev
     )
     fid = "failed: " + str(result.reason) if not result.ok else f"{result.fid:.4f}"
+    floor = floor_of(ref, images)
     typer.echo(
         f"{result.strategy}: {result.label} {fid}, {result.gflops:.4f} GFLOPs/image "
         f"({result.gflops_per_call:.4f}/call), {1000 * result.latency_s:.2f} ms/image, {images} images"
+        + (f"; real-data floor {floor.describe()}" if floor is not None else "")
+        + (f": {result.fid / floor.fid:.2f}x" if floor is not None and result.fid and floor.fid > 0 else "")
     )
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result.to_dict(), indent=1))
+        record = {**result.to_dict(), "floor": floor.to_dict() if floor is not None else None}
+        out.write_text(json.dumps(record, indent=1))
 
 
 def search_to_folder(
@@ -153,6 +200,7 @@ def search_to_folder(
     *,
     stats: Path | None = None,
     dataset: str | None = None,
+    image_size: int | None = None,
     extractor: str | None = None,
     device: str = "cpu",
     progress: bool = True,
@@ -162,6 +210,7 @@ def search_to_folder(
     """A whole local search into ``out``: resumable state, results.json, plots, report.md and one
     strategy file per finalist. ``spec`` defaults to :data:`ddsm_core.spec.DEFAULTS`."""
     from ddsm_core.evaluate import GenomeEvaluator, sample_images
+    from ddsm_core.floor import floors_of
     from ddsm_core.flops import cost_table
     from ddsm_core.report import plot_samples, write_report_folder
     from ddsm_core.results import build_results
@@ -171,7 +220,11 @@ def search_to_folder(
     out.mkdir(parents=True, exist_ok=True)
     model, schedule, manifest, dev = _load_model(checkpoint, device)
     spec = (spec or DEFAULTS).bind(model.config.widths)
-    ref, ext = resolve_stats(stats, extractor, _dataset_of(manifest, dataset), dev, out)
+    data = _dataset_of(manifest, dataset) if stats is None else dataset
+    size = check_data_args(data, image_size, model.config)
+    ref, ext = resolve_stats(
+        stats, extractor, data, dev, out, image_size=size, channels=model.config.in_channels
+    )
     evaluator = GenomeEvaluator(
         model, schedule, ref, ext, spec, costs=cost_table(model), device=dev, cache_images=spec.n_images
     )
@@ -201,8 +254,44 @@ def search_to_folder(
          for k, s in panels.items()},
     )  # fmt: skip
     results["cost"]["total_wall_s"] = time.perf_counter() - start
+    # every FID next to the real-data floor; every finalist paired with full width on the same seeds
+    results["floors"] = [f.to_dict() for f in floors_of(ref)]
+    results["paired"] = paired_vs_full(
+        final, evaluator.kept_features, ref, spec.final_images, seed=spec.eval_seed
+    )
     write_report_folder(out, results)
     return results
+
+
+def paired_vs_full(
+    final: dict[str, dict[str, Any]],
+    features: dict[tuple[tuple[int, ...], int, int], Any],
+    ref: Any,
+    n_images: int,
+    *,
+    seed: int = 0,
+    tolerance: float | None = None,
+) -> dict[str, Any]:
+    """Each finalist vs full width on the same seeds: bootstrap interval of the FID difference.
+
+    ``equal_quality``: the interval's upper end is within ``tolerance`` FID (default
+    :data:`~ddsm_core.paired.DEFAULT_REL_TOLERANCE` x the full width's FID).
+    """
+    from ddsm_core.paired import DEFAULT_REL_TOLERANCE, paired_fid_diff
+
+    full = final.get("full", {})
+    base = features.get((tuple(full.get("genome") or ()), n_images, 0))
+    if base is None or full.get("fid") is None:
+        return {}
+    tol = tolerance if tolerance is not None else DEFAULT_REL_TOLERANCE * float(full["fid"])
+    out: dict[str, Any] = {}
+    for name, rec in final.items():
+        other = features.get((tuple(rec.get("genome") or ()), n_images, 0))
+        if name == "full" or other is None:
+            continue
+        d = paired_fid_diff(base, other, ref, seed=seed)
+        out[name] = {**d.to_dict(), "tolerance": tol, "equal_quality": d.equal_quality(tol)}
+    return out
 
 
 def _set_threads(threads: int | None) -> None:
@@ -220,6 +309,9 @@ def search(
     out: Path = typer.Option(Path("runs/search"), "--out", help="Report folder (also the resume state)."),
     stats: Path | None = typer.Option(None, "--stats", help="Reference statistics (.npz)."),
     dataset: str | None = typer.Option(None, "--dataset", help="Default: the checkpoint's dataset."),
+    image_size: int | None = typer.Option(
+        None, "--image-size", help="Size to read --dataset at [the checkpoint's image size]."
+    ),
     extractor: str | None = typer.Option(None, "--extractor", help="Default: the one of --stats / auto."),
     profile: str = typer.Option(
         DEFAULT_PROFILE, "--profile", help=f"Named settings: {', '.join(PROFILES)}; options override them."
@@ -271,8 +363,8 @@ def search(
         weight=weight, seed=seed, eval_seed=eval_seed, batch_size=batch_size,
     )  # fmt: skip
     res = search_to_folder(
-        checkpoint, out, spec, stats=stats, dataset=dataset, extractor=extractor, device=device,
-        progress=progress, resume=resume,
+        checkpoint, out, spec, stats=stats, dataset=dataset, image_size=image_size, extractor=extractor,
+        device=device, progress=progress, resume=resume,
     )  # fmt: skip
     pick, full = res["final"]["pick"], res["final"]["full"]
     saved = 1 - pick["gflops"] / full["gflops"]

@@ -36,9 +36,16 @@ def main_train(
     export: str | Path | None = None,
     progress: bool = True,
     echo: Callable[[str], Any] = print,
+    image_size: int | None = None,
 ) -> TrainResult:
-    """What ``ddsm train`` does: the recipe of the preset (or of the run being resumed) plus overrides."""
+    """What ``ddsm train`` does: the recipe of the preset (or of the run being resumed) plus overrides.
+
+    :param image_size: the model's resolution instead of the preset's (the dataset is read at it).
+    """
+    import dataclasses
+
     from ddsm_core import checkpoint as ckpt_io
+    from ddsm_core.data import check_dataset
     from ddsm_core.recipes import resolve_recipe
     from ddsm_core.trainer import train
 
@@ -46,6 +53,13 @@ def main_train(
     existing = ckpt_io.find_resumable(out_dir) if resume and out_dir.exists() else None
     saved = ckpt_io.read_manifest(existing, verify=False).get("train_config") if existing else None
     model_config, config = resolve_recipe(preset, overrides, class_cond=class_cond, saved=saved)
+    check_dataset(config.dataset, image_size if image_size is not None else model_config.image_size)
+    if image_size is not None:  # attention stays on the same levels (resolutions are in pixels)
+        levels = [model_config.resolutions.index(r) for r in model_config.attention_resolutions]
+        attention = tuple(image_size // 2**k for k in levels)
+        model_config = dataclasses.replace(
+            model_config, image_size=image_size, attention_resolutions=attention
+        )
     is_main = int(os.environ.get("RANK", "0")) == 0
     if is_main:
         where = f"resuming {existing}" if existing is not None else f"new run in {out_dir}"
@@ -71,6 +85,9 @@ def train(
     preset: str = typer.Option("digits", "--preset", help="Model preset and its training recipe."),
     dataset: str | None = typer.Option(
         None, "--dataset", help="digits, cifar10 or a folder of images [default: the preset's]."
+    ),
+    image_size: int | None = typer.Option(
+        None, "--image-size", help="Model resolution; the dataset is read at it [preset's]."
     ),
     steps: int | None = typer.Option(None, "--steps", help="Total optimizer steps [preset's]."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out if there is one."),
@@ -141,6 +158,7 @@ def train(
         export=export,
         progress=progress,
         echo=typer.echo,
+        image_size=image_size,
     )
     if result.interrupted:
         typer.echo(

@@ -51,13 +51,25 @@ def test_ref_stats_file_is_labelled(stats) -> None:
         assert f["mu"].shape == (16,) and len(json.loads(str(f["meta"]))["extractor_weights"]) == 16
 
 
+def test_ref_stats_record_the_real_data_floor(stats) -> None:
+    from ddsm_core.fid import FeatureStats
+    from ddsm_core.floor import floor_of, floors_of
+
+    floors = floors_of(FeatureStats.load(stats))
+    assert [(f.split, f.n_images) for f in floors] == [("test", 200), ("test", 297)]
+    assert floors[0].fid > floors[1].fid > 0  # fewer images, more finite-sample bias
+    assert floor_of(FeatureStats.load(stats), 500) == floors[1]
+
+
 def test_eval_prints_fid_with_its_extractor(checkpoint, stats, tmp_path, capsys) -> None:
     out = tmp_path / "r.json"
     argv = ["eval", "--checkpoint", str(checkpoint), "--stats", str(stats), "--strategy", "uniform:6/8",
             "--steps", "3", "--images", "16", "--json", str(out)]  # fmt: skip
     assert run_app(app, argv) == 0
-    assert "FID (domain:digits-cnn-v1)" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "FID (domain:digits-cnn-v1)" in text and "real-data floor" in text and "(200 test images" in text
     assert json.loads(out.read_text())["n_images"] == 16
+    assert json.loads(out.read_text())["floor"]["n_images"] == 200
 
 
 def test_stats_of_another_dimension_fail_before_sampling(checkpoint, tmp_path, capsys) -> None:
@@ -80,6 +92,15 @@ def test_search_writes_the_report_folder_and_resumes(checkpoint, stats, tmp_path
     assert {"config", "candidates", "front", "pick", "final", "uniform", "cost"} <= set(res)
     assert res["extractor"] == "domain:digits-cnn-v1" and len(res["uniform"]) == 3
     assert res["final"]["pick"]["n_images"] == 16 and res["final"]["full"]["genome"] == [2, 2, 2]
+    # every FID next to the real-data floor, every finalist paired with full width on the same seeds
+    assert [f["n_images"] for f in res["floors"]] == [200, 297]
+    pick = res["paired"]["pick"]
+    assert pick["fid_a"] == pytest.approx(res["final"]["full"]["fid"])
+    assert pick["fid_b"] == pytest.approx(res["final"]["pick"]["fid"])
+    assert pick["low"] <= pick["diff"] <= pick["high"] or pick["diff"] == 0
+    assert pick["equal_quality"] == (pick["high"] <= 0.05 * res["final"]["full"]["fid"])
+    report = (out / "report.md").read_text()
+    assert "x floor)" in report and "Real-data floor" in report and "Paired with full width" in report
     assert run_app(app, argv) == 0  # resumes from the finished state: nothing is evaluated again
     again = json.loads((out / "results.json").read_text())
     assert again["run"]["resumed"] and again["candidates"] == res["candidates"]
