@@ -82,7 +82,7 @@ def _error_handlers(app: FastAPI) -> None:
 
     def reply(code: int):  # noqa: ANN202
         async def handler(_: Request, exc: Exception) -> JSONResponse:
-            return JSONResponse({"detail": str(exc)}, status_code=code)
+            return JSONResponse({"detail": json_safe(str(exc))}, status_code=code)
 
         return handler
 

@@ -15,8 +15,9 @@ from api.artifacts import ArtifactStore
 from api.db.models import JobStatus
 from api.db.repository import Repository, SearchRecord
 from api.queue import Dispatcher
-from api.schemas import SearchCreate
+from api.schemas import SearchCreate, TrainingRunCreate
 from api.settings import Settings
+from ddsm_core.catalog import DATASETS, PRESET_DATASETS
 from ddsm_core.errors import CheckpointError, ConfigError, DDSMError, StatsError
 from ddsm_core.results import front_points, summary
 from ddsm_core.spec import FINALISTS, SearchSpec
@@ -69,13 +70,12 @@ def create_search(repo: Repository, body: SearchCreate) -> int:
     if stats.status != JobStatus.COMPLETE:
         raise Conflict(f"reference statistics {stats.id} are {stats.status.value}, not ready")
     available = [float(w) for w in net.gflops["widths"]]
-    widths = sorted(body.widths) if body.widths else available
+    widths = body.widths or available
     unknown = [w for w in widths if not any(math.isclose(w, a) for a in available)]
     if unknown:
         raise ConfigError(f"widths {unknown} are not offered by supernet {net.id}; allowed: {available}")
     widths = [next(a for a in available if math.isclose(w, a)) for w in widths]
-    fields = body.model_dump(exclude={"name", "supernet_id", "reference_stats_id", "widths"})
-    spec = SearchSpec(widths=tuple(widths), **fields)
+    spec = body.spec(tuple(widths))
     return repo.create_search(body.name, net.id, stats.id, spec.to_dict())
 
 
@@ -135,13 +135,29 @@ def search_strategy(repo: Repository, search_id: int, which: str) -> Strategy:
     return SearchSpec.from_dict(search.config).strategy(search.result["final"][which]["genome"])
 
 
-def check_training(preset: str, model: dict[str, Any]) -> None:
-    """Torch-free checks of a training request (the worker validates the TrainConfig overrides)."""
+def check_training(settings: Settings, body: TrainingRunCreate) -> dict[str, Any]:
+    """Torch-free checks of a training request; returns the run's stored config (preset and the
+    overrides given). Each override is bounded by the schema; here: the dataset exists, and the model
+    overrides fit together (UNetConfig's own checks)."""
     from ddsm_core.config import UNetConfig
 
-    base = UNetConfig.from_preset(preset)  # ConfigError listing the presets
+    train = body.train.model_dump(exclude_none=True)
+    model = body.model.model_dump(exclude_none=True)
+    base = UNetConfig.from_preset(body.preset)
     if model:
         UNetConfig.from_dict({**base.to_dict(), **model})
+    dataset = train.get("dataset", PRESET_DATASETS[body.preset])
+    if not dataset:
+        raise ConfigError(
+            f"the {body.preset} recipe has no bundled dataset: set train.dataset to a folder of images "
+            "under DDSM_CHECKPOINT_ROOTS"
+        )
+    if dataset not in DATASETS:
+        folder = server_path(settings, dataset)
+        if not folder.is_dir():
+            raise ConfigError(f"dataset {dataset!r} is neither {' nor '.join(DATASETS)} nor a folder")
+        train["dataset"] = str(folder)
+    return {"preset": body.preset, "train": train, "model": model}
 
 
 MAX_PATH_CHARS = 4096  # PATH_MAX on Linux

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,6 +24,7 @@ from ddsm_core.costs import CostTable, strategy_gflops
 from ddsm_core.errors import ConfigError, choices_message
 from ddsm_core.search import CROSSOVERS, Candidate, Genome, SearchConfig, knee_point
 from ddsm_core.strategy import Strategy, canonical_sampler, parse_strategy_spec
+from ddsm_core.widths import validate_widths
 
 DEFAULT_SAMPLER = "ddpm"
 """DDPM (not DDIM): its fresh noise at every step forgives the small widths' errors at the noisy start."""
@@ -31,17 +33,27 @@ SAMPLER_HELP = "ddpm, ddim, edm-heun or dpm-solver++ (also spelt edm, dpmpp)"
 FINALISTS: tuple[str, ...] = ("pick", "knee", "full")
 """The finalists re-evaluated with ``final_images``: weighted pick, knee of the front, full width."""
 
-LIMITS: dict[str, tuple[float | None, float | None]] = {
+SEED_MAX = 2**32 - 1
+"""Seeds are unsigned 32-bit (numpy's and torch's generators both take them); image seeds too."""
+MAX_WIDTHS = 64
+MAX_CANDIDATES = 100_000
+"""Upper bound of population x generations: every candidate is a database row."""
+MAX_GENES = 10_000_000
+"""Upper bound of population x generations x steps: the genes the search stores in all."""
+
+LIMITS: dict[str, tuple[float, float]] = {
     "steps": (2, 1000),
     "population": (2, 10_000),
     "generations": (1, 10_000),
-    "n_images": (2, None),  # FID needs a covariance: at least two images
-    "final_images": (2, None),
-    "weight": (0.0, None),
-    "batch_size": (1, None),
+    "n_images": (2, 100_000),  # FID needs a covariance: at least two images
+    "final_images": (2, 100_000),
+    "weight": (0.0, 1e6),
+    "seed": (0, SEED_MAX),
+    "eval_seed": (0, SEED_MAX),
+    "batch_size": (1, 4096),
     "mutation_rate": (0.0, 1.0),
 }
-"""Inclusive (low, high) bounds of the numeric settings (None: unbounded)."""
+"""Inclusive (low, high) bounds of the numeric settings; the REST schema and the CLI use the same."""
 
 
 @dataclass(frozen=True)
@@ -72,16 +84,37 @@ class SearchSpec:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sampler", canonical_sampler(self.sampler))
-        object.__setattr__(self, "widths", tuple(float(w) for w in self.widths))
+        if self.widths:
+            if len(self.widths) > MAX_WIDTHS:
+                raise ConfigError(f"at most {MAX_WIDTHS} widths, got {len(self.widths)}")
+            object.__setattr__(self, "widths", validate_widths(self.widths))  # sorted, unique, (0, 1]
         for name, (low, high) in LIMITS.items():
             value = getattr(self, name)
-            if (low is not None and value < low) or (high is not None and value > high):
-                bound = f">= {low}" if high is None else f"in [{low}, {high}]"
-                raise ConfigError(f"{name} must be {bound}, got {value}")
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
+                raise ConfigError(f"{name} must be in [{low:g}, {high:g}], got {value!r}")
         if self.crossover not in CROSSOVERS:
             raise ConfigError(choices_message("crossover", self.crossover, CROSSOVERS))
+        self._check_budget()
         if self.widths:
             self.search_config()  # population vs widths, genome bounds
+
+    def _check_budget(self) -> None:
+        """Cross-field bounds: the search's size, and image seeds that stay within :data:`SEED_MAX`."""
+        if self.population * self.generations > MAX_CANDIDATES:
+            raise ConfigError(
+                f"population x generations must be <= {MAX_CANDIDATES}, "
+                f"got {self.population} x {self.generations}"
+            )
+        if self.population * self.generations * self.steps > MAX_GENES:
+            raise ConfigError(
+                f"population x generations x steps must be <= {MAX_GENES}, "
+                f"got {self.population} x {self.generations} x {self.steps}"
+            )
+        last = self.eval_seed + max(self.n_images, self.final_images) - 1
+        if last > SEED_MAX:
+            raise ConfigError(
+                f"eval_seed + images - 1 must be <= {SEED_MAX} (image i uses seed eval_seed + i), got {last}"
+            )
 
     # ------------------------------------------------------------------ derived values
     def replace(self, **changes: Any) -> SearchSpec:
