@@ -15,6 +15,7 @@ from typing import Any
 from api.artifacts import ArtifactError, ArtifactStore
 from api.db.models import CandidateState, JobStatus
 from api.db.repository import CandidateRecord, Repository, SearchRecord, TrainingRunRecord
+from api.schemas import utc
 from ddsm_core.costs import CostTable
 from ddsm_core.search import Candidate
 from ddsm_core.spec import SearchSpec
@@ -227,7 +228,7 @@ def search_summary(repo: Repository, search: SearchRecord) -> dict[str, Any]:
         "extractor": extractor_of(repo, search, searched[:1]),
         "pick": pick_so_far(search, front, full),
         "error": search.error,
-        "created_at": search.created_at.isoformat(),
+        "created_at": utc(search.created_at).isoformat(),
     }
 
 

@@ -40,11 +40,12 @@ Crossover = Literal[CROSSOVERS]  # type: ignore[valid-type]
 Preset = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
-def _utc(value: datetime) -> datetime:
+def utc(value: datetime) -> datetime:
+    """A stored naive datetime (UTC) with its zone."""
     return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
 
 
-UTCDatetime = Annotated[datetime, AfterValidator(_utc)]
+UTCDatetime = Annotated[datetime, AfterValidator(utc)]
 """A stored (naive UTC) datetime, replied with its zone."""
 
 
@@ -340,3 +341,33 @@ class CandidatePage(BaseModel):
     offset: int
     limit: int
     items: list[CandidateOut]
+
+
+# ---------------------------------------------------------------- errors
+class ValidationItem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+    input: Any = None
+    ctx: dict[str, Any] | None = None
+
+
+class ErrorOut(BaseModel):
+    """Every 4xx reply: a message, or (422 from validation) pydantic's list of what is wrong where."""
+
+    detail: str | list[ValidationItem]
+
+
+_ERRORS = {
+    400: "The request names something unusable (a bad checkpoint, statistics file or strategy).",
+    401: "Missing or wrong X-API-Key.",
+    403: "A server path outside DDSM_CHECKPOINT_ROOTS.",
+    404: "No such resource.",
+    409: "The resource is not in a state that allows this.",
+    413: "Request body over DDSM_MAX_BODY_BYTES.",
+    422: "Invalid input: what is wrong and where.",
+}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut, "description": text} for code, text in _ERRORS.items()
+}
+"""The documented error replies of every route (the app's handlers give each this shape)."""

@@ -181,7 +181,11 @@ def server_path(settings: Settings, raw: str) -> Path:
             f"path {raw[:200]!r} is outside the folders this server registers from "
             f"(DDSM_CHECKPOINT_ROOTS: {os.pathsep.join(map(str, roots))})"
         )
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except OSError:  # e.g. a component over NAME_MAX (255 bytes): ENAMETOOLONG, which exists() raises
+        exists = False
+    if not exists:
         raise ConfigError(f"path {raw[:200]!r} does not exist on the API server")
     return path
 
