@@ -91,7 +91,7 @@ class SearchSpec:
         for name, (low, high) in LIMITS.items():
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
-                raise ConfigError(f"{name} must be in [{low:g}, {high:g}], got {value!r}")
+                raise ConfigError(f"{name} must be in [{_num(low)}, {_num(high)}], got {value!r}")
         if self.crossover not in CROSSOVERS:
             raise ConfigError(choices_message("crossover", self.crossover, CROSSOVERS))
         self._check_budget()
@@ -185,6 +185,10 @@ class SearchSpec:
     @classmethod
     def from_json(cls, text: str | bytes) -> SearchSpec:
         return cls.from_dict(json.loads(text))
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e16 else f"{x:g}"
 
 
 DEFAULT_PROFILE = "cpu"
