@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
+from schemathesis.core.failures import FailureGroup
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     negative_data_rejection,
@@ -155,7 +156,7 @@ def _run(client: TestClient, strategy: Any, checks: list[Any], label: str, examp
             return
         try:
             case.validate_response(response, checks=checks)
-        except Exception as exc:
+        except (Exception, FailureGroup) as exc:  # FailureGroup is a BaseExceptionGroup, not an Exception
             failures.append(f"{label}: {str(exc)[:600]}")
         if response.headers.get("content-type", "").startswith("application/json"):
             bad = _zoned_datetimes(json.loads(response.text))

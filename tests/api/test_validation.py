@@ -295,3 +295,17 @@ def test_replies_carry_utc_datetimes(client: TestClient) -> None:
     for value in (search["created_at"], client.get(f"/supernets/{net}").json()["created_at"],
                   client.get("/ui/data/overview").json()[0]["created_at"]):  # fmt: skip
         assert datetime.fromisoformat(value).utcoffset() is not None, value
+
+
+def test_nul_characters_and_lone_surrogates_are_a_422(client: TestClient) -> None:
+    """Postgres refuses NUL in text and a lone surrogate has no UTF-8 form: both were 500s."""
+    for path, body in (
+        ("/training-runs", {"name": "a\x00b"}),
+        ("/reference-stats", {"name": "s", "dataset": "d\x00"}),
+        ("/supernets", {"name": "n\x00", "checkpoint_path": "x"}),
+    ):
+        assert client.post(path, json=body, headers=KEY).status_code == 422, path
+    raw = b'{"name": "a\\ud800"}'  # JSON allows it; the 422 echoing it must still encode
+    reply = client.post("/reference-stats", content=raw, headers={**KEY, "content-type": "application/json"})
+    assert reply.status_code == 422 and reply.json()["detail"][0]["loc"] == ["body", "name"], reply.text
+    assert repo_of(client).list_reference_stats() == [] and repo_of(client).list_training_runs() == []
