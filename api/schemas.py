@@ -24,8 +24,8 @@ from pydantic import (
 
 from api.db.repository import MAX_ID
 from ddsm_core.catalog import DATASETS, DOMAIN_DATASETS, Extractor, NoiseSchedule
-from ddsm_core.config import PRESETS
 from ddsm_core.errors import ConfigError
+from ddsm_core.recipes import TRAIN_PRESETS
 from ddsm_core.search import CROSSOVERS
 from ddsm_core.spec import DEFAULTS, LIMITS, MAX_WIDTHS, PROFILES, SAMPLER_HELP, SEED_MAX, SearchSpec
 from ddsm_core.strategy import SAMPLER_ALIASES, SAMPLERS
@@ -37,7 +37,7 @@ Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
 Sampler = Literal[SAMPLERS + tuple(SAMPLER_ALIASES)]  # type: ignore[valid-type]
 Crossover = Literal[CROSSOVERS]  # type: ignore[valid-type]
-Preset = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
+Preset = Literal[tuple(TRAIN_PRESETS)]  # type: ignore[valid-type]
 
 
 def utc(value: datetime) -> datetime:
@@ -54,9 +54,10 @@ class Out(BaseModel):
 
 
 class In(BaseModel):
-    """A request body: unknown fields are refused (a typo is not silently a default)."""
+    """A request body, read strictly as its JSON schema says: unknown fields are refused (a typo is not
+    silently a default), and no type is coerced (``true`` is not the integer 1, ``"5"`` not 5)."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
 # ---------------------------------------------------------------- supernets and training
@@ -95,7 +96,7 @@ Resolution = Annotated[int, Field(ge=1, le=1024)]
 
 
 class TrainOverrides(In):
-    """Fields of ``ddsm_core.train.TrainConfig`` a REST client may change (None / absent: the preset's
+    """Fields of ``ddsm_core.recipes.TrainConfig`` a REST client may change (None / absent: the preset's
     recipe). Where the data lives and whether to download it are the worker's, not a client's."""
 
     dataset: str | None = Field(
@@ -110,7 +111,7 @@ class TrainOverrides(In):
     warmup_steps: Count = _f(0, 10_000_000)
     lr_schedule: Literal["constant", "cosine"] | None = None
     min_lr_ratio: Fraction = _f(0.0, 1.0)
-    adam_betas: tuple[Beta, Beta] | None = None
+    adam_betas: list[Beta] | None = Field(default=None, min_length=2, max_length=2)
     weight_decay: Fraction = _f(0.0, 1.0)
     grad_clip: Fraction = _f(0.0, 1e6)
     ema_decay: Fraction = _f(0.0, 1.0, below=True)

@@ -17,7 +17,7 @@ from api.db.repository import Repository, SearchRecord
 from api.queue import Dispatcher
 from api.schemas import SearchCreate, TrainingRunCreate
 from api.settings import Settings
-from ddsm_core.catalog import DATASETS, PRESET_DATASETS
+from ddsm_core.catalog import DATASETS
 from ddsm_core.errors import CheckpointError, ConfigError, DDSMError, StatsError
 from ddsm_core.results import front_points, summary
 from ddsm_core.spec import FINALISTS, SearchSpec
@@ -137,16 +137,13 @@ def search_strategy(repo: Repository, search_id: int, which: str) -> Strategy:
 
 def check_training(settings: Settings, body: TrainingRunCreate) -> dict[str, Any]:
     """Torch-free checks of a training request; returns the run's stored config (preset and the
-    overrides given). Each override is bounded by the schema; here: the dataset exists, and the model
-    overrides fit together (UNetConfig's own checks)."""
-    from ddsm_core.config import UNetConfig
+    overrides given). Each override is bounded by the schema; here: the dataset exists, and the recipe
+    resolves as the worker will resolve it (TrainConfig's and UNetConfig's own checks)."""
+    from ddsm_core.recipes import TRAIN_PRESETS, resolve_recipe
 
     train = body.train.model_dump(exclude_none=True)
     model = body.model.model_dump(exclude_none=True)
-    base = UNetConfig.from_preset(body.preset)
-    if model:
-        UNetConfig.from_dict({**base.to_dict(), **model})
-    dataset = train.get("dataset", PRESET_DATASETS[body.preset])
+    dataset = train.get("dataset", TRAIN_PRESETS[body.preset]["dataset"])
     if not dataset:
         raise ConfigError(
             f"the {body.preset} recipe has no bundled dataset: set train.dataset to a folder of images "
@@ -157,6 +154,7 @@ def check_training(settings: Settings, body: TrainingRunCreate) -> dict[str, Any
         if not folder.is_dir():
             raise ConfigError(f"dataset {dataset!r} is neither {' nor '.join(DATASETS)} nor a folder")
         train["dataset"] = str(folder)
+    resolve_recipe(body.preset, train, model_overrides=model)
     return {"preset": body.preset, "train": train, "model": model}
 
 

@@ -1,7 +1,7 @@
-"""Names the API checks at POST without importing torch: bundled datasets, feature extractors, noise
-schedules and training presets.
+"""Names the API checks at POST without importing torch: bundled datasets, feature extractors and
+noise schedules (the training presets are torch-free already: ``ddsm_core.recipes``).
 
-Their real definitions live in torch modules (``data``, ``features``, ``schedules``, ``train``);
+Their real definitions live in torch modules (``data``, ``features``, ``schedules``);
 ``tests/api/test_validation.py`` proves each list here equals the real one, so a new dataset or
 extractor cannot be forgotten here.
 """
@@ -9,8 +9,6 @@ extractor cannot be forgotten here.
 from __future__ import annotations
 
 from typing import Literal, get_args
-
-from ddsm_core.config import PRESETS
 
 Dataset = Literal["digits", "cifar10"]
 DATASETS: tuple[str, ...] = get_args(Dataset)
@@ -25,9 +23,3 @@ EXTRACTORS: tuple[str, ...] = get_args(Extractor)
 
 NoiseSchedule = Literal["linear", "cosine"]
 """``ddsm_core.schedules.SCHEDULES``."""
-
-TRAIN_PRESETS: tuple[str, ...] = tuple(PRESETS)
-"""UNet presets, each with a training recipe (``ddsm_core.train.TRAIN_PRESETS`` has the same keys)."""
-
-PRESET_DATASETS: dict[str, str] = {"digits": "digits", "cifar10": "cifar10", "celeba64": ""}
-"""Each training recipe's dataset (``""``: none bundled, the run must name a folder)."""
