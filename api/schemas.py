@@ -84,6 +84,11 @@ class ReferenceStatsOut(Out):
 
 
 # ---------------------------------------------------------------- searches
+MAX_WARM_START = 1000
+"""At most this many warm-start strategies or searches in one request (seeds beyond the population's
+room are dropped anyway)."""
+
+
 def _setting(name: str, description: str | None = None) -> Any:
     """A search setting's field: default (the ``cpu`` profile, as ``ddsm search``) and bounds from
     ddsm_core.spec, the one place they are written."""
@@ -117,6 +122,17 @@ class SearchCreate(BaseModel):
     batch_size: int = _setting("batch_size")
     mutation_rate: float = _setting("mutation_rate", "Per gene.")
     crossover: str = Field(default=DEFAULTS.crossover, description="one_point, two_point, uniform, none.")
+    warm_start: list[dict[str, Any]] = Field(
+        default_factory=list,
+        max_length=MAX_WARM_START,
+        description="Strategies (strategy JSON, any sampler and step count) seeding the first generation; "
+        "transferred to this search's sampler and steps by noise level.",
+    )
+    warm_start_searches: list[int] = Field(
+        default_factory=list,
+        max_length=MAX_WARM_START,
+        description="COMPLETE searches whose results seed the first generation (pick, knee, then front).",
+    )
 
 
 class SearchProgress(BaseModel):
