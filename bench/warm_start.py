@@ -14,7 +14,6 @@ the score a cold DDIM-10 search ends with.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -73,8 +72,8 @@ def main() -> None:
 
     def run(name: str, folder: Path, spec: SearchSpec, warm: tuple[Path, ...] = ()) -> dict:
         start = time.perf_counter()
-        res = search_to_folder(args.checkpoint, folder, spec, stats=args.stats, progress=False, warm_start=warm,
-                               n_sample_images=16)  # fmt: skip
+        res = search_to_folder(args.checkpoint, folder, spec, stats=args.stats, progress=False,
+                               warm_start=warm, n_sample_images=16)  # fmt: skip
         wall[name] = time.perf_counter() - start
         print(f"{name}: {wall[name]:.0f} s", flush=True)
         return res
