@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from test_routes import KEY, TABLE, Outbox, local_settings, search_body
+from test_routes import KEY, local_settings
 
 from api import services
 from api.app import create_app
@@ -22,6 +22,7 @@ from ddsm_core.costs import CostTable
 from ddsm_core.spec import SearchSpec
 from ddsm_core.strategy import Strategy
 from ddsm_core.transfer import transfer_strategy
+from tests.factories import TABLE, Outbox, search_body
 from workers.fast_eval import fast_metrics
 
 WIDTHS = (0.25, 0.5, 0.75, 1.0)
