@@ -237,6 +237,11 @@ class ReferenceStatsOut(Out):
 
 
 # ---------------------------------------------------------------- searches
+MAX_WARM_START = 1000
+"""At most this many warm-start strategies or searches in one request (seeds beyond the population's
+room are dropped anyway)."""
+
+
 def _setting(name: str, description: str | None = None) -> Any:
     """A search setting's field: default (the ``cpu`` profile, as ``ddsm search``) and bounds from
     ddsm_core.spec, the one place they are written."""
@@ -276,6 +281,18 @@ class SearchCreate(In):
     mutation_rate: float = _setting("mutation_rate", "Per gene.")
     crossover: Crossover = Field(default=DEFAULTS.crossover, description=", ".join(CROSSOVERS))
 
+    warm_start: list[dict[str, Any]] = Field(
+        default_factory=list,
+        max_length=MAX_WARM_START,
+        description="Strategies (strategy JSON, any sampler and step count) seeding the first generation; "
+        "transferred to this search's sampler and steps by noise level.",
+    )
+    warm_start_searches: list[int] = Field(
+        default_factory=list,
+        max_length=MAX_WARM_START,
+        description="COMPLETE searches whose results seed the first generation (pick, knee, then front).",
+    )
+
     @field_validator("widths")
     @classmethod
     def _unique_widths(cls, widths: list[float] | None) -> list[float] | None:
@@ -293,7 +310,9 @@ class SearchCreate(In):
 
     def spec(self, widths: tuple[float, ...] | None = None) -> SearchSpec:
         """The search this request defines (ConfigError if its settings do not fit together)."""
-        fields = self.model_dump(exclude={"name", "supernet_id", "reference_stats_id", "widths"})
+        # warm_start is taken by the service: it transfers the seeds to this search's grid first
+        skip = {"name", "supernet_id", "reference_stats_id", "widths", "warm_start", "warm_start_searches"}
+        fields = self.model_dump(exclude=skip)
         return SearchSpec(widths=widths if widths is not None else tuple(self.widths or ()), **fields)
 
 

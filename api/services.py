@@ -6,6 +6,7 @@ Raises :class:`NotFound` / :class:`Conflict` / ``ConfigError`` (all DDSMErrors);
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
@@ -13,15 +14,19 @@ from typing import Any
 
 from api.artifacts import ArtifactStore
 from api.db.models import JobStatus
-from api.db.repository import Repository, SearchRecord
+from api.db.repository import MAX_ID, Repository, SearchRecord
 from api.queue import Dispatcher
 from api.schemas import SearchCreate, TrainingRunCreate
 from api.settings import Settings
 from ddsm_core.catalog import DATASETS
+from ddsm_core.compare import Comparison, Front, compare_fronts, front_from_results
 from ddsm_core.errors import CheckpointError, ConfigError, DDSMError, StatsError
 from ddsm_core.results import front_points, summary
-from ddsm_core.spec import FINALISTS, SearchSpec
+from ddsm_core.spec import FINALISTS, SearchSpec, with_warm_start
 from ddsm_core.strategy import Strategy
+from ddsm_core.transfer import results_strategies
+
+log = logging.getLogger(__name__)
 
 
 class NotFound(DDSMError):
@@ -76,7 +81,39 @@ def create_search(repo: Repository, body: SearchCreate) -> int:
         raise ConfigError(f"widths {unknown} are not offered by supernet {net.id}; allowed: {available}")
     widths = [next(a for a in available if math.isclose(w, a)) for w in widths]
     spec = body.spec(tuple(widths))
+    seeds = warm_start_strategies(repo, body.warm_start, body.warm_start_searches)
+    if seeds:
+        spec, notes = with_warm_start(spec, seeds, (net.config or {}).get("schedule"))
+        for note in notes:
+            log.info("new search %r: %s", body.name, note)
     return repo.create_search(body.name, net.id, stats.id, spec.to_dict())
+
+
+def warm_start_strategies(
+    repo: Repository, strategies: list[dict[str, Any]], search_ids: list[int]
+) -> list[tuple[str, Strategy]]:
+    """The warm-start strategies of a request: the inline ones, then each search's results (pick,
+    knee, front). NotFound for an unknown search, Conflict for one that is not COMPLETE."""
+    out = []
+    for k, d in enumerate(strategies):
+        try:
+            out.append((f"warm_start[{k}]", Strategy.from_dict(d)))
+        except ConfigError as exc:
+            raise ConfigError(f"warm_start[{k}]: {exc}") from None
+    for search_id in search_ids:
+        source = repo.get_search(search_id)
+        if source is None:
+            raise NotFound(f"warm-start search {search_id} not found")
+        if source.status != JobStatus.COMPLETE or not source.result:
+            raise Conflict(
+                f"warm-start search {search_id} is {source.status.value}: it seeds others once COMPLETE"
+            )
+        try:
+            found = results_strategies(source.result)
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(f"warm-start search {search_id}: unreadable results ({exc})") from None
+        out += [(f"search {search_id} {label}", s) for label, s in found]
+    return out
 
 
 def search_view(repo: Repository, search: SearchRecord) -> dict[str, Any]:
@@ -113,6 +150,56 @@ def search_results(search: SearchRecord) -> dict[str, Any]:
     if search.status != JobStatus.COMPLETE or not search.result:
         raise Conflict(f"search {search.id} is {search.status.value}: its report exists once it is COMPLETE")
     return search.result
+
+
+MAX_COMPARE = 50
+"""At most this many searches in one comparison (a legend and a table stay readable)."""
+
+
+def parse_ids(text: str) -> list[int]:
+    """``'1,2,3'`` -> ``[1, 2, 3]`` (repeats dropped, order kept); ConfigError for anything else."""
+    try:
+        ids = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"ids are search ids separated by commas (1,2,3), got {text[:80]!r}") from None
+    ids = list(dict.fromkeys(ids))
+    if not ids:
+        raise ConfigError("ids names no search: give e.g. ids=1,2")
+    if len(ids) > MAX_COMPARE:
+        raise ConfigError(f"at most {MAX_COMPARE} searches in one comparison, got {len(ids)}")
+    return ids
+
+
+def compare_searches(
+    repo: Repository, ids: list[int], reference: tuple[float, float] | None = None
+) -> tuple[list[Front], Comparison, dict[str, Any]]:
+    """The stored fronts of several searches (the final one, or the latest generation's while running)
+    with a hypervolume each against one shared reference point (ddsm_core.compare).
+
+    NotFound for an unknown id, Conflict for a search with no front yet, ConfigError (422) for FIDs
+    from different feature extractors.
+    """
+    fronts, rows = [], []
+    for search_id in ids:
+        search = repo.get_search(search_id) if 0 <= search_id <= MAX_ID else None
+        if search is None:
+            raise NotFound(f"search {search_id} not found")
+        if not search.result or not search.result.get("front"):
+            raise Conflict(f"search {search_id} is {search.status.value} and has no front yet")
+        stats = repo.get_reference_stats(search.reference_stats_id)
+        front = front_from_results(search.result, f"{search_id}: {search.name}", source=f"search {search_id}")
+        extractor = front.extractor or (stats.extractor if stats is not None else None)
+        fronts.append(Front(front.name, front.points, extractor))
+        rows.append({"id": search.id, "name": search.name, "status": search.status.value,
+                     "extractor": extractor})  # fmt: skip
+    comparison = compare_fronts(fronts, reference)
+    body = comparison.to_dict()
+    body["extractor"] = next((f.extractor for f in fronts if f.extractor), None)
+    body["searches"] = [
+        {**row, **summary_row, "front": [{"gflops": g, "fid": f} for g, f in front.points]}
+        for row, summary_row, front in zip(rows, body["searches"], fronts, strict=True)
+    ]
+    return fronts, comparison, body
 
 
 def candidate_strategy(repo: Repository, candidate_id: int) -> Strategy:

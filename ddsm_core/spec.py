@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from ddsm_core.costs import CostTable, strategy_gflops
-from ddsm_core.errors import ConfigError, choices_message
+from ddsm_core.errors import ConfigError, StrategyError, choices_message
 from ddsm_core.search import CROSSOVERS, Candidate, Genome, SearchConfig, knee_point
-from ddsm_core.strategy import Strategy, canonical_sampler, parse_strategy_spec
+from ddsm_core.strategy import Strategy, canonical_sampler, parse_strategy_spec, width_index
+from ddsm_core.transfer import transfer_strategy
 from ddsm_core.widths import validate_widths
 
 DEFAULT_SAMPLER = "ddpm"
@@ -65,6 +66,10 @@ class SearchSpec:
     means "not bound yet" (:meth:`bind` sets the supernet's). ``seed`` seeds NSGA-II; ``eval_seed`` is
     the first of the fixed per-image noise seeds every candidate shares (common random numbers): image
     i uses seed ``eval_seed + i``. ``weight`` chooses the pick: argmin FID + weight x GFLOPs/image.
+    ``warm_start``: strategy dicts seeding the first generation after the uniform strategies; in a
+    bound spec they are on its own grid (sampler, steps, widths), as :func:`with_warm_start` makes
+    them from strategies of any sampler and step count. They are stored with the search, so a resume
+    asks the same first generation.
     """
 
     sampler: str = DEFAULT_SAMPLER
@@ -80,6 +85,7 @@ class SearchSpec:
     batch_size: int = 250
     mutation_rate: float = 0.001
     crossover: str = "one_point"
+    warm_start: tuple[dict[str, Any], ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -94,6 +100,15 @@ class SearchSpec:
                 raise ConfigError(f"{name} must be in [{_num(low)}, {_num(high)}], got {value!r}")
         if self.crossover not in CROSSOVERS:
             raise ConfigError(choices_message("crossover", self.crossover, CROSSOVERS))
+        if isinstance(self.warm_start, (str, bytes, Mapping)) or not isinstance(self.warm_start, Sequence):
+            raise ConfigError(f"warm_start must be a list of strategies, got {self.warm_start!r:.80}")
+        seeds = []
+        for k, d in enumerate(self.warm_start):
+            try:
+                seeds.append(Strategy.from_dict(d))
+            except StrategyError as exc:
+                raise ConfigError(f"warm_start strategy {k}: {exc}") from None
+        object.__setattr__(self, "warm_start", tuple(s.to_dict() for s in seeds))
         self._check_budget()
         if self.widths:
             self.search_config()  # population vs widths, genome bounds
@@ -138,7 +153,22 @@ class SearchSpec:
             generations=self.generations,
             mutation_rate=self.mutation_rate,
             crossover=self.crossover,  # type: ignore[arg-type]
+            initial=self.seed_genomes(),
         )
+
+    def seed_genomes(self) -> tuple[Genome, ...]:
+        """The genomes of ``warm_start``; they must be on this search's grid (:func:`with_warm_start`)."""
+        widths = self._require_widths()
+        out = []
+        for k, d in enumerate(self.warm_start):
+            s = Strategy.from_dict(d)
+            if s.sampler != self.sampler or s.steps != self.steps or not _same_widths(s.widths, widths):
+                raise ConfigError(
+                    f"warm_start strategy {k} ({s.describe()}, widths {list(s.widths)}) is not on this "
+                    f"search's grid ({self.sampler}/{self.steps}, widths {list(widths)}): transfer it first"
+                )
+            out.append(s.genes)
+        return tuple(out)
 
     def strategy(self, genome: Sequence[int]) -> Strategy:
         """The strategy a genome stands for (the one place genome -> Strategy happens)."""
@@ -167,6 +197,7 @@ class SearchSpec:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["widths"] = list(self.widths)
+        d["warm_start"] = [dict(s) for s in self.warm_start]
         return d
 
     @classmethod
@@ -177,6 +208,7 @@ class SearchSpec:
             raise ConfigError(f"unknown search settings {unknown}; allowed: {', '.join(sorted(names))}")
         d = dict(d)
         d["widths"] = tuple(d.get("widths") or ())
+        d["warm_start"] = tuple(d.get("warm_start") or ())
         return cls(**d)
 
     def to_json(self) -> str:
@@ -220,3 +252,57 @@ def strategy_from_arg(
     if Path(os.fspath(text)).is_file():
         return parse_strategy_spec(text, sampler, steps, widths)
     return parse_strategy_spec(text, sampler or DEFAULT_SAMPLER, steps or DEFAULT_STEPS, widths)
+
+
+def _same_widths(a: Sequence[float], b: Sequence[float]) -> bool:
+    return len(a) == len(b) and all(abs(x - y) <= 1e-9 for x, y in zip(a, b, strict=True))
+
+
+def with_warm_start(
+    spec: SearchSpec,
+    strategies: Sequence[Strategy | tuple[str, Strategy]],
+    schedule: Mapping[str, Any] | Any | None = None,
+) -> tuple[SearchSpec, list[str]]:
+    """``spec`` (bound to its widths) seeded with ``strategies``, and notes on what was left out.
+
+    Each strategy is transferred to the search's sampler and steps by log-SNR
+    (:func:`ddsm_core.transfer.transfer_strategy` with the supernet's ``schedule``; the identity on
+    the same grid) and re-indexed into the search's width set. Seeds equal to a uniform strategy
+    (already in the first generation) or to an earlier seed are dropped; the rest is capped at
+    ``population - len(widths)``, the room the uniform strategies leave, keeping the first ones (a
+    results.json gives its pick first).
+
+    :param strategies: strategies or ``(label, strategy)`` pairs (``read_strategies``' output).
+    :raises ConfigError: a strategy using a width the search does not offer, or one that cannot be
+        transferred (the label names it).
+    """
+    widths = spec._require_widths()
+    uniform = {(i,) * spec.steps for i in range(len(widths))}
+    seeds: dict[Genome, None] = {}
+    dropped = 0
+    for k, item in enumerate(strategies):
+        label, source = item if isinstance(item, tuple) else (f"strategy {k}", item)
+        try:
+            same = source.sampler == spec.sampler and source.steps == spec.steps
+            moved = source if same else transfer_strategy(source, spec.sampler, spec.steps, schedule)
+            genome = tuple(width_index(widths, moved.widths[g]) for g in moved.genes)
+        except StrategyError as exc:
+            raise ConfigError(f"warm start {label} ({source.describe()}): {exc}") from None
+        if genome in uniform or genome in seeds:
+            dropped += 1
+            continue
+        seeds[genome] = None
+    notes = []
+    if dropped:
+        notes.append(
+            f"warm start: dropped {dropped} duplicate seed(s) (a uniform strategy or an earlier seed)"
+        )
+    room = spec.population - len(widths)
+    kept = list(seeds)[:room]
+    if len(seeds) > room:
+        notes.append(
+            f"warm start: kept the first {room} of {len(seeds)} seeds (population {spec.population} "
+            f"holds the {len(widths)} uniform strategies and {room} seeds)"
+        )
+    dicts = tuple(Strategy(spec.sampler, spec.steps, widths, g).to_dict() for g in kept)
+    return dataclasses.replace(spec, warm_start=dicts), notes

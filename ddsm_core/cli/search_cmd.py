@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -206,20 +207,26 @@ def search_to_folder(
     progress: bool = True,
     resume: bool = True,
     n_sample_images: int = 64,
+    warm_start: Sequence[Path] = (),
 ) -> dict[str, Any]:
     """A whole local search into ``out``: resumable state, results.json, plots, report.md and one
-    strategy file per finalist. ``spec`` defaults to :data:`ddsm_core.spec.DEFAULTS`."""
+    strategy file per finalist. ``spec`` defaults to :data:`ddsm_core.spec.DEFAULTS`.
+
+    ``warm_start``: strategy files or results.json files seeding the first generation (transferred
+    to the search's sampler and steps with the checkpoint's noise schedule). Resuming without them
+    keeps the seeds stored in the search state."""
     from ddsm_core.evaluate import GenomeEvaluator, sample_images
     from ddsm_core.floor import floors_of
     from ddsm_core.flops import cost_table
     from ddsm_core.report import plot_samples, write_report_folder
     from ddsm_core.results import build_results
-    from ddsm_core.search import run_search
+    from ddsm_core.search import STATE_FILE, run_search
 
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     model, schedule, manifest, dev = _load_model(checkpoint, device)
     spec = (spec or DEFAULTS).bind(model.config.widths)
+    spec = _seeded(spec, warm_start, schedule, out / STATE_FILE if resume else None)
     data = _dataset_of(manifest, dataset) if stats is None else dataset
     size = check_data_args(data, image_size, model.config)
     ref, ext = resolve_stats(
@@ -261,6 +268,31 @@ def search_to_folder(
     )
     write_report_folder(out, results)
     return results
+
+
+def _seeded(spec: SearchSpec, files: Sequence[Path], schedule: Any, state: Path | None) -> SearchSpec:
+    """``spec`` with the warm-start seeds of ``files``, or those of the search state being resumed."""
+    from ddsm_core.spec import with_warm_start
+    from ddsm_core.transfer import read_strategies
+
+    if files:
+        strategies = [s for f in files for s in read_strategies(f)]
+        spec, notes = with_warm_start(spec, strategies, schedule)
+        for note in notes:
+            typer.echo(note, err=True)
+        typer.echo(f"warm start: {len(spec.warm_start)} seed(s) in the first generation", err=True)
+        return spec
+    if spec.warm_start or state is None or not state.is_file():
+        return spec
+    try:  # a resume without --warm-start: the seeds the state was started with
+        initial = json.loads(state.read_text())["config"]["initial"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return spec  # run_search reports an unreadable state
+    if not initial:
+        return spec
+    seeds = [spec.strategy(g) for g in initial]
+    typer.echo(f"warm start: resuming with the {len(seeds)} seed(s) stored in {state}", err=True)
+    return spec.replace(warm_start=tuple(s.to_dict() for s in seeds))
 
 
 def paired_vs_full(
@@ -352,6 +384,12 @@ def search(
     threads: int | None = typer.Option(
         None, "--threads", help="Torch CPU threads (default 1 or $DDSM_TORCH_THREADS; 0 = all cores)."
     ),
+    warm_start: list[Path] | None = typer.Option(
+        None,
+        "--warm-start",
+        help="Seed the first generation with a strategy file or a search's results.json (repeatable); "
+        "transferred to --sampler/--steps by noise level.",
+    ),
 ) -> None:
     """Search a step-aware width strategy locally (NSGA-II) and write a report folder."""
     _set_threads(threads)
@@ -364,7 +402,7 @@ def search(
     )  # fmt: skip
     res = search_to_folder(
         checkpoint, out, spec, stats=stats, dataset=dataset, image_size=image_size, extractor=extractor,
-        device=device, progress=progress, resume=resume,
+        device=device, progress=progress, resume=resume, warm_start=warm_start or (),
     )  # fmt: skip
     pick, full = res["final"]["pick"], res["final"]["full"]
     saved = 1 - pick["gflops"] / full["gflops"]

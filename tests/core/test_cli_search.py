@@ -157,3 +157,51 @@ def test_search_profiles_set_the_defaults_and_options_override_them() -> None:
         SearchSpec(population=1)
     with pytest.raises(ConfigError, match="unknown sampler"):
         SearchSpec(sampler="euler")
+
+
+def test_a_warm_started_search_seeds_its_first_generation(checkpoint, stats, tmp_path, capsys) -> None:
+    from ddsm_core.schedules import NoiseSchedule
+    from ddsm_core.strategy import Strategy
+    from ddsm_core.transfer import transfer_strategy
+
+    widths = (0.5, 0.75, 1.0)
+    same = Strategy("ddim", 3, widths, (1, 0, 2))  # on the search's grid: taken as is
+    other = Strategy("ddpm", 8, widths, (0, 0, 0, 1, 1, 1, 2, 2))  # transferred to ddim/3
+    expected = transfer_strategy(other, "ddim", 3, NoiseSchedule.linear().to_dict()).genes
+    assert expected != same.genes and len(set(expected)) > 1  # a distinct, non-uniform seed
+    (tmp_path / "a.json").write_text(same.to_json())
+    (tmp_path / "b.json").write_text(other.to_json())
+    out = tmp_path / "warm"
+    argv = ["search", "--checkpoint", str(checkpoint), "--stats", str(stats), "--out", str(out),
+            "--sampler", "ddim", "--steps", "3", "--population", "6", "--generations", "1",
+            "--images", "8", "--final-images", "8", "--no-progress",
+            "--warm-start", str(tmp_path / "a.json"), "--warm-start", str(tmp_path / "b.json")]  # fmt: skip
+    assert run_app(app, argv) == 0
+    assert "2 seed(s) in the first generation" in capsys.readouterr().err
+    res = json.loads((out / "results.json").read_text())
+    first = [tuple(c["genome"]) for c in res["candidates"] if c["generation"] == 1]
+    assert {(0, 0, 0), (1, 1, 1), (2, 2, 2), (1, 0, 2), tuple(expected)} <= set(first)
+    assert res["config"]["initial"] == [[1, 0, 2], list(expected)]
+    # resuming without --warm-start keeps the stored seeds (the state's configuration matches)
+    assert run_app(app, argv[:-4]) == 0
+    assert "resuming with the 2 seed(s)" in capsys.readouterr().err
+    # the search's own results.json seeds another search (its pick first)
+    argv2 = [*argv[:6], str(tmp_path / "warm2"), *argv[7:-4], "--warm-start", str(out / "results.json")]
+    assert run_app(app, argv2) == 0
+    res2 = json.loads((tmp_path / "warm2" / "results.json").read_text())
+    pick = res["pick"]["genome"]
+    assert len(set(pick)) == 1 or res2["config"]["initial"][0] == pick
+
+
+def test_a_bad_warm_start_file_is_a_one_line_error(checkpoint, stats, tmp_path, capsys) -> None:
+    (tmp_path / "bad.json").write_text("{not json")
+    base = ["search", "--checkpoint", str(checkpoint), "--stats", str(stats), "--out", str(tmp_path / "s"),
+            "--steps", "3", "--population", "6", "--generations", "1", "--images", "8",
+            "--no-progress"]  # fmt: skip
+    bad = ((tmp_path / "bad.json", "not valid JSON"), (tmp_path / "no.json", "does not exist"))
+    for path, message in bad:
+        capsys.readouterr()
+        assert run_app(app, [*base, "--warm-start", str(path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "s" / "search_state.json").exists()

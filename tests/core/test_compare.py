@@ -177,7 +177,7 @@ def test_cli_repeated_names_are_made_unique(tmp_path, capsys) -> None:
         (["{tmp}/nowhere.json"], "does not exist"),
         (["{tmp}/bad.json"], "cannot read"),
         (["{tmp}/nofront.json"], "has no 'front' list"),
-        (["{cold}", "--ref", "1;2"], "--ref must be 'GFLOPS,FID'"),
+        (["{cold}", "--ref", "1;2"], "--ref: the reference point is 'GFLOPS,FID'"),
         (["{cold}", "--ref", "1,nan"], "two finite numbers"),
         (["{cold}", "--name", "a", "--name", "b"], "2 --name for 1 results"),
         (["{cold}", "{other}"], "different feature extractors"),
