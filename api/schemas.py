@@ -117,6 +117,12 @@ class SearchCreate(BaseModel):
     batch_size: int = _setting("batch_size")
     mutation_rate: float = _setting("mutation_rate", "Per gene.")
     crossover: str = Field(default=DEFAULTS.crossover, description="one_point, two_point, uniform, none.")
+    rungs: list[int] = Field(
+        default_factory=list,
+        description="Multi-fidelity rungs (image counts below n_images): only the local `ddsm search` "
+        "runs them for now; the service refuses a non-empty list with 422.",
+    )
+    promote: float = _setting("promote", "Fraction promoted per rung (multi-fidelity).")
 
 
 class SearchProgress(BaseModel):

@@ -75,7 +75,12 @@ def create_search(repo: Repository, body: SearchCreate) -> int:
         raise ConfigError(f"widths {unknown} are not offered by supernet {net.id}; allowed: {available}")
     widths = [next(a for a in available if math.isclose(w, a)) for w in widths]
     fields = body.model_dump(exclude={"name", "supernet_id", "reference_stats_id", "widths"})
-    spec = SearchSpec(widths=tuple(widths), **fields)
+    spec = SearchSpec(widths=tuple(widths), **{**fields, "rungs": tuple(fields["rungs"])})
+    if spec.rungs:  # the controller evaluates every candidate at n_images: refuse rather than ignore
+        raise ConfigError(
+            "multi-fidelity rungs are not supported by the service yet: run `ddsm search --rungs` "
+            "locally, or leave rungs empty"
+        )
     return repo.create_search(body.name, net.id, stats.id, spec.to_dict())
 
 

@@ -40,6 +40,7 @@ LIMITS: dict[str, tuple[float | None, float | None]] = {
     "weight": (0.0, None),
     "batch_size": (1, None),
     "mutation_rate": (0.0, 1.0),
+    "promote": (0.0, 1.0),
 }
 """Inclusive (low, high) bounds of the numeric settings (None: unbounded)."""
 
@@ -53,6 +54,13 @@ class SearchSpec:
     means "not bound yet" (:meth:`bind` sets the supernet's). ``seed`` seeds NSGA-II; ``eval_seed`` is
     the first of the fixed per-image noise seeds every candidate shares (common random numbers): image
     i uses seed ``eval_seed + i``. ``weight`` chooses the pick: argmin FID + weight x GFLOPs/image.
+
+    Multi-fidelity (off by default: ``rungs=()`` is the flat protocol, every candidate at ``n_images``):
+    ``rungs`` are increasing image counts below ``n_images``; each generation's new candidates are
+    first evaluated at ``rungs[0]`` images, the best ``promote`` fraction (non-domination rank of
+    (FID, GFLOPs) at that rung, then crowding distance, as NSGA-II ranks; at least one) goes on to the
+    next rung, up to ``n_images`` (successive halving, see :func:`ddsm_core.search.run_search`). Every
+    rung samples the first images of the same per-image seeds.
     """
 
     sampler: str = DEFAULT_SAMPLER
@@ -68,11 +76,14 @@ class SearchSpec:
     batch_size: int = 250
     mutation_rate: float = 0.001
     crossover: str = "one_point"
+    rungs: tuple[int, ...] = ()
+    promote: float = 0.25
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sampler", canonical_sampler(self.sampler))
         object.__setattr__(self, "widths", tuple(float(w) for w in self.widths))
+        object.__setattr__(self, "rungs", tuple(self.rungs))
         for name, (low, high) in LIMITS.items():
             value = getattr(self, name)
             if (low is not None and value < low) or (high is not None and value > high):
@@ -80,6 +91,16 @@ class SearchSpec:
                 raise ConfigError(f"{name} must be {bound}, got {value}")
         if self.crossover not in CROSSOVERS:
             raise ConfigError(choices_message("crossover", self.crossover, CROSSOVERS))
+        ladder = (*self.rungs, self.n_images)
+        if any(isinstance(n, bool) or not isinstance(n, int) for n in self.rungs) or any(
+            not 2 <= a < b for a, b in zip(ladder[:-1], ladder[1:], strict=True)
+        ):
+            raise ConfigError(
+                f"rungs must be increasing image counts >= 2 below n_images {self.n_images}, "
+                f"got {list(self.rungs)}"
+            )
+        if self.rungs and self.promote <= 0:
+            raise ConfigError(f"promote must be in (0, 1] with rungs, got {self.promote}")
         if self.widths:
             self.search_config()  # population vs widths, genome bounds
 
@@ -117,6 +138,11 @@ class SearchSpec:
     def gflops(self, genome: Sequence[int], table: CostTable) -> float:
         return strategy_gflops(self.strategy(genome), table)
 
+    @property
+    def ladder(self) -> tuple[int, ...]:
+        """The image counts a candidate may be evaluated with, the top rung (``n_images``) last."""
+        return (*self.rungs, self.n_images)
+
     def pick(self, front: Sequence[Candidate]) -> Candidate:
         """The paper's weighted pick: argmin FID + weight x cost over the front."""
         if not front:
@@ -134,6 +160,7 @@ class SearchSpec:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["widths"] = list(self.widths)
+        d["rungs"] = list(self.rungs)
         return d
 
     @classmethod
@@ -144,6 +171,7 @@ class SearchSpec:
             raise ConfigError(f"unknown search settings {unknown}; allowed: {', '.join(sorted(names))}")
         d = dict(d)
         d["widths"] = tuple(d.get("widths") or ())
+        d["rungs"] = tuple(d.get("rungs") or ())
         return cls(**d)
 
     def to_json(self) -> str:
