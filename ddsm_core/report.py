@@ -127,6 +127,18 @@ def rows_table(
     return "\n".join(lines)
 
 
+def _rungs_text(cfg: Mapping[str, Any], cost: Mapping[str, Any]) -> str:
+    """Multi-fidelity: the rungs, the promoted fraction and the evaluations each rung got."""
+    if not cfg.get("rungs"):
+        return ""
+    spent = ", ".join(f"{r['evaluations']} at {r['n_images']}" for r in cost.get("rungs", []))
+    return (
+        f" Multi-fidelity: rungs {cfg['rungs']} images then {cfg['n_images']}, best {cfg['promote']} "
+        f"promoted per rung (evaluations: {spent}); only top-rung candidates enter the front. The "
+        f"uniform widths below show the rung each one reached."
+    )
+
+
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else 1000 * seconds
 
@@ -149,7 +161,7 @@ def write_report(out_dir: str | os.PathLike[str], results: Mapping[str, Any]) ->
         f"NSGA-II: population {cfg['population']}, generations {cfg['generations']}, mutation rate "
         f"{cfg['mutation_rate']} per gene, {cfg['crossover']} crossover, seed {cfg['seed']}; "
         f"{cfg['n_images']} images per candidate, {cfg['final_images']} for the finalists; pick = "
-        f"argmin FID + {cfg['weight']} x GFLOPs.",
+        f"argmin FID + {cfg['weight']} x GFLOPs.{_rungs_text(cfg, results.get('cost', {}))}",
         "",
         f"## Finalists ({cfg['final_images']} images, seeds from {cfg['eval_seed']})",
         "",

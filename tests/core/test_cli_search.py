@@ -173,6 +173,7 @@ def test_search_with_rungs_stops_most_candidates_early_and_counts_each_rung(
     assert [r["n_images"] for r in rungs] == [4, 8, 16]
     assert rungs[0]["evaluations"] == len(res["candidates"]) > rungs[2]["evaluations"] >= 1
     assert all(c["record"]["fidelity"]["top"] and c["record"]["n_images"] == 16 for c in res["front"])
+    assert f"evaluations: {rungs[0]['evaluations']} at 4," in (out / "report.md").read_text()
     # a top-rung value is the plain FID on the first 16 seeds: the same as `ddsm eval` gives
     pick = res["pick"]
     argv = ["eval", "--checkpoint", str(checkpoint), "--stats", str(stats), "--steps", "3", "--images",
