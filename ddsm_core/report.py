@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ddsm_core.search import Candidate
+from ddsm_core.search import Candidate, reached_top
 
 
 def _pyplot():
@@ -51,7 +51,7 @@ def plot_pareto(
     width) and marked points (pick, knee: stars). Points are (FID, GFLOPs per image)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    ok = [c for c in candidates if c.ok]
+    ok = [c for c in candidates if c.ok and reached_top(c.record)]  # stand-in values are not drawn
     ax.scatter([c.cost for c in ok], [c.fid for c in ok], s=10, c="0.75", label="candidates")
     ax.plot([c.cost for c in front], [c.fid for c in front], "-o", ms=4, c="tab:blue", label="Pareto front")
     if uniform:
@@ -214,7 +214,8 @@ def write_report_folder(out_dir: str | os.PathLike[str], results: Mapping[str, A
     pick, knee = Candidate.from_dict(results["pick"]), Candidate.from_dict(results["knee"])
     plot_pareto(
         out / "pareto.png", cands, front,
-        uniform={k: (v["fid"], v["gflops"]) for k, v in results["uniform"].items()},
+        uniform={k: (v["fid"], v["gflops"]) for k, v in results["uniform"].items()
+                 if v.get("n_images") == cfg["n_images"]},  # multi-fidelity: top-rung ones only
         marked={"pick": pick.objectives, "knee": knee.objectives},  # type: ignore[dict-item]
         fid_label=f"FID ({results['extractor']})",
         title=f"{cfg['sampler']}, {cfg['steps']} steps, {cfg['n_images']} images per candidate",
