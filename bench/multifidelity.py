@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import subprocess
@@ -96,7 +97,7 @@ def low_rung(metric: str, feats: np.ndarray, full: np.ndarray, ref: FeatureStats
 def ranking(args: argparse.Namespace, model, schedule, ext, ref: FeatureStats) -> dict:
     spec = SearchSpec(sampler=args.sampler, steps=args.steps).bind(model.config.widths)
     genomes = held_out_genomes(spec.steps, len(spec.widths), args.strategies, args.seed)
-    cache = args.out / "features.npz"
+    cache = args.out / f"features-{spec.sampler}-{spec.steps}.npz"
     stored = dict(np.load(cache)) if cache.exists() else {}
     seeds = list(range(args.eval_seed, args.eval_seed + args.images))
     feats = {}
@@ -185,6 +186,17 @@ def main() -> None:
     write_md(args, out)
 
 
+def ladder_cost(new: int, ladder: tuple[int, ...], promote: float) -> int:
+    """Images one generation of ``new`` genomes costs on ``ladder`` (every genome has the same steps,
+    so image-steps scale alike): successive halving's count, by construction."""
+    total, alive = 0, new
+    for level, n in enumerate(ladder):
+        total += alive * n
+        if level < len(ladder) - 1:
+            alive = max(1, math.ceil(promote * alive))
+    return total
+
+
 def write_md(args: argparse.Namespace, out: dict) -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout
     cmd = " ".join(["python", *[a if " " not in a else repr(a) for a in sys.argv]])
@@ -206,6 +218,12 @@ def write_md(args: argparse.Namespace, out: dict) -> None:
     ]
     for m in METRICS:
         lines.append(f"| {m} | " + " | ".join(f"{rk['tau'][f'{m}@{n}']:.3f}" for n in args.rungs) + " |")
+    ladder = (*args.rungs, args.search_images)
+    share = {p: ladder_cost(p, ladder, args.promote) / (p * args.search_images) for p in (16, 50)}
+    lines += ["", f"By construction (not measured): a generation of P new genomes on rungs {ladder} with "
+              f"promote {args.promote} costs " + ", ".join(f"{100 * v:.1f}% (P = {p})" for p, v in
+              share.items()) + " of the flat protocol's image-steps at " f"{args.search_images} images; "
+              "genomes answered from the cache cost nothing in either protocol."]  # fmt: skip
     if "flat" in out:
         lines += ["", f"## Search: flat ({args.search_images} images per candidate) vs rungs "
                   f"{args.rungs} -> {args.search_images} (promote {args.promote})", "",
