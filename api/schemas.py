@@ -293,6 +293,13 @@ class SearchCreate(In):
         description="COMPLETE searches whose results seed the first generation (pick, knee, then front).",
     )
 
+    rungs: list[int] = Field(
+        default_factory=list,
+        description="Multi-fidelity rungs (image counts below n_images): only the local `ddsm search` "
+        "runs them for now; the service refuses a non-empty list with 422.",
+    )
+    promote: float = _setting("promote", "Fraction promoted per rung (multi-fidelity).")
+
     @field_validator("widths")
     @classmethod
     def _unique_widths(cls, widths: list[float] | None) -> list[float] | None:

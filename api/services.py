@@ -86,6 +86,11 @@ def create_search(repo: Repository, body: SearchCreate) -> int:
         spec, notes = with_warm_start(spec, seeds, (net.config or {}).get("schedule"))
         for note in notes:
             log.info("new search %r: %s", body.name, note)
+    if spec.rungs:  # the controller evaluates every candidate at n_images: refuse rather than ignore
+        raise ConfigError(
+            "multi-fidelity rungs are not supported by the service yet: run `ddsm search --rungs` "
+            "locally, or leave rungs empty"
+        )
     return repo.create_search(body.name, net.id, stats.id, spec.to_dict())
 
 

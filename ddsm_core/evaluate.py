@@ -299,7 +299,7 @@ class GenomeEvaluator:
         *,
         costs: CostTable | None = None,
         device: str | torch.device = "cpu",
-        cache_images: int | None = None,
+        cache_images: int | Sequence[int] | None = None,
         cache_bytes: int = 256 << 20,
     ) -> None:
         ref_stats.check_compatible(extractor.name, extractor.dim)
@@ -314,9 +314,10 @@ class GenomeEvaluator:
         self.network_calls = 0
         # the prefix cache serves evaluations with ``cache_images`` images (the search phase) only, so
         # finalists re-evaluated with more images get a full, honest latency measurement
-        self.cache_images = cache_images
+        # (several counts with multi-fidelity rungs: the cache key holds the batch's first seed and length)
+        self.cache_images = {cache_images} if isinstance(cache_images, int) else set(cache_images or ())
         self.cache = PrefixCache(cache_bytes)
-        # per-image features of the finalists' evaluations (any count but ``cache_images``), keyed by
+        # per-image features of the finalists' evaluations (any count not in ``cache_images``), keyed by
         # (genome, n_images, seed_offset): paired comparisons with full width on the same seeds
         self.kept_features: dict[tuple[tuple[int, ...], int, int], Any] = {}
 
@@ -325,8 +326,8 @@ class GenomeEvaluator:
 
     def evaluate(self, genome: Sequence[int], n_images: int, seed_offset: int = 0) -> EvalResult:
         strategy = self.strategy(genome)
-        cache = self.cache if n_images == self.cache_images and seed_offset == 0 else None
-        keep = n_images != self.cache_images
+        cache = self.cache if n_images in self.cache_images and seed_offset == 0 else None
+        keep = n_images not in self.cache_images
         result = evaluate(
             self.model, self.schedule, strategy, self.ref, self.extractor, n_images,
             self.spec.eval_seed + seed_offset, self.spec.batch_size, costs=self.costs, device=self.device,

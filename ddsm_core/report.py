@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ddsm_core.search import Candidate
+from ddsm_core.search import Candidate, reached_top
 
 
 def _pyplot():
@@ -51,7 +51,7 @@ def plot_pareto(
     width) and marked points (pick, knee: stars). Points are (FID, GFLOPs per image)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    ok = [c for c in candidates if c.ok]
+    ok = [c for c in candidates if c.ok and reached_top(c.record)]  # stand-in values are not drawn
     ax.scatter([c.cost for c in ok], [c.fid for c in ok], s=10, c="0.75", label="candidates")
     ax.plot([c.cost for c in front], [c.fid for c in front], "-o", ms=4, c="tab:blue", label="Pareto front")
     if uniform:
@@ -127,6 +127,18 @@ def rows_table(
     return "\n".join(lines)
 
 
+def _rungs_text(cfg: Mapping[str, Any], cost: Mapping[str, Any]) -> str:
+    """Multi-fidelity: the rungs, the promoted fraction and the evaluations each rung got."""
+    if not cfg.get("rungs"):
+        return ""
+    spent = ", ".join(f"{r['evaluations']} at {r['n_images']}" for r in cost.get("rungs", []))
+    return (
+        f" Multi-fidelity: rungs {cfg['rungs']} images then {cfg['n_images']}, best {cfg['promote']} "
+        f"promoted per rung (evaluations: {spent}); only top-rung candidates enter the front. The "
+        f"uniform widths below show the rung each one reached."
+    )
+
+
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else 1000 * seconds
 
@@ -149,7 +161,7 @@ def write_report(out_dir: str | os.PathLike[str], results: Mapping[str, Any]) ->
         f"NSGA-II: population {cfg['population']}, generations {cfg['generations']}, mutation rate "
         f"{cfg['mutation_rate']} per gene, {cfg['crossover']} crossover, seed {cfg['seed']}; "
         f"{cfg['n_images']} images per candidate, {cfg['final_images']} for the finalists; pick = "
-        f"argmin FID + {cfg['weight']} x GFLOPs.",
+        f"argmin FID + {cfg['weight']} x GFLOPs.{_rungs_text(cfg, results.get('cost', {}))}",
         "",
         f"## Finalists ({cfg['final_images']} images, seeds from {cfg['eval_seed']})",
         "",
@@ -202,7 +214,8 @@ def write_report_folder(out_dir: str | os.PathLike[str], results: Mapping[str, A
     pick, knee = Candidate.from_dict(results["pick"]), Candidate.from_dict(results["knee"])
     plot_pareto(
         out / "pareto.png", cands, front,
-        uniform={k: (v["fid"], v["gflops"]) for k, v in results["uniform"].items()},
+        uniform={k: (v["fid"], v["gflops"]) for k, v in results["uniform"].items()
+                 if v.get("n_images") == cfg["n_images"]},  # multi-fidelity: top-rung ones only
         marked={"pick": pick.objectives, "knee": knee.objectives},  # type: ignore[dict-item]
         fid_label=f"FID ({results['extractor']})",
         title=f"{cfg['sampler']}, {cfg['steps']} steps, {cfg['n_images']} images per candidate",

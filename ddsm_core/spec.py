@@ -53,6 +53,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "eval_seed": (0, SEED_MAX),
     "batch_size": (1, 4096),
     "mutation_rate": (0.0, 1.0),
+    "promote": (0.0, 1.0),
 }
 """Inclusive (low, high) bounds of the numeric settings; the REST schema and the CLI use the same."""
 
@@ -70,6 +71,13 @@ class SearchSpec:
     bound spec they are on its own grid (sampler, steps, widths), as :func:`with_warm_start` makes
     them from strategies of any sampler and step count. They are stored with the search, so a resume
     asks the same first generation.
+
+    Multi-fidelity (off by default: ``rungs=()`` is the flat protocol, every candidate at ``n_images``):
+    ``rungs`` are increasing image counts below ``n_images``; each generation's new candidates are
+    first evaluated at ``rungs[0]`` images, the best ``promote`` fraction (non-domination rank of
+    (FID, GFLOPs) at that rung, then crowding distance, as NSGA-II ranks; at least one) goes on to the
+    next rung, up to ``n_images`` (successive halving, see :func:`ddsm_core.search.run_search`). Every
+    rung samples the first images of the same per-image seeds.
     """
 
     sampler: str = DEFAULT_SAMPLER
@@ -86,6 +94,8 @@ class SearchSpec:
     mutation_rate: float = 0.001
     crossover: str = "one_point"
     warm_start: tuple[dict[str, Any], ...] = ()
+    rungs: tuple[int, ...] = ()
+    promote: float = 0.25
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -94,6 +104,7 @@ class SearchSpec:
             if len(self.widths) > MAX_WIDTHS:
                 raise ConfigError(f"at most {MAX_WIDTHS} widths, got {len(self.widths)}")
             object.__setattr__(self, "widths", validate_widths(self.widths))  # sorted, unique, (0, 1]
+        object.__setattr__(self, "rungs", tuple(self.rungs))
         for name, (low, high) in LIMITS.items():
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
@@ -109,6 +120,16 @@ class SearchSpec:
             except StrategyError as exc:
                 raise ConfigError(f"warm_start strategy {k}: {exc}") from None
         object.__setattr__(self, "warm_start", tuple(s.to_dict() for s in seeds))
+        ladder = (*self.rungs, self.n_images)
+        if any(isinstance(n, bool) or not isinstance(n, int) for n in self.rungs) or any(
+            not 2 <= a < b for a, b in zip(ladder[:-1], ladder[1:], strict=True)
+        ):
+            raise ConfigError(
+                f"rungs must be increasing image counts >= 2 below n_images {self.n_images}, "
+                f"got {list(self.rungs)}"
+            )
+        if self.rungs and self.promote <= 0:
+            raise ConfigError(f"promote must be in (0, 1] with rungs, got {self.promote}")
         self._check_budget()
         if self.widths:
             self.search_config()  # population vs widths, genome bounds
@@ -180,6 +201,11 @@ class SearchSpec:
     def gflops(self, genome: Sequence[int], table: CostTable) -> float:
         return strategy_gflops(self.strategy(genome), table)
 
+    @property
+    def ladder(self) -> tuple[int, ...]:
+        """The image counts a candidate may be evaluated with, the top rung (``n_images``) last."""
+        return (*self.rungs, self.n_images)
+
     def pick(self, front: Sequence[Candidate]) -> Candidate:
         """The paper's weighted pick: argmin FID + weight x cost over the front."""
         if not front:
@@ -198,6 +224,7 @@ class SearchSpec:
         d = asdict(self)
         d["widths"] = list(self.widths)
         d["warm_start"] = [dict(s) for s in self.warm_start]
+        d["rungs"] = list(self.rungs)
         return d
 
     @classmethod
@@ -209,6 +236,7 @@ class SearchSpec:
         d = dict(d)
         d["widths"] = tuple(d.get("widths") or ())
         d["warm_start"] = tuple(d.get("warm_start") or ())
+        d["rungs"] = tuple(d.get("rungs") or ())
         return cls(**d)
 
     def to_json(self) -> str:

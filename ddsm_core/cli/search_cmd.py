@@ -233,13 +233,13 @@ def search_to_folder(
         stats, extractor, data, dev, out, image_size=size, channels=model.config.in_channels
     )
     evaluator = GenomeEvaluator(
-        model, schedule, ref, ext, spec, costs=cost_table(model), device=dev, cache_images=spec.n_images
+        model, schedule, ref, ext, spec, costs=cost_table(model), device=dev, cache_images=spec.ladder
     )
     full = spec.full_width_genome()
     run = run_search(
         spec.search_config(), evaluator, out, seed=spec.seed, n_images=spec.n_images,
         final_images=spec.final_images, weight=spec.weight, progress=progress, resume=resume,
-        finalists={"full": full},
+        finalists={"full": full}, rungs=spec.rungs, promote=spec.promote,
     )  # fmt: skip
     driver = run.driver
     results = build_results(
@@ -371,6 +371,13 @@ def search(
     weight: float | None = typer.Option(
         None, "--weight", help=f"Pick: min FID + w x GFLOPs/image ({_profiles_help('weight')})."
     ),
+    rungs: str | None = typer.Option(
+        None, "--rungs", help="Multi-fidelity: increasing image counts below --images, e.g. 64,256 "
+        "(default none: every candidate at --images)."
+    ),
+    promote: float | None = typer.Option(
+        None, "--promote", help=f"Fraction promoted per rung; default {DEFAULTS.promote}."
+    ),
     seed: int | None = typer.Option(None, "--seed", help=f"Seed of NSGA-II; default {DEFAULTS.seed}."),
     eval_seed: int | None = typer.Option(
         None,
@@ -399,6 +406,7 @@ def search(
         sampler=sampler, steps=steps, population=population, generations=generations,
         mutation_rate=mutation_rate, crossover=crossover, n_images=images, final_images=final_images,
         weight=weight, seed=seed, eval_seed=eval_seed, batch_size=batch_size,
+        rungs=_parse_rungs(rungs), promote=promote,
     )  # fmt: skip
     res = search_to_folder(
         checkpoint, out, spec, stats=stats, dataset=dataset, image_size=image_size, extractor=extractor,
@@ -410,6 +418,17 @@ def search(
         f"pick {pick['strategy']}: FID {_num(pick.get('fid'))} vs full width {_num(full.get('fid'))} "
         f"({res['extractor']}), {100 * saved:.0f}% fewer GFLOPs -> {out / 'report.md'}"
     )
+
+
+def _parse_rungs(text: str | None) -> tuple[int, ...] | None:
+    from ddsm_core.errors import ConfigError
+
+    if text is None:
+        return None
+    try:
+        return tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise ConfigError(f"--rungs takes comma-separated image counts, e.g. 64,256; got {text!r}") from None
 
 
 def register(app: typer.Typer) -> None:

@@ -74,6 +74,8 @@ def test_reads_can_require_the_key(tmp_path: Path) -> None:
         ({"population": 2}, 422, "population"),
         ({"steps": 1}, 422, "steps"),
         ({"crossover": "magic"}, 422, "crossover"),
+        ({"rungs": [2]}, 422, "multi-fidelity rungs are not supported by the service"),
+        ({"rungs": [4]}, 422, "rungs must be increasing"),
     ],
 )
 def test_user_mistakes_in_a_search_get_a_4xx_with_a_message(

@@ -205,3 +205,33 @@ def test_a_bad_warm_start_file_is_a_one_line_error(checkpoint, stats, tmp_path, 
         err = capsys.readouterr().err.strip()
         assert err.startswith("error:") and message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "s" / "search_state.json").exists()
+
+
+def test_search_with_rungs_stops_most_candidates_early_and_counts_each_rung(
+    checkpoint, stats, tmp_path, capsys
+) -> None:
+    out = tmp_path / "mf"
+    argv = ["search", "--checkpoint", str(checkpoint), "--stats", str(stats), "--out", str(out),
+            "--steps", "3", "--population", "6", "--generations", "2", "--images", "16",
+            "--final-images", "16", "--rungs", "4,8", "--promote", "0.5", "--no-progress"]  # fmt: skip
+    assert run_app(app, argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["config"]["rungs"] == [4, 8] and res["config"]["promote"] == 0.5
+    rungs = res["cost"]["rungs"]
+    assert [r["n_images"] for r in rungs] == [4, 8, 16]
+    assert rungs[0]["evaluations"] == len(res["candidates"]) > rungs[2]["evaluations"] >= 1
+    assert all(c["record"]["fidelity"]["top"] and c["record"]["n_images"] == 16 for c in res["front"])
+    assert f"evaluations: {rungs[0]['evaluations']} at 4," in (out / "report.md").read_text()
+    # a top-rung value is the plain FID on the first 16 seeds: the same as `ddsm eval` gives
+    pick = res["pick"]
+    argv = ["eval", "--checkpoint", str(checkpoint), "--stats", str(stats), "--steps", "3", "--images",
+            "16", "--strategy", str(out / "pick.json"), "--json", str(tmp_path / "e.json")]  # fmt: skip
+    assert run_app(app, argv) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["fid"] == pytest.approx(pick["objectives"][0])
+    capsys.readouterr()
+    bad = ["search", "--checkpoint", str(checkpoint), "--stats", str(stats), "--out", str(tmp_path / "b"),
+           "--images", "16", "--rungs", "8,32"]  # fmt: skip
+    assert run_app(app, bad) == 2
+    assert "rungs must be increasing" in capsys.readouterr().err
+    assert run_app(app, [*bad[:-1], "8,x"]) == 2
+    assert "--rungs takes comma-separated" in capsys.readouterr().err
