@@ -280,6 +280,15 @@ class SearchCreate(In):
     batch_size: int = _setting("batch_size")
     mutation_rate: float = _setting("mutation_rate", "Per gene.")
     crossover: Crossover = Field(default=DEFAULTS.crossover, description=", ".join(CROSSOVERS))
+    guidance: float | None = Field(
+        default=DEFAULTS.guidance, ge=0, le=100, allow_inf_nan=False,
+        description="Classifier-free guidance weight (a supernet trained with label dropout); both passes "
+        "are counted in the GFLOPs. Default: no guidance.",
+    )  # fmt: skip
+    class_label: int | None = Field(
+        default=DEFAULTS.class_label, ge=0, le=1_000_000,
+        description="Class-conditional supernets: every image of this class. Default: seed % classes.",
+    )  # fmt: skip
 
     warm_start: list[dict[str, Any]] = Field(
         default_factory=list,

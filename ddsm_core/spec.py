@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ddsm_core.config import UNetConfig
 from ddsm_core.costs import CostTable, strategy_gflops
 from ddsm_core.errors import ConfigError, StrategyError, choices_message
 from ddsm_core.search import CROSSOVERS, Candidate, Genome, SearchConfig, knee_point
@@ -70,6 +71,9 @@ class SearchSpec:
     bound spec they are on its own grid (sampler, steps, widths), as :func:`with_warm_start` makes
     them from strategies of any sampler and step count. They are stored with the search, so a resume
     asks the same first generation.
+    ``guidance`` samples with classifier-free guidance of that weight (a model with a null label;
+    both passes counted in the GFLOPs); ``class_label`` gives every image that class instead of
+    ``seed % classes`` (class-conditional models).
     """
 
     sampler: str = DEFAULT_SAMPLER
@@ -86,6 +90,8 @@ class SearchSpec:
     mutation_rate: float = 0.001
     crossover: str = "one_point"
     warm_start: tuple[dict[str, Any], ...] = ()
+    guidance: float | None = None
+    class_label: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -98,6 +104,12 @@ class SearchSpec:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
                 raise ConfigError(f"{name} must be in [{_num(low)}, {_num(high)}], got {value!r}")
+        if self.guidance is not None:
+            object.__setattr__(self, "guidance", float(self.guidance))
+            if not (math.isfinite(self.guidance) and self.guidance >= 0):
+                raise ConfigError(f"guidance must be a finite number >= 0, got {self.guidance}")
+        if self.class_label is not None and (isinstance(self.class_label, bool) or self.class_label < 0):
+            raise ConfigError(f"class_label must be an integer >= 0, got {self.class_label}")
         if self.crossover not in CROSSOVERS:
             raise ConfigError(choices_message("crossover", self.crossover, CROSSOVERS))
         if isinstance(self.warm_start, (str, bytes, Mapping)) or not isinstance(self.warm_start, Sequence):
@@ -177,8 +189,27 @@ class SearchSpec:
     def full_width_genome(self) -> Genome:
         return (len(self._require_widths()) - 1,) * self.steps
 
+    @property
+    def passes(self) -> int:
+        """Network passes per sampler evaluation: 2 with guidance (conditional + unconditional)."""
+        return 1 if self.guidance is None else 2
+
+    def check_model(self, config: UNetConfig) -> None:
+        """ConfigError when the supernet cannot run this search's guidance or class label."""
+        if self.guidance is not None and config.null_class is None:
+            raise ConfigError(
+                "guidance needs a class-conditional supernet with a null label (trained with --class-cond "
+                "--label-dropout)"
+            )
+        if self.class_label is not None:
+            if not config.num_classes:
+                raise ConfigError(f"class_label {self.class_label} given, but the supernet has no classes")
+            if self.class_label >= config.num_classes:
+                top = config.num_classes - 1
+                raise ConfigError(f"class_label {self.class_label} is out of range: 0..{top}")
+
     def gflops(self, genome: Sequence[int], table: CostTable) -> float:
-        return strategy_gflops(self.strategy(genome), table)
+        return strategy_gflops(self.strategy(genome), table, passes=self.passes)
 
     def pick(self, front: Sequence[Candidate]) -> Candidate:
         """The paper's weighted pick: argmin FID + weight x cost over the front."""
