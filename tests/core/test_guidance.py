@@ -275,3 +275,10 @@ def test_a_guided_search_evaluates_and_counts_both_passes(model, tmp_path):
     plain_model = SlimmableUNet(UNetConfig.digits(model_channels=16, num_res_blocks=1, num_classes=10))
     with pytest.raises(ConfigError, match="null label"):
         GenomeEvaluator(plain_model.eval(), SCHEDULE, ref, ext, spec)
+
+
+def test_train_cli_label_dropout_without_class_cond_is_a_one_line_error(tmp_path, capsys):
+    argv = ["train", "--out", str(tmp_path / "r"), "--label-dropout", "0.1", "--no-progress"]
+    code, _, err = cli(argv, capsys)
+    assert code == 2 and err.startswith("error: ") and "--class-cond" in err
+    assert not (tmp_path / "r").exists()
