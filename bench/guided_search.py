@@ -44,7 +44,7 @@ from ddsm_core.widths import format_width  # noqa: E402
 FULL = {"train_steps": None, "images": 500, "seed_sets": (0, 100_000, 200_000), "search_images": 200,
         "final_images": 500, "population": 20, "generations": 6}  # fmt: skip
 SMOKE = {"train_steps": 40, "images": 24, "seed_sets": (0, 100_000), "search_images": 16,
-         "final_images": 24, "population": 4, "generations": 1}  # fmt: skip
+         "final_images": 24, "population": 8, "generations": 1}  # fmt: skip
 
 
 def main() -> None:
