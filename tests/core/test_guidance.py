@@ -13,6 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ddsm_core import checkpoint as ck
 from ddsm_core.cli import app, run_app
+from ddsm_core.cli.sample_cmd import to_uint8
 from ddsm_core.config import UNetConfig
 from ddsm_core.costs import strategy_gflops
 from ddsm_core.errors import ConfigError
@@ -218,8 +219,7 @@ def test_sample_with_guidance_and_class_through_the_cli(checkpoint, model, tmp_p
     strategy = Strategy.uniform("ddim", 3, 6, CFG.widths)
     expect = sample(model_denoiser(model, SCHEDULE, guidance=2.0), strategy, (1, 8, 8), range(2, 6),
                     y=torch.full((4,), 3))  # fmt: skip
-    expect_u8 = ((expect + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    assert np.array_equal(np.load(tmp_path / "g.npz")["arr_0"], expect_u8)
+    assert np.array_equal(np.load(tmp_path / "g.npz")["arr_0"], to_uint8(expect))
     # W = 1 is the conditional model; 'random' is the seed-derived default
     extra = ["--guidance", "1", "--class", "random", "--npz", str(tmp_path / "c.npz")]
     code, _, err = cli([*argv, *extra], capsys)
