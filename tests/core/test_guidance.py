@@ -282,3 +282,12 @@ def test_train_cli_label_dropout_without_class_cond_is_a_one_line_error(tmp_path
     code, _, err = cli(argv, capsys)
     assert code == 2 and err.startswith("error: ") and "--class-cond" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_checkpoint_written_before_null_label_existed_still_fits_its_preset(tmp_path):
+    plain = UNetConfig.digits(model_channels=16, num_res_blocks=1)
+    manifest = {"model_config": {k: v for k, v in plain.to_dict().items() if k != "null_label"}}
+    ck.check_compatible(manifest, plain)  # the missing field is its default, False
+    with pytest.raises(ck.CheckpointError, match="null_label: checkpoint False vs True"):
+        ck.check_compatible(manifest, UNetConfig.digits(model_channels=16, num_res_blocks=1, num_classes=10,
+                                                        null_label=True))
