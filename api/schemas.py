@@ -119,6 +119,7 @@ class TrainOverrides(In):
     n_middle: Count = _f(0, MAX_WIDTHS)
     distill: bool | None = None
     dropout: Fraction = _f(0.0, 1.0, below=True)
+    label_dropout: Fraction = _f(0.0, 1.0, below=True)
     hflip: bool | None = None
     noise_schedule: NoiseSchedule | None = None
     timesteps: Count = _f(2, 100_000)
@@ -154,6 +155,7 @@ class ModelOverrides(In):
         default=None, min_length=1, max_length=MAX_WIDTHS
     )
     num_classes: Count = _f(1, 100_000)
+    null_label: bool | None = None
     learn_sigma: bool | None = None
 
 
