@@ -119,6 +119,7 @@ class TrainOverrides(In):
     n_middle: Count = _f(0, MAX_WIDTHS)
     distill: bool | None = None
     dropout: Fraction = _f(0.0, 1.0, below=True)
+    label_dropout: Fraction = _f(0.0, 1.0, below=True)
     hflip: bool | None = None
     noise_schedule: NoiseSchedule | None = None
     timesteps: Count = _f(2, 100_000)
@@ -154,6 +155,7 @@ class ModelOverrides(In):
         default=None, min_length=1, max_length=MAX_WIDTHS
     )
     num_classes: Count = _f(1, 100_000)
+    null_label: bool | None = None
     learn_sigma: bool | None = None
 
 
@@ -280,6 +282,15 @@ class SearchCreate(In):
     batch_size: int = _setting("batch_size")
     mutation_rate: float = _setting("mutation_rate", "Per gene.")
     crossover: Crossover = Field(default=DEFAULTS.crossover, description=", ".join(CROSSOVERS))
+    guidance: float | None = Field(
+        default=DEFAULTS.guidance, ge=0, le=100, allow_inf_nan=False,
+        description="Classifier-free guidance weight (a supernet trained with label dropout); both passes "
+        "are counted in the GFLOPs. Default: no guidance.",
+    )  # fmt: skip
+    class_label: int | None = Field(
+        default=DEFAULTS.class_label, ge=0, le=1_000_000,
+        description="Class-conditional supernets: every image of this class. Default: seed % classes.",
+    )  # fmt: skip
 
     warm_start: list[dict[str, Any]] = Field(
         default_factory=list,

@@ -20,6 +20,7 @@ from api.schemas import SearchCreate, TrainingRunCreate
 from api.settings import Settings
 from ddsm_core.catalog import DATASETS
 from ddsm_core.compare import Comparison, Front, compare_fronts, front_from_results
+from ddsm_core.config import UNetConfig
 from ddsm_core.errors import CheckpointError, ConfigError, DDSMError, StatsError
 from ddsm_core.results import front_points, summary
 from ddsm_core.spec import FINALISTS, SearchSpec, with_warm_start
@@ -91,6 +92,8 @@ def create_search(repo: Repository, body: SearchCreate) -> int:
             "multi-fidelity rungs are not supported by the service yet: run `ddsm search --rungs` "
             "locally, or leave rungs empty"
         )
+    if (net.config or {}).get("model_config"):
+        spec.check_model(UNetConfig.from_dict(net.config["model_config"]))
     return repo.create_search(body.name, net.id, stats.id, spec.to_dict())
 
 

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ddsm_core.config import UNetConfig
 from ddsm_core.costs import CostTable, strategy_gflops
 from ddsm_core.errors import ConfigError, StrategyError, choices_message
 from ddsm_core.search import CROSSOVERS, Candidate, Genome, SearchConfig, knee_point
@@ -78,6 +79,9 @@ class SearchSpec:
     (FID, GFLOPs) at that rung, then crowding distance, as NSGA-II ranks; at least one) goes on to the
     next rung, up to ``n_images`` (successive halving, see :func:`ddsm_core.search.run_search`). Every
     rung samples the first images of the same per-image seeds.
+    ``guidance`` samples with classifier-free guidance of that weight (a model with a null label;
+    both passes counted in the GFLOPs); ``class_label`` gives every image that class instead of
+    ``seed % classes`` (class-conditional models).
     """
 
     sampler: str = DEFAULT_SAMPLER
@@ -96,6 +100,8 @@ class SearchSpec:
     warm_start: tuple[dict[str, Any], ...] = ()
     rungs: tuple[int, ...] = ()
     promote: float = 0.25
+    guidance: float | None = None
+    class_label: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -109,6 +115,12 @@ class SearchSpec:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
                 raise ConfigError(f"{name} must be in [{_num(low)}, {_num(high)}], got {value!r}")
+        if self.guidance is not None:
+            object.__setattr__(self, "guidance", float(self.guidance))
+            if not (math.isfinite(self.guidance) and self.guidance >= 0):
+                raise ConfigError(f"guidance must be a finite number >= 0, got {self.guidance}")
+        if self.class_label is not None and (isinstance(self.class_label, bool) or self.class_label < 0):
+            raise ConfigError(f"class_label must be an integer >= 0, got {self.class_label}")
         if self.crossover not in CROSSOVERS:
             raise ConfigError(choices_message("crossover", self.crossover, CROSSOVERS))
         if isinstance(self.warm_start, (str, bytes, Mapping)) or not isinstance(self.warm_start, Sequence):
@@ -198,8 +210,27 @@ class SearchSpec:
     def full_width_genome(self) -> Genome:
         return (len(self._require_widths()) - 1,) * self.steps
 
+    @property
+    def passes(self) -> int:
+        """Network passes per sampler evaluation: 2 with guidance (conditional + unconditional)."""
+        return 1 if self.guidance is None else 2
+
+    def check_model(self, config: UNetConfig) -> None:
+        """ConfigError when the supernet cannot run this search's guidance or class label."""
+        if self.guidance is not None and config.null_class is None:
+            raise ConfigError(
+                "guidance needs a class-conditional supernet with a null label (trained with --class-cond "
+                "--label-dropout)"
+            )
+        if self.class_label is not None:
+            if not config.num_classes:
+                raise ConfigError(f"class_label {self.class_label} given, but the supernet has no classes")
+            if self.class_label >= config.num_classes:
+                top = config.num_classes - 1
+                raise ConfigError(f"class_label {self.class_label} is out of range: 0..{top}")
+
     def gflops(self, genome: Sequence[int], table: CostTable) -> float:
-        return strategy_gflops(self.strategy(genome), table)
+        return strategy_gflops(self.strategy(genome), table, passes=self.passes)
 
     @property
     def ladder(self) -> tuple[int, ...]:

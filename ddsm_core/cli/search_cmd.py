@@ -23,6 +23,12 @@ from ddsm_core.spec import (
     SearchSpec,
 )
 
+GUIDANCE_HELP = (
+    "Classifier-free guidance weight (a model trained with --label-dropout; 1 = conditional model). "
+    "Both passes are counted in the GFLOPs."
+)
+CLASS_HELP = "Class-conditional models: every image of this class (default: seed % classes)."
+
 
 def _profiles_help(name: str) -> str:
     """``cpu: 16, paper: 50``: the value of a setting in each profile, for the help texts."""
@@ -164,6 +170,8 @@ def eval_cmd(
     threads: int | None = typer.Option(
         None, "--threads", help="Torch CPU threads (default 1 or $DDSM_TORCH_THREADS; 0 = all cores)."
     ),
+    guidance: float | None = typer.Option(None, "--guidance", help=GUIDANCE_HELP),
+    label: int | None = typer.Option(None, "--class", help=CLASS_HELP),
 ) -> None:
     """Evaluate one strategy: FID (with its extractor), GFLOPs, measured latency."""
     from ddsm_core.evaluate import evaluate
@@ -178,8 +186,9 @@ def eval_cmd(
     strat = strategy_from_arg(strategy, sampler, steps, model.config.widths)
     ref, ext = resolve_stats(stats, extractor, data, dev, image_size=size, channels=model.config.in_channels)
     result = evaluate(
-        model, schedule, strat, ref, ext, images, seed, batch_size, costs=cost_table(model), device=dev
-    )
+        model, schedule, strat, ref, ext, images, seed, batch_size, costs=cost_table(model), device=dev,
+        guidance=guidance, class_label=label,
+    )  # fmt: skip
     fid = "failed: " + str(result.reason) if not result.ok else f"{result.fid:.4f}"
     floor = floor_of(ref, images)
     typer.echo(
@@ -257,7 +266,8 @@ def search_to_folder(
     }
     plot_samples(
         out / "samples.png",
-        {k: sample_images(model, schedule, s, seeds, spec.batch_size, device=dev)[0]
+        {k: sample_images(model, schedule, s, seeds, spec.batch_size, device=dev, guidance=spec.guidance,
+                          class_label=spec.class_label)[0]
          for k, s in panels.items()},
     )  # fmt: skip
     results["cost"]["total_wall_s"] = time.perf_counter() - start
@@ -397,6 +407,8 @@ def search(
         help="Seed the first generation with a strategy file or a search's results.json (repeatable); "
         "transferred to --sampler/--steps by noise level.",
     ),
+    guidance: float | None = typer.Option(None, "--guidance", help=GUIDANCE_HELP),
+    label: int | None = typer.Option(None, "--class", help=CLASS_HELP),
 ) -> None:
     """Search a step-aware width strategy locally (NSGA-II) and write a report folder."""
     _set_threads(threads)
@@ -405,8 +417,8 @@ def search(
     spec = named_profile(profile).replace(
         sampler=sampler, steps=steps, population=population, generations=generations,
         mutation_rate=mutation_rate, crossover=crossover, n_images=images, final_images=final_images,
-        weight=weight, seed=seed, eval_seed=eval_seed, batch_size=batch_size,
-        rungs=_parse_rungs(rungs), promote=promote,
+        weight=weight, seed=seed, eval_seed=eval_seed, batch_size=batch_size, guidance=guidance,
+        class_label=label, rungs=_parse_rungs(rungs), promote=promote,
     )  # fmt: skip
     res = search_to_folder(
         checkpoint, out, spec, stats=stats, dataset=dataset, image_size=image_size, extractor=extractor,

@@ -108,6 +108,12 @@ def train(
     sample_steps: int | None = typer.Option(None, "--sample-steps", help="DDIM steps for sample grids."),
     log_every: int | None = typer.Option(None, "--log-every", help="Log losses every N steps."),
     class_cond: bool = typer.Option(False, "--class-cond", help="Class-conditional model (dataset labels)."),
+    label_dropout: float | None = typer.Option(
+        None,
+        "--label-dropout",
+        help="With --class-cond: fraction of labels replaced by the null label, "
+        "for classifier-free guidance (ddsm sample --guidance) [0 = off; 0.1 is usual].",
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     data_root: Path | None = typer.Option(None, "--data-root", help="Where CIFAR-10 is (or goes)."),
     download: bool = typer.Option(False, "--download", help="Download CIFAR-10 if missing (internet)."),
@@ -135,6 +141,7 @@ def train(
         "ema_decay": ema_decay,
         "n_middle": n_middle,
         "distill": distill,
+        "label_dropout": label_dropout,
         "seed": seed,
         "sample_every": sample_every,
         "eval_every": eval_every,
