@@ -57,7 +57,6 @@ def register_supernet(
 
 def register_stats_file(repo: Repository, store: ArtifactStore, name: str, dataset: str, path: str) -> int:
     from ddsm_core.fid import FeatureStats
-
     from ddsm_core.floor import floors_of
 
     stats = FeatureStats.load(path)  # StatsError for a missing / malformed file
