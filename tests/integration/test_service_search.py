@@ -90,6 +90,11 @@ def test_search_over_rest_gives_the_same_front_as_ddsm_search_locally(
     assert result["pick"]["genome"] == local["pick"]["genome"]
     assert math.isclose(result["final"]["pick"]["fid"], local["final"]["pick"]["fid"], rel_tol=1e-6)
     assert result["final"]["pick"]["n_images"] == SEARCH["final_images"]
+    # the worker recorded the real-data floors with the statistics; the finalists' workers kept their
+    # features, so the report pairs pick and knee with full width, as `ddsm search` does
+    assert stats["floors"] and report["floors"] == stats["floors"] and local["floors"]
+    assert set(report["paired"]) == set(local["paired"]) == {"pick", "knee"}
+    assert result["paired"] == report["paired"] and result["floors"] == report["floors"]
     # the same results.json, apart from where it ran, timings, paths and float noise between processes
     assert comparable(report) == comparable(local)
 
