@@ -38,6 +38,7 @@ from api.db.models import CandidateState, JobStatus
 from api.db.repository import CandidateRecord, Repository, SearchRecord, genome_hash
 from api.settings import Settings
 from ddsm_core.costs import CostTable
+from ddsm_core.errors import DDSMError
 from ddsm_core.results import build_results, progress
 from ddsm_core.search import SearchDriver
 from ddsm_core.spec import SearchSpec
@@ -275,11 +276,15 @@ class SearchController:
         from ddsm_core.fid import FeatureStats
         from ddsm_core.paired import paired_vs_full
 
-        features = {g: np.load(io.BytesIO(self.store.get_bytes(sha)), allow_pickle=False)
-                    for g, sha in shas.items() if sha}  # fmt: skip
-        with tempfile.TemporaryDirectory() as tmp:
-            ref = FeatureStats.load(self.store.get_file(stats_sha, Path(tmp) / "stats.npz"))
-        return paired_vs_full(records, features, ref, seed=spec.eval_seed)
+        try:
+            features = {g: np.load(io.BytesIO(self.store.get_bytes(sha)), allow_pickle=False)
+                        for g, sha in shas.items() if sha}  # fmt: skip
+            with tempfile.TemporaryDirectory() as tmp:
+                ref = FeatureStats.load(self.store.get_file(stats_sha, Path(tmp) / "stats.npz"))
+            return paired_vs_full(records, features, ref, seed=spec.eval_seed)
+        except (DDSMError, OSError, ValueError):  # a lost or bad artifact: the search still completes
+            log.warning("the finalists' paired intervals could not be computed", exc_info=True)
+            return {}
 
 
 def _record(cand: CandidateRecord) -> dict[str, Any]:

@@ -137,6 +137,9 @@ def test_cancel_stops_dispatch_and_resume_continues(repo: Repository, tmp_path: 
     assert front(repo, search) == local_front(SPEC, tmp_path / "local")
 
 
+DIM = 6
+
+
 def _features(genome: tuple[int, ...], n: int, dim: int) -> np.ndarray:
     """Per-image features of a finalist: shared noise (the same seeds) plus a genome-dependent shift,
     as the images of two strategies from the same seeds are."""
@@ -145,12 +148,9 @@ def _features(genome: tuple[int, ...], n: int, dim: int) -> np.ndarray:
     return common + shift + 0.05 * np.random.default_rng(len(genome) + sum(genome)).normal(size=(n, dim))
 
 
-def test_the_results_carry_the_floors_and_the_paired_intervals_of_the_finalists(
-    repo: Repository, tmp_path: Path
-) -> None:
-    store = ArtifactStore(str(tmp_path / "store"))
-    dim = 6
-    real = np.random.default_rng(1).normal(size=(400, dim))
+def _floored_search(repo: Repository, store: ArtifactStore, tmp_path: Path) -> tuple[int, FeatureStats]:
+    """A search on statistics with real-data floors, stored in ``store`` and registered with them."""
+    real = np.random.default_rng(1).normal(size=(400, DIM))
     stats = FeatureStats.from_features(real[:300], "domain:test")
     stats = with_floors(stats, compute_floors(real[300:], stats, "test", counts=(20, 50)))
     floors = [f.to_dict() for f in floors_of(stats)]
@@ -159,25 +159,47 @@ def test_the_results_carry_the_floors_and_the_paired_intervals_of_the_finalists(
     repo.supernet_ready(net, dict(TABLE), {})
     sid = repo.create_reference_stats("s", "digits", stats.extractor, artifact_sha256=sha, floors=floors)
     assert repo.get_reference_stats(sid).floors == floors  # type: ignore[union-attr]
-    search, outbox = repo.create_search("s", net, sid, SPEC.to_dict()), Outbox()
-    controller = SearchController(repo, outbox, Settings(), store=store)
+    return repo.create_search("s", net, sid, SPEC.to_dict()), stats
+
+
+def _drive_keeping_features(
+    repo: Repository,
+    controller: SearchController,
+    outbox: Outbox,
+    search: int,
+    store: ArtifactStore,
+    tmp_path: Path,
+    lose: bool = False,
+) -> dict[tuple[int, ...], np.ndarray]:
+    """A worker whose finalists keep their features (``lose``: it names an artifact nobody stored)."""
     kept: dict[tuple[int, ...], np.ndarray] = {}
     for _ in range(200):
         controller.tick(search)
-        for cid, attempt in outbox.take_evaluations():  # a worker: the finalists keep their features
+        for cid, attempt in outbox.take_evaluations():
             assert repo.claim_candidate(cid, attempt, "w")
             cand = repo.get_candidate(cid)
             assert cand is not None
             metrics = fast_metrics(SPEC, cand.genome, CostTable.from_dict(TABLE))
             if cand.phase == "final":
-                kept[cand.genome] = _features(cand.genome, cand.n_images, dim)
+                kept[cand.genome] = _features(cand.genome, cand.n_images, DIM)
                 np.save(tmp_path / "f.npy", kept[cand.genome])
-                metrics[FEATURES_METRIC] = store.put_file(tmp_path / "f.npy")
+                metrics[FEATURES_METRIC] = "0" * 64 if lose else store.put_file(tmp_path / "f.npy")
             assert repo.complete_candidate(cid, attempt, "w", metrics)
         if repo.get_search(search).status == JobStatus.COMPLETE:  # type: ignore[union-attr]
-            break
+            return kept
+    raise AssertionError("search did not complete")
+
+
+def test_the_results_carry_the_floors_and_the_paired_intervals_of_the_finalists(
+    repo: Repository, tmp_path: Path
+) -> None:
+    store = ArtifactStore(str(tmp_path / "store"))
+    search, stats = _floored_search(repo, store, tmp_path)
+    outbox = Outbox()
+    controller = SearchController(repo, outbox, Settings(), store=store)
+    kept = _drive_keeping_features(repo, controller, outbox, search, store, tmp_path)
     result = repo.get_search(search).result  # type: ignore[union-attr]
-    assert result["floors"] == floors and len(floors) == 3
+    assert result["floors"] == [f.to_dict() for f in floors_of(stats)] and len(result["floors"]) == 3
     final = result["final"]
     assert all(FEATURES_METRIC not in rec for rec in final.values())  # bookkeeping, not a record
     assert final["pick"]["genome"] != final["full"]["genome"]
@@ -188,3 +210,15 @@ def test_the_results_carry_the_floors_and_the_paired_intervals_of_the_finalists(
     assert pick["low"] <= pick["diff"] <= pick["high"] and pick["n_images"] == SPEC.final_images
     full_fid = stats.fid(FeatureStats.from_features(kept[tuple(final["full"]["genome"])], stats.extractor))
     assert pick["fid_a"] == pytest.approx(full_fid, rel=1e-12)  # from the stored full-width features
+
+
+def test_a_lost_features_artifact_leaves_the_search_complete_without_intervals(
+    repo: Repository, tmp_path: Path
+) -> None:
+    store = ArtifactStore(str(tmp_path / "store"))
+    search, _ = _floored_search(repo, store, tmp_path)
+    outbox = Outbox()
+    controller = SearchController(repo, outbox, Settings(), store=store)
+    _drive_keeping_features(repo, controller, outbox, search, store, tmp_path, lose=True)
+    result = repo.get_search(search).result  # type: ignore[union-attr]
+    assert result["paired"] == {} and len(result["floors"]) == 3 and result["final"]["pick"]["fid"]
