@@ -160,9 +160,8 @@ def _prefix_cache(key: tuple[Any, ...]) -> Any:
 
 def result_metrics(result: Any) -> dict[str, Any]:
     """An EvalResult as the plain metrics dict stored with a candidate."""
-    from dataclasses import asdict, is_dataclass
-
-    data = asdict(result) if is_dataclass(result) else dict(result)
+    # to_dict leaves out the per-image features (stored as their own artifact, never in the row)
+    data = result.to_dict() if hasattr(result, "to_dict") else dict(result)
     return {k: v for k, v in data.items() if isinstance(v, (int, float, str, bool)) or v is None}
 
 
