@@ -7,6 +7,7 @@ with the same checkpoint, statistics and seeds: the Pareto fronts must agree.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -104,7 +105,9 @@ TIMINGS = ("seconds", "latency_s", "search_wall_s", "total_wall_s", "reused_frac
 
 
 def comparable(results: dict[str, Any]) -> Any:
-    """results.json without the run section, timings and paths; floats rounded to 6 digits."""
+    """results.json without the run section, timings and paths; floats rounded to 6 digits. Compared as
+    JSON (what results.json is on disk), so a tuple and a list or an int and a str key are the same."""
+    results = json.loads(json.dumps(results))
 
     def clean(value: Any) -> Any:
         if isinstance(value, dict):
