@@ -24,6 +24,10 @@ from ddsm_core.errors import DDSMError
 
 _CHUNK = 1 << 20
 
+# The key of a finalist's metrics that names its per-image features (an .npy artifact, [N x D]):
+# written by the worker, read by the controller for the paired interval vs full width.
+FEATURES_METRIC = "features_sha256"
+
 
 class ArtifactError(DDSMError):
     """An artifact that is missing or does not match its sha256."""

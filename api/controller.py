@@ -13,7 +13,11 @@ the algorithm state is persisted with the rows it belongs to):
    (a genome already evaluated in this search is answered from the database, never recomputed);
 6. after the last generation: the finalists (weighted pick, knee, full-width baseline) are evaluated
    again with ``final_images`` images, then ``results.json`` (``ddsm_core.results.build_results``,
-   the same builder as ``ddsm search``) is stored as the search's result and the search ends.
+   the same builder as ``ddsm search``) is stored as the search's result and the search ends. Each
+   finalist's worker stores its per-image features as an artifact (``FEATURES_METRIC`` in its
+   metrics); once all are COMPLETE, the controller computes every finalist's paired bootstrap interval
+   vs full width (``ddsm_core.paired``, numpy only) and the results carry it with the real-data floors
+   of the reference statistics, as ``ddsm search``'s results.json does.
 
 The driver (``ddsm_core.search.SearchDriver``) is rebuilt from its stored state on every tick, so an API
 restart resumes every running search where it stood.
@@ -29,10 +33,12 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from api.artifacts import FEATURES_METRIC, ArtifactStore
 from api.db.models import CandidateState, JobStatus
 from api.db.repository import CandidateRecord, Repository, SearchRecord, genome_hash
 from api.settings import Settings
 from ddsm_core.costs import CostTable
+from ddsm_core.errors import DDSMError
 from ddsm_core.results import build_results, progress
 from ddsm_core.search import SearchDriver
 from ddsm_core.spec import SearchSpec
@@ -62,11 +68,17 @@ def objectives(cand: CandidateRecord) -> tuple[float, float] | None:
 
 class SearchController:
     def __init__(
-        self, repo: Repository, sender: Sender, settings: Settings, ident: str | None = None
+        self,
+        repo: Repository,
+        sender: Sender,
+        settings: Settings,
+        ident: str | None = None,
+        store: ArtifactStore | None = None,
     ) -> None:
         self.repo = repo
         self.sender = sender
         self.settings = settings
+        self.store = store or ArtifactStore(settings.resolved_artifact_store())
         self.id = ident or controller_id()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -228,7 +240,7 @@ class SearchController:
             for name, genome in spec.finalists(driver.front()).items()
         }
         search_cands = self.repo.candidates(search.id, phase=SEARCH)
-        return build_results(
+        results = build_results(
             spec, driver.candidates, driver.history, records, extractor=stats.extractor,
             checkpoint=f"supernet {net.id} '{net.name}' (sha256 {net.artifact_sha256[:12]})",
             stats=f"reference statistics {stats.id} '{stats.name}' ({stats.dataset})",
@@ -236,12 +248,50 @@ class SearchController:
             search_wall_s=(self.repo.now() - search.created_at).total_seconds(),
             run={"where": "service", "service_search_id": search.id,
                  "workers": len({c.worker for c in search_cands if c.worker})},
+            floors=stats.floors or (),  # every FID next to the real-data floor
         )  # fmt: skip
+        # every finalist paired with full width on the same seeds (needs the final records built)
+        results["paired"] = self._paired(spec, results["final"], final, stats.artifact_sha256)
+        return results
+
+    def _paired(
+        self,
+        spec: SearchSpec,
+        records: Mapping[str, Mapping[str, Any]],
+        final: Mapping[tuple[int, ...], CandidateRecord],
+        stats_sha: str | None,
+    ) -> dict[str, Any]:
+        """Each finalist vs full width (``ddsm_core.paired.paired_vs_full``, as ``ddsm search``), from
+        the features the finalists' workers stored; {} when they stored none (e.g. the fast evaluator)."""
+        shas = {g: (c.metrics or {}).get(FEATURES_METRIC) for g, c in final.items()}
+        full = shas.get(tuple(records["full"]["genome"]))
+        if not full or stats_sha is None:
+            return {}
+        import io
+        import tempfile
+        from pathlib import Path
+
+        import numpy as np
+
+        from ddsm_core.fid import FeatureStats
+        from ddsm_core.paired import paired_vs_full
+
+        try:
+            features = {g: np.load(io.BytesIO(self.store.get_bytes(sha)), allow_pickle=False)
+                        for g, sha in shas.items() if sha}  # fmt: skip
+            with tempfile.TemporaryDirectory() as tmp:
+                ref = FeatureStats.load(self.store.get_file(stats_sha, Path(tmp) / "stats.npz"))
+            return paired_vs_full(records, features, ref, seed=spec.eval_seed)
+        except (DDSMError, OSError, ValueError):  # a lost or bad artifact: the search still completes
+            log.warning("the finalists' paired intervals could not be computed", exc_info=True)
+            return {}
 
 
 def _record(cand: CandidateRecord) -> dict[str, Any]:
-    """A candidate's evaluation record, as a local search keeps it (its metrics and image count)."""
-    return {**(cand.metrics or {}), "n_images": cand.n_images}
+    """A candidate's evaluation record, as a local search keeps it (its metrics and image count; the
+    features artifact is the service's bookkeeping, not part of the record)."""
+    metrics = {k: v for k, v in (cand.metrics or {}).items() if k != FEATURES_METRIC}
+    return {**metrics, "n_images": cand.n_images}
 
 
 def _final_record(

@@ -136,6 +136,9 @@ def pick_so_far(
             "intervals": {k: v for k, v in final.items() if _is_interval(k, v)},
             "saving": result.get("saving"),
             "final": True,
+            # vs full width on the same seeds (ddsm_core.paired) and the real-data floor of its count
+            "paired": (result.get("paired") or {}).get("pick"),
+            "floor": _floor(result, final.get("n_images")),
         }
     if not front:
         return None
@@ -149,7 +152,16 @@ def pick_so_far(
         "intervals": best.get("intervals", {}),
         "saving": 1.0 - best["gflops"] / full if full else None,
         "final": False,
+        "paired": None,
+        "floor": None,
     }
+
+
+def _floor(result: dict[str, Any], n_images: int | None) -> dict[str, Any] | None:
+    from ddsm_core.floor import floor_of
+
+    floor = floor_of({"floors": result.get("floors") or []}, n_images)
+    return floor.to_dict() if floor is not None else None
 
 
 def search_detail(repo: Repository, search: SearchRecord) -> dict[str, Any]:

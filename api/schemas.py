@@ -234,6 +234,10 @@ class ReferenceStatsOut(Out):
     status: str
     artifact_sha256: str | None
     n_images: int | None
+    floors: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="Real-data floors: FID of held-out real images vs these statistics, per image count.",
+    )
     error: str | None
     created_at: UTCDatetime
 

@@ -58,10 +58,12 @@ def register_supernet(
 
 def register_stats_file(repo: Repository, store: ArtifactStore, name: str, dataset: str, path: str) -> int:
     from ddsm_core.fid import FeatureStats
+    from ddsm_core.floor import floors_of
 
     stats = FeatureStats.load(path)  # StatsError for a missing / malformed file
     sha = store.put_file(path)
-    return repo.create_reference_stats(name, dataset, stats.extractor, artifact_sha256=sha)
+    floors = [f.to_dict() for f in floors_of(stats)]
+    return repo.create_reference_stats(name, dataset, stats.extractor, artifact_sha256=sha, floors=floors)
 
 
 def create_search(repo: Repository, body: SearchCreate) -> int:

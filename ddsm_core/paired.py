@@ -15,6 +15,7 @@ instead of a general ``sqrtm`` (the same value to ~1e-9 relative; tested against
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -170,3 +171,36 @@ def _bias_corrected(replicates: np.ndarray, estimate: float, level: float) -> tu
     q_low, q_high = norm.cdf(2 * z0 - z), norm.cdf(2 * z0 + z)
     low, high = np.percentile(replicates, [100 * q_low, 100 * q_high])
     return float(low), float(high)
+
+
+def paired_vs_full(
+    final: Mapping[str, Mapping[str, Any]],
+    features: Mapping[tuple[int, ...], np.ndarray],
+    ref: FeatureStats,
+    *,
+    seed: int = 0,
+    tolerance: float | None = None,
+) -> dict[str, Any]:
+    """Each finalist of a search vs full width on the same seeds (results.json's ``paired``).
+
+    :param final: finalist name -> record with ``genome`` and ``fid`` (results.json's ``final``).
+    :param features: genome -> its finalist evaluation's [N x D] per-image features; a finalist
+        without features (failed, or not kept) is left out.
+    :param tolerance: "equal quality" when the interval's upper end is within it (FID); default
+        :data:`DEFAULT_REL_TOLERANCE` x the full width's FID.
+    :return: {} when full width has no FID or no features. Used by ``ddsm search`` and the service's
+        controller alike, so both give the same numbers for the same seeds.
+    """
+    full = final.get("full", {})
+    base = features.get(tuple(full.get("genome") or ()))
+    if base is None or full.get("fid") is None:
+        return {}
+    tol = tolerance if tolerance is not None else DEFAULT_REL_TOLERANCE * float(full["fid"])
+    out: dict[str, Any] = {}
+    for name, rec in final.items():
+        other = features.get(tuple(rec.get("genome") or ()))
+        if name == "full" or other is None or rec.get("fid") is None:
+            continue
+        d = paired_fid_diff(base, other, ref, seed=seed)
+        out[name] = {**d.to_dict(), "tolerance": tol, "equal_quality": d.equal_quality(tol)}
+    return out

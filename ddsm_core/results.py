@@ -109,9 +109,17 @@ def build_results(
     search_wall_s: float | None = None,
     total_wall_s: float | None = None,
     run: Mapping[str, Any] | None = None,
+    floors: Sequence[Mapping[str, Any]] = (),
+    paired: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """``results.json``: the config, every candidate, the front, pick, knee, the finalists re-evaluated
-    (``final``, keyed by :data:`~ddsm_core.spec.FINALISTS`), uniform widths, saving and cost."""
+    (``final``, keyed by :data:`~ddsm_core.spec.FINALISTS`), uniform widths, saving and cost.
+
+    :param floors: the reference statistics' real-data floors (``RealDataFloor`` dicts, ``floors``).
+    :param paired: finalist name -> its paired interval vs full width (``paired``; see
+        :func:`ddsm_core.paired.paired_vs_full`, which needs the ``final`` records built here, so a
+        caller may also fill it in afterwards).
+    """
     front = front_of(candidates)
     genomes = spec.finalists(front)
     by_genome = {c.genome: c for c in candidates}
@@ -149,6 +157,8 @@ def build_results(
             total_wall_s=total_wall_s,
         ),  # fmt: skip
         "run": dict(run or {}),
+        "floors": [dict(f) for f in floors],
+        "paired": {k: dict(v) for k, v in (paired or {}).items()},
     }
 
 

@@ -105,9 +105,14 @@ def evaluate_genome(
     table: CostTable,
     device: str,
     share_prefixes: bool = False,
+    features_out: Path | None = None,
 ) -> dict[str, Any]:
     """Sample ``n_images`` with the genome's strategy from the search's fixed seeds (guided when the
-    spec says so); FID + GFLOPs."""
+    spec says so); FID + GFLOPs.
+
+    :param features_out: also write the per-image features ([N x D] float64, row ``i`` from seed
+        ``eval_seed + i``) to this .npy file, for the paired comparison of finalists with full width.
+    """
     from ddsm_core.evaluate import evaluate
 
     model, schedule, _ = load_supernet(checkpoint, checkpoint_sha, device)
@@ -130,7 +135,12 @@ def evaluate_genome(
         prefix_cache=cache,
         guidance=spec.guidance,
         class_label=spec.class_label,
+        keep_features=features_out is not None,
     )
+    if features_out is not None and result.features is not None:
+        import numpy as np
+
+        np.save(features_out, np.asarray(result.features, dtype=np.float64))
     return result_metrics(result)
 
 
@@ -153,9 +163,8 @@ def _prefix_cache(key: tuple[Any, ...]) -> Any:
 
 def result_metrics(result: Any) -> dict[str, Any]:
     """An EvalResult as the plain metrics dict stored with a candidate."""
-    from dataclasses import asdict, is_dataclass
-
-    data = asdict(result) if is_dataclass(result) else dict(result)
+    # to_dict leaves out the per-image features (stored as their own artifact, never in the row)
+    data = result.to_dict() if hasattr(result, "to_dict") else dict(result)
     return {k: v for k, v in data.items() if isinstance(v, (int, float, str, bool)) or v is None}
 
 
@@ -166,12 +175,16 @@ def _extractor(name: str, device: str) -> Any:
     return get_extractor(name, device=device)
 
 
-def reference_stats(dataset: str, extractor: str, out: Path, device: str) -> tuple[Path, int, str]:
-    """Statistics of the dataset's training split; returns (file, images, the extractor's full name)."""
+def reference_stats(
+    dataset: str, extractor: str, out: Path, device: str
+) -> tuple[Path, int, str, list[dict[str, Any]]]:
+    """Statistics of the dataset's training split, with its real-data floors (held-out split vs the
+    statistics, also in the file's meta); returns (file, images, the extractor's full name, floors)."""
     from ddsm_core.features import reference_stats as compute
+    from ddsm_core.floor import floors_of
 
     stats = compute(dataset, extractor, device=device_of(device))
-    return stats.save(out), int(stats.n), stats.extractor
+    return stats.save(out), int(stats.n), stats.extractor, [f.to_dict() for f in floors_of(stats)]
 
 
 def train_supernet(

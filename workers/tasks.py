@@ -22,7 +22,7 @@ from typing import Any
 
 from celery import Celery
 
-from api.artifacts import ArtifactStore
+from api.artifacts import FEATURES_METRIC, ArtifactStore
 from api.db.engine import make_engine
 from api.db.repository import Repository
 from api.queue import COMPUTE_REFERENCE_STATS, EVALUATE_CANDIDATE, INSPECT_SUPERNET, TRAIN_SUPERNET
@@ -141,18 +141,26 @@ def _evaluate(ctx: WorkerContext, candidate_id: int) -> dict[str, Any]:
         )
     from workers import compute
 
-    return compute.evaluate_genome(
-        checkpoint=local_checkpoint(ctx, net.artifact_sha256),
-        checkpoint_sha=net.artifact_sha256,
-        stats_path=local_stats(ctx, stats.artifact_sha256),
-        extractor=stats.extractor,
-        spec=spec,
-        genome=cand.genome,
-        n_images=cand.n_images,
-        table=CostTable.from_dict(net.gflops),
-        device=ctx.settings.device,
-        share_prefixes=cand.phase == "search",
-    )
+    final = cand.phase == "final"  # a finalist keeps its per-image features for the paired interval
+    ctx.settings.resolved_worker_cache().mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=ctx.settings.resolved_worker_cache()) as tmp:
+        features = Path(tmp) / "features.npy"
+        metrics = compute.evaluate_genome(
+            checkpoint=local_checkpoint(ctx, net.artifact_sha256),
+            checkpoint_sha=net.artifact_sha256,
+            stats_path=local_stats(ctx, stats.artifact_sha256),
+            extractor=stats.extractor,
+            spec=spec,
+            genome=cand.genome,
+            n_images=cand.n_images,
+            table=CostTable.from_dict(net.gflops),
+            device=ctx.settings.device,
+            share_prefixes=not final,
+            features_out=features if final else None,
+        )
+        if final and features.exists():
+            metrics[FEATURES_METRIC] = ctx.store.put_file(features)
+    return metrics
 
 
 # ---------------------------------------------------------------------------- supernets
@@ -238,14 +246,14 @@ def compute_reference_stats(stats_id: int) -> str:
     ctx.settings.resolved_worker_cache().mkdir(parents=True, exist_ok=True)
     try:
         with tempfile.TemporaryDirectory(dir=ctx.settings.resolved_worker_cache()) as tmp:
-            path, n, extractor = compute.reference_stats(
+            path, n, extractor, floors = compute.reference_stats(
                 stats.dataset, stats.extractor, Path(tmp) / "stats.npz", ctx.settings.device
             )
             sha = ctx.store.put_file(path)
     except Exception as exc:
         ctx.repo.reference_stats_failed(stats_id, _error(exc))
         return "failed"
-    ctx.repo.reference_stats_ready(stats_id, sha, n, extractor)
+    ctx.repo.reference_stats_ready(stats_id, sha, n, extractor, floors)
     return "complete"
 
 

@@ -60,6 +60,9 @@ class ReferenceStats(Base):
     status: Mapped[JobStatus] = mapped_column(_enum(JobStatus, "stats_status"))
     artifact_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     n_images: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # the real-data floors recorded with the statistics (ddsm_core.floor.RealDataFloor dicts), so the
+    # API shows them without reading the artifact; None: none recorded (no held-out split)
+    floors: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime]
 

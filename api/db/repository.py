@@ -65,6 +65,7 @@ class ReferenceStatsRecord:
     status: JobStatus
     artifact_sha256: str | None
     n_images: int | None
+    floors: list[dict[str, Any]] | None
     error: str | None
     created_at: datetime
 
@@ -312,7 +313,13 @@ class Repository:
 
     # ------------------------------------------------------------------ reference statistics
     def create_reference_stats(
-        self, name: str, dataset: str, extractor: str, *, artifact_sha256: str | None = None
+        self,
+        name: str,
+        dataset: str,
+        extractor: str,
+        *,
+        artifact_sha256: str | None = None,
+        floors: list[dict[str, Any]] | None = None,
     ) -> int:
         return self._insert(
             ReferenceStats,
@@ -321,14 +328,22 @@ class Repository:
             extractor=extractor,
             status=JobStatus.COMPLETE if artifact_sha256 else JobStatus.PENDING,
             artifact_sha256=artifact_sha256,
+            floors=floors or None,
             created_at=_NOW,
         )
 
     def reference_stats_ready(
-        self, stats_id: int, artifact_sha256: str, n_images: int | None, extractor: str | None = None
+        self,
+        stats_id: int,
+        artifact_sha256: str,
+        n_images: int | None,
+        extractor: str | None = None,
+        floors: list[dict[str, Any]] | None = None,
     ) -> bool:
+        """PENDING -> COMPLETE with the artifact and the real-data floors recorded in it (if any)."""
         values: dict[str, Any] = {"status": JobStatus.COMPLETE, "artifact_sha256": artifact_sha256}
         values["n_images"] = n_images
+        values["floors"] = floors or None
         if extractor:
             values["extractor"] = extractor
         return self._transition(ReferenceStats, stats_id, JobStatus.PENDING, **values)

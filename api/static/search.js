@@ -14,6 +14,7 @@
   const saved = (c) => (c.gflops !== null && st.detail.full_gflops ? 1 - c.gflops / st.detail.full_gflops : null);
   const xLabel = () => (st.x === "gflops" ? "GFLOPs per generated image (sum over all sampler steps)" : "latency per image (s)");
   const fidLabel = () => ddsm.fidLabel(st.detail.extractor);
+  const signed = (v) => (v === null || v === undefined ? "–" : `${v >= 0 ? "+" : ""}${Number(v).toFixed(2)}`);
   const widthsText = (g) => g.map((i) => ddsm.widthLabel(st.detail.widths[i])).join(" ");
 
   // ------------------------------------------------------------------ header and summary
@@ -25,7 +26,11 @@
     const pickText = pick
       ? `${pick.final ? "pick" : "pick so far"}: GFLOPs saved <b>${pct(pick.saving)}</b>, ${esc(fidLabel())} <b>${num(pick.fid, 4)}</b>` +
         (pick.final_fid !== null && pick.final_fid !== undefined ? `, re-evaluated on ${pick.final_n_images} images: <b>${num(pick.final_fid, 4)}</b>` : "") +
-        (intervalText(pick.intervals) ? ` (${esc(intervalText(pick.intervals))})` : "")
+        (intervalText(pick.intervals) ? ` (${esc(intervalText(pick.intervals))})` : "") +
+        (pick.paired ? `<br><span id="pick-paired">vs full width on the same seeds: ΔFID <b>${signed(pick.paired.diff)}</b>
+          [${signed(pick.paired.low)}, ${signed(pick.paired.high)}] (${Math.round(100 * pick.paired.level)}%, ${pick.paired.n_images} images):
+          ${pick.paired.equal_quality ? "equal quality" : "not equal"} at tolerance ${num(pick.paired.tolerance)}</span>` : "") +
+        (pick.floor ? ` <span id="pick-floor" class="muted">· real-data floor ${num(pick.floor.fid, 4)} (${pick.floor.n_images} ${esc(pick.floor.split)} images)</span>` : "")
       : "no evaluated candidate yet";
     $("#summary").innerHTML =
       `${esc(d.sampler)}, ${d.steps} steps, widths ${d.widths.map(ddsm.widthLabel).join(" / ")}, population ${cfg.population},

@@ -257,6 +257,7 @@ def search_to_folder(
         search_wall_s=run.wall_s,
         run={"where": "local", "device": str(dev), "checkpoint_step": manifest.get("step"),
              "resumed": run.resumed},
+        floors=[f.to_dict() for f in floors_of(ref)],  # every FID next to the real-data floor
     )  # fmt: skip
     final = results["final"]
     seeds = list(range(spec.eval_seed, spec.eval_seed + n_sample_images))
@@ -271,8 +272,7 @@ def search_to_folder(
          for k, s in panels.items()},
     )  # fmt: skip
     results["cost"]["total_wall_s"] = time.perf_counter() - start
-    # every FID next to the real-data floor; every finalist paired with full width on the same seeds
-    results["floors"] = [f.to_dict() for f in floors_of(ref)]
+    # every finalist paired with full width on the same seeds
     results["paired"] = paired_vs_full(
         final, evaluator.kept_features, ref, spec.final_images, seed=spec.eval_seed
     )
@@ -314,26 +314,12 @@ def paired_vs_full(
     seed: int = 0,
     tolerance: float | None = None,
 ) -> dict[str, Any]:
-    """Each finalist vs full width on the same seeds: bootstrap interval of the FID difference.
+    """Each finalist vs full width on the same seeds (:func:`ddsm_core.paired.paired_vs_full`), from
+    the evaluator's kept features of the ``n_images``-image finalist evaluations."""
+    from ddsm_core.paired import paired_vs_full as paired
 
-    ``equal_quality``: the interval's upper end is within ``tolerance`` FID (default
-    :data:`~ddsm_core.paired.DEFAULT_REL_TOLERANCE` x the full width's FID).
-    """
-    from ddsm_core.paired import DEFAULT_REL_TOLERANCE, paired_fid_diff
-
-    full = final.get("full", {})
-    base = features.get((tuple(full.get("genome") or ()), n_images, 0))
-    if base is None or full.get("fid") is None:
-        return {}
-    tol = tolerance if tolerance is not None else DEFAULT_REL_TOLERANCE * float(full["fid"])
-    out: dict[str, Any] = {}
-    for name, rec in final.items():
-        other = features.get((tuple(rec.get("genome") or ()), n_images, 0))
-        if name == "full" or other is None:
-            continue
-        d = paired_fid_diff(base, other, ref, seed=seed)
-        out[name] = {**d.to_dict(), "tolerance": tol, "equal_quality": d.equal_quality(tol)}
-    return out
+    kept = {genome: f for (genome, n, offset), f in features.items() if n == n_images and offset == 0}
+    return paired(final, kept, ref, seed=seed, tolerance=tolerance)
 
 
 def _set_threads(threads: int | None) -> None:

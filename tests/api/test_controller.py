@@ -5,12 +5,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pytest
+
+from api.artifacts import FEATURES_METRIC, ArtifactStore
 from api.controller import SearchController
 from api.db.models import CandidateState, JobStatus
 from api.db.repository import Repository
 from api.settings import Settings
+from ddsm_core.costs import CostTable
+from ddsm_core.fid import FeatureStats
+from ddsm_core.floor import compute_floors, floors_of, with_floors
+from ddsm_core.paired import paired_vs_full
 from ddsm_core.results import build_results, front_points
 from tests.factories import (
+    TABLE,
     Front,
     Outbox,
     complete_sent,
@@ -20,6 +29,7 @@ from tests.factories import (
     make_search,
     small_spec,
 )
+from workers.fast_eval import fast_metrics
 
 SPEC = small_spec(population=8, generations=3, seed=3)
 
@@ -125,3 +135,90 @@ def test_cancel_stops_dispatch_and_resume_continues(repo: Repository, tmp_path: 
     assert repo.resume_search(search)
     drive(repo, controller, outbox, search)
     assert front(repo, search) == local_front(SPEC, tmp_path / "local")
+
+
+DIM = 6
+
+
+def _features(genome: tuple[int, ...], n: int, dim: int) -> np.ndarray:
+    """Per-image features of a finalist: shared noise (the same seeds) plus a genome-dependent shift,
+    as the images of two strategies from the same seeds are."""
+    common = np.random.default_rng(0).normal(size=(n, dim))
+    shift = 0.1 * sum((3 - g) * (i + 1) for i, g in enumerate(genome))
+    return common + shift + 0.05 * np.random.default_rng(len(genome) + sum(genome)).normal(size=(n, dim))
+
+
+def _floored_search(repo: Repository, store: ArtifactStore, tmp_path: Path) -> tuple[int, FeatureStats]:
+    """A search on statistics with real-data floors, stored in ``store`` and registered with them."""
+    real = np.random.default_rng(1).normal(size=(400, DIM))
+    stats = FeatureStats.from_features(real[:300], "domain:test")
+    stats = with_floors(stats, compute_floors(real[300:], stats, "test", counts=(20, 50)))
+    floors = [f.to_dict() for f in floors_of(stats)]
+    sha = store.put_file(stats.save(tmp_path / "stats.npz"))
+    net = repo.create_supernet("net", "a" * 64, {})
+    repo.supernet_ready(net, dict(TABLE), {})
+    sid = repo.create_reference_stats("s", "digits", stats.extractor, artifact_sha256=sha, floors=floors)
+    assert repo.get_reference_stats(sid).floors == floors  # type: ignore[union-attr]
+    return repo.create_search("s", net, sid, SPEC.to_dict()), stats
+
+
+def _drive_keeping_features(
+    repo: Repository,
+    controller: SearchController,
+    outbox: Outbox,
+    search: int,
+    store: ArtifactStore,
+    tmp_path: Path,
+    lose: bool = False,
+) -> dict[tuple[int, ...], np.ndarray]:
+    """A worker whose finalists keep their features (``lose``: it names an artifact nobody stored)."""
+    kept: dict[tuple[int, ...], np.ndarray] = {}
+    for _ in range(200):
+        controller.tick(search)
+        for cid, attempt in outbox.take_evaluations():
+            assert repo.claim_candidate(cid, attempt, "w")
+            cand = repo.get_candidate(cid)
+            assert cand is not None
+            metrics = fast_metrics(SPEC, cand.genome, CostTable.from_dict(TABLE))
+            if cand.phase == "final":
+                kept[cand.genome] = _features(cand.genome, cand.n_images, DIM)
+                np.save(tmp_path / "f.npy", kept[cand.genome])
+                metrics[FEATURES_METRIC] = "0" * 64 if lose else store.put_file(tmp_path / "f.npy")
+            assert repo.complete_candidate(cid, attempt, "w", metrics)
+        if repo.get_search(search).status == JobStatus.COMPLETE:  # type: ignore[union-attr]
+            return kept
+    raise AssertionError("search did not complete")
+
+
+def test_the_results_carry_the_floors_and_the_paired_intervals_of_the_finalists(
+    repo: Repository, tmp_path: Path
+) -> None:
+    store = ArtifactStore(str(tmp_path / "store"))
+    search, stats = _floored_search(repo, store, tmp_path)
+    outbox = Outbox()
+    controller = SearchController(repo, outbox, Settings(), store=store)
+    kept = _drive_keeping_features(repo, controller, outbox, search, store, tmp_path)
+    result = repo.get_search(search).result  # type: ignore[union-attr]
+    assert result["floors"] == [f.to_dict() for f in floors_of(stats)] and len(result["floors"]) == 3
+    final = result["final"]
+    assert all(FEATURES_METRIC not in rec for rec in final.values())  # bookkeeping, not a record
+    assert final["pick"]["genome"] != final["full"]["genome"]
+    # the numbers `ddsm search` computes from its in-process features of the same finalists
+    local = paired_vs_full(final, kept, stats, seed=SPEC.eval_seed)
+    assert set(result["paired"]) == {"pick", "knee"} and result["paired"] == local
+    pick = result["paired"]["pick"]
+    assert pick["low"] <= pick["diff"] <= pick["high"] and pick["n_images"] == SPEC.final_images
+    full_fid = stats.fid(FeatureStats.from_features(kept[tuple(final["full"]["genome"])], stats.extractor))
+    assert pick["fid_a"] == pytest.approx(full_fid, rel=1e-12)  # from the stored full-width features
+
+
+def test_a_lost_features_artifact_leaves_the_search_complete_without_intervals(
+    repo: Repository, tmp_path: Path
+) -> None:
+    store = ArtifactStore(str(tmp_path / "store"))
+    search, _ = _floored_search(repo, store, tmp_path)
+    outbox = Outbox()
+    controller = SearchController(repo, outbox, Settings(), store=store)
+    _drive_keeping_features(repo, controller, outbox, search, store, tmp_path, lose=True)
+    result = repo.get_search(search).result  # type: ignore[union-attr]
+    assert result["paired"] == {} and len(result["floors"]) == 3 and result["final"]["pick"]["fid"]

@@ -12,7 +12,7 @@ from test_routes import KEY, local_settings
 
 from api.app import create_app
 from api.controller import SearchController
-from api.dashboard import front_indices
+from api.dashboard import front_indices, pick_so_far
 from api.db.models import JobStatus
 from api.settings import Settings
 from ddsm_core.compare import hypervolume_2d
@@ -80,6 +80,22 @@ def test_search_data_match_the_stored_front_pick_and_candidates(client: TestClie
     assert [(s["id"], s["status"], s["pick"]["saving"]) for s in overview] == [
         (sid, "COMPLETE", done["result"]["saving"])
     ]
+
+
+def test_the_pick_shows_its_paired_interval_and_floor_when_the_results_have_them(
+    client: TestClient, outbox: Outbox
+) -> None:
+    from dataclasses import replace
+
+    sid = run_search_to_the_end(client, outbox)
+    search = client.app.state.repo.get_search(sid)  # type: ignore[attr-defined]
+    assert client.get(f"/ui/data/searches/{sid}").json()["pick"]["paired"] is None  # none measured
+    paired = {"diff": 1.5, "low": 0.5, "high": 2.5, "level": 0.95, "n_images": 8, "equal_quality": False}
+    floors = [{"fid": 15.8, "split": "test", "n_images": 297}, {"fid": 30.0, "split": "test", "n_images": 5}]
+    result = {**search.result, "paired": {"pick": paired, "knee": {}}, "floors": floors}
+    pick = pick_so_far(replace(search, result=result), [], None)
+    assert pick is not None and pick["paired"] == paired
+    assert pick["floor"]["n_images"] == 5 and pick["floor"]["fid"] == 30.0  # the count nearest 8 images
 
 
 def test_pages_and_their_assets_come_from_the_api_itself(client: TestClient) -> None:

@@ -142,6 +142,32 @@ def test_reference_stats_are_computed_on_a_worker(client: TestClient, outbox: Ou
     assert ("stats", (reply.json()["id"],)) in outbox.sent
 
 
+def test_registered_statistics_show_their_real_data_floors(tmp_path: Path, outbox: Outbox) -> None:
+    import numpy as np
+
+    from ddsm_core.fid import FeatureStats
+    from ddsm_core.floor import compute_floors, with_floors
+
+    roots = tmp_path / "stats"
+    real = np.random.default_rng(0).normal(size=(120, 4))
+    plain = FeatureStats.from_features(real[:80], "domain:test")
+    plain.save(roots / "plain.npz")
+    with_floors(plain, compute_floors(real[80:], plain, "test", counts=(10,))).save(roots / "floors.npz")
+    settings = local_settings(tmp_path / "home", api_key="secret", run_controller=False,
+                              checkpoint_roots=str(roots))  # fmt: skip
+    with TestClient(create_app(settings, dispatcher=outbox)) as client:  # type: ignore[arg-type]
+        shown = {}
+        for name in ("plain", "floors"):
+            body = {"name": name, "dataset": "digits", "path": str(roots / f"{name}.npz")}
+            reply = client.post("/reference-stats", json=body, headers=KEY)
+            assert reply.status_code == 202, reply.text
+            shown[name] = client.get(f"/reference-stats/{reply.json()['id']}").json()
+    assert shown["plain"]["floors"] is None and shown["floors"]["status"] == "COMPLETE"
+    floors = shown["floors"]["floors"]
+    assert [(f["n_images"], f["split"], f["subsets"]) for f in floors] == [(10, "test", 5), (40, "test", 1)]
+    assert all(f["fid"] > 0 for f in floors)
+
+
 def _no_algorithm_reads(mp: pytest.MonkeyPatch) -> None:
     """Make any rebuild of the search algorithm from its stored state fail loudly."""
 
