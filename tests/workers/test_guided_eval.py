@@ -32,7 +32,7 @@ def setup(tmp_path, monkeypatch):
     state = {k: torch.randn(v.shape, generator=gen) * 0.05 for k, v in shapes.items()}
     ck.write_checkpoint(tmp_path / "c", step=1, model_config=CFG, schedule=NoiseSchedule.linear().to_dict(),
                         model_state=state, ema_state=state)  # fmt: skip
-    stats, _, extractor = compute.reference_stats("digits", "domain", tmp_path / "ref.npz", "cpu")
+    stats, _, extractor, _ = compute.reference_stats("digits", "domain", tmp_path / "ref.npz", "cpu")
     yield compute, tmp_path / "c", stats, extractor
     compute._extractor.cache_clear()
 
