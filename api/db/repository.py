@@ -898,6 +898,20 @@ class Repository:
             ended_at=_NOW,
         )
 
+    def release_candidate(self, candidate_id: int, attempt: int, worker: str) -> bool:
+        """RUNNING -> WAITING (same attempt, marked unsent so the controller sends it again at once): the
+        worker could not run it for an infrastructure reason (database, broker, artifact store I/O),
+        which is no fault of the candidate and costs it no attempt."""
+        return self._update(
+            Candidate,
+            self._running(candidate_id, attempt, worker),
+            state=CandidateState.WAITING,
+            worker=None,
+            sent_attempt=0,
+            heartbeat_at=None,
+            started_at=None,
+        )
+
     def fail_candidate(self, candidate_id: int, attempt: int, worker: str, error: str) -> bool:
         return self._update(
             Candidate,
