@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from billiard.process import current_process
-from celery import Celery
+from celery import Celery, signals
 from celery.exceptions import Reject
 
 from api.artifacts import ArtifactStore
@@ -360,6 +360,17 @@ def compute_reference_stats(stats_id: int) -> str:
     return "complete"
 
 
+def probe_infrastructure(**_: Any) -> None:
+    """At process start: a worker that reaches its database has a working configuration, so a later
+    outage is waited out; one that does not stops after a few failures (see :class:`InfraHealth`)."""
+    try:
+        context().repo.ping()
+    except Exception as exc:
+        log.warning("the database is not reachable at start-up: %s: %s", type(exc).__name__, exc)
+        return
+    HEALTH.ok()
+
+
 def register(app: Celery) -> None:
     """Register the tasks on ``app`` under the names the API sends (see :mod:`api.queue`)."""
     tasks = {
@@ -370,3 +381,4 @@ def register(app: Celery) -> None:
     }
     for name, body in tasks.items():
         app.task(name=name, acks_late=True, reject_on_worker_lost=True)(body)
+    signals.worker_process_init.connect(probe_infrastructure, weak=False)

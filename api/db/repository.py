@@ -224,6 +224,11 @@ class Repository:
         with self.engine.connect() as conn:
             return conn.execute(text("SELECT timezone('utc', clock_timestamp())")).scalar_one()
 
+    def ping(self) -> None:
+        """Reach the database (raises if it cannot)."""
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
     def _cas(self, session: Session, stmt: Any) -> bool:
         return session.execute(stmt.execution_options(synchronize_session=False)).rowcount == 1
 

@@ -125,3 +125,34 @@ def test_cancel_stops_dispatch_and_resume_continues(repo: Repository, tmp_path: 
     assert repo.resume_search(search)
     drive(repo, controller, outbox, search)
     assert front(repo, search) == local_front(SPEC, tmp_path / "local")
+
+
+class QueueOutbox(Outbox):
+    """An outbox whose eval queue reports ``depth`` messages waiting."""
+
+    depth = 0
+
+    def eval_queue_depth(self) -> int:
+        return self.depth
+
+
+def test_a_candidate_sent_but_never_claimed_is_sent_again_once_the_queue_is_empty(repo: Repository) -> None:
+    search, outbox = make_search(repo, SPEC), QueueOutbox()
+    controller = SearchController(repo, outbox, Settings(resend_after_s=1.0))
+    controller.tick(search)
+    first = outbox.take_evaluations()
+    assert len(first) == SPEC.population
+    time.sleep(1.1)
+    outbox.depth = 3  # messages still waiting: those candidates are queued, not lost
+    controller.tick(search)
+    assert outbox.evaluations() == []
+    outbox.depth = 0  # the queue is empty and they were never claimed: their messages are lost
+    controller.tick(search)
+    assert sorted(outbox.take_evaluations()) == sorted(first)
+    controller.tick(search)  # not again before resend_after_s
+    assert outbox.evaluations() == []
+
+
+def test_resend_defaults_to_twice_the_heartbeat() -> None:
+    assert Settings(heartbeat_interval_s=4.0).resolved_resend_after_s() == 8.0
+    assert Settings(heartbeat_interval_s=4.0, resend_after_s=30).resolved_resend_after_s() == 30
