@@ -189,13 +189,11 @@ class SearchController:
                 return  # (the driver is rebuilt only when there is something to tell)
             driver = self._driver(search, spec)
             self._tell(driver, members)
-            front = progress(driver.candidates, driver.history)
-            if not self.repo.tell_generation(
-                search_id, self.id, generation.generation, driver.state_dict(), front
-            ):
-                return
-        else:
-            driver = self._driver(search, spec)
+            # told and asked in one transaction: the state is written once per generation
+            told = (generation.generation, progress(driver.candidates, driver.history))
+            self._ask(search, spec, driver, search.generation + 1, told)
+            return
+        driver = self._driver(search, spec)
         self._ask(search, spec, driver, next_generation=0 if generation is None else search.generation + 1)
 
     def _driver(self, search: SearchRecord, spec: SearchSpec) -> SearchDriver:
@@ -219,20 +217,30 @@ class SearchController:
         )
 
     def _ask(
-        self, search: SearchRecord, spec: SearchSpec, driver: SearchDriver, next_generation: int
+        self,
+        search: SearchRecord,
+        spec: SearchSpec,
+        driver: SearchDriver,
+        next_generation: int,
+        told: tuple[int, dict[str, Any]] | None = None,
     ) -> None:
+        """Ask the next generation and persist it; ``told`` (the generation just told, the front so
+        far) is marked told in the same transaction."""
         genomes = driver.ask()
         if genomes:
             # genomes already evaluated in this search (e.g. before a state rebuild) come from the DB
-            known = {c.genome_hash: c for c in self.repo.candidates(search.id, phase=SEARCH)}
-            done = [known[h] for h in (genome_hash(g) for g in genomes) if h in known and known[h].finished]
+            hashes = [genome_hash(g) for g in genomes]
+            known = {c.genome_hash: c for c in self.repo.candidates(search.id, phase=SEARCH, hashes=hashes)}
+            done = [known[h] for h in hashes if h in known and known[h].finished]
             if done:
                 self._tell(driver, done)
                 genomes = driver.ask()
+        told_generation, result = told if told is not None else (None, None)
         if genomes:
             self.repo.start_generation(
-                search.id, self.id, next_generation, genomes, driver.state_dict(), spec.n_images
-            )
+                search.id, self.id, next_generation, genomes, driver.state_dict(), spec.n_images,
+                told_generation=told_generation, result=result,
+            )  # fmt: skip
             self._dispatch(search.id)
             return
         # NSGA-II is done: evaluate the finalists again with more images
@@ -249,6 +257,8 @@ class SearchController:
             spec.final_images,
             phase=FINAL,
             status=JobStatus.FINISHING,
+            told_generation=told_generation,
+            result=result,
         )
         self._dispatch(search.id)
 

@@ -606,15 +606,32 @@ class Repository:
         *,
         phase: str = "search",
         status: JobStatus = JobStatus.RUNNING,
+        told_generation: int | None = None,
+        result: dict[str, Any] | None = None,
     ) -> bool:
         """Persist a generation's genomes (new candidates for unseen ones) and the algorithm state after
-        ``ask`` in one transaction, if this controller still holds the lease and the generation is new."""
+        ``ask`` in one transaction, if this controller still holds the lease and the generation is new.
+        With ``told_generation``, that generation is marked told in the same transaction (the state then
+        holds its ``tell`` too: written once per generation), and ``result`` (the front so far) stored."""
+        extra = {} if result is None else {"result": result}
         with self._tx() as s:
             now = self.now(s)
+            if told_generation is not None and not self._cas(
+                s,
+                update(SearchGeneration)
+                .where(
+                    SearchGeneration.search_id == search_id,
+                    SearchGeneration.generation == told_generation,
+                    SearchGeneration.told.is_(False),
+                )
+                .values(told=True),
+            ):
+                return False
             stmt = (
                 update(Search)
                 .where(self._lease_held(search_id, controller_id), Search.generation == generation - 1)
                 .values(generation=generation, algorithm_state=algorithm_state, updated_at=now, status=status)
+                .values(**extra)
             )
             if generation == 0:
                 stmt = (
@@ -623,6 +640,7 @@ class Repository:
                     .values(algorithm_state=algorithm_state, updated_at=now, status=status)
                 )
             if not self._cas(s, stmt):
+                s.rollback()
                 return False
             hashes = [genome_hash(g) for g in genomes]
             existing = set(
