@@ -190,3 +190,21 @@ def test_one_slow_search_does_not_stall_the_others(repo: Repository) -> None:
     finally:
         controller.release.set()
         controller.stop()
+
+
+def test_the_algorithm_state_is_written_once_per_generation(repo: Repository) -> None:
+    from sqlalchemy import event
+
+    writes: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("UPDATE SEARCHES") and "algorithm_state" in statement:
+            writes.append(statement)
+
+    search, outbox = make_search(repo, SPEC), Outbox()
+    event.listen(repo.engine, "before_cursor_execute", count)
+    try:
+        drive(repo, SearchController(repo, outbox, Settings()), outbox, search)
+    finally:
+        event.remove(repo.engine, "before_cursor_execute", count)
+    assert len(writes) == SPEC.generations + 1  # each generation's ask (+ the previous tell), finalists
