@@ -28,7 +28,6 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, Protocol
 
 from api.db.models import CandidateState, JobStatus
@@ -76,11 +75,6 @@ class SearchController:
         self._errors: dict[int, int] = {}
         self._outage_since: float | None = None  # monotonic time of the first infrastructure error
         self._reap_after = 0.0  # no reaping until then: heartbeats missed during an outage are no death
-        # each search ticks on a small pool, so one slow search (a big generation to tell) does not
-        # stall the others; a search whose tick still runs is skipped, never ticked twice at once
-        self._pool = ThreadPoolExecutor(max(settings.controller_threads, 1), thread_name_prefix="ddsm-tick")
-        self._inflight: dict[int, Future[None]] = {}
-        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ loop
     def start(self) -> None:
@@ -91,7 +85,6 @@ class SearchController:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        self._pool.shutdown(wait=True, cancel_futures=True)
         for search_id in self.repo.active_search_ids():
             self.repo.release_lease(search_id, self.id)
 
@@ -124,9 +117,7 @@ class SearchController:
             # workers' heartbeats failed meanwhile: give them time to beat again before reaping
             self._reap_after = time.monotonic() + 2 * self.settings.heartbeat_interval_s
 
-    def tick_all(self, wait_s: float | None = 0.0) -> None:
-        """Start a tick of every active search that is not ticking already; wait up to ``wait_s``
-        seconds for them (None: until all are done)."""
+    def tick_all(self) -> None:
         reaping = time.monotonic() >= self._reap_after
         if reaping:
             stale_after = self.settings.stale_after_s
@@ -136,35 +127,19 @@ class SearchController:
             self.sender.train_supernet(run_id, attempt)
         search_ids = self.repo.active_search_ids()
         self._infrastructure_ok()
-        started = []
         for search_id in search_ids:
-            with self._lock:
-                if search_id in self._inflight:
-                    continue
-                self._inflight[search_id] = future = self._pool.submit(self._tick_one, search_id, reaping)
-            started.append(future)
-        if wait_s != 0.0:
-            wait(started, timeout=wait_s)
-
-    def _tick_one(self, search_id: int, reap: bool) -> None:
-        try:
-            self.tick(search_id, reap=reap)
-            self._errors.pop(search_id, None)
-        except Exception as exc:  # retried next tick; a search that keeps failing is marked FAILED
-            if is_infrastructure_error(exc):  # an outage is no fault of the search
-                self._infrastructure_error(exc)
-                if self._in_grace():
-                    return
-            log.exception("search %s: controller tick failed", search_id)
-            self._errors[search_id] = self._errors.get(search_id, 0) + 1
-            if self._errors[search_id] >= MAX_TICK_ERRORS:
-                try:
+            try:
+                self.tick(search_id, reap=reaping)
+                self._errors.pop(search_id, None)
+            except Exception as exc:  # retried next tick; a search that keeps failing is marked FAILED
+                if is_infrastructure_error(exc):  # an outage is no fault of the search
+                    self._infrastructure_error(exc)
+                    if self._in_grace():
+                        continue
+                log.exception("search %s: controller tick failed", search_id)
+                self._errors[search_id] = self._errors.get(search_id, 0) + 1
+                if self._errors[search_id] >= MAX_TICK_ERRORS:
                     self.repo.fail_search(search_id, f"controller error: {exc}")
-                except Exception:
-                    log.exception("search %s: could not mark it failed", search_id)
-        finally:
-            with self._lock:
-                self._inflight.pop(search_id, None)
 
     # ------------------------------------------------------------------ one search
     def tick(self, search_id: int, reap: bool = True) -> None:

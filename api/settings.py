@@ -86,9 +86,6 @@ class Settings(BaseSettings):
     )
     max_attempts: int = 3
     controller_interval_s: float = 1.0
-    controller_threads: int = Field(
-        default=4, description="Searches ticked at once: a slow one never stalls the others."
-    )
     lease_ttl_s: float = 30.0
     run_controller: bool = True
     visibility_timeout_s: int = 24 * 3600

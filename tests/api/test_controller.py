@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -157,39 +156,6 @@ def test_a_candidate_sent_but_never_claimed_is_sent_again_once_the_queue_is_empt
 def test_resend_defaults_to_twice_the_heartbeat() -> None:
     assert Settings(heartbeat_interval_s=4.0).resolved_resend_after_s() == 8.0
     assert Settings(heartbeat_interval_s=4.0, resend_after_s=30).resolved_resend_after_s() == 30
-
-
-class OneSlowSearch(SearchController):
-    """A controller whose tick of search ``slow`` blocks until ``release`` is set (a huge generation)."""
-
-    def __init__(self, *args: Any, slow: int, **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        self.slow, self.release = slow, threading.Event()
-
-    def tick(self, search_id: int, reap: bool = True) -> None:
-        if search_id == self.slow:
-            assert self.release.wait(30)
-        super().tick(search_id, reap)
-
-
-def test_one_slow_search_does_not_stall_the_others(repo: Repository) -> None:
-    slow, fast = make_search(repo, SPEC), make_search(repo, SPEC)
-    outbox = Outbox()
-    controller = OneSlowSearch(repo, outbox, Settings(controller_threads=2), slow=slow)
-    try:
-        controller.tick_all(wait_s=5)
-        sent_to = {repo.get_candidate(cid).search_id for cid, _ in outbox.evaluations()}  # type: ignore[union-attr]
-        assert sent_to == {fast}
-        controller.tick_all(wait_s=1)  # the slow search's tick still runs: it is not started twice
-        assert list(controller._inflight) == [slow]
-        controller.release.set()
-        controller.tick_all(wait_s=None)
-        controller.tick_all(wait_s=None)
-        sent_to = {repo.get_candidate(cid).search_id for cid, _ in outbox.evaluations()}  # type: ignore[union-attr]
-        assert sent_to == {fast, slow}
-    finally:
-        controller.release.set()
-        controller.stop()
 
 
 def test_the_algorithm_state_is_written_once_per_generation(repo: Repository) -> None:
