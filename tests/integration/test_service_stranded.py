@@ -38,7 +38,8 @@ def test_a_worker_with_a_wrong_database_url_stops_and_a_healthy_one_completes_th
     stack_factory: Callable[..., Stack], repo: Repository, pg_url: str
 ) -> None:
     stack = stack_factory(n_workers=0, **FAST)
-    poison = stack.start_worker(0, DATABASE_URL=wrong_database(pg_url))
+    # it stops at its first failure: a small search may never give it more than one message
+    poison = stack.start_worker(0, DATABASE_URL=wrong_database(pg_url), DDSM_WORKER_MAX_INFRA_FAILURES="1")
     healthy = stack.start_worker(1)
     with stack.client() as http:
         sid = post_search(http, repo)["id"]
