@@ -29,6 +29,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -36,6 +37,7 @@ from typing import Any, Protocol
 from api.artifacts import FEATURES_METRIC, ArtifactStore
 from api.db.models import CandidateState, JobStatus
 from api.db.repository import CandidateRecord, Repository, SearchRecord, genome_hash
+from api.queue import is_infrastructure_error
 from api.settings import Settings
 from ddsm_core.costs import CostTable
 from ddsm_core.errors import DDSMError
@@ -83,6 +85,8 @@ class SearchController:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._errors: dict[int, int] = {}
+        self._outage_since: float | None = None  # monotonic time of the first infrastructure error
+        self._reap_after = 0.0  # no reaping until then: heartbeats missed during an outage are no death
 
     # ------------------------------------------------------------------ loop
     def start(self) -> None:
@@ -100,36 +104,65 @@ class SearchController:
         while not self._stop.is_set():
             try:
                 self.tick_all()
-            except Exception:  # the loop must survive a database hiccup
-                log.exception("controller tick failed")
+            except Exception as exc:  # the loop must survive a database outage
+                if is_infrastructure_error(exc):
+                    self._infrastructure_error(exc)
+                else:
+                    log.exception("controller tick failed")
             self._stop.wait(self.settings.controller_interval_s)
 
+    def _infrastructure_error(self, exc: BaseException) -> None:
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+            log.warning("database or broker unreachable; retrying (%s: %s)", type(exc).__name__, exc)
+
+    def _in_grace(self) -> bool:
+        """Whether an ongoing outage is still shorter than the grace period (searches are not failed)."""
+        since = self._outage_since
+        return since is not None and time.monotonic() - since < self.settings.db_outage_grace_s
+
+    def _infrastructure_ok(self) -> None:
+        if self._outage_since is not None:
+            down = time.monotonic() - self._outage_since
+            log.warning("database and broker reachable again after %.1f s", down)
+            self._outage_since = None
+            # workers' heartbeats failed meanwhile: give them time to beat again before reaping
+            self._reap_after = time.monotonic() + 2 * self.settings.heartbeat_interval_s
+
     def tick_all(self) -> None:
-        for run_id, attempt in self.repo.reap_training_runs(
-            self.settings.stale_after_s, self.settings.max_attempts
-        ):
-            self.sender.train_supernet(run_id, attempt)
+        reaping = time.monotonic() >= self._reap_after
+        if reaping:
+            stale_after = self.settings.stale_after_s
+            for run_id, attempt in self.repo.reap_training_runs(stale_after, self.settings.max_attempts):
+                self.sender.train_supernet(run_id, attempt)
         for run_id, attempt in self.repo.resume_interrupted_training_runs():
             self.sender.train_supernet(run_id, attempt)
-        for search_id in self.repo.active_search_ids():
+        search_ids = self.repo.active_search_ids()
+        self._infrastructure_ok()
+        for search_id in search_ids:
             try:
-                self.tick(search_id)
+                self.tick(search_id, reap=reaping)
                 self._errors.pop(search_id, None)
             except Exception as exc:  # retried next tick; a search that keeps failing is marked FAILED
+                if is_infrastructure_error(exc):  # an outage is no fault of the search
+                    self._infrastructure_error(exc)
+                    if self._in_grace():
+                        continue
                 log.exception("search %s: controller tick failed", search_id)
                 self._errors[search_id] = self._errors.get(search_id, 0) + 1
                 if self._errors[search_id] >= MAX_TICK_ERRORS:
                     self.repo.fail_search(search_id, f"controller error: {exc}")
 
     # ------------------------------------------------------------------ one search
-    def tick(self, search_id: int) -> None:
+    def tick(self, search_id: int, reap: bool = True) -> None:
         if not self.repo.acquire_lease(search_id, self.id, self.settings.lease_ttl_s):
             return
         search = self.repo.get_search(search_id)
         if search is None or search.status not in (JobStatus.RUNNING, JobStatus.FINISHING):
             return
         spec = SearchSpec.from_dict(search.config)
-        self.repo.reap_candidates(search_id, self.settings.stale_after_s, self.settings.max_attempts)
+        if reap:
+            self.repo.reap_candidates(search_id, self.settings.stale_after_s, self.settings.max_attempts)
         self._dispatch(search_id)
         if search.status == JobStatus.FINISHING:
             self._finish(search, spec)
@@ -143,13 +176,11 @@ class SearchController:
                 return  # (the driver is rebuilt only when there is something to tell)
             driver = self._driver(search, spec)
             self._tell(driver, members)
-            front = progress(driver.candidates, driver.history)
-            if not self.repo.tell_generation(
-                search_id, self.id, generation.generation, driver.state_dict(), front
-            ):
-                return
-        else:
-            driver = self._driver(search, spec)
+            # told and asked in one transaction: the state is written once per generation
+            told = (generation.generation, progress(driver.candidates, driver.history))
+            self._ask(search, spec, driver, search.generation + 1, told)
+            return
+        driver = self._driver(search, spec)
         self._ask(search, spec, driver, next_generation=0 if generation is None else search.generation + 1)
 
     def _driver(self, search: SearchRecord, spec: SearchSpec) -> SearchDriver:
@@ -173,20 +204,30 @@ class SearchController:
         )
 
     def _ask(
-        self, search: SearchRecord, spec: SearchSpec, driver: SearchDriver, next_generation: int
+        self,
+        search: SearchRecord,
+        spec: SearchSpec,
+        driver: SearchDriver,
+        next_generation: int,
+        told: tuple[int, dict[str, Any]] | None = None,
     ) -> None:
+        """Ask the next generation and persist it; ``told`` (the generation just told, the front so
+        far) is marked told in the same transaction."""
         genomes = driver.ask()
         if genomes:
             # genomes already evaluated in this search (e.g. before a state rebuild) come from the DB
-            known = {c.genome_hash: c for c in self.repo.candidates(search.id, phase=SEARCH)}
-            done = [known[h] for h in (genome_hash(g) for g in genomes) if h in known and known[h].finished]
+            hashes = [genome_hash(g) for g in genomes]
+            known = {c.genome_hash: c for c in self.repo.candidates(search.id, phase=SEARCH, hashes=hashes)}
+            done = [known[h] for h in hashes if h in known and known[h].finished]
             if done:
                 self._tell(driver, done)
                 genomes = driver.ask()
+        told_generation, result = told if told is not None else (None, None)
         if genomes:
             self.repo.start_generation(
-                search.id, self.id, next_generation, genomes, driver.state_dict(), spec.n_images
-            )
+                search.id, self.id, next_generation, genomes, driver.state_dict(), spec.n_images,
+                told_generation=told_generation, result=result,
+            )  # fmt: skip
             self._dispatch(search.id)
             return
         # NSGA-II is done: evaluate the finalists again with more images
@@ -203,11 +244,25 @@ class SearchController:
             spec.final_images,
             phase=FINAL,
             status=JobStatus.FINISHING,
+            told_generation=told_generation,
+            result=result,
         )
         self._dispatch(search.id)
 
     def _dispatch(self, search_id: int) -> None:
-        for cand in self.repo.candidates_to_send(search_id, self.settings.resend_after_s):
+        """Send every WAITING candidate whose attempt was never sent; one sent but not claimed for
+        ``resend_after_s`` (its message lost: a worker killed before its claim, a broker restart) is sent
+        again when the eval queue is empty, i.e. it is not simply waiting behind others. A duplicate
+        is harmless: the claim is a compare-and-set."""
+        idle: bool | None = None
+        for cand in self.repo.candidates_to_send(search_id, self.settings.resolved_resend_after_s()):
+            if cand.sent_attempt == cand.attempt:  # a resend
+                if idle is None:
+                    depth = getattr(self.sender, "eval_queue_depth", lambda: None)()
+                    idle = not depth  # 0, or unknown (no such queue yet, another broker): resend
+                if not idle:
+                    continue
+                log.info("candidate %s (attempt %s) was never claimed: sent again", cand.id, cand.attempt)
             try:
                 self.sender.evaluate_candidate(cand.id, cand.attempt)
             except Exception:  # broker unreachable: the candidate stays unsent, next tick tries again

@@ -7,6 +7,7 @@ Used by ``ddsm up``, ``ddsm demo``, the benchmarks and the integration tests. A 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -19,13 +20,22 @@ def _output(log: Path | None) -> Any:
 
 
 def start_worker_process(
-    env: dict[str, str] | None = None, queues: str = "eval,train", log: Path | None = None
+    env: dict[str, str] | None = None,
+    queues: str = "eval,train",
+    log: Path | None = None,
+    own_group: bool = False,
 ) -> subprocess.Popen[bytes]:
-    """A ``ddsm worker`` subprocess."""
+    """A ``ddsm worker`` subprocess; ``own_group`` starts it in a process group of its own, which
+    :func:`stop` signals as a whole (a prefork pool's children too), and which a terminal's Ctrl-C
+    does not reach: its starter stops it."""
     cmd = [sys.executable, "-m", "api.cli", "worker", "--queues", queues, "--loglevel", "INFO"]
     out = _output(log) if log else None
     return subprocess.Popen(
-        cmd, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT if log else None
+        cmd,
+        env={**os.environ, **(env or {})},
+        stdout=out,
+        stderr=subprocess.STDOUT if log else None,
+        start_new_session=own_group,
     )
 
 
@@ -56,12 +66,26 @@ def wait_healthy(url: str, timeout: float = 60.0, proc: subprocess.Popen[bytes] 
     raise RuntimeError(f"the API at {url} did not become healthy in {timeout:.0f} s")
 
 
-def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+def _signal(proc: subprocess.Popen[bytes], signum: int) -> None:
+    """``signum`` to the process, or to its whole group when it leads one of its own."""
+    try:
+        if os.getpgid(proc.pid) == proc.pid:
+            os.killpg(proc.pid, signum)
+        else:
+            proc.send_signal(signum)
+    except ProcessLookupError:
+        pass
+
+
+def stop(procs: list[subprocess.Popen[bytes]], timeout: float = 20.0) -> None:
+    """SIGTERM (a warm shutdown: the task at hand finishes or is requeued), SIGKILL after ``timeout``."""
     for proc in procs:
         if proc.poll() is None:
-            proc.terminate()
+            _signal(proc, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
     for proc in procs:
         try:
-            proc.wait(timeout=20)
+            proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
         except subprocess.TimeoutExpired:
-            proc.kill()
+            _signal(proc, signal.SIGKILL)
+            proc.wait()

@@ -60,6 +60,17 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+def is_infrastructure_error(exc: BaseException) -> bool:
+    """True for an error of the service's infrastructure (database, broker, network, storage I/O), which
+    says nothing about the work itself: the work is retried later, never marked FAILED for it."""
+    from kombu.exceptions import OperationalError as BrokerError
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, (OperationalError, InterfaceError, BrokerError, ConnectionError, TimeoutError))
+
+
 def make_celery(settings: Settings) -> Celery:
     """A Celery app configured from ``settings``: the API's sender, and the base of the workers' app."""
     app = Celery("ddsm")
@@ -75,6 +86,15 @@ class Dispatcher:
 
     def evaluate_candidate(self, candidate_id: int, attempt: int) -> None:
         self.celery.send_task(EVALUATE_CANDIDATE, args=(candidate_id, attempt), queue=EVAL_QUEUE)
+
+    def eval_queue_depth(self) -> int | None:
+        """Messages waiting in the eval queue (not those a worker holds), None when the broker cannot
+        tell. The controller resends a never-claimed candidate only when this is 0: its message is lost."""
+        try:
+            with self.celery.connection_for_write() as conn:
+                return int(conn.default_channel.queue_declare(EVAL_QUEUE, passive=True).message_count)
+        except Exception:  # no such queue yet, or an unreachable broker
+            return None
 
     def train_supernet(self, run_id: int, attempt: int) -> None:
         self.celery.send_task(TRAIN_SUPERNET, args=(run_id, attempt), queue=TRAIN_QUEUE)

@@ -6,7 +6,9 @@ Torch is imported by none of them in this process: the workers ``up`` starts are
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
+from types import FrameType
 from typing import Annotated
 
 import typer
@@ -50,14 +52,26 @@ def up(
     from api.db.engine import upgrade
 
     upgrade(settings.resolved_database_url())
-    procs = [start_worker_process() for _ in range(workers)]
+    # SIGTERM's default action ends this process at once, without the ``finally`` below (uvicorn hands a
+    # signal it caught back to the previous handler after its shutdown): exit through Python instead
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    procs = [start_worker_process(own_group=True) for _ in range(workers)]
     typer.echo(
         f"ddsm: API on http://{host}:{port} (docs at /docs), {workers} worker(s); data in {settings.home}"
     )
     try:
         serve(host=host, port=port, home=None)
+    except KeyboardInterrupt:
+        pass
     finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):  # a second signal must not cut the stop short
+            signal.signal(signum, signal.SIG_IGN)
+        typer.echo("ddsm: stopping the workers")
         stop(procs)
+
+
+def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
 
 
 def register(app: typer.Typer) -> None:

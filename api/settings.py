@@ -63,12 +63,35 @@ class Settings(BaseSettings):
     worker_cache: Path | None = None
     heartbeat_interval_s: float = 5.0
     stale_after_s: float = 60.0
-    resend_after_s: float = 600.0
+    resend_after_s: float | None = Field(
+        default=None,
+        description="A candidate sent but not claimed this long ago is sent again (once the eval queue "
+        "is empty: its message was lost, e.g. a worker killed before its claim). Unset: 2 x the heartbeat.",
+    )
+    db_outage_grace_s: float = Field(
+        default=300.0,
+        description="A database (or broker) outage shorter than this never fails a search: the "
+        "controller and the workers retry with backoff meanwhile.",
+    )
+    infra_backoff_s: float = Field(
+        default=0.5,
+        description="First wait before a task that met an infrastructure error is requeued "
+        "(doubling per consecutive failure, at most infra_backoff_max_s).",
+    )
+    infra_backoff_max_s: float = 5.0
+    worker_max_infra_failures: int = Field(
+        default=5,
+        description="A worker stops consuming after this many consecutive infrastructure failures, if it "
+        "never reached the database (a wrong DATABASE_URL) or has failed for longer than db_outage_grace_s.",
+    )
     max_attempts: int = 3
     controller_interval_s: float = 1.0
     lease_ttl_s: float = 30.0
     run_controller: bool = True
     visibility_timeout_s: int = 24 * 3600
+
+    def resolved_resend_after_s(self) -> float:
+        return self.resend_after_s if self.resend_after_s is not None else 2 * self.heartbeat_interval_s
 
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home.resolve() / 'ddsm.sqlite'}"

@@ -63,12 +63,16 @@ def controller_overhead(url: str, population: int, generations: int) -> dict[str
     sender = Outbox()  # sends nothing: the simulated worker below takes the messages
     controller = SearchController(repo, sender, Settings(), ident="bench")
     tick_s: list[float] = []
+    idle_s: list[float] = []  # ticks while a generation is still being evaluated (nothing to tell)
     ticks = 0
     while repo.get_search(sid).status != JobStatus.COMPLETE:  # type: ignore[union-attr]
         t0 = time.perf_counter()
         controller.tick(sid)
         tick_s.append(time.perf_counter() - t0)
         ticks += 1
+        t0 = time.perf_counter()
+        controller.tick(sid)  # nothing changed: must not rebuild the algorithm nor re-read the state
+        idle_s.append(time.perf_counter() - t0)
         complete_sent(repo, sender)  # the simulated worker (not timed)
     n_cands = len(repo.candidates(sid))
     repo.engine.dispose()
@@ -76,7 +80,9 @@ def controller_overhead(url: str, population: int, generations: int) -> dict[str
     backend = url.split(":", 1)[0].split("+")[0]
     row = {"backend": backend, "population": population, "generations": generations, "candidates": n_cands}
     return {**row, "controller_s": total, "per_generation_ms": 1000 * total / generations,
-            "per_candidate_ms": 1000 * total / n_cands, "ticks": ticks}  # fmt: skip
+            "per_candidate_ms": 1000 * total / n_cands, "ticks": ticks,
+            "max_tick_ms": 1000 * max(tick_s),
+            "median_idle_tick_ms": 1000 * statistics.median(idle_s)}  # fmt: skip
 
 
 def throughput(
@@ -118,7 +124,14 @@ def main() -> None:
     p.add_argument("--tp-population", type=int, default=40)
     p.add_argument("--tp-generations", type=int, default=3)
     p.add_argument("--work", type=float, default=0.2, help="simulated seconds per candidate, second round")
+    p.add_argument(
+        "--controller-only",
+        action="store_true",
+        help="only the controller overhead (Postgres), appended to --md as its own section",
+    )
     args = p.parse_args()
+    if args.controller_only:
+        return controller_only(args)
     base_env = {"OMP_NUM_THREADS": "1", "DDSM_EVALUATOR": "fast", "DDSM_CONTROLLER_INTERVAL_S": "0.1",
                 "DDSM_TORCH_THREADS": "1"}  # fmt: skip
     ctl, tp = [], []
@@ -148,6 +161,39 @@ def main() -> None:
                     tp.append({"stack": name, "work_s": work_s, **row})
                     print(tp[-1], flush=True)
     write_md(args, ctl, tp)
+
+
+def controller_only(args: argparse.Namespace) -> None:
+    if not postgres_available():
+        raise SystemExit("error: --controller-only needs Postgres at 127.0.0.1:5432")
+    with fresh_postgres_database("ddsm_bench") as url:
+        row = controller_overhead(url, args.population, args.generations)
+    print(row, flush=True)
+    import subprocess
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    lines = [
+        "",
+        f"## Controller at population {args.population} (Postgres)",
+        "",
+        f"- Command: `python bench/service_bench.py --controller-only --population {args.population} "
+        f"--generations {args.generations}`",
+        f"- Machine: {platform.machine()}, {os.cpu_count()} logical CPUs, "
+        f"load average {os.getloadavg()[0]:.1f}"
+        f" (shared with other jobs); date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+        f"commit {commit.stdout.strip()}",
+        "- Tick: the controller's work for one search (a generation's tell + ask + persist + dispatch on the "
+        "tick that completes it); idle tick: a tick while the generation is still being evaluated.",
+        "",
+        "| population | generations | candidates | per generation (ms) | longest tick (ms) "
+        "| median idle tick (ms) |",
+        "|---|---|---|---|---|---|",
+        f"| {row['population']} | {row['generations']} | {row['candidates']} "
+        f"| {row['per_generation_ms']:.0f} "
+        f"| {row['max_tick_ms']:.0f} | {row['median_idle_tick_ms']:.1f} |",
+    ]
+    with open(args.md, "a") as f:
+        f.write("\n".join(lines) + "\n")
 
 
 def write_md(args: argparse.Namespace, ctl: list[dict[str, Any]], tp: list[dict[str, Any]]) -> None:

@@ -13,6 +13,7 @@ import signal
 import socket
 import tempfile
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,12 +21,20 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from celery import Celery
+from billiard.process import current_process
+from celery import Celery, signals
+from celery.exceptions import Reject
 
 from api.artifacts import FEATURES_METRIC, ArtifactStore
 from api.db.engine import make_engine
 from api.db.repository import Repository
-from api.queue import COMPUTE_REFERENCE_STATS, EVALUATE_CANDIDATE, INSPECT_SUPERNET, TRAIN_SUPERNET
+from api.queue import (
+    COMPUTE_REFERENCE_STATS,
+    EVALUATE_CANDIDATE,
+    INSPECT_SUPERNET,
+    TRAIN_SUPERNET,
+    is_infrastructure_error,
+)
 from api.settings import Settings
 from ddsm_core.costs import CostTable
 from ddsm_core.errors import DDSMError
@@ -44,18 +53,95 @@ class WorkerContext:
 
 @cache
 def context() -> WorkerContext:
-    """Per-process state, created lazily in the process that runs tasks (after any fork)."""
+    """Per-process state, created lazily in the process that runs tasks (after any fork). Cheap and
+    torch-free, so a task claims its work before it loads anything heavy (see :func:`torch_ready`)."""
     settings = Settings()
-    if settings.torch_threads:
-        from workers import compute
-
-        compute.configure(settings.torch_threads)
     return WorkerContext(
         settings=settings,
         repo=Repository(make_engine(settings.resolved_database_url())),
         store=ArtifactStore(settings.resolved_artifact_store()),
         name=f"{socket.gethostname()}:{os.getpid()}",
     )
+
+
+@cache
+def torch_ready(threads: int) -> None:
+    """Import torch and set its thread count, once per process (seconds: done after the claim)."""
+    from workers import compute
+
+    if threads:
+        compute.configure(threads)
+
+
+class InfraHealth:
+    """This process's run of consecutive infrastructure failures (database, broker, artifact store).
+
+    Each failure waits a doubling backoff before the task is requeued. A worker stops consuming when
+    the run reaches ``max_failures`` and it either never reached its infrastructure (a wrong
+    DATABASE_URL: it would only bounce messages a healthy worker could run) or has failed for longer
+    than the outage grace period; a shorter outage of a worker that used to work is waited out.
+    """
+
+    def __init__(self) -> None:
+        self.failures = 0
+        self.first_failure = 0.0
+        self.ever_ok = False
+
+    def ok(self) -> None:
+        self.failures, self.ever_ok = 0, True
+
+    def failed(self, settings: Settings) -> tuple[float, bool]:
+        """Record a failure: (seconds to wait before requeueing, whether to stop consuming)."""
+        now = time.monotonic()
+        if self.failures == 0:
+            self.first_failure = now
+        self.failures += 1
+        wait = min(settings.infra_backoff_s * 2 ** (self.failures - 1), settings.infra_backoff_max_s)
+        stop = self.failures >= settings.worker_max_infra_failures and (
+            not self.ever_ok or now - self.first_failure > settings.db_outage_grace_s
+        )
+        return wait, stop
+
+
+HEALTH = InfraHealth()
+
+
+def _stop_consuming(reason: str) -> None:
+    """Warm shutdown of this worker (SIGTERM to the Celery worker process: itself with the solo pool,
+    the parent of a prefork child): it finishes the message at hand, which is requeued, and exits."""
+    pid = os.getpid() if current_process().name == "MainProcess" else os.getppid()
+    log.error("worker stops consuming: %s; fix its configuration and start it again", reason)
+    os.kill(pid, signal.SIGTERM)
+
+
+def _requeue(exc: BaseException, settings: Settings | None) -> Reject:
+    """Wait the backoff, maybe stop consuming, and give the message back to the queue (never acked)."""
+    settings = settings or Settings.model_construct()
+    wait, stop = HEALTH.failed(settings)
+    log.warning(
+        "infrastructure error (%s failure(s) in a row), requeueing after %.1f s: %s: %s",
+        HEALTH.failures, wait, type(exc).__name__, exc,
+    )  # fmt: skip
+    time.sleep(wait)
+    if stop:
+        _stop_consuming(f"{HEALTH.failures} infrastructure failures in a row ({type(exc).__name__}: {exc})")
+    return Reject(f"{type(exc).__name__}: {exc}", requeue=True)
+
+
+def _persist(settings: Settings, write: Callable[[], bool]) -> bool:
+    """A compare-and-set write retried through a database outage shorter than the grace period (the
+    result at hand must not be lost to a blip); after that the error propagates."""
+    deadline = time.monotonic() + settings.db_outage_grace_s
+    wait = settings.infra_backoff_s
+    while True:
+        try:
+            return write()
+        except Exception as exc:
+            if not is_infrastructure_error(exc) or time.monotonic() + wait > deadline:
+                raise
+            log.warning("database write failed (%s), retrying in %.1f s", type(exc).__name__, wait)
+            time.sleep(wait)
+            wait = min(2 * wait, settings.infra_backoff_max_s)
 
 
 class Heartbeat:
@@ -103,8 +189,17 @@ def local_stats(ctx: WorkerContext, sha: str) -> Path:
 
 # ---------------------------------------------------------------------------- evaluate_candidate
 def evaluate_candidate(candidate_id: int, attempt: int) -> str:
-    ctx = context()
-    if not ctx.repo.claim_candidate(candidate_id, attempt, ctx.name):
+    """Claim first (milliseconds), then load (torch, checkpoint, statistics) and evaluate under a
+    heartbeat. Before the claim nothing is known about the candidate, so any error there is the
+    worker's (settings, database, broker): the message is requeued after a backoff, never acked."""
+    ctx: WorkerContext | None = None
+    try:
+        ctx = context()
+        claimed = ctx.repo.claim_candidate(candidate_id, attempt, ctx.name)
+    except Exception as exc:
+        raise _requeue(exc, ctx.settings if ctx else None) from exc
+    HEALTH.ok()
+    if not claimed:
         return "dropped"  # redelivered, stale or cancelled: someone else owns it
     beat = Heartbeat(
         lambda: ctx.repo.heartbeat(candidate_id, attempt, ctx.name), ctx.settings.heartbeat_interval_s
@@ -113,13 +208,20 @@ def evaluate_candidate(candidate_id: int, attempt: int) -> str:
         try:
             metrics = _evaluate(ctx, candidate_id)
         except Exception as exc:
+            if is_infrastructure_error(exc):  # not the candidate's fault: give it back, sent again at once
+                log.warning("candidate %s: infrastructure error, released: %s", candidate_id, exc)
+                HEALTH.failed(ctx.settings)
+                _persist(ctx.settings, lambda: ctx.repo.release_candidate(candidate_id, attempt, ctx.name))
+                return "released"
             log.exception("candidate %s failed", candidate_id)
-            ctx.repo.fail_candidate(candidate_id, attempt, ctx.name, _error(exc))
+            error = _error(exc)
+            _persist(ctx.settings, lambda: ctx.repo.fail_candidate(candidate_id, attempt, ctx.name, error))
             return "failed"
     if metrics.get("status") == "failed":  # a diverged sampler: FAILED with its reason (penalty)
-        ctx.repo.fail_candidate(candidate_id, attempt, ctx.name, str(metrics.get("reason")))
+        reason = str(metrics.get("reason"))
+        _persist(ctx.settings, lambda: ctx.repo.fail_candidate(candidate_id, attempt, ctx.name, reason))
         return "failed"
-    ok = ctx.repo.complete_candidate(candidate_id, attempt, ctx.name, metrics)
+    ok = _persist(ctx.settings, lambda: ctx.repo.complete_candidate(candidate_id, attempt, ctx.name, metrics))
     return "complete" if ok else "lost"
 
 
@@ -139,16 +241,22 @@ def _evaluate(ctx: WorkerContext, candidate_id: int) -> dict[str, Any]:
         return fast_metrics(
             spec, cand.genome, CostTable.from_dict(net.gflops), ctx.settings.fast_eval_seconds
         )
+    torch_ready(ctx.settings.torch_threads)
     from workers import compute
 
+    try:  # the artifact store's I/O (a shared mount, object storage) is infrastructure
+        checkpoint = local_checkpoint(ctx, net.artifact_sha256)
+        stats_path = local_stats(ctx, stats.artifact_sha256)
+    except OSError as exc:
+        raise ConnectionError(f"artifact store: {exc}") from exc
     final = cand.phase == "final"  # a finalist keeps its per-image features for the paired interval
     ctx.settings.resolved_worker_cache().mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=ctx.settings.resolved_worker_cache()) as tmp:
         features = Path(tmp) / "features.npy"
         metrics = compute.evaluate_genome(
-            checkpoint=local_checkpoint(ctx, net.artifact_sha256),
+            checkpoint=checkpoint,
             checkpoint_sha=net.artifact_sha256,
-            stats_path=local_stats(ctx, stats.artifact_sha256),
+            stats_path=stats_path,
             extractor=stats.extractor,
             spec=spec,
             genome=cand.genome,
@@ -159,7 +267,10 @@ def _evaluate(ctx: WorkerContext, candidate_id: int) -> dict[str, Any]:
             features_out=features if final else None,
         )
         if final and features.exists():
-            metrics[FEATURES_METRIC] = ctx.store.put_file(features)
+            try:
+                metrics[FEATURES_METRIC] = ctx.store.put_file(features)
+            except OSError as exc:
+                raise ConnectionError(f"artifact store: {exc}") from exc
     return metrics
 
 
@@ -170,6 +281,7 @@ def inspect_supernet(supernet_id: int) -> str:
     net = ctx.repo.get_supernet(supernet_id)
     if net is None or net.status.value != "PENDING":
         return "dropped"
+    torch_ready(ctx.settings.torch_threads)
     from workers import compute
 
     try:
@@ -196,6 +308,7 @@ def train_supernet(run_id: int, attempt: int) -> str:
 
 
 def _train(ctx: WorkerContext, run_id: int, attempt: int, beat: Heartbeat) -> str:
+    torch_ready(ctx.settings.torch_threads)
     from workers import compute
 
     run = ctx.repo.get_training_run(run_id)
@@ -241,6 +354,7 @@ def compute_reference_stats(stats_id: int) -> str:
     stats = ctx.repo.get_reference_stats(stats_id)
     if stats is None or stats.status.value != "PENDING":
         return "dropped"
+    torch_ready(ctx.settings.torch_threads)
     from workers import compute
 
     ctx.settings.resolved_worker_cache().mkdir(parents=True, exist_ok=True)
@@ -257,6 +371,17 @@ def compute_reference_stats(stats_id: int) -> str:
     return "complete"
 
 
+def probe_infrastructure(**_: Any) -> None:
+    """At process start: a worker that reaches its database has a working configuration, so a later
+    outage is waited out; one that does not stops after a few failures (see :class:`InfraHealth`)."""
+    try:
+        context().repo.ping()
+    except Exception as exc:
+        log.warning("the database is not reachable at start-up: %s: %s", type(exc).__name__, exc)
+        return
+    HEALTH.ok()
+
+
 def register(app: Celery) -> None:
     """Register the tasks on ``app`` under the names the API sends (see :mod:`api.queue`)."""
     tasks = {
@@ -267,3 +392,4 @@ def register(app: Celery) -> None:
     }
     for name, body in tasks.items():
         app.task(name=name, acks_late=True, reject_on_worker_lost=True)(body)
+    signals.worker_process_init.connect(probe_infrastructure, weak=False)

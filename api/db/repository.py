@@ -225,6 +225,11 @@ class Repository:
         with self.engine.connect() as conn:
             return conn.execute(text("SELECT timezone('utc', clock_timestamp())")).scalar_one()
 
+    def ping(self) -> None:
+        """Reach the database (raises if it cannot)."""
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
     def _cas(self, session: Session, stmt: Any) -> bool:
         return session.execute(stmt.execution_options(synchronize_session=False)).rowcount == 1
 
@@ -616,15 +621,32 @@ class Repository:
         *,
         phase: str = "search",
         status: JobStatus = JobStatus.RUNNING,
+        told_generation: int | None = None,
+        result: dict[str, Any] | None = None,
     ) -> bool:
         """Persist a generation's genomes (new candidates for unseen ones) and the algorithm state after
-        ``ask`` in one transaction, if this controller still holds the lease and the generation is new."""
+        ``ask`` in one transaction, if this controller still holds the lease and the generation is new.
+        With ``told_generation``, that generation is marked told in the same transaction (the state then
+        holds its ``tell`` too: written once per generation), and ``result`` (the front so far) stored."""
+        extra = {} if result is None else {"result": result}
         with self._tx() as s:
             now = self.now(s)
+            if told_generation is not None and not self._cas(
+                s,
+                update(SearchGeneration)
+                .where(
+                    SearchGeneration.search_id == search_id,
+                    SearchGeneration.generation == told_generation,
+                    SearchGeneration.told.is_(False),
+                )
+                .values(told=True),
+            ):
+                return False
             stmt = (
                 update(Search)
                 .where(self._lease_held(search_id, controller_id), Search.generation == generation - 1)
                 .values(generation=generation, algorithm_state=algorithm_state, updated_at=now, status=status)
+                .values(**extra)
             )
             if generation == 0:
                 stmt = (
@@ -633,6 +655,7 @@ class Repository:
                     .values(algorithm_state=algorithm_state, updated_at=now, status=status)
                 )
             if not self._cas(s, stmt):
+                s.rollback()
                 return False
             hashes = [genome_hash(g) for g in genomes]
             existing = set(
@@ -911,6 +934,20 @@ class Repository:
             fid=_finite_or_none(metrics.get("fid")),
             gflops=_finite_or_none(metrics.get("gflops")),
             ended_at=_NOW,
+        )
+
+    def release_candidate(self, candidate_id: int, attempt: int, worker: str) -> bool:
+        """RUNNING -> WAITING (same attempt, marked unsent so the controller sends it again at once): the
+        worker could not run it for an infrastructure reason (database, broker, artifact store I/O),
+        which is no fault of the candidate and costs it no attempt."""
+        return self._update(
+            Candidate,
+            self._running(candidate_id, attempt, worker),
+            state=CandidateState.WAITING,
+            worker=None,
+            sent_attempt=0,
+            heartbeat_at=None,
+            started_at=None,
         )
 
     def fail_candidate(self, candidate_id: int, attempt: int, worker: str, error: str) -> bool:

@@ -222,3 +222,52 @@ def test_a_lost_features_artifact_leaves_the_search_complete_without_intervals(
     _drive_keeping_features(repo, controller, outbox, search, store, tmp_path, lose=True)
     result = repo.get_search(search).result  # type: ignore[union-attr]
     assert result["paired"] == {} and len(result["floors"]) == 3 and result["final"]["pick"]["fid"]
+
+
+class QueueOutbox(Outbox):
+    """An outbox whose eval queue reports ``depth`` messages waiting."""
+
+    depth = 0
+
+    def eval_queue_depth(self) -> int:
+        return self.depth
+
+
+def test_a_candidate_sent_but_never_claimed_is_sent_again_once_the_queue_is_empty(repo: Repository) -> None:
+    search, outbox = make_search(repo, SPEC), QueueOutbox()
+    controller = SearchController(repo, outbox, Settings(resend_after_s=1.0))
+    controller.tick(search)
+    first = outbox.take_evaluations()
+    assert len(first) == SPEC.population
+    time.sleep(1.1)
+    outbox.depth = 3  # messages still waiting: those candidates are queued, not lost
+    controller.tick(search)
+    assert outbox.evaluations() == []
+    outbox.depth = 0  # the queue is empty and they were never claimed: their messages are lost
+    controller.tick(search)
+    assert sorted(outbox.take_evaluations()) == sorted(first)
+    controller.tick(search)  # not again before resend_after_s
+    assert outbox.evaluations() == []
+
+
+def test_resend_defaults_to_twice_the_heartbeat() -> None:
+    assert Settings(heartbeat_interval_s=4.0).resolved_resend_after_s() == 8.0
+    assert Settings(heartbeat_interval_s=4.0, resend_after_s=30).resolved_resend_after_s() == 30
+
+
+def test_the_algorithm_state_is_written_once_per_generation(repo: Repository) -> None:
+    from sqlalchemy import event
+
+    writes: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("UPDATE SEARCHES") and "algorithm_state" in statement:
+            writes.append(statement)
+
+    search, outbox = make_search(repo, SPEC), Outbox()
+    event.listen(repo.engine, "before_cursor_execute", count)
+    try:
+        drive(repo, SearchController(repo, outbox, Settings()), outbox, search)
+    finally:
+        event.remove(repo.engine, "before_cursor_execute", count)
+    assert len(writes) == SPEC.generations + 1  # each generation's ask (+ the previous tell), finalists

@@ -74,7 +74,8 @@ class Stack:
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers=KEY, timeout=30)
 
-    def start_worker(self, n: int) -> subprocess.Popen[bytes]:
+    def start_worker(self, n: int, **env: str) -> subprocess.Popen[bytes]:
+        """A worker subprocess; ``env`` overrides variables of the stack's environment."""
         cmd = [
             sys.executable,
             "-m",
@@ -86,7 +87,7 @@ class Stack:
             f"w{n}-{os.getpid()}@%h",
         ]
         out = open(self.logs / f"worker{n}.log", "ab")  # noqa: SIM115
-        proc = subprocess.Popen(cmd, env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, env={**self.env, **env}, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
         self.workers.append(proc)
         return proc
 

@@ -108,3 +108,18 @@ def test_artifact_store_is_content_addressed_and_verifies(tmp_path: Path) -> Non
         store.get_bytes("0" * 64)
     with pytest.raises(ArtifactError, match="sha256"):
         store.get_bytes("../etc/passwd")
+
+
+def test_infra_health_stops_a_worker_that_never_worked_but_waits_out_an_outage() -> None:
+    from workers.tasks import InfraHealth
+
+    settings = Settings(worker_max_infra_failures=3, infra_backoff_s=0.5, infra_backoff_max_s=1.0)
+    never = InfraHealth()
+    assert [never.failed(settings) for _ in range(3)] == [(0.5, False), (1.0, False), (1.0, True)]
+    worked = InfraHealth()
+    worked.ok()
+    assert not any(worked.failed(settings)[1] for _ in range(10))  # within the grace period
+    worked.ok()
+    assert worked.failures == 0
+    long_outage = Settings(worker_max_infra_failures=3, db_outage_grace_s=0.0)
+    assert [worked.failed(long_outage)[1] for _ in range(3)] == [False, False, True]
