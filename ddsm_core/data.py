@@ -171,8 +171,7 @@ def load_dataset(
     :param verify: check CIFAR-10's files against torchvision's md5 sums; False reads any files in the
         same pickle format (e.g. a subset you made).
     """
-    if split not in SPLITS:
-        raise DatasetError(choices_message("split", split, SPLITS))
+    check_dataset(name, split)
     key = str(name)
     if key == "digits":
         return _load_digits(split, image_size)
@@ -181,6 +180,31 @@ def load_dataset(
     if image_size is None:
         raise DatasetError(f"a folder dataset needs an image size (got folder {key!r})")
     return FolderDataset(key, image_size=image_size, channels=channels or 3)
+
+
+def check_dataset(name: str | Path, split: str = "train") -> None:
+    """Raise :class:`DatasetError` for an unknown dataset or split, without reading any image.
+
+    Commands call it before they write or compute anything, so a typo (``mnist``) is named as such
+    instead of surfacing later as some other failure (a missing feature extractor, an empty run folder).
+    """
+    if split not in SPLITS:
+        raise DatasetError(choices_message("split", split, SPLITS))
+    key = str(name)
+    if key in BUILTIN_DATASETS:
+        return
+    folder = Path(key).expanduser()
+    if not folder.exists():
+        raise DatasetError(
+            f"unknown dataset {key!r}: known datasets are {', '.join(BUILTIN_DATASETS)} or a folder of "
+            f"images, and folder {key!r} does not exist"
+        )
+    if not folder.is_dir():
+        raise DatasetError(
+            f"dataset {key!r} is a file; give {', '.join(BUILTIN_DATASETS)} or a folder of images"
+        )
+    if not any(p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.rglob("*")):
+        raise DatasetError(f"no images found under {key!r} (looked for {', '.join(IMAGE_EXTENSIONS)})")
 
 
 def _load_digits(split: Split, image_size: int | None) -> ImageDataset:

@@ -269,12 +269,12 @@ def reference_stats(
     """Reference statistics of a dataset split (default: the training images, as in the paper)."""
     from ddsm_core.data import load_dataset
 
+    ds = load_dataset(dataset, split=split)  # type: ignore[arg-type]  # a bad dataset is the first word
     ext = (
         get_extractor(extractor, dataset=dataset, device=device, cache_dir=cache_dir)
         if isinstance(extractor, str)
         else extractor
     )
-    ds = load_dataset(dataset, split=split)  # type: ignore[arg-type]
     batches = (
         torch.stack([ds[i][0] for i in range(start, min(start + batch_size, len(ds)))])
         for start in range(0, len(ds), batch_size)

@@ -114,8 +114,9 @@ class FeatureStats:
         if path.suffix != ".npz":
             path = path.with_suffix(path.suffix + ".npz")  # np.savez would append it anyway
         path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")  # renamed into place: never half-written
         np.savez_compressed(
-            path,
+            tmp,
             mu=self.mu,
             sigma=self.sigma,
             extractor=np.array(self.extractor),
@@ -123,6 +124,7 @@ class FeatureStats:
             n=np.array(self.n),
             meta=np.array(json.dumps(self.meta)),
         )
+        os.replace(tmp, path)
         return path
 
     @classmethod

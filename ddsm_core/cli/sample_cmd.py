@@ -35,7 +35,7 @@ def sample(
     ),
     png_dir: Path | None = typer.Option(None, "--png-dir", help="Also write each image as a PNG here."),
     label: int | None = typer.Option(None, "--class", help="Class label for a class-conditional model."),
-    eta: float | None = typer.Option(None, "--eta", help="DDIM eta (ddim only) [0]."),
+    eta: float | None = typer.Option(None, "--eta", help="DDIM eta (ddim only); default 0."),
     batch_size: int = typer.Option(256, "--batch-size", help="Images per batch (does not change them)."),
     raw: bool = typer.Option(False, "--raw", help="Use the raw weights instead of the EMA."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
@@ -59,13 +59,21 @@ def sample(
     from ddsm_core.sampling import sample as run_sample
     from ddsm_core.spec import strategy_from_arg
 
-    if n < 1:
-        raise ConfigError(f"--n must be >= 1, got {n}")
+    from ddsm_core.cli.checks import check_checkpoint, check_min, check_steps, check_writable_parent
+
+    check_min("--n", n, 1)
+    check_min("--batch-size", batch_size, 1)
+    check_steps("--steps", steps)
+    check_checkpoint(checkpoint)
+    for path, option in ((out, "--out"), (npz, "--npz"), (png_dir, "--png-dir")):
+        if path is not None:
+            check_writable_parent(path, option)
     dev = pick_device(device)
     model, schedule, manifest = load_checkpoint(checkpoint, use_ema=not raw, map_location=str(dev))
     cfg = model.config
     prepare_for_inference(model)
     strat = strategy_from_arg(str(strategy), sampler, steps, cfg.widths)
+    check_steps("--steps", strat.steps)
     y = None
     if cfg.num_classes:
         if label is not None and not 0 <= label < cfg.num_classes:

@@ -12,6 +12,14 @@ from typing import Any
 
 import typer
 
+from ddsm_core.cli.checks import (
+    check_checkpoint,
+    check_file,
+    check_min,
+    check_steps,
+    check_writable_parent,
+    write_text_atomic,
+)
 from ddsm_core.spec import (
     DEFAULT_PROFILE,
     DEFAULT_SAMPLER,
@@ -51,8 +59,10 @@ def resolve_stats(
     """(reference stats, extractor), checked against each other before any sampling.
 
     With ``stats`` the extractor defaults to the one that made them; without, the dataset's reference
-    statistics are computed now (and saved to ``out_dir/ref_stats.npz``).
+    statistics are computed now (and saved to ``out_dir/ref_stats.npz``). The dataset is checked before
+    any extractor is built, so a typo is reported as such.
     """
+    from ddsm_core.data import check_dataset
     from ddsm_core.errors import ConfigError
     from ddsm_core.features import get_extractor, reference_stats
     from ddsm_core.fid import FeatureStats
@@ -64,6 +74,7 @@ def resolve_stats(
         return ref, ext
     if dataset is None:
         raise ConfigError("give --stats (reference statistics .npz) or --dataset to compute them")
+    check_dataset(dataset)
     ext = get_extractor(extractor or "auto", dataset=dataset, device=str(device))
     ref = reference_stats(dataset, ext, device=str(device))
     if out_dir is not None:
@@ -78,16 +89,20 @@ def ref_stats(
     ),
     out: Path = typer.Option(..., "--out", help="The .npz to write (pytorch-fid format + labels)."),
     split: str = typer.Option("train", "--split", help="Dataset split (train, test, all)."),
-    batch_size: int = typer.Option(250, "--batch-size"),
+    batch_size: int = typer.Option(250, "--batch-size", help="Images per batch (does not change the result)."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
     threads: int | None = typer.Option(
         None, "--threads", help="Torch CPU threads (default 1 or $DDSM_TORCH_THREADS; 0 = all cores)."
     ),
 ) -> None:
     """Compute reference feature statistics of a dataset for FID."""
+    from ddsm_core.data import check_dataset
     from ddsm_core.device import pick_device
     from ddsm_core.features import reference_stats
 
+    check_dataset(dataset, split)
+    check_min("--batch-size", batch_size, 1)
+    check_writable_parent(out, "--out")
     _set_threads(threads)
     stats = reference_stats(
         dataset, extractor, split=split, device=str(pick_device(device)), batch_size=batch_size
@@ -113,12 +128,14 @@ def eval_cmd(
     stats: Path | None = typer.Option(None, "--stats", help="Reference statistics (.npz)."),
     dataset: str | None = typer.Option(None, "--dataset", help="Compute reference stats of this dataset."),
     extractor: str | None = typer.Option(None, "--extractor", help="Default: the one of --stats / auto."),
-    images: int = typer.Option(1000, "--images", help="Images to sample."),
+    images: int = typer.Option(1000, "--images", help="Images to sample (FID needs at least 2)."),
     seed: int = typer.Option(
         DEFAULTS.eval_seed, "--seed", help="Image i uses seed + i (a search's --eval-seed)."
     ),
-    batch_size: int = typer.Option(DEFAULTS.batch_size, "--batch-size"),
-    device: str = typer.Option("cpu", "--device"),
+    batch_size: int = typer.Option(
+        DEFAULTS.batch_size, "--batch-size", help="Images per batch (does not change them)."
+    ),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
     out: Path | None = typer.Option(None, "--json", help="Also write the result as JSON here."),
     threads: int | None = typer.Option(
         None, "--threads", help="Torch CPU threads (default 1 or $DDSM_TORCH_THREADS; 0 = all cores)."
@@ -129,9 +146,17 @@ def eval_cmd(
     from ddsm_core.flops import cost_table
     from ddsm_core.spec import strategy_from_arg
 
+    check_min("--images", images, 2)
+    check_min("--batch-size", batch_size, 1)
+    check_steps("--steps", steps)
+    check_checkpoint(checkpoint)
+    check_file(stats, "--stats", "reference statistics")
+    if out is not None:
+        check_writable_parent(out, "--json")
     _set_threads(threads)
     model, schedule, manifest, dev = _load_model(checkpoint, device)
     strat = strategy_from_arg(strategy, sampler, steps, model.config.widths)
+    check_steps("--steps", strat.steps)
     ref, ext = resolve_stats(stats, extractor, _dataset_of(manifest, dataset), dev)
     result = evaluate(
         model, schedule, strat, ref, ext, images, seed, batch_size, costs=cost_table(model), device=dev
@@ -142,8 +167,8 @@ def eval_cmd(
         f"({result.gflops_per_call:.4f}/call), {1000 * result.latency_s:.2f} ms/image, {images} images"
     )
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result.to_dict(), indent=1))
+        write_text_atomic(out, json.dumps(result.to_dict(), indent=1))
+        typer.echo(f"wrote {out}")
 
 
 def search_to_folder(
@@ -168,10 +193,16 @@ def search_to_folder(
     from ddsm_core.search import run_search
 
     start = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
+    # every input is checked before the folder is made: a failed start leaves no empty report folder
+    check_checkpoint(checkpoint)
+    check_file(stats, "--stats", "reference statistics")
+    check_writable_parent(out, "--out")
     model, schedule, manifest, dev = _load_model(checkpoint, device)
     spec = (spec or DEFAULTS).bind(model.config.widths)
-    ref, ext = resolve_stats(stats, extractor, _dataset_of(manifest, dataset), dev, out)
+    ref, ext = resolve_stats(stats, extractor, _dataset_of(manifest, dataset), dev)
+    out.mkdir(parents=True, exist_ok=True)
+    if stats is None:
+        ref.save(out / "ref_stats.npz")
     evaluator = GenomeEvaluator(
         model, schedule, ref, ext, spec, costs=cost_table(model), device=dev, cache_images=spec.n_images
     )
@@ -187,6 +218,7 @@ def search_to_folder(
         extractor=ext.name, checkpoint=str(checkpoint), stats=str(stats or out / "ref_stats.npz"),
         search_wall_s=run.wall_s,
         run={"where": "local", "device": str(dev), "checkpoint_step": manifest.get("step"),
+             "checkpoint_dir": str(manifest.get("path") or checkpoint),
              "resumed": run.resumed},
     )  # fmt: skip
     final = results["final"]
@@ -253,10 +285,12 @@ def search(
         "--eval-seed",
         help=f"Image i of every candidate uses eval_seed + i; default {DEFAULTS.eval_seed}.",
     ),
-    batch_size: int | None = typer.Option(None, "--batch-size", help=f"Default {DEFAULTS.batch_size}."),
-    device: str = typer.Option("cpu", "--device"),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", help=f"Images per batch (does not change them); default {DEFAULTS.batch_size}."
+    ),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
     resume: bool = typer.Option(True, "--resume/--restart", help="Continue the search state in --out."),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     threads: int | None = typer.Option(
         None, "--threads", help="Torch CPU threads (default 1 or $DDSM_TORCH_THREADS; 0 = all cores)."
     ),
@@ -265,6 +299,7 @@ def search(
     _set_threads(threads)
     from ddsm_core.spec import profile as named_profile
 
+    check_steps("--steps", steps)
     spec = named_profile(profile).replace(
         sampler=sampler, steps=steps, population=population, generations=generations,
         mutation_rate=mutation_rate, crossover=crossover, n_images=images, final_images=final_images,
