@@ -176,7 +176,9 @@ def _inputs(results: Mapping[str, Any]) -> list[str]:
     cfg, run = results["config"], results.get("run") or {}
     step = run.get("checkpoint_step")
     where = run.get("checkpoint_dir")
-    ckpt = f"`{cfg.get('checkpoint')}`" + (f" (`{where}`)" if where and where != cfg.get("checkpoint") else "")
+    ckpt = f"`{cfg.get('checkpoint')}`"
+    if where and where != cfg.get("checkpoint"):
+        ckpt += f" (`{where}`)"
     return [
         "Inputs:",
         f"- checkpoint: {ckpt}" + (f", training step {step}" if step is not None else ""),

@@ -35,7 +35,7 @@ def sample(
     ),
     png_dir: Path | None = typer.Option(None, "--png-dir", help="Also write each image as a PNG here."),
     label: int | None = typer.Option(None, "--class", help="Class label for a class-conditional model."),
-    eta: float | None = typer.Option(None, "--eta", help="DDIM eta (ddim only); default 0."),
+    eta: float | None = typer.Option(None, "--eta", help="DDIM eta (ddim only) [0]."),
     batch_size: int = typer.Option(256, "--batch-size", help="Images per batch (does not change them)."),
     raw: bool = typer.Option(False, "--raw", help="Use the raw weights instead of the EMA."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
@@ -51,6 +51,7 @@ def sample(
     import torch
 
     from ddsm_core.checkpoint import load_checkpoint
+    from ddsm_core.cli.checks import check_checkpoint, check_min, check_steps, check_writable_parent
     from ddsm_core.data import save_image_grid
     from ddsm_core.device import pick_device
     from ddsm_core.errors import ConfigError
@@ -58,8 +59,6 @@ def sample(
     from ddsm_core.sampling import VPDenoiser
     from ddsm_core.sampling import sample as run_sample
     from ddsm_core.spec import strategy_from_arg
-
-    from ddsm_core.cli.checks import check_checkpoint, check_min, check_steps, check_writable_parent
 
     check_min("--n", n, 1)
     check_min("--batch-size", batch_size, 1)

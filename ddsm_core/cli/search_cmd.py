@@ -89,7 +89,9 @@ def ref_stats(
     ),
     out: Path = typer.Option(..., "--out", help="The .npz to write (pytorch-fid format + labels)."),
     split: str = typer.Option("train", "--split", help="Dataset split (train, test, all)."),
-    batch_size: int = typer.Option(250, "--batch-size", help="Images per batch (does not change the result)."),
+    batch_size: int = typer.Option(
+        250, "--batch-size", help="Images per batch (does not change the result)."
+    ),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
     threads: int | None = typer.Option(
         None, "--threads", help="Torch CPU threads (default 1 or $DDSM_TORCH_THREADS; 0 = all cores)."

@@ -77,19 +77,19 @@ def train(
     out: Path = typer.Option(..., "--out", help="Run directory (checkpoints, samples, logs)."),
     preset: str = typer.Option("digits", "--preset", help="Model preset and its training recipe."),
     dataset: str | None = typer.Option(
-        None, "--dataset", help="digits, cifar10 or a folder of images (default: the preset's)."
+        None, "--dataset", help="digits, cifar10 or a folder of images [default: the preset's]."
     ),
-    steps: int | None = typer.Option(None, "--steps", help="Total optimizer steps (default: the preset's)."),
+    steps: int | None = typer.Option(None, "--steps", help="Total optimizer steps [preset's]."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out if there is one."),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="Global batch size (default: the preset's)."),
-    lr: float | None = typer.Option(None, "--lr", help="Peak learning rate (default: the preset's)."),
-    warmup_steps: int | None = typer.Option(None, "--warmup-steps", help="LR warm-up steps (default: the preset's)."),
-    ema_decay: float | None = typer.Option(None, "--ema-decay", help="EMA decay (default: the preset's)."),
-    n_middle: int | None = typer.Option(None, "--n-middle", help="Random middle widths per step (default 2)."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Global batch size [preset's]."),
+    lr: float | None = typer.Option(None, "--lr", help="Peak learning rate [preset's]."),
+    warmup_steps: int | None = typer.Option(None, "--warmup-steps", help="LR warm-up steps [preset's]."),
+    ema_decay: float | None = typer.Option(None, "--ema-decay", help="EMA decay [preset's]."),
+    n_middle: int | None = typer.Option(None, "--n-middle", help="Random middle widths per step [2]."),
     distill: bool | None = typer.Option(
-        None, "--distill/--no-distill", help="In-place distillation of sub-widths (default off)."
+        None, "--distill/--no-distill", help="In-place distillation of sub-widths [off]."
     ),
-    seed: int | None = typer.Option(None, "--seed", help="Seed of every random draw (default 0)."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of every random draw [0]."),
     sample_every: int | None = typer.Option(None, "--sample-every", help="Sample grids every N steps."),
     eval_every: int | None = typer.Option(None, "--eval-every", help="Per-width eval loss every N steps."),
     checkpoint_every: int | None = typer.Option(None, "--checkpoint-every", help="Checkpoint every N steps."),
@@ -102,7 +102,7 @@ def train(
     data_root: Path | None = typer.Option(None, "--data-root", help="Where CIFAR-10 is (or goes)."),
     download: bool = typer.Option(False, "--download", help="Download CIFAR-10 if missing (internet)."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Check CIFAR-10 files' md5 sums."),
-    num_workers: int | None = typer.Option(None, "--num-workers", help="DataLoader worker processes (default 0)."),
+    num_workers: int | None = typer.Option(None, "--num-workers", help="DataLoader worker processes [0]."),
     export: Path | None = typer.Option(
         None, "--export", help="Also copy the final checkpoint to this directory."
     ),

@@ -182,3 +182,15 @@ def test_fid_stats_save_is_atomic(tmp_path) -> None:
 
     path = FeatureStats(np.zeros(3), np.eye(3), "x", 2).save(tmp_path / "s.npz")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npz"] and path == tmp_path / "s.npz"
+
+
+def test_training_side_work_gets_its_own_line_with_where_it_went(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    argv = ["train", "--steps", "2", "--out", str(out), "--batch-size", "8", "--sample-n", "2",
+            "--sample-steps", "2", "--sample-every", "1", "--eval-images", "8", "--checkpoint-every", "1",
+            "--progress"]  # fmt: skip
+    assert run_app(app, argv) == 0
+    stdout = capsys.readouterr().out
+    samples = re.escape(str(out / "samples"))
+    assert re.search(rf"step 1: sample grids, checkpoint \(\d+\.\d s\) -> {samples}", stdout), stdout
+    assert re.search(r"step 2: eval loss, sample grids, checkpoint \(\d+\.\d s\)", stdout), stdout
