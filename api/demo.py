@@ -148,6 +148,8 @@ def waiting_reason(run: dict[str, Any], stale_after_s: float | None) -> str:
     if status == "RUNNING" and age is not None and age > STALE_NOTICE_S:
         limit = f"; handed to another worker after {stale_after_s:.0f} s" if stale_after_s else ""
         return f"waiting for a stale worker: no heartbeat for {age:.0f} s{limit}"
+    if status == "RUNNING" and run.get("total_steps") and run["step"] >= run["total_steps"]:
+        return "final per-width evaluation, sample grids and checkpoint"
     return ""
 
 

@@ -269,6 +269,8 @@ class Trainer:
             ckpt_due = _due(step, cfg.checkpoint_every) or final
             work = [w for w, due in (("eval loss", eval_due), ("sample grids", samples_due),
                                      ("checkpoint", ckpt_due)) if due]  # fmt: skip
+            if end and work:  # the final phase can take a while: say so before, not only after
+                bar.write(f"step {step}: final {', '.join(work)} ...")
             t0 = time.perf_counter()
             cut_short = False
             try:
