@@ -235,6 +235,7 @@ class SearchController:
             retried_attempts=sum(c.attempt - 1 for c in search_cands),
             search_wall_s=(self.repo.now() - search.created_at).total_seconds(),
             run={"where": "service", "service_search_id": search.id,
+                 "checkpoint_step": (net.config or {}).get("step"),
                  "workers": len({c.worker for c in search_cands if c.worker})},
         )  # fmt: skip
 

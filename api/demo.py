@@ -39,6 +39,7 @@ DEMO = {**DEFAULTS.to_dict(), "images": DEFAULTS.n_images}
 # start scales them by the requested work. Training: ~1.5 steps/s; search: ~2 min for the defaults.
 TRAIN_S_PER_STEP = 0.65
 SEARCH_S_DEFAULT = 130.0
+OVERHEAD_S = 30.0  # service start, reference statistics, report
 
 
 class DemoError(DDSMError):
@@ -213,7 +214,7 @@ def estimate_s(spec: SearchSpec, train_steps: int | None, training: bool) -> flo
 
 
 def _minutes(seconds: float) -> str:
-    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{max(seconds, 1):.0f} s"
 
 
 def phase(k: int, text: str) -> None:
@@ -236,13 +237,19 @@ def check_inputs(
     spec: SearchSpec, checkpoint: Path | None, workers: int, train_threads: int, train_steps: int | None
 ) -> None:
     """Everything the demo was given, checked before any process starts."""
+    from ddsm_core.checkpoint import read_manifest
     from ddsm_core.cli.checks import check_checkpoint, check_min
+    from ddsm_core.config import UNetConfig
 
     check_min("--workers", workers, 1)
     check_min("--train-threads", train_threads, 0)
     check_min("--train-steps", train_steps, 1)
     if checkpoint is not None:
-        check_checkpoint(checkpoint)
+        widths = read_manifest(check_checkpoint(checkpoint), verify=False)["model_config"].get("widths")
+    else:
+        widths = UNetConfig.from_preset("digits").widths
+    if widths:
+        spec.bind(widths)  # what POST /searches would refuse (a population too small for the widths)
 
 
 def reference_stats(svc: Service) -> dict[str, Any]:
@@ -363,7 +370,8 @@ def demo(
     check_inputs(spec, checkpoint, workers, train_threads, train_steps)
     training = checkpoint is None
     typer.echo(
-        f"ddsm demo: about {_minutes(estimate_s(spec, train_steps, training))} in all on 2 idle CPU cores "
+        f"ddsm demo: about {_minutes(OVERHEAD_S + estimate_s(spec, train_steps, training))} in all on 2 "
+        "idle CPU cores "
         f"({'training a supernet, then ' if training else ''}a search of {population} x {generations} "
         f"candidates; a supernet trained before is reused). Report -> {out}"
     )

@@ -13,7 +13,10 @@ import typer
 from ddsm_core.spec import SAMPLER_HELP
 
 strategy_app = typer.Typer(
-    name="strategy", help="Work with step-aware strategy files.", no_args_is_help=True, add_completion=False,
+    name="strategy",
+    help="Work with step-aware strategy files.",
+    no_args_is_help=True,
+    add_completion=False,
     rich_markup_mode=None,
 )
 
