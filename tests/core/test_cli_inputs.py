@@ -194,3 +194,8 @@ def test_training_side_work_gets_its_own_line_with_where_it_went(tmp_path, capsy
     samples = re.escape(str(out / "samples"))
     assert re.search(rf"step 1: sample grids, checkpoint \(\d+\.\d s\) -> {samples}", stdout), stdout
     assert re.search(r"step 2: eval loss, sample grids, checkpoint \(\d+\.\d s\)", stdout), stdout
+
+
+def test_latency_checks_its_counts_and_checkpoint_first(tmp_path, capsys) -> None:
+    fails(["latency", "--preset", "digits", "--repeats", "0"], capsys, "--repeats must be >= 1, got 0")
+    fails(["latency", "--checkpoint", str(tmp_path / "none")], capsys, "not found")
