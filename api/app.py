@@ -23,6 +23,7 @@ from api.deps import check_api_key_setting
 from api.edge import ErrorRedaction, RequestGuard, json_safe
 from api.queue import Dispatcher
 from api.routes import health, reference_stats, searches, strategies, supernets, training, ui
+from api.schemas import ERROR_RESPONSES
 from api.services import Conflict, Forbidden, NotFound
 from api.settings import Settings
 from ddsm_core.errors import ConfigError, DDSMError
@@ -67,7 +68,7 @@ def create_app(settings: Settings | None = None, dispatcher: Dispatcher | None =
         swagger_ui_parameters={"validatorUrl": None},  # the validator badge would call an outside host
     )
     for module in (health, supernets, training, reference_stats, searches, strategies, ui):
-        app.include_router(module.router)
+        app.include_router(module.router, responses=ERROR_RESPONSES)
     app.include_router(ui.pages)
     app.mount("/ui/static", StaticFiles(directory=ui.STATIC), name="ui-static")
     _error_handlers(app)
@@ -82,7 +83,7 @@ def _error_handlers(app: FastAPI) -> None:
 
     def reply(code: int):  # noqa: ANN202
         async def handler(_: Request, exc: Exception) -> JSONResponse:
-            return JSONResponse({"detail": str(exc)}, status_code=code)
+            return JSONResponse({"detail": json_safe(str(exc))}, status_code=code)
 
         return handler
 

@@ -253,5 +253,5 @@ def _final_record(
         return _record(cand)
     gflops = spec.gflops(genome, table)
     return {"fid": None, "status": "failed", "reason": cand.error if cand else "not evaluated",
-            "gflops": gflops, "gflops_per_call": gflops / spec.strategy(genome).n_calls,
+            "gflops": gflops, "gflops_per_call": gflops / (spec.strategy(genome).n_calls * spec.passes),
             "n_images": cand.n_images if cand else 0}  # fmt: skip

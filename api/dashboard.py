@@ -15,6 +15,8 @@ from typing import Any
 from api.artifacts import ArtifactError, ArtifactStore
 from api.db.models import CandidateState, JobStatus
 from api.db.repository import CandidateRecord, Repository, SearchRecord, TrainingRunRecord
+from api.schemas import utc
+from ddsm_core.compare import hypervolume_2d
 from ddsm_core.costs import CostTable
 from ddsm_core.search import Candidate
 from ddsm_core.spec import SearchSpec
@@ -34,22 +36,12 @@ def front_indices(points: Sequence[Point]) -> list[int]:
     return front
 
 
-def hypervolume(front: Sequence[Point], ref: Point) -> float:
-    """Area dominated by a 2-D front (sorted by cost, FID decreasing) and bounded by ``ref``."""
-    area, prev_fid = 0.0, ref[1]
-    for cost, fid in front:
-        if cost >= ref[0] or fid >= prev_fid:
-            continue
-        area += (ref[0] - cost) * (prev_fid - fid)
-        prev_fid = fid
-    return area
-
-
 def hypervolume_per_generation(cands: Sequence[CandidateRecord]) -> list[dict[str, Any]]:
     """Normalised hypervolume of the front of all candidates evaluated up to each generation.
 
     Reference point: the worst GFLOPs and FID seen in the whole search; the objectives are scaled by
-    the box between the best and worst values, so 1.0 would be a single point best in both."""
+    the box between the best and worst values, so 1.0 would be a single point best in both. The area
+    is ddsm_core.compare's (the same hypervolume as ``ddsm compare`` and ``GET /searches/compare``)."""
     ok = [c for c in cands if c.state == CandidateState.COMPLETE and _finite(c.fid) and _finite(c.gflops)]
     if not ok:
         return []
@@ -60,7 +52,7 @@ def hypervolume_per_generation(cands: Sequence[CandidateRecord]) -> list[dict[st
     for gen in sorted({c.generation for c in ok}):
         pts = [(c.gflops, c.fid) for c in ok if c.generation <= gen]
         front = [pts[i] for i in front_indices(pts)]  # type: ignore[index]
-        hv = hypervolume(front, ref) / span if span > 0 else 0.0  # type: ignore[arg-type]
+        hv = hypervolume_2d(front, ref) / span if span > 0 else 0.0  # type: ignore[arg-type]
         rows.append({"generation": gen, "hypervolume": hv, "front_size": len(front), "evaluated": len(pts)})
     return rows
 
@@ -227,7 +219,7 @@ def search_summary(repo: Repository, search: SearchRecord) -> dict[str, Any]:
         "extractor": extractor_of(repo, search, searched[:1]),
         "pick": pick_so_far(search, front, full),
         "error": search.error,
-        "created_at": search.created_at.isoformat(),
+        "created_at": utc(search.created_at).isoformat(),
     }
 
 

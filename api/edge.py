@@ -164,9 +164,12 @@ def one_line(text: str) -> str:
 
 
 def json_safe(value: Any) -> Any:
-    """A value JSON can encode: non-finite floats become their names (a 422 that echoes a NaN input)."""
+    """A value JSON can encode as UTF-8: non-finite floats become their names, lone surrogates escapes
+    (a 422 that echoes the input)."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
+    if isinstance(value, str):  # a lone surrogate (JSON "\ud800") has no UTF-8 form
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
     if isinstance(value, dict):
         return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -6,6 +6,7 @@ Raises :class:`NotFound` / :class:`Conflict` / ``ConfigError`` (all DDSMErrors);
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
@@ -13,14 +14,20 @@ from typing import Any
 
 from api.artifacts import ArtifactStore
 from api.db.models import JobStatus
-from api.db.repository import Repository, SearchRecord
+from api.db.repository import MAX_ID, Repository, SearchRecord
 from api.queue import Dispatcher
-from api.schemas import SearchCreate
+from api.schemas import SearchCreate, TrainingRunCreate
 from api.settings import Settings
+from ddsm_core.catalog import DATASETS
+from ddsm_core.compare import Comparison, Front, compare_fronts, front_from_results
+from ddsm_core.config import UNetConfig
 from ddsm_core.errors import CheckpointError, ConfigError, DDSMError, StatsError
 from ddsm_core.results import front_points, summary
-from ddsm_core.spec import FINALISTS, SearchSpec
+from ddsm_core.spec import FINALISTS, SearchSpec, with_warm_start
 from ddsm_core.strategy import Strategy
+from ddsm_core.transfer import results_strategies
+
+log = logging.getLogger(__name__)
 
 
 class NotFound(DDSMError):
@@ -69,14 +76,52 @@ def create_search(repo: Repository, body: SearchCreate) -> int:
     if stats.status != JobStatus.COMPLETE:
         raise Conflict(f"reference statistics {stats.id} are {stats.status.value}, not ready")
     available = [float(w) for w in net.gflops["widths"]]
-    widths = sorted(body.widths) if body.widths else available
+    widths = body.widths or available
     unknown = [w for w in widths if not any(math.isclose(w, a) for a in available)]
     if unknown:
         raise ConfigError(f"widths {unknown} are not offered by supernet {net.id}; allowed: {available}")
     widths = [next(a for a in available if math.isclose(w, a)) for w in widths]
-    fields = body.model_dump(exclude={"name", "supernet_id", "reference_stats_id", "widths"})
-    spec = SearchSpec(widths=tuple(widths), **fields)
+    spec = body.spec(tuple(widths))
+    seeds = warm_start_strategies(repo, body.warm_start, body.warm_start_searches)
+    if seeds:
+        spec, notes = with_warm_start(spec, seeds, (net.config or {}).get("schedule"))
+        for note in notes:
+            log.info("new search %r: %s", body.name, note)
+    if spec.rungs:  # the controller evaluates every candidate at n_images: refuse rather than ignore
+        raise ConfigError(
+            "multi-fidelity rungs are not supported by the service yet: run `ddsm search --rungs` "
+            "locally, or leave rungs empty"
+        )
+    if (net.config or {}).get("model_config"):
+        spec.check_model(UNetConfig.from_dict(net.config["model_config"]))
     return repo.create_search(body.name, net.id, stats.id, spec.to_dict())
+
+
+def warm_start_strategies(
+    repo: Repository, strategies: list[dict[str, Any]], search_ids: list[int]
+) -> list[tuple[str, Strategy]]:
+    """The warm-start strategies of a request: the inline ones, then each search's results (pick,
+    knee, front). NotFound for an unknown search, Conflict for one that is not COMPLETE."""
+    out = []
+    for k, d in enumerate(strategies):
+        try:
+            out.append((f"warm_start[{k}]", Strategy.from_dict(d)))
+        except ConfigError as exc:
+            raise ConfigError(f"warm_start[{k}]: {exc}") from None
+    for search_id in search_ids:
+        source = repo.get_search(search_id)
+        if source is None:
+            raise NotFound(f"warm-start search {search_id} not found")
+        if source.status != JobStatus.COMPLETE or not source.result:
+            raise Conflict(
+                f"warm-start search {search_id} is {source.status.value}: it seeds others once COMPLETE"
+            )
+        try:
+            found = results_strategies(source.result)
+        except (KeyError, TypeError) as exc:
+            raise ConfigError(f"warm-start search {search_id}: unreadable results ({exc})") from None
+        out += [(f"search {search_id} {label}", s) for label, s in found]
+    return out
 
 
 def search_view(repo: Repository, search: SearchRecord) -> dict[str, Any]:
@@ -115,6 +160,56 @@ def search_results(search: SearchRecord) -> dict[str, Any]:
     return search.result
 
 
+MAX_COMPARE = 50
+"""At most this many searches in one comparison (a legend and a table stay readable)."""
+
+
+def parse_ids(text: str) -> list[int]:
+    """``'1,2,3'`` -> ``[1, 2, 3]`` (repeats dropped, order kept); ConfigError for anything else."""
+    try:
+        ids = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"ids are search ids separated by commas (1,2,3), got {text[:80]!r}") from None
+    ids = list(dict.fromkeys(ids))
+    if not ids:
+        raise ConfigError("ids names no search: give e.g. ids=1,2")
+    if len(ids) > MAX_COMPARE:
+        raise ConfigError(f"at most {MAX_COMPARE} searches in one comparison, got {len(ids)}")
+    return ids
+
+
+def compare_searches(
+    repo: Repository, ids: list[int], reference: tuple[float, float] | None = None
+) -> tuple[list[Front], Comparison, dict[str, Any]]:
+    """The stored fronts of several searches (the final one, or the latest generation's while running)
+    with a hypervolume each against one shared reference point (ddsm_core.compare).
+
+    NotFound for an unknown id, Conflict for a search with no front yet, ConfigError (422) for FIDs
+    from different feature extractors.
+    """
+    fronts, rows = [], []
+    for search_id in ids:
+        search = repo.get_search(search_id) if 0 <= search_id <= MAX_ID else None
+        if search is None:
+            raise NotFound(f"search {search_id} not found")
+        if not search.result or not search.result.get("front"):
+            raise Conflict(f"search {search_id} is {search.status.value} and has no front yet")
+        stats = repo.get_reference_stats(search.reference_stats_id)
+        front = front_from_results(search.result, f"{search_id}: {search.name}", source=f"search {search_id}")
+        extractor = front.extractor or (stats.extractor if stats is not None else None)
+        fronts.append(Front(front.name, front.points, extractor))
+        rows.append({"id": search.id, "name": search.name, "status": search.status.value,
+                     "extractor": extractor})  # fmt: skip
+    comparison = compare_fronts(fronts, reference)
+    body = comparison.to_dict()
+    body["extractor"] = next((f.extractor for f in fronts if f.extractor), None)
+    body["searches"] = [
+        {**row, **summary_row, "front": [{"gflops": g, "fid": f} for g, f in front.points]}
+        for row, summary_row, front in zip(rows, body["searches"], fronts, strict=True)
+    ]
+    return fronts, comparison, body
+
+
 def candidate_strategy(repo: Repository, candidate_id: int) -> Strategy:
     cand = repo.get_candidate(candidate_id)
     if cand is None:
@@ -135,13 +230,27 @@ def search_strategy(repo: Repository, search_id: int, which: str) -> Strategy:
     return SearchSpec.from_dict(search.config).strategy(search.result["final"][which]["genome"])
 
 
-def check_training(preset: str, model: dict[str, Any]) -> None:
-    """Torch-free checks of a training request (the worker validates the TrainConfig overrides)."""
-    from ddsm_core.config import UNetConfig
+def check_training(settings: Settings, body: TrainingRunCreate) -> dict[str, Any]:
+    """Torch-free checks of a training request; returns the run's stored config (preset and the
+    overrides given). Each override is bounded by the schema; here: the dataset exists, and the recipe
+    resolves as the worker will resolve it (TrainConfig's and UNetConfig's own checks)."""
+    from ddsm_core.recipes import TRAIN_PRESETS, resolve_recipe
 
-    base = UNetConfig.from_preset(preset)  # ConfigError listing the presets
-    if model:
-        UNetConfig.from_dict({**base.to_dict(), **model})
+    train = body.train.model_dump(exclude_none=True)
+    model = body.model.model_dump(exclude_none=True)
+    dataset = train.get("dataset", TRAIN_PRESETS[body.preset]["dataset"])
+    if not dataset:
+        raise ConfigError(
+            f"the {body.preset} recipe has no bundled dataset: set train.dataset to a folder of images "
+            "under DDSM_CHECKPOINT_ROOTS"
+        )
+    if dataset not in DATASETS:
+        folder = server_path(settings, dataset)
+        if not folder.is_dir():
+            raise ConfigError(f"dataset {dataset!r} is neither {' nor '.join(DATASETS)} nor a folder")
+        train["dataset"] = str(folder)
+    resolve_recipe(body.preset, train, model_overrides=model)
+    return {"preset": body.preset, "train": train, "model": model}
 
 
 MAX_PATH_CHARS = 4096  # PATH_MAX on Linux
@@ -165,7 +274,11 @@ def server_path(settings: Settings, raw: str) -> Path:
             f"path {raw[:200]!r} is outside the folders this server registers from "
             f"(DDSM_CHECKPOINT_ROOTS: {os.pathsep.join(map(str, roots))})"
         )
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except OSError:  # e.g. a component over NAME_MAX (255 bytes): ENAMETOOLONG, which exists() raises
+        exists = False
+    if not exists:
         raise ConfigError(f"path {raw[:200]!r} does not exist on the API server")
     return path
 

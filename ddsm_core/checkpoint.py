@@ -215,12 +215,17 @@ def read_manifest(path: str | Path, *, verify: bool = True) -> dict[str, Any]:
 TRAINING_ONLY_FIELDS: tuple[str, ...] = ("dropout",)
 
 
+_ADDED_FIELDS = ("null_label",)
+
+
 def check_compatible(manifest: Mapping[str, Any], config: UNetConfig, what: str = "the preset") -> None:
     """Raise CheckpointError if the checkpoint's model config differs from ``config``, naming the fields.
 
     Training-only fields (dropout) are not compared: a recipe may override them.
     """
-    saved = manifest["model_config"]
+    # fields added after a checkpoint was written (null_label) take their defaults, as when loading it
+    defaults = UNetConfig().to_dict()
+    saved = {**{k: v for k, v in defaults.items() if k in _ADDED_FIELDS}, **manifest["model_config"]}
     wanted = config.to_dict()
     diff = [
         f"{k}: checkpoint {saved.get(k)!r} vs {wanted[k]!r}"

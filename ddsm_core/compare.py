@@ -245,6 +245,22 @@ def unique_names(fronts: Sequence[Front]) -> list[Front]:
     return out
 
 
+def parse_reference(text: str | None) -> Point | None:
+    """A reference point written ``'GFLOPS,FID'`` (``ddsm compare --ref``, the REST ``ref``); None stays None.
+
+    :raises ConfigError: for anything but two finite numbers.
+    """
+    if text is None:
+        return None
+    try:
+        g, f = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"the reference point is 'GFLOPS,FID', e.g. '12.5,40', got {text[:80]!r}") from None
+    if not (math.isfinite(g) and math.isfinite(f)):
+        raise ConfigError(f"the reference point must be two finite numbers, got {text[:80]!r}")
+    return (g, f)
+
+
 def format_table(comparison: Comparison) -> str:
     """A plain-text table of a comparison, one search per row."""
     rows = comparison.rows

@@ -3,7 +3,8 @@
 A :class:`CostTable` holds the GFLOPs of ONE network call at every width (2 x multiply-adds, counted
 from the real model by :func:`ddsm_core.flops.cost_table`). The cost of a strategy is the sum over its
 network calls (:meth:`ddsm_core.strategy.Strategy.network_calls`), so EDM Heun's second evaluations are
-counted too.
+counted too, times the passes per call (2 with classifier-free guidance: a conditional and an
+unconditional pass at the step's width).
 """
 
 from __future__ import annotations
@@ -97,10 +98,18 @@ def _opt_tuple(values: Any) -> tuple[float, ...] | None:
     return None if values is None else tuple(values)
 
 
-def strategy_gflops(strategy: Strategy, table: CostTable, *, conv_linear: bool = False) -> float:
-    """Total GFLOPs of sampling one image with ``strategy``: the sum over its network calls."""
+def strategy_gflops(
+    strategy: Strategy, table: CostTable, *, conv_linear: bool = False, passes: int = 1
+) -> float:
+    """Total GFLOPs of sampling one image with ``strategy``: the sum over its network calls.
+
+    :param passes: network passes per sampler evaluation: 2 with classifier-free guidance (whatever
+        its weight, both passes run), else 1.
+    """
+    if passes < 1:
+        raise ConfigError(f"passes must be >= 1, got {passes}")
     column = table._column(conv_linear)
-    return math.fsum(column[width_index(table.widths, w)] for w in strategy.network_calls())
+    return passes * math.fsum(column[width_index(table.widths, w)] for w in strategy.network_calls())
 
 
 def mean_gflops_per_call(strategy: Strategy, table: CostTable, *, conv_linear: bool = False) -> float:

@@ -171,23 +171,34 @@ def load_dataset(
     :param verify: check CIFAR-10's files against torchvision's md5 sums; False reads any files in the
         same pickle format (e.g. a subset you made).
     """
-    check_dataset(name, split)
+    check_dataset(name, image_size, channels, split=split)
     key = str(name)
     if key == "digits":
         return _load_digits(split, image_size)
     if key == "cifar10":
         return _load_cifar10(split, image_size, root, download, verify)
-    if image_size is None:
-        raise DatasetError(f"a folder dataset needs an image size (got folder {key!r})")
+    assert image_size is not None  # check_dataset refuses a folder without one
     return FolderDataset(key, image_size=image_size, channels=channels or 3)
 
 
-def check_dataset(name: str | Path, split: str = "train") -> None:
-    """Raise :class:`DatasetError` for an unknown dataset or split, without reading any image.
+def check_dataset(
+    name: str | Path,
+    image_size: int | None = None,
+    channels: int | None = None,
+    split: str = "train",
+) -> None:
+    """Validate a dataset argument up front, before any model, extractor, folder or sampling work.
 
-    Commands call it before they write or compute anything, so a typo (``mnist``) is named as such
-    instead of surfacing later as some other failure (a missing feature extractor, an empty run folder).
+    Raises :class:`DatasetError` with a one-line message: a bad ``--image-size``/``--channels`` names
+    the option; an unknown split is refused; a name that is neither a built-in dataset nor an existing
+    folder is called an unknown dataset (so a typo such as ``mnist`` is named as such, not reported
+    later as a missing extractor or an empty run folder); a folder needs an image size (its images
+    have none of their own) and at least one image. Reads no image.
     """
+    if image_size is not None and int(image_size) < 1:
+        raise DatasetError(f"--image-size must be >= 1, got {image_size}")
+    if channels is not None and channels not in (1, 3):
+        raise DatasetError(f"--channels must be 1 or 3, got {channels}")
     if split not in SPLITS:
         raise DatasetError(choices_message("split", split, SPLITS))
     key = str(name)
@@ -203,6 +214,8 @@ def check_dataset(name: str | Path, split: str = "train") -> None:
         raise DatasetError(
             f"dataset {key!r} is a file; give {', '.join(BUILTIN_DATASETS)} or a folder of images"
         )
+    if image_size is None:
+        raise DatasetError(f"the folder dataset {key!r} needs --image-size (the square size to read it at)")
     if not any(p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.rglob("*")):
         raise DatasetError(f"no images found under {key!r} (looked for {', '.join(IMAGE_EXTENSIONS)})")
 
@@ -362,12 +375,14 @@ def save_image_grid(images: Tensor, path: str | Path, nrow: int = 8, min_tile: i
     from PIL import Image
     from torchvision.utils import make_grid
 
+    from ddsm_core.fid import to_uint8
+
     images = images.detach().float().cpu().clamp(-1, 1)
     factor = max(1, -(-min_tile // images.shape[-1]))
     if factor > 1:
         images = images.repeat_interleave(factor, dim=-1).repeat_interleave(factor, dim=-2)
-    grid = make_grid((images + 1) / 2, nrow=nrow, padding=2, pad_value=1.0)
-    array = (grid * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    grid = make_grid(images, nrow=nrow, padding=2, pad_value=1.0)  # padding white: 1.0 in [-1, 1]
+    array = to_uint8(grid[None])[0].permute(1, 2, 0).numpy()  # the FID's rounding (half up)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     gray = images.shape[1] == 1

@@ -14,14 +14,14 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from ddsm_core.costs import CostTable, mean_gflops_per_call, strategy_gflops
-from ddsm_core.errors import StrategyError
+from ddsm_core.errors import ConfigError, StrategyError
 from ddsm_core.fid import FeatureExtractor, FeatureStats, FIDError, extract_features
 from ddsm_core.sampling import SamplerState
 from ddsm_core.schedules import NoiseSchedule
@@ -55,6 +55,9 @@ class EvalResult:
     device: str = "cpu"
     seconds: float = 0.0
     reused_fraction: float = 0.0
+    # [N x D] per-image features (``evaluate(keep_features=True)``), for paired comparisons between
+    # strategies sampled from the same seeds (ddsm_core.paired); never serialised.
+    features: Any = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -70,11 +73,11 @@ class EvalResult:
         return (float(self.fid), self.gflops) if self.ok and self.fid is not None else None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "features"}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EvalResult:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data and k != "features"})
 
 
 def resolve_seeds(seeds: Sequence[int] | int, n_images: int) -> list[int]:
@@ -87,10 +90,17 @@ def resolve_seeds(seeds: Sequence[int] | int, n_images: int) -> list[int]:
     return seeds[:n_images]
 
 
-def class_labels(model: nn.Module, seeds: Sequence[int]) -> Tensor | None:
-    """Labels for a class-conditional model, a fixed function of the seed (``seed % classes``)."""
+def class_labels(model: nn.Module, seeds: Sequence[int], label: int | None = None) -> Tensor | None:
+    """Labels for a class-conditional model: ``label`` for every image, else a fixed function of the
+    seed (``seed % classes``); None for an unconditional model (ConfigError if ``label`` is given)."""
+    from ddsm_core.sampling import seed_labels
+
     classes = getattr(getattr(model, "config", None), "num_classes", None)
-    return torch.tensor([s % classes for s in seeds], dtype=torch.long) if classes else None
+    if not classes:
+        if label is not None:
+            raise ConfigError(f"class {label} given, but the model is not class-conditional")
+        return None
+    return seed_labels(seeds, classes, label)
 
 
 def check_strategy_fits(model: nn.Module, strategy: Strategy) -> None:
@@ -151,19 +161,23 @@ def sample_images(
     device: str | torch.device = "cpu",
     shape: Sequence[int] | None = None,
     prefix_cache: PrefixCache | None = None,
+    guidance: float | None = None,
+    class_label: int | None = None,
 ) -> tuple[Tensor, float, float]:
     """Sample one image per seed, unclipped (divergence stays visible).
 
+    :param guidance: classifier-free guidance weight (:class:`~ddsm_core.sampling.GuidedDenoiser`).
+    :param class_label: every image of this class (default ``seed % classes``; conditional models).
     :return: (images, sampling seconds, fraction of sampler steps reused from ``prefix_cache``).
     """
-    from ddsm_core.sampling import VPDenoiser, sample
+    from ddsm_core.sampling import model_denoiser, sample
 
     if shape is None:
         cfg = model.config  # type: ignore[attr-defined]
         shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
-    denoiser = VPDenoiser(model.eval(), schedule)
+    denoiser = model_denoiser(model.eval(), schedule, guidance=guidance)  # type: ignore[arg-type]
     device = torch.device(device)
-    y = class_labels(model, seeds)
+    y = class_labels(model, seeds, class_label)
     out, seconds, reused = [], 0.0, 0
     genes = strategy.genes
     with torch.inference_mode():
@@ -220,12 +234,19 @@ def evaluate(
     costs: CostTable | None = None,
     device: str | torch.device = "cpu",
     prefix_cache: PrefixCache | None = None,
+    keep_features: bool = False,
+    guidance: float | None = None,
+    class_label: int | None = None,
 ) -> EvalResult:
     """Sample ``n_images`` with ``strategy`` from ``seeds`` and measure FID, GFLOPs and latency.
+
+    With ``guidance`` every sampler evaluation is two network passes (conditional and unconditional,
+    batched): ``gflops`` and ``network_calls`` count both, ``gflops_per_call`` stays per pass.
 
     :param costs: GFLOPs per call and width (:func:`ddsm_core.flops.cost_table`; computed if None).
     :param prefix_cache: reuse sampler states of earlier strategies with the same first genes (same
         seeds and batch size only; the images are identical, the measured latency covers fewer steps).
+    :param keep_features: keep the per-image features on the result (``features``, [N x D]).
     :raises StatsError: ``ref_stats`` do not match ``extractor`` (before any sampling).
     :raises StrategyError: the strategy uses a width the model does not have.
     """
@@ -237,31 +258,39 @@ def evaluate(
 
         costs = cost_table(model)  # type: ignore[arg-type]
     seed_list = resolve_seeds(seeds, n_images)
+    passes = 1 if guidance is None else 2
     common = {
         "extractor": extractor.name,
-        "gflops": strategy_gflops(strategy, costs),
+        "gflops": strategy_gflops(strategy, costs, passes=passes),
         "gflops_per_call": mean_gflops_per_call(strategy, costs),
         "n_images": n_images,
-        "network_calls": len(strategy.network_calls()),
+        "network_calls": len(strategy.network_calls()) * passes,
         "strategy": strategy.describe(),
         "batch_size": batch_size,
         "device": str(device),
     }
     images, seconds, reused = sample_images(
-        model, schedule, strategy, seed_list, batch_size, device=device, prefix_cache=prefix_cache
-    )
+        model, schedule, strategy, seed_list, batch_size, device=device, prefix_cache=prefix_cache,
+        guidance=guidance, class_label=class_label,
+    )  # fmt: skip
     common["latency_s"] = seconds / max(n_images, 1)
     common["reused_fraction"] = reused
 
+    feats = None
+
     def done(fid: float | None, reason: str | None = None) -> EvalResult:
         status: Literal["ok", "failed"] = "ok" if reason is None else "failed"
-        return EvalResult(fid, status=status, reason=reason, seconds=time.perf_counter() - start, **common)
+        kept = feats if keep_features else None
+        return EvalResult(
+            fid, status=status, reason=reason, seconds=time.perf_counter() - start, features=kept, **common
+        )
 
     bad = int((~torch.isfinite(images.flatten(1)).all(1)).sum())
     if bad:
         return done(None, f"{bad} of {n_images} sampled images are not finite (the sampler diverged)")
     try:
-        fid = fid_of_images(images.clamp(-1.0, 1.0), ref_stats, extractor, batch_size)
+        feats = extract_features(extractor, images.clamp(-1.0, 1.0), batch_size)
+        fid = ref_stats.fid(FeatureStats.from_features(feats, extractor.name))
     except FIDError as exc:
         return done(None, f"FID failed: {exc}")
     if not math.isfinite(fid):
@@ -273,9 +302,10 @@ class GenomeEvaluator:
     """Turns a search genome into an evaluation (``ddsm_core.search.EvaluateFn``), in-process.
 
     ``spec`` (bound to the model's widths if it names none) gives the sampler, steps, width set, batch
-    size and seeds: every genome is sampled from ``spec.eval_seed + i`` for image ``i``; evaluations with
-    ``cache_images`` images share sampler states through a :class:`PrefixCache`; the objectives
-    told to the search are (FID, GFLOPs per image); the full :class:`EvalResult` is kept as the record.
+    size, seeds, guidance and class label: every genome is sampled from ``spec.eval_seed + i`` for
+    image ``i``; evaluations with ``cache_images`` images share sampler states through a
+    :class:`PrefixCache`; the objectives told to the search are (FID, GFLOPs per image); the full
+    :class:`EvalResult` is kept as the record.
     """
 
     def __init__(
@@ -288,7 +318,7 @@ class GenomeEvaluator:
         *,
         costs: CostTable | None = None,
         device: str | torch.device = "cpu",
-        cache_images: int | None = None,
+        cache_images: int | Sequence[int] | None = None,
         cache_bytes: int = 256 << 20,
     ) -> None:
         ref_stats.check_compatible(extractor.name, extractor.dim)
@@ -298,25 +328,35 @@ class GenomeEvaluator:
             costs = cost_table(model)  # type: ignore[arg-type]
         self.model, self.schedule, self.ref, self.extractor = model, schedule, ref_stats, extractor
         self.spec = spec.bind(model.config.widths)  # type: ignore[union-attr]
+        # a guidance or class the model cannot take fails here, not in every candidate
+        self.spec.check_model(model.config)  # type: ignore[union-attr]
         self.costs, self.device = costs, device
         self.images_sampled = 0
         self.network_calls = 0
         # the prefix cache serves evaluations with ``cache_images`` images (the search phase) only, so
         # finalists re-evaluated with more images get a full, honest latency measurement
-        self.cache_images = cache_images
+        # (several counts with multi-fidelity rungs: the cache key holds the batch's first seed and length)
+        self.cache_images = {cache_images} if isinstance(cache_images, int) else set(cache_images or ())
         self.cache = PrefixCache(cache_bytes)
+        # per-image features of the finalists' evaluations (any count not in ``cache_images``), keyed by
+        # (genome, n_images, seed_offset): paired comparisons with full width on the same seeds
+        self.kept_features: dict[tuple[tuple[int, ...], int, int], Any] = {}
 
     def strategy(self, genome: Sequence[int]) -> Strategy:
         return self.spec.strategy(genome)
 
     def evaluate(self, genome: Sequence[int], n_images: int, seed_offset: int = 0) -> EvalResult:
         strategy = self.strategy(genome)
-        cache = self.cache if n_images == self.cache_images and seed_offset == 0 else None
+        cache = self.cache if n_images in self.cache_images and seed_offset == 0 else None
+        keep = n_images not in self.cache_images
         result = evaluate(
             self.model, self.schedule, strategy, self.ref, self.extractor, n_images,
             self.spec.eval_seed + seed_offset, self.spec.batch_size, costs=self.costs, device=self.device,
-            prefix_cache=cache,
+            prefix_cache=cache, keep_features=keep, guidance=self.spec.guidance,
+            class_label=self.spec.class_label,
         )  # fmt: skip
+        if keep and result.features is not None:
+            self.kept_features[(strategy.genes, n_images, seed_offset)] = result.features
         self.images_sampled += n_images
         self.network_calls += round(n_images * result.network_calls * (1 - result.reused_fraction))
         return result

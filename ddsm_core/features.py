@@ -265,22 +265,45 @@ def reference_stats(
     device: str = "cpu",
     batch_size: int = 250,
     cache_dir: str | os.PathLike[str] | None = None,
+    image_size: int | None = None,
+    channels: int | None = None,
+    floor: bool = True,
+    floor_seed: int = 0,
 ) -> FeatureStats:
-    """Reference statistics of a dataset split (default: the training images, as in the paper)."""
-    from ddsm_core.data import load_dataset
+    """Reference statistics of a dataset split (default: the training images, as in the paper).
 
-    ds = load_dataset(dataset, split=split)  # type: ignore[arg-type]  # a bad dataset is the first word
+    :param image_size, channels: how a folder dataset is read (required size; channels default 3);
+        for the bundled datasets a size other than their own resizes them.
+    :param floor: also record the real-data floor (:mod:`ddsm_core.floor`): the FID of the held-out
+        split (``test`` when ``split`` is ``train`` and the dataset has one) against these statistics.
+    """
+    from ddsm_core.data import BUILTIN_DATASETS, load_dataset
+    from ddsm_core.floor import compute_floors, with_floors
+
+    opts = {"image_size": image_size, "channels": channels}
+    # the dataset is opened before the extractor is built, so a bad dataset is the first word
+    ds = load_dataset(dataset, split=split, **opts)  # type: ignore[arg-type]
     ext = (
         get_extractor(extractor, dataset=dataset, device=device, cache_dir=cache_dir)
         if isinstance(extractor, str)
         else extractor
     )
-    batches = (
+    feats = extract_features(ext, _batches(ds, batch_size))
+    meta: dict[str, Any] = {"dataset": str(dataset), "split": split}
+    if image_size is not None:
+        meta["image_size"] = image_size
+    if getattr(ext, "fingerprint", None):
+        meta["extractor_weights"] = ext.fingerprint
+    stats = FeatureStats.from_features(feats, ext.name, **meta)
+    if floor and split == "train" and str(dataset) in BUILTIN_DATASETS:
+        held = load_dataset(dataset, split="test", **opts)  # type: ignore[arg-type]
+        held_feats = extract_features(ext, _batches(held, batch_size))
+        stats = with_floors(stats, compute_floors(held_feats, stats, "test", seed=floor_seed))
+    return stats
+
+
+def _batches(ds: Any, batch_size: int) -> Any:
+    return (
         torch.stack([ds[i][0] for i in range(start, min(start + batch_size, len(ds)))])
         for start in range(0, len(ds), batch_size)
     )
-    feats = extract_features(ext, batches)
-    meta = {"dataset": str(dataset), "split": split}
-    if getattr(ext, "fingerprint", None):
-        meta["extractor_weights"] = ext.fingerprint
-    return FeatureStats.from_features(feats, ext.name, **meta)

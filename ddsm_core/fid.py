@@ -185,12 +185,20 @@ class FeatureExtractor(Protocol):
         ...
 
 
-def quantize(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] images -> [0, 1] floats on the 8-bit grid, exactly as ``save_image`` writes a PNG."""
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] images -> uint8 (same shape), rounding half up exactly as ``save_image`` writes a PNG.
+
+    The one rounding rule of the project: FID's :func:`quantize` and every image writer (PNG grids,
+    ``ddsm sample --npz / --png-dir``) use it, so FID from tensors equals FID of the written files.
+    """
     import torch
 
-    x = ((images.float() + 1.0) / 2.0).mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
-    return x.float() / 255.0
+    return ((images.float() + 1.0) / 2.0).mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
+
+
+def quantize(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] images -> [0, 1] floats on the 8-bit grid, exactly as ``save_image`` writes a PNG."""
+    return to_uint8(images).float() / 255.0
 
 
 def extract_features(

@@ -39,6 +39,9 @@ class TrainConfig:
     :param distill: in-place distillation: sub-widths regress the full width's detached prediction.
     :param dropout: replaces the model config's dropout for this run (None keeps it). Dropout only acts
         in training, so a checkpoint's other uses do not depend on it.
+    :param label_dropout: fraction of training labels replaced by the null label (classifier-free
+        guidance, Ho & Salimans 2022, who use 0.1-0.2); needs a class-conditional model, which then gets
+        a null label row (``UNetConfig.null_label``). 0 = off.
     :param hflip: random horizontal flips (CIFAR-10 yes, digits no).
     :param amp: bf16 autocast on CUDA (ignored on CPU).
     :param eval_every, sample_every, checkpoint_every: intervals in steps (0 = only at the end).
@@ -61,6 +64,7 @@ class TrainConfig:
     n_middle: int = 2
     distill: bool = False
     dropout: float | None = None
+    label_dropout: float = 0.0
     hflip: bool = False
     noise_schedule: str = "linear"
     timesteps: int = 1000
@@ -109,6 +113,8 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig.ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"TrainConfig.dropout must be in [0, 1) or None, got {self.dropout}")
+        if not 0.0 <= self.label_dropout < 1.0:
+            raise ConfigError(f"TrainConfig.label_dropout must be in [0, 1), got {self.label_dropout}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ConfigError(choices_message("lr schedule", self.lr_schedule, ("constant", "cosine")))
 
@@ -183,6 +189,27 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
         "checkpoint_every": 200,
         "log_every": 10,
     },
+    # The benchmark supernet, separate from the demo's: quality per CPU-minute (bench/train_digits_bench.md).
+    # 1.0 M parameters (UNet preset `digits-bench`), batch 128, Adam 2e-3 held constant after 100 warm-up
+    # steps, EMA 0.999 with warm-up, no dropout (a 1500-image set needs every sample's full signal).
+    # A constant LR makes the run's state at step k independent of ``steps``, so the learning curve of
+    # one long run measured which step count to stop at.
+    "digits-bench": {
+        "dataset": "digits",
+        "steps": 1200,
+        "batch_size": 128,
+        "lr": 2e-3,
+        "warmup_steps": 100,
+        "lr_schedule": "constant",
+        "ema_decay": 0.999,
+        "dropout": 0.0,
+        "eval_images": 297,
+        "sample_every": 0,
+        "sample_sampler": "ddpm",
+        "sample_steps": 100,
+        "checkpoint_every": 200,
+        "log_every": 50,
+    },
     "cifar10": _CIFAR10_RECIPE,
     # The same recipe at 64x64 (no bundled copy: --dataset FOLDER of face images).
     "celeba64": {**_CIFAR10_RECIPE, "dataset": "", "steps": 500_000},
@@ -219,6 +246,7 @@ def resolve_recipe(
     :param overrides: :class:`TrainConfig` fields that replace the recipe's.
     :param model_overrides: :class:`~ddsm_core.config.UNetConfig` fields that replace the preset's.
     :param class_cond: a class-conditional model (the number of classes comes from the dataset).
+        With ``label_dropout`` the model gets the null label (classifier-free guidance).
     :param saved: the ``train_config`` of a run being resumed: it replaces the preset's recipe.
     """
     base = TrainConfig.from_dict(saved) if saved else TrainConfig.for_preset(preset)
@@ -231,6 +259,11 @@ def resolve_recipe(
     if class_cond:
         n_classes = dataset_classes(config.dataset, model_config)
         model_config = dataclasses.replace(model_config, num_classes=n_classes)
+    if config.label_dropout > 0:
+        if model_config.num_classes is None:
+            raise ConfigError("label dropout (classifier-free guidance) needs a class-conditional model: "
+                              "add --class-cond")  # fmt: skip
+        model_config = dataclasses.replace(model_config, null_label=True)
     return model_config, config
 
 

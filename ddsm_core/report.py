@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ddsm_core.search import Candidate
+from ddsm_core.search import Candidate, reached_top
 
 
 def _pyplot():
@@ -51,7 +51,7 @@ def plot_pareto(
     width) and marked points (pick, knee: stars). Points are (FID, GFLOPs per image)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    ok = [c for c in candidates if c.ok]
+    ok = [c for c in candidates if c.ok and reached_top(c.record)]  # stand-in values are not drawn
     ax.scatter([c.cost for c in ok], [c.fid for c in ok], s=10, c="0.75", label="candidates")
     ax.plot([c.cost for c in front], [c.fid for c in front], "-o", ms=4, c="tab:blue", label="Pareto front")
     if uniform:
@@ -98,14 +98,25 @@ def _fmt(v: Any, digits: int = 3) -> str:
     return str(v)
 
 
-def rows_table(rows: Sequence[Mapping[str, Any]], full_gflops: float | None, fid_label: str) -> str:
-    """A markdown table of evaluation records: strategy, FID, GFLOPs, saving, latency."""
+def rows_table(
+    rows: Sequence[Mapping[str, Any]],
+    full_gflops: float | None,
+    fid_label: str,
+    floors: Sequence[Mapping[str, Any]] = (),
+) -> str:
+    """A markdown table of evaluation records: strategy, FID (and its ratio to the real-data floor of
+    the nearest image count, when ``floors`` are given), GFLOPs, saving, latency."""
+    from ddsm_core.floor import floor_of
+
     head = f"| | strategy | {fid_label} | GFLOPs/image | GFLOPs/call | saved | latency ms/image | images |"
     lines = [head, "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         saved = (1 - r["gflops"] / full_gflops) if full_gflops else None
         fid = r.get("fid")
         fid_text = _fmt(fid) + (f" ± {_fmt(r['fid_sd'])}" if r.get("fid_sd") is not None else "")
+        floor = floor_of({"floors": list(floors)}, r.get("n_images"))
+        if floor is not None and fid is not None and floor.fid > 0:
+            fid_text += f" ({fid / floor.fid:.2f}x floor)"
         lines.append(
             f"| {r.get('name', '')} | {r.get('strategy', '')} | {fid_text if fid is not None else 'failed'} "
             "| "
@@ -114,6 +125,18 @@ def rows_table(rows: Sequence[Mapping[str, Any]], full_gflops: float | None, fid
             f"{r.get('n_images', '-')} |"
         )
     return "\n".join(lines)
+
+
+def _rungs_text(cfg: Mapping[str, Any], cost: Mapping[str, Any]) -> str:
+    """Multi-fidelity: the rungs, the promoted fraction and the evaluations each rung got."""
+    if not cfg.get("rungs"):
+        return ""
+    spent = ", ".join(f"{r['evaluations']} at {r['n_images']}" for r in cost.get("rungs", []))
+    return (
+        f" Multi-fidelity: rungs {cfg['rungs']} images then {cfg['n_images']}, best {cfg['promote']} "
+        f"promoted per rung (evaluations: {spent}); only top-rung candidates enter the front. The "
+        f"uniform widths below show the rung each one reached."
+    )
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -129,6 +152,7 @@ def write_report(out_dir: str | os.PathLike[str], results: Mapping[str, Any]) ->
     label = f"FID ({results['extractor']})"
     full = results["final"].get("full", {}).get("gflops")
     cfg = results["config"]
+    floors = results.get("floors") or []
     md = [
         "# Step-aware strategy search",
         "",
@@ -139,16 +163,22 @@ def write_report(out_dir: str | os.PathLike[str], results: Mapping[str, Any]) ->
         f"NSGA-II: population {cfg['population']}, generations {cfg['generations']}, mutation rate "
         f"{cfg['mutation_rate']} per gene, {cfg['crossover']} crossover, seed {cfg['seed']}; "
         f"{cfg['n_images']} images per candidate, {cfg['final_images']} for the finalists; pick = "
-        f"argmin FID + {cfg['weight']} x GFLOPs.",
+        f"argmin FID + {cfg['weight']} x GFLOPs.{_rungs_text(cfg, results.get('cost', {}))}",
         "",
         f"## Finalists ({cfg['final_images']} images, seeds from {cfg['eval_seed']})",
         "",
-        rows_table([{"name": k, **v} for k, v in results["final"].items()], full, label),
+        rows_table([{"name": k, **v} for k, v in results["final"].items()], full, label, floors),
         "",
+        _floor_line(floors),
+        "",
+        *_paired_lines(results.get("paired") or {}),
         f"## Uniform widths during the search ({cfg['n_images']} images)",
         "",
         rows_table(
-            [{"name": k, **v} for k, v in results["uniform"].items()], results.get("full_gflops"), label
+            [{"name": k, **v} for k, v in results["uniform"].items()],
+            results.get("full_gflops"),
+            label,
+            floors,
         ),
         "",
         "## Pick",
@@ -202,7 +232,8 @@ def write_report_folder(out_dir: str | os.PathLike[str], results: Mapping[str, A
     pick, knee = Candidate.from_dict(results["pick"]), Candidate.from_dict(results["knee"])
     plot_pareto(
         out / "pareto.png", cands, front,
-        uniform={k: (v["fid"], v["gflops"]) for k, v in results["uniform"].items()},
+        uniform={k: (v["fid"], v["gflops"]) for k, v in results["uniform"].items()
+                 if v.get("n_images") == cfg["n_images"]},  # multi-fidelity: top-rung ones only
         marked={"pick": pick.objectives, "knee": knee.objectives},  # type: ignore[dict-item]
         fid_label=f"FID ({results['extractor']})",
         title=f"{cfg['sampler']}, {cfg['steps']} steps; FID from {cfg['n_images']} images per candidate\n"
@@ -228,6 +259,40 @@ def write_strategy_files(out_dir: str | os.PathLike[str], results: Mapping[str, 
         path.write_text(strategy.to_json(indent=1) + "\n")
         paths.append(path)
     return paths
+
+
+def _floor_line(floors: Sequence[Mapping[str, Any]]) -> str:
+    from ddsm_core.floor import RealDataFloor
+
+    if not floors:
+        return "Real-data floor: not recorded with these reference statistics."
+    text = ", ".join(RealDataFloor.from_dict(f).describe() for f in reversed(floors))
+    return f"Real-data floor (held-out real images vs the reference statistics): FID {text}."
+
+
+def _paired_lines(paired: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Each finalist minus full width on the same seeds, with its bootstrap interval and verdict."""
+    if not paired:
+        return []
+    lines = [
+        "## Paired with full width (same seeds)",
+        "",
+        "| finalist | FID - full width | 95% interval | ratio interval | equal quality (tolerance) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, d in paired.items():
+        verdict = "yes" if d["equal_quality"] else "no"
+        lines.append(
+            f"| {name} | {d['diff']:+.2f} | [{d['low']:+.2f}, {d['high']:+.2f}] | "
+            f"[{d['ratio_low']:.3f}, {d['ratio_high']:.3f}] | {verdict} (upper end <= {d['tolerance']:.2f}) |"
+        )
+    lines += [
+        "",
+        f"Bootstrap over images ({next(iter(paired.values()))['n_boot']} replicates, indices resampled "
+        "jointly for both strategies); equal quality: the interval's upper end is within the tolerance.",
+        "",
+    ]
+    return lines
 
 
 def _json_default(obj: Any) -> Any:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ddsm_core.search import Candidate, knee_point, non_dominated
+from ddsm_core.search import Candidate, knee_point, non_dominated, reached_top
 from ddsm_core.spec import SearchSpec
 from ddsm_core.widths import format_width
 
@@ -24,7 +24,7 @@ FinalRecords = Mapping[str, Mapping[str, Any]]
 
 def front_of(candidates: Sequence[Candidate]) -> list[Candidate]:
     """Pareto front over every successful candidate, sorted by cost (as ``SearchDriver.front``)."""
-    ok = sorted((c for c in candidates if c.ok), key=lambda c: c.index)
+    ok = sorted((c for c in candidates if c.ok and reached_top(c.record)), key=lambda c: c.index)
     front = [ok[i] for i in non_dominated([c.objectives for c in ok])]  # type: ignore[misc]
     return sorted(front, key=lambda c: (c.cost, c.fid))
 
@@ -50,6 +50,24 @@ def _calls(record: Mapping[str, Any]) -> int:
     return int(record.get("n_images") or 0) * int(record.get("network_calls") or 0)
 
 
+def _spent(record: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The evaluations behind a candidate: one per rung reached (multi-fidelity), else the record."""
+    fidelity = record.get("fidelity")
+    return list(fidelity["evaluations"]) if isinstance(fidelity, Mapping) else [record]
+
+
+def rung_counts(candidates: Sequence[Candidate]) -> list[dict[str, int]]:
+    """Evaluations and image-steps (images x network calls) per image count, smallest first."""
+    per: dict[int, dict[str, int]] = {}
+    for c in candidates:
+        for e in _spent(c.record):
+            n = int(e.get("n_images") or 0)
+            row = per.setdefault(n, {"n_images": n, "evaluations": 0, "image_steps": 0})
+            row["evaluations"] += 1
+            row["image_steps"] += _calls(e)
+    return [per[n] for n in sorted(per)]
+
+
 def cost_summary(
     candidates: Sequence[Candidate],
     finals: Sequence[Mapping[str, Any]],
@@ -58,16 +76,19 @@ def cost_summary(
     search_wall_s: float | None = None,
     total_wall_s: float | None = None,
 ) -> dict[str, Any]:
-    """Work done: evaluations, images and network calls (search and distinct finalists), retries."""
+    """Work done: evaluations, images and network calls (search and distinct finalists), retries;
+    ``rungs``: evaluations and image-steps (= network calls) per image count of the search."""
+    spent = [e for c in candidates for e in _spent(c.record)]
     return {
         "evaluations": len(candidates),
         "failed_candidates": sum(not c.ok for c in candidates),
         "retried_attempts": retried_attempts,
-        "search_images_sampled": sum(int(c.record.get("n_images") or 0) for c in candidates),
-        "search_network_calls": sum(_calls(c.record) for c in candidates),
+        "search_images_sampled": sum(int(e.get("n_images") or 0) for e in spent),
+        "search_network_calls": sum(_calls(e) for e in spent),
         "search_network_calls_run": sum(
-            round(_calls(c.record) * (1 - (c.record.get("reused_fraction") or 0.0))) for c in candidates
+            round(_calls(e) * (1 - (e.get("reused_fraction") or 0.0))) for e in spent
         ),
+        "rungs": rung_counts(candidates),
         "final_images_sampled": sum(int(r.get("n_images") or 0) for r in finals),
         "final_network_calls": sum(_calls(r) for r in finals),
         "search_wall_s": search_wall_s,

@@ -4,7 +4,8 @@ Every sampler is a small pure function ``sample_xxx(denoiser, x, sigmas, strateg
 
 - ``denoiser(x, sigma, width, y) -> x0_hat`` works in the variance-exploding (VE) view,
   ``x = x0 + sigma * eps`` (Karras et al. 2022, "EDM"); :class:`VPDenoiser` wraps a DDPM epsilon
-  network into it.
+  network into it, :class:`GuidedDenoiser` adds classifier-free guidance to any denoiser (the
+  samplers do not know about it).
 - ``sigmas`` is the noise grid, built once by :func:`get_sigmas`: ``steps + 1`` decreasing values
   ending with 0. Sampler step ``i`` goes from ``sigmas[i]`` to ``sigmas[i + 1]`` and calls the
   network at ``strategy.width_at(i)`` (EDM Heun: both of its evaluations).
@@ -111,6 +112,71 @@ class VPDenoiser:
         # 3. x0_hat = x - sigma * eps_theta
         denoised = x - _bcast(sigma, x) * eps
         return denoised.clamp(-1.0, 1.0) if self.clip_denoised else denoised
+
+
+class GuidedDenoiser:
+    """Classifier-free guidance (Ho & Salimans 2022) over any denoiser, at the step's width.
+
+    One inner call on the batch ``[x, x]`` with labels ``[y, null]`` gives the conditional and the
+    unconditional ``x0_hat`` (``d_c``, ``d_u``); the result is ``d_u + w (d_c - d_u)``. ``x0_hat`` is
+    affine in ``eps_hat`` at a fixed ``x`` and sigma (``x0_hat = x - sigma eps_hat``), so this is the
+    paper's ``(1 + w') eps_c - w' eps_u`` with ``w = 1 + w'``. ``torch.lerp`` returns its end exactly at
+    weight 1: ``guidance = 1`` is the conditional model bit for bit, ``0`` the unconditional one. Both
+    passes always run (twice the FLOPs of one call: ``strategy_gflops(..., passes=2)``).
+
+    :param inner: the denoiser to guide (e.g. a :class:`VPDenoiser` of a model with a null label).
+    :param guidance: ``w`` (>= 0; 1 = no guidance).
+    :param null_label: the label of the unconditional model (``UNetConfig.null_class``).
+    """
+
+    passes = 2
+
+    def __init__(self, inner: Denoiser, guidance: float, null_label: int) -> None:
+        if not (math.isfinite(guidance) and guidance >= 0):
+            raise ConfigError(f"guidance must be a finite number >= 0, got {guidance}")
+        self.inner, self.guidance, self.null_label = inner, float(guidance), int(null_label)
+
+    @property
+    def schedule(self) -> NoiseSchedule | None:
+        return getattr(self.inner, "schedule", None)
+
+    def __call__(self, x: Tensor, sigma: Tensor, width: float, y: Tensor | None = None) -> Tensor:
+        """:param x: ``[N, C, H, W]``. :param sigma: ``[N]``. :param y: ``[N]`` labels (required)."""
+        if y is None:
+            raise ConfigError("classifier-free guidance needs class labels y")
+        null = torch.full_like(y, self.null_label)
+        both = self.inner(torch.cat([x, x]), torch.cat([sigma, sigma]), width, torch.cat([y, null]))
+        cond, uncond = both.chunk(2)
+        return torch.lerp(uncond, cond, self.guidance)
+
+
+def seed_labels(seeds: Sequence[int], num_classes: int, label: int | None = None) -> Tensor:
+    """Class labels ``[N]`` (long) for images drawn from ``seeds``: ``label`` for all, or by default
+    ``seed % num_classes`` (a function of the image's seed only, like its noise; every class alike)."""
+    if label is not None:
+        if not 0 <= int(label) < num_classes:
+            raise ConfigError(f"class {label} is out of range: 0..{num_classes - 1}")
+        return torch.full((len(seeds),), int(label), dtype=torch.long)
+    return torch.tensor([int(s) % num_classes for s in seeds], dtype=torch.long)
+
+
+def model_denoiser(
+    model: EpsModel, schedule: NoiseSchedule, *, guidance: float | None = None
+) -> VPDenoiser | GuidedDenoiser:
+    """The denoiser of an epsilon network: a :class:`VPDenoiser`, guided when ``guidance`` is set.
+
+    :raises ConfigError: guidance on a model without a null label (train it with label dropout).
+    """
+    denoiser = VPDenoiser(model, schedule)
+    if guidance is None:
+        return denoiser
+    null = getattr(getattr(model, "config", None), "null_class", None)
+    if null is None:
+        raise ConfigError(
+            "guidance needs a class-conditional model with a null label: train it with --class-cond "
+            "--label-dropout 0.1"
+        )
+    return GuidedDenoiser(denoiser, guidance, null)
 
 
 def _bcast(v: Tensor, x: Tensor) -> Tensor:

@@ -633,10 +633,17 @@ def _float_from_json(value: Any) -> float:
 
 
 def pareto_front(candidates: Iterable[Candidate]) -> list[Candidate]:
-    """The non-dominated successful candidates, sorted by cost."""
-    ok = [c for c in candidates if c.ok]
+    """The non-dominated successful candidates that reached the top rung, sorted by cost."""
+    ok = [c for c in candidates if c.ok and reached_top(c.record)]
     front = [ok[i] for i in non_dominated([c.objectives for c in ok])]  # type: ignore[misc]
     return sorted(front, key=lambda c: (c.cost, c.fid))
+
+
+def reached_top(record: Mapping[str, Any]) -> bool:
+    """False for a multi-fidelity candidate that was not promoted to the top rung: its objectives are
+    a conservative stand-in (see :func:`successive_halving`), so it never enters a front or a pick."""
+    fidelity = record.get("fidelity")
+    return not isinstance(fidelity, Mapping) or bool(fidelity.get("top", True))
 
 
 def state_front(state: Mapping[str, Any]) -> list[Candidate]:
@@ -708,6 +715,8 @@ def run_search(
     progress: bool = True,
     resume: bool = True,
     finalists: Mapping[str, Sequence[int]] | None = None,
+    rungs: Sequence[int] = (),
+    promote: float = 0.25,
 ) -> SearchRun:
     """Run a whole search in this process; ``out_dir/search_state.json`` makes it resumable.
 
@@ -715,6 +724,10 @@ def run_search(
     search ends where an uninterrupted one ends. The pick (FID + weight * cost) and the knee are
     re-evaluated with ``final_images`` images at the end, with any extra ``finalists`` (e.g. the full
     width baseline, so that the pick is compared at equal image counts).
+
+    With ``rungs`` (image counts below ``n_images``) each generation goes through
+    :func:`successive_halving` and is told at once; a search interrupted inside a generation evaluates
+    that generation's rungs again when resumed (same seeds: the same values).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -733,6 +746,15 @@ def run_search(
     bar = _progress(progress, total=config.generations * config.population, initial=len(driver.candidates))
     try:
         while not driver.done:
+            if rungs:
+                genomes = driver.ask()
+                evs = successive_halving(genomes, evaluate, (*rungs, n_images), promote)
+                driver.tell(genomes, [e.objectives for e in evs], [e.reason for e in evs],
+                            [e.record for e in evs])  # fmt: skip
+                _write_json_atomic(state_path, driver.state_dict())
+                if bar is not None:
+                    bar.update(len(genomes))
+                continue
             for genome in driver.ask():
                 ev = evaluate(genome, n_images)
                 driver.tell([genome], [ev.objectives], [ev.reason], [ev.record])
@@ -774,3 +796,75 @@ def _progress(enabled: bool, total: int, initial: int, desc: str = "search") -> 
 
 def uniform_genomes(config: SearchConfig) -> Iterable[Genome]:
     return ((i,) * config.steps for i in range(config.n_widths))
+
+
+# ---------------------------------------------------------------------------------------------
+# Multi-fidelity: the number of images is the fidelity.
+# ---------------------------------------------------------------------------------------------
+def promotion_order(points: Sequence[Objectives]) -> list[int]:
+    """Indices of ``points`` best first, as NSGA-II's survival ranks them: non-domination rank, then
+    crowding distance within a rank (a front's two ends first), then the first objective."""
+    left, order = list(range(len(points))), []
+    while left:
+        layer = [left[i] for i in non_dominated([points[j] for j in left])]
+        F = np.array([points[i] for i in layer], dtype=float).reshape(len(layer), 2)
+        crowd = np.zeros(len(layer))
+        for m in range(2):
+            idx = np.argsort(F[:, m], kind="stable")
+            span = F[idx[-1], m] - F[idx[0], m]
+            crowd[idx[0]] = crowd[idx[-1]] = np.inf
+            if span > 0 and len(layer) > 2:
+                crowd[idx[1:-1]] += (F[idx[2:], m] - F[idx[:-2], m]) / span
+        order += sorted(layer, key=lambda i: (-crowd[layer.index(i)], points[i][0], points[i][1], i))
+        left = [i for i in left if i not in layer]
+    return order
+
+
+def successive_halving(
+    genomes: Sequence[Genome], evaluate: EvaluateFn, ladder: Sequence[int], promote: float
+) -> list[Evaluation]:
+    """One generation's evaluations on the image-count ``ladder`` (low rungs first, the top last).
+
+    Every genome is evaluated at ``ladder[0]`` images; at each rung the best ``ceil(promote x alive)``
+    successful ones (:func:`promotion_order` of (FID, GFLOPs) at that rung) go to the next. A genome
+    is evaluated at most once per rung. The result for a genome that reached the top is its top-rung
+    evaluation. A genome stopped at rung r gets the conservative objective
+    ``(worst top-rung FID of this generation + its FID at r - the best FID at r, its GFLOPs)``: never
+    better than a promoted candidate of its generation, ordered among its rung by what was measured,
+    and marked ``record["fidelity"]["top"] = False`` so that it never enters a front or pick
+    (:func:`reached_top`). Each record's ``fidelity.evaluations`` lists what every rung spent.
+    """
+    history: dict[Genome, list[Evaluation]] = {g: [] for g in genomes}
+    alive, best_at = list(dict.fromkeys(genomes)), {}
+    for level, n in enumerate(ladder):
+        for g in alive:
+            history[g].append(evaluate(g, n))
+        ok = [g for g in alive if history[g][-1].objectives is not None]
+        best_at[level] = min((history[g][-1].objectives[0] for g in ok), default=0.0)  # type: ignore[index]
+        if level == len(ladder) - 1:
+            break
+        order = promotion_order([history[g][-1].objectives for g in ok])  # type: ignore[misc]
+        alive = [ok[i] for i in order[: max(1, math.ceil(promote * len(alive)))]] if ok else []
+    top = [h[-1].objectives[0] for h in history.values() if len(h) == len(ladder) and h[-1].objectives]
+    worst_top = max(top, default=0.0)
+    out = []
+    for g in genomes:
+        evs = history[g]
+        last, level = evs[-1], len(evs) - 1
+        fidelity = {
+            "rung": level,
+            "top": level == len(ladder) - 1,
+            "evaluations": [{k: e.record.get(k) for k in _SPENT} | {"fid": _fid(e)} for e in evs],
+        }
+        objectives = last.objectives
+        if objectives is not None and not fidelity["top"]:
+            objectives = (worst_top + objectives[0] - best_at[level], objectives[1])
+        out.append(Evaluation(objectives, last.reason, {**last.record, "fidelity": fidelity}))
+    return out
+
+
+_SPENT = ("n_images", "network_calls", "reused_fraction", "seconds")
+
+
+def _fid(ev: Evaluation) -> float | None:
+    return None if ev.objectives is None else ev.objectives[0]

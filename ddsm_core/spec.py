@@ -13,16 +13,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ddsm_core.config import UNetConfig
 from ddsm_core.costs import CostTable, strategy_gflops
-from ddsm_core.errors import ConfigError, choices_message
+from ddsm_core.errors import ConfigError, StrategyError, choices_message
 from ddsm_core.search import CROSSOVERS, Candidate, Genome, SearchConfig, knee_point
-from ddsm_core.strategy import Strategy, canonical_sampler, parse_strategy_spec
+from ddsm_core.strategy import Strategy, canonical_sampler, parse_strategy_spec, width_index
+from ddsm_core.transfer import transfer_strategy
+from ddsm_core.widths import validate_widths
 
 DEFAULT_SAMPLER = "ddpm"
 """DDPM (not DDIM): its fresh noise at every step forgives the small widths' errors at the noisy start."""
@@ -32,17 +36,28 @@ SAMPLER_HELP = "ddpm, ddim, edm (EDM's Heun; also edm-heun) or dpmpp (DPM-Solver
 FINALISTS: tuple[str, ...] = ("pick", "knee", "full")
 """The finalists re-evaluated with ``final_images``: weighted pick, knee of the front, full width."""
 
-LIMITS: dict[str, tuple[float | None, float | None]] = {
+SEED_MAX = 2**32 - 1
+"""Seeds are unsigned 32-bit (numpy's and torch's generators both take them); image seeds too."""
+MAX_WIDTHS = 64
+MAX_CANDIDATES = 100_000
+"""Upper bound of population x generations: every candidate is a database row."""
+MAX_GENES = 10_000_000
+"""Upper bound of population x generations x steps: the genes the search stores in all."""
+
+LIMITS: dict[str, tuple[float, float]] = {
     "steps": (2, 1000),
     "population": (2, 10_000),
     "generations": (1, 10_000),
-    "n_images": (2, None),  # FID needs a covariance: at least two images
-    "final_images": (2, None),
-    "weight": (0.0, None),
-    "batch_size": (1, None),
+    "n_images": (2, 100_000),  # FID needs a covariance: at least two images
+    "final_images": (2, 100_000),
+    "weight": (0.0, 1e6),
+    "seed": (0, SEED_MAX),
+    "eval_seed": (0, SEED_MAX),
+    "batch_size": (1, 4096),
     "mutation_rate": (0.0, 1.0),
+    "promote": (0.0, 1.0),
 }
-"""Inclusive (low, high) bounds of the numeric settings (None: unbounded)."""
+"""Inclusive (low, high) bounds of the numeric settings; the REST schema and the CLI use the same."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +69,20 @@ class SearchSpec:
     means "not bound yet" (:meth:`bind` sets the supernet's). ``seed`` seeds NSGA-II; ``eval_seed`` is
     the first of the fixed per-image noise seeds every candidate shares (common random numbers): image
     i uses seed ``eval_seed + i``. ``weight`` chooses the pick: argmin FID + weight x GFLOPs/image.
+    ``warm_start``: strategy dicts seeding the first generation after the uniform strategies; in a
+    bound spec they are on its own grid (sampler, steps, widths), as :func:`with_warm_start` makes
+    them from strategies of any sampler and step count. They are stored with the search, so a resume
+    asks the same first generation.
+
+    Multi-fidelity (off by default: ``rungs=()`` is the flat protocol, every candidate at ``n_images``):
+    ``rungs`` are increasing image counts below ``n_images``; each generation's new candidates are
+    first evaluated at ``rungs[0]`` images, the best ``promote`` fraction (non-domination rank of
+    (FID, GFLOPs) at that rung, then crowding distance, as NSGA-II ranks; at least one) goes on to the
+    next rung, up to ``n_images`` (successive halving, see :func:`ddsm_core.search.run_search`). Every
+    rung samples the first images of the same per-image seeds.
+    ``guidance`` samples with classifier-free guidance of that weight (a model with a null label;
+    both passes counted in the GFLOPs); ``class_label`` gives every image that class instead of
+    ``seed % classes`` (class-conditional models).
     """
 
     sampler: str = DEFAULT_SAMPLER
@@ -69,20 +98,72 @@ class SearchSpec:
     batch_size: int = 250
     mutation_rate: float = 0.001
     crossover: str = "one_point"
+    warm_start: tuple[dict[str, Any], ...] = ()
+    rungs: tuple[int, ...] = ()
+    promote: float = 0.25
+    guidance: float | None = None
+    class_label: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sampler", canonical_sampler(self.sampler))
-        object.__setattr__(self, "widths", tuple(float(w) for w in self.widths))
+        if self.widths:
+            if len(self.widths) > MAX_WIDTHS:
+                raise ConfigError(f"at most {MAX_WIDTHS} widths, got {len(self.widths)}")
+            object.__setattr__(self, "widths", validate_widths(self.widths))  # sorted, unique, (0, 1]
+        object.__setattr__(self, "rungs", tuple(self.rungs))
         for name, (low, high) in LIMITS.items():
             value = getattr(self, name)
-            if (low is not None and value < low) or (high is not None and value > high):
-                bound = f">= {low}" if high is None else f"in [{low}, {high}]"
-                raise ConfigError(f"{name} must be {bound}, got {value}")
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
+                raise ConfigError(f"{name} must be in [{_num(low)}, {_num(high)}], got {value!r}")
+        if self.guidance is not None:
+            object.__setattr__(self, "guidance", float(self.guidance))
+            if not (math.isfinite(self.guidance) and self.guidance >= 0):
+                raise ConfigError(f"guidance must be a finite number >= 0, got {self.guidance}")
+        if self.class_label is not None and (isinstance(self.class_label, bool) or self.class_label < 0):
+            raise ConfigError(f"class_label must be an integer >= 0, got {self.class_label}")
         if self.crossover not in CROSSOVERS:
             raise ConfigError(choices_message("crossover", self.crossover, CROSSOVERS))
+        if isinstance(self.warm_start, (str, bytes, Mapping)) or not isinstance(self.warm_start, Sequence):
+            raise ConfigError(f"warm_start must be a list of strategies, got {self.warm_start!r:.80}")
+        seeds = []
+        for k, d in enumerate(self.warm_start):
+            try:
+                seeds.append(Strategy.from_dict(d))
+            except StrategyError as exc:
+                raise ConfigError(f"warm_start strategy {k}: {exc}") from None
+        object.__setattr__(self, "warm_start", tuple(s.to_dict() for s in seeds))
+        ladder = (*self.rungs, self.n_images)
+        if any(isinstance(n, bool) or not isinstance(n, int) for n in self.rungs) or any(
+            not 2 <= a < b for a, b in zip(ladder[:-1], ladder[1:], strict=True)
+        ):
+            raise ConfigError(
+                f"rungs must be increasing image counts >= 2 below n_images {self.n_images}, "
+                f"got {list(self.rungs)}"
+            )
+        if self.rungs and self.promote <= 0:
+            raise ConfigError(f"promote must be in (0, 1] with rungs, got {self.promote}")
+        self._check_budget()
         if self.widths:
             self.search_config()  # population vs widths, genome bounds
+
+    def _check_budget(self) -> None:
+        """Cross-field bounds: the search's size, and image seeds that stay within :data:`SEED_MAX`."""
+        if self.population * self.generations > MAX_CANDIDATES:
+            raise ConfigError(
+                f"population x generations must be <= {MAX_CANDIDATES}, "
+                f"got {self.population} x {self.generations}"
+            )
+        if self.population * self.generations * self.steps > MAX_GENES:
+            raise ConfigError(
+                f"population x generations x steps must be <= {MAX_GENES}, "
+                f"got {self.population} x {self.generations} x {self.steps}"
+            )
+        last = self.eval_seed + max(self.n_images, self.final_images) - 1
+        if last > SEED_MAX:
+            raise ConfigError(
+                f"eval_seed + images - 1 must be <= {SEED_MAX} (image i uses seed eval_seed + i), got {last}"
+            )
 
     # ------------------------------------------------------------------ derived values
     def replace(self, **changes: Any) -> SearchSpec:
@@ -106,7 +187,22 @@ class SearchSpec:
             generations=self.generations,
             mutation_rate=self.mutation_rate,
             crossover=self.crossover,  # type: ignore[arg-type]
+            initial=self.seed_genomes(),
         )
+
+    def seed_genomes(self) -> tuple[Genome, ...]:
+        """The genomes of ``warm_start``; they must be on this search's grid (:func:`with_warm_start`)."""
+        widths = self._require_widths()
+        out = []
+        for k, d in enumerate(self.warm_start):
+            s = Strategy.from_dict(d)
+            if s.sampler != self.sampler or s.steps != self.steps or not _same_widths(s.widths, widths):
+                raise ConfigError(
+                    f"warm_start strategy {k} ({s.describe()}, widths {list(s.widths)}) is not on this "
+                    f"search's grid ({self.sampler}/{self.steps}, widths {list(widths)}): transfer it first"
+                )
+            out.append(s.genes)
+        return tuple(out)
 
     def strategy(self, genome: Sequence[int]) -> Strategy:
         """The strategy a genome stands for (the one place genome -> Strategy happens)."""
@@ -115,8 +211,32 @@ class SearchSpec:
     def full_width_genome(self) -> Genome:
         return (len(self._require_widths()) - 1,) * self.steps
 
+    @property
+    def passes(self) -> int:
+        """Network passes per sampler evaluation: 2 with guidance (conditional + unconditional)."""
+        return 1 if self.guidance is None else 2
+
+    def check_model(self, config: UNetConfig) -> None:
+        """ConfigError when the supernet cannot run this search's guidance or class label."""
+        if self.guidance is not None and config.null_class is None:
+            raise ConfigError(
+                "guidance needs a class-conditional supernet with a null label (trained with --class-cond "
+                "--label-dropout)"
+            )
+        if self.class_label is not None:
+            if not config.num_classes:
+                raise ConfigError(f"class_label {self.class_label} given, but the supernet has no classes")
+            if self.class_label >= config.num_classes:
+                top = config.num_classes - 1
+                raise ConfigError(f"class_label {self.class_label} is out of range: 0..{top}")
+
     def gflops(self, genome: Sequence[int], table: CostTable) -> float:
-        return strategy_gflops(self.strategy(genome), table)
+        return strategy_gflops(self.strategy(genome), table, passes=self.passes)
+
+    @property
+    def ladder(self) -> tuple[int, ...]:
+        """The image counts a candidate may be evaluated with, the top rung (``n_images``) last."""
+        return (*self.rungs, self.n_images)
 
     def pick(self, front: Sequence[Candidate]) -> Candidate:
         """The paper's weighted pick: argmin FID + weight x cost over the front."""
@@ -135,6 +255,8 @@ class SearchSpec:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["widths"] = list(self.widths)
+        d["warm_start"] = [dict(s) for s in self.warm_start]
+        d["rungs"] = list(self.rungs)
         return d
 
     @classmethod
@@ -145,6 +267,8 @@ class SearchSpec:
             raise ConfigError(f"unknown search settings {unknown}; allowed: {', '.join(sorted(names))}")
         d = dict(d)
         d["widths"] = tuple(d.get("widths") or ())
+        d["warm_start"] = tuple(d.get("warm_start") or ())
+        d["rungs"] = tuple(d.get("rungs") or ())
         return cls(**d)
 
     def to_json(self) -> str:
@@ -153,6 +277,10 @@ class SearchSpec:
     @classmethod
     def from_json(cls, text: str | bytes) -> SearchSpec:
         return cls.from_dict(json.loads(text))
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e16 else f"{x:g}"
 
 
 DEFAULT_PROFILE = "cpu"
@@ -184,3 +312,57 @@ def strategy_from_arg(
     if Path(os.fspath(text)).is_file():
         return parse_strategy_spec(text, sampler, steps, widths)
     return parse_strategy_spec(text, sampler or DEFAULT_SAMPLER, steps or DEFAULT_STEPS, widths)
+
+
+def _same_widths(a: Sequence[float], b: Sequence[float]) -> bool:
+    return len(a) == len(b) and all(abs(x - y) <= 1e-9 for x, y in zip(a, b, strict=True))
+
+
+def with_warm_start(
+    spec: SearchSpec,
+    strategies: Sequence[Strategy | tuple[str, Strategy]],
+    schedule: Mapping[str, Any] | Any | None = None,
+) -> tuple[SearchSpec, list[str]]:
+    """``spec`` (bound to its widths) seeded with ``strategies``, and notes on what was left out.
+
+    Each strategy is transferred to the search's sampler and steps by log-SNR
+    (:func:`ddsm_core.transfer.transfer_strategy` with the supernet's ``schedule``; the identity on
+    the same grid) and re-indexed into the search's width set. Seeds equal to a uniform strategy
+    (already in the first generation) or to an earlier seed are dropped; the rest is capped at
+    ``population - len(widths)``, the room the uniform strategies leave, keeping the first ones (a
+    results.json gives its pick first).
+
+    :param strategies: strategies or ``(label, strategy)`` pairs (``read_strategies``' output).
+    :raises ConfigError: a strategy using a width the search does not offer, or one that cannot be
+        transferred (the label names it).
+    """
+    widths = spec._require_widths()
+    uniform = {(i,) * spec.steps for i in range(len(widths))}
+    seeds: dict[Genome, None] = {}
+    dropped = 0
+    for k, item in enumerate(strategies):
+        label, source = item if isinstance(item, tuple) else (f"strategy {k}", item)
+        try:
+            same = source.sampler == spec.sampler and source.steps == spec.steps
+            moved = source if same else transfer_strategy(source, spec.sampler, spec.steps, schedule)
+            genome = tuple(width_index(widths, moved.widths[g]) for g in moved.genes)
+        except StrategyError as exc:
+            raise ConfigError(f"warm start {label} ({source.describe()}): {exc}") from None
+        if genome in uniform or genome in seeds:
+            dropped += 1
+            continue
+        seeds[genome] = None
+    notes = []
+    if dropped:
+        notes.append(
+            f"warm start: dropped {dropped} duplicate seed(s) (a uniform strategy or an earlier seed)"
+        )
+    room = spec.population - len(widths)
+    kept = list(seeds)[:room]
+    if len(seeds) > room:
+        notes.append(
+            f"warm start: kept the first {room} of {len(seeds)} seeds (population {spec.population} "
+            f"holds the {len(widths)} uniform strategies and {room} seeds)"
+        )
+    dicts = tuple(Strategy(spec.sampler, spec.steps, widths, g).to_dict() for g in kept)
+    return dataclasses.replace(spec, warm_start=dicts), notes

@@ -5,9 +5,9 @@ at random from the ones in between, and the smallest width, summing their gradie
 optimizer step (US-Net's sandwich rule, Yu & Huang 2019). With ``distill`` the sub-widths regress the
 full width's detached prediction instead of the true noise (US-Net's in-place distillation).
 
-Everything random in step ``k`` (timesteps, noise, flips, middle widths) is drawn by :func:`step_draws`
-from a generator seeded by ``derive_seed(seed, "step", k)``, for the GLOBAL batch: a resumed run and a
-DDP run draw what a single uninterrupted process would.
+Everything random in step ``k`` (timesteps, noise, flips, middle widths, dropped labels) is drawn by
+:func:`step_draws` from a generator seeded by ``derive_seed(seed, "step", k)``, for the GLOBAL batch: a
+resumed run and a DDP run draw what a single uninterrupted process would.
 """
 
 from __future__ import annotations
@@ -39,15 +39,28 @@ def sandwich_widths(widths: tuple[float, ...], n_middle: int, gen: torch.Generat
 def step_draws(
     config: TrainConfig, step: int, image_shape: tuple[int, ...], widths: tuple[float, ...]
 ) -> dict[str, Any]:
-    """All the randomness of one step for the GLOBAL batch: widths, timesteps, noise, flips."""
+    """All the randomness of one step for the GLOBAL batch: widths, timesteps, noise, flips and the
+    labels to drop (``label_drop``, each with probability ``config.label_dropout``)."""
     gen = torch.Generator().manual_seed(derive_seed(config.seed, "step", step))
     b = config.batch_size
-    return {
+    draws = {
         "widths": sandwich_widths(widths, config.n_middle, gen),
         "t": torch.randint(0, config.timesteps, (b,), generator=gen),
         "noise": torch.randn((b, *image_shape), generator=gen),
         "flip": torch.rand(b, generator=gen) < 0.5,
     }
+    # drawn last, so runs without label dropout draw exactly what they did before it existed
+    if config.label_dropout > 0:
+        draws["label_drop"] = torch.rand(b, generator=gen) < config.label_dropout
+    return draws
+
+
+def drop_labels(y: Tensor, drop: Tensor, null_label: int) -> Tensor:
+    """Classifier-free guidance's label dropout: ``y`` with the ``drop`` entries set to ``null_label``.
+
+    :param y: an [N] long Tensor of labels. :param drop: an [N] bool Tensor (``step_draws``'s mask).
+    """
+    return torch.where(drop.to(y.device), torch.full_like(y, null_label), y)
 
 
 def train_step(

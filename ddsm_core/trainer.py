@@ -38,7 +38,7 @@ from ddsm_core.errors import ConfigError, DDSMError
 from ddsm_core.recipes import TrainConfig, check_resume_config
 from ddsm_core.stopping import CutShort, StopRequest
 from ddsm_core.train_eval import WidthLosses, eval_width_losses, sample_width_grid
-from ddsm_core.train_step import ema_update, lr_factor, step_draws, train_step
+from ddsm_core.train_step import drop_labels, ema_update, lr_factor, step_draws, train_step
 from ddsm_core.widths import format_width
 
 
@@ -79,6 +79,11 @@ class Trainer:
         if config.batch_size % dist_env.world:
             raise ConfigError(
                 f"batch size {config.batch_size} is not divisible by {dist_env.world} processes"
+            )
+        if config.label_dropout > 0 and model_config.null_class is None:
+            raise ConfigError(
+                "label_dropout needs a class-conditional model with a null label (UNetConfig.null_label; "
+                "resolve_recipe sets it)"
             )
         self.model_config, self.config, self.out_dir = model_config, config, out_dir
         self.dataset: Any = None  # set before run()
@@ -209,6 +214,8 @@ class Trainer:
             flip = draws["flip"][self.part].to(dev)
             x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
         y = y.to(dev) if self.model_config.num_classes is not None else None
+        if y is not None and "label_drop" in draws:
+            y = drop_labels(y, draws["label_drop"][self.part], self.model_config.null_class)  # type: ignore[arg-type]
         t, noise = draws["t"][self.part].to(dev), draws["noise"][self.part].to(dev)
         self.opt.zero_grad(set_to_none=True)
         # Dropout draws from the global RNG: fork it and seed it per step, so nothing leaks out and a

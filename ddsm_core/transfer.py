@@ -228,13 +228,14 @@ def read_strategies(path: str | os.PathLike[str]) -> list[tuple[str, Strategy]]:
         if isinstance(data, Mapping) and "genes" in data:
             return [(p.stem, Strategy.from_dict(data))]
         if isinstance(data, Mapping) and isinstance(data.get("config"), Mapping):
-            return _results_strategies(data)
+            return results_strategies(data)
     except StrategyError as exc:
         raise StrategyError(f"{p}: {exc}") from exc
     raise StrategyError(f"{p} is neither a strategy (no 'genes') nor a search's results.json (no 'config')")
 
 
-def _results_strategies(results: Mapping[str, Any]) -> list[tuple[str, Strategy]]:
+def results_strategies(results: Mapping[str, Any]) -> list[tuple[str, Strategy]]:
+    """The strategies of a search's results (see :func:`read_strategies`): pick, knee, then the front."""
     cfg = results["config"]
     missing = [k for k in ("sampler", "steps", "widths") if k not in cfg]
     if missing:

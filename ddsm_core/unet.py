@@ -6,7 +6,8 @@ downsampling; a middle of ResBlock, attention, ResBlock; per level on the way up
 ``num_res_blocks + 1`` residual blocks, each reading ``cat(h, skip)``, and a nearest-neighbour
 upsampling + 3x3 conv; GroupNorm, SiLU and a 3x3 output conv. Residual blocks add a projection of
 the timestep embedding (sinusoidal -> Linear -> SiLU -> Linear, 4 x model_channels wide), plus a
-label embedding when ``num_classes`` is set.
+label embedding when ``num_classes`` is set (with one more row, the null label ``num_classes``, when
+``null_label`` is set: classifier-free guidance's unconditional model).
 
 Every layer is slimmable except the image channels at both ends and the sinusoidal input of the
 time MLP; the time MLP's hidden and output features slim with the width too (as in the authors'
@@ -217,7 +218,7 @@ class SlimmableUNet(nn.Module):
         self.config = config
         mc, emb = config.model_channels, config.time_embed_dim
         self.time_embed = TimeEmbedding(mc, emb)
-        self.label_embed = SlimEmbedding(config.num_classes, emb) if config.num_classes else None
+        self.label_embed = SlimEmbedding(config.label_rows, emb) if config.num_classes else None
         self.head = SlimConv2d(config.in_channels, mc, 3, padding=1, slim_in=False)
         self.down, skips = _build_down(config)
         self.middle = _build_middle(config)
@@ -247,7 +248,8 @@ class SlimmableUNet(nn.Module):
         :param x: an [N x C x H x W] Tensor of noisy images.
         :param t: an [N] Tensor of (possibly fractional) DDPM timesteps in [0, T-1], or a scalar.
         :param width: one of ``config.widths`` (ConfigError listing them otherwise).
-        :param y: an [N] long Tensor of labels; required iff the model is class-conditional.
+        :param y: an [N] long Tensor of labels in ``[0, num_classes)`` (or the null label
+            ``num_classes`` when ``config.null_label``); required iff the model is class-conditional.
         :return: an [N x out_channels x H x W] Tensor.
         """
         width = match_width(width, self.config.widths)
@@ -270,4 +272,13 @@ class SlimmableUNet(nn.Module):
             return 0.0
         if y is None:
             raise ConfigError(f"class-conditional model ({self.config.num_classes} classes) needs labels y")
+        rows = self.config.label_rows
+        if y.ndim != 1 or y.dtype != torch.long:
+            raise ConfigError(f"labels y must be an [N] long tensor, got {tuple(y.shape)} {y.dtype}")
+        # An out-of-range label is an IndexError on the CPU and a device-side assert on CUDA: check first.
+        if y.device.type != "meta":
+            bad = y[(y < 0) | (y >= rows)]
+            if len(bad):
+                null = f" ({rows - 1} is the null label)" if self.config.null_label else ""
+                raise ConfigError(f"labels must be in 0..{rows - 1}{null}, got {bad.unique()[:5].tolist()}")
         return self.label_embed(y, width)

@@ -106,7 +106,8 @@ def evaluate_genome(
     device: str,
     share_prefixes: bool = False,
 ) -> dict[str, Any]:
-    """Sample ``n_images`` with the genome's strategy from the search's fixed seeds; FID + GFLOPs."""
+    """Sample ``n_images`` with the genome's strategy from the search's fixed seeds (guided when the
+    spec says so); FID + GFLOPs."""
     from ddsm_core.evaluate import evaluate
 
     model, schedule, _ = load_supernet(checkpoint, checkpoint_sha, device)
@@ -114,7 +115,7 @@ def evaluate_genome(
     cache = None
     if share_prefixes:  # same seeds, sampler and model: resume from states of earlier candidates
         cache = _prefix_cache((checkpoint_sha, dev, spec.sampler, spec.steps, spec.widths, spec.eval_seed,
-                               spec.batch_size, n_images))  # fmt: skip
+                               spec.batch_size, n_images, spec.guidance, spec.class_label))  # fmt: skip
     result = evaluate(
         model,
         schedule,
@@ -127,6 +128,8 @@ def evaluate_genome(
         costs=table,
         device=dev,
         prefix_cache=cache,
+        guidance=spec.guidance,
+        class_label=spec.class_label,
     )
     return result_metrics(result)
 

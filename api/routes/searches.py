@@ -1,14 +1,18 @@
 from __future__ import annotations
 
+import io
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Query, Response, status
 
 from api import services
 from api.db.models import CandidateState
 from api.db.repository import MAX_ID
 from api.deps import Read, RepoDep, Write, conflict, not_found
 from api.schemas import CandidateOut, CandidatePage, SearchCreate, SearchOut
+from ddsm_core.compare import parse_reference
+
+PNG = {200: {"content": {"image/png": {}}}}
 
 router = APIRouter(prefix="/searches", tags=["searches"])
 
@@ -29,6 +33,40 @@ def create_search(body: SearchCreate, repo: RepoDep) -> SearchOut:
 @router.get("", dependencies=[Read])
 def list_searches(repo: RepoDep) -> list[SearchOut]:
     return [SearchOut.model_validate(services.search_view(repo, s)) for s in repo.list_searches()]
+
+
+# /compare before /{search_id}: a path route matches in declaration order
+@router.get("/compare", dependencies=[Read])
+def compare_searches(
+    ids: Annotated[str, Query(description="Search ids, comma-separated: 1,2,3")],
+    repo: RepoDep,
+    ref: Annotated[
+        str | None, Query(description="Reference point 'GFLOPS,FID' (default: 1.1 x the max over all fronts)")
+    ] = None,
+) -> dict[str, Any]:
+    """The Pareto fronts of several searches, with a hypervolume each against one shared reference
+    point (the box both objectives are measured in); 422 when their FIDs come from different extractors."""
+    _, _, body = services.compare_searches(repo, services.parse_ids(ids), parse_reference(ref))
+    return body
+
+
+@router.get("/compare/plot.png", dependencies=[Read], responses=PNG)
+def compare_searches_png(
+    ids: Annotated[str, Query(description="Search ids, comma-separated: 1,2,3")],
+    repo: RepoDep,
+    ref: Annotated[str | None, Query(description="Reference point 'GFLOPS,FID'")] = None,
+) -> Response:
+    """The fronts of several searches on one plot, the shared reference point and each hypervolume."""
+    from ddsm_core.plots import plot_fronts
+
+    fronts, comparison, body = services.compare_searches(repo, services.parse_ids(ids), parse_reference(ref))
+    buf = io.BytesIO()
+    plot_fronts(
+        fronts, buf, reference=comparison.reference,
+        hypervolumes={r.name: r.hypervolume for r in comparison.rows},
+        fid_label=f"FID ({body['extractor']})" if body["extractor"] else "FID",
+    )  # fmt: skip
+    return Response(buf.getvalue(), media_type="image/png")
 
 
 @router.get("/{search_id}", dependencies=[Read])

@@ -7,7 +7,7 @@ from fastapi import APIRouter, status
 from api import services
 from api.db.models import JobStatus
 from api.db.repository import TrainingRunRecord
-from api.deps import DispatcherDep, Read, RepoDep, Write, conflict, not_found
+from api.deps import DispatcherDep, Read, RepoDep, SettingsDep, Write, conflict, not_found
 from api.schemas import TrainingRunCreate, TrainingRunOut
 
 router = APIRouter(prefix="/training-runs", tags=["training"])
@@ -24,11 +24,13 @@ def _out(run: TrainingRunRecord, now: datetime | None = None) -> TrainingRunOut:
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, dependencies=[Write])
-def start_training(body: TrainingRunCreate, repo: RepoDep, sender: DispatcherDep) -> TrainingRunOut:
+def start_training(
+    body: TrainingRunCreate, repo: RepoDep, sender: DispatcherDep, settings: SettingsDep
+) -> TrainingRunOut:
     """Train a supernet on a `train` worker; follow it with GET; the result is registered as a supernet."""
-    services.check_training(body.preset, body.model)
-    steps = int(body.train.get("steps", 0))  # 0: the preset's default, filled in by the worker
-    run_id = repo.create_training_run(body.name, body.model_dump(exclude={"name"}), steps)
+    config = services.check_training(settings, body)
+    steps = int(config["train"].get("steps", 0))  # 0: the preset's default, filled in by the worker
+    run_id = repo.create_training_run(body.name, config, steps)
     sender.train_supernet(run_id, 1)
     return _out(repo.get_training_run(run_id))  # type: ignore[arg-type]
 

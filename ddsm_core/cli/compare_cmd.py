@@ -45,15 +45,13 @@ def compare(
 
 
 def _parse_ref(text: str | None) -> tuple[float, float] | None:
+    from ddsm_core.compare import parse_reference
     from ddsm_core.errors import ConfigError
 
-    if text is None:
-        return None
     try:
-        g, f = (float(v) for v in text.split(","))
-    except ValueError:
-        raise ConfigError(f"--ref must be 'GFLOPS,FID', e.g. '12.5,40', got {text!r}") from None
-    return (g, f)
+        return parse_reference(text)
+    except ConfigError as exc:
+        raise ConfigError(f"--ref: {exc}") from None
 
 
 def register(app: typer.Typer) -> None:

@@ -1,7 +1,8 @@
 """``ddsm sample``: images from a trained supernet with a (step-aware) width strategy.
 
-Image ``i`` is drawn from seed ``--seed + i`` alone (initial noise and per-step noise), so the same
-command writes byte-identical files, and a different ``--batch-size`` gives the same images.
+Image ``i`` is drawn from seed ``--seed + i`` alone (initial noise, per-step noise and, for a
+class-conditional model without ``--class``, its label ``(seed + i) % classes``), so the same command
+writes byte-identical files, and a different ``--batch-size`` gives the same images.
 """
 
 from __future__ import annotations
@@ -34,7 +35,18 @@ def sample(
         None, "--npz", help="Also write the images as uint8 NHWC arr_0 in an .npz."
     ),
     png_dir: Path | None = typer.Option(None, "--png-dir", help="Also write each image as a PNG here."),
-    label: int | None = typer.Option(None, "--class", help="Class label for a class-conditional model."),
+    label: str | None = typer.Option(
+        None,
+        "--class",
+        help="Class-conditional models: a class label for every image, or 'random' "
+        "(the default: image i gets (seed + i) % classes).",
+    ),
+    guidance: float | None = typer.Option(
+        None,
+        "--guidance",
+        help="Classifier-free guidance weight (1 = conditional model, 0 = "
+        "unconditional; needs a model trained with --label-dropout). Twice the network passes.",
+    ),
     eta: float | None = typer.Option(None, "--eta", help="DDIM eta (ddim only) [0]."),
     batch_size: int = typer.Option(256, "--batch-size", help="Images per batch (does not change them)."),
     raw: bool = typer.Option(False, "--raw", help="Use the raw weights instead of the EMA."),
@@ -56,13 +68,14 @@ def sample(
     from ddsm_core.device import pick_device
     from ddsm_core.errors import ConfigError
     from ddsm_core.inference import prepare_for_inference
-    from ddsm_core.sampling import VPDenoiser
+    from ddsm_core.sampling import model_denoiser, seed_labels
     from ddsm_core.sampling import sample as run_sample
     from ddsm_core.spec import strategy_from_arg
 
     check_min("--n", n, 1)
     check_min("--batch-size", batch_size, 1)
     check_steps("--steps", steps)
+    fixed = _class_arg(label)
     check_checkpoint(checkpoint)
     for path, option in ((out, "--out"), (npz, "--npz"), (png_dir, "--png-dir")):
         if path is not None:
@@ -73,25 +86,25 @@ def sample(
     prepare_for_inference(model)
     strat = strategy_from_arg(str(strategy), sampler, steps, cfg.widths)
     check_steps("--steps", strat.steps)
+    seeds = list(range(seed, seed + n))
     y = None
     if cfg.num_classes:
-        if label is not None and not 0 <= label < cfg.num_classes:
-            raise ConfigError(f"--class {label} is out of range: 0..{cfg.num_classes - 1}")
-        labels = [label] * n if label is not None else [i % cfg.num_classes for i in range(n)]
-        y = torch.tensor(labels, dtype=torch.long)
-    elif label is not None:
+        y = seed_labels(seeds, cfg.num_classes, fixed)
+    elif fixed is not None:
         raise ConfigError("--class given, but the checkpoint's model is not class-conditional")
+    denoiser = model_denoiser(model, schedule, guidance=guidance)
     shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
     bar = _bar(progress, total=-(-n // batch_size) * strat.steps)
     with torch.inference_mode():
         images = run_sample(
-            VPDenoiser(model, schedule), strat, shape, list(range(seed, seed + n)), y=y, device=dev,
-            batch_size=batch_size, eta=eta, callback=(lambda info: bar.update(1)) if bar else None,
+            denoiser, strat, shape, seeds, y=y, device=dev, batch_size=batch_size, eta=eta,
+            callback=(lambda info: bar.update(1)) if bar else None,
         ).cpu()  # fmt: skip
     if bar:
         bar.close()
     save_image_grid(images, out, nrow=max(1, round(n**0.5)))
-    typer.echo(f"{n} images, {strat.describe()}, checkpoint step {manifest['step']} -> {out}")
+    guided = "" if guidance is None else f", guidance {guidance:g}"
+    typer.echo(f"{n} images, {strat.describe()}{guided}, checkpoint step {manifest['step']} -> {out}")
     if npz is not None:
         write_npz(npz, to_uint8(images))
         typer.echo(f"wrote {npz}")
@@ -100,10 +113,23 @@ def sample(
         typer.echo(f"wrote {n} PNGs to {png_dir}")
 
 
-def to_uint8(images):  # Tensor [N,C,H,W] in [-1,1] -> numpy uint8 [N,H,W,C]
-    import torch
+def _class_arg(text: str | None) -> int | None:
+    """``--class``: an integer label, or ``random`` / absent for the seed-derived labels."""
+    from ddsm_core.errors import ConfigError
 
-    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    if text is None or text.strip().lower() == "random":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"--class must be an integer label or 'random', got {text!r}") from None
+
+
+def to_uint8(images):  # Tensor [N,C,H,W] in [-1,1] -> numpy uint8 [N,H,W,C]
+    """The FID's rounding (:func:`ddsm_core.fid.to_uint8`, half up), so the files score what was measured."""
+    from ddsm_core.fid import to_uint8 as quantize_uint8
+
+    return quantize_uint8(images).permute(0, 2, 3, 1).numpy()
 
 
 def write_npz(path: Path, array) -> None:

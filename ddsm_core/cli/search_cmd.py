@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,12 @@ from ddsm_core.spec import (
     SearchSpec,
 )
 
+GUIDANCE_HELP = (
+    "Classifier-free guidance weight (a model trained with --label-dropout; 1 = conditional model). "
+    "Both passes are counted in the GFLOPs."
+)
+CLASS_HELP = "Class-conditional models: every image of this class (default: seed % classes)."
+
 
 def _profiles_help(name: str) -> str:
     """``cpu: 16, paper: 50``: the value of a setting in each profile, for the help texts."""
@@ -49,18 +56,40 @@ def _dataset_of(manifest: dict[str, Any], dataset: str | None) -> str | None:
     return dataset or (manifest.get("train_config") or {}).get("dataset")
 
 
+def check_data_args(dataset: str | None, image_size: int | None, model_config: Any) -> int | None:
+    """Validate ``--dataset`` / ``--image-size`` against the checkpoint's model before any sampling.
+
+    :return: the image size to read the dataset at: ``--image-size``, else the model's own.
+    """
+    from ddsm_core.data import check_dataset
+    from ddsm_core.errors import ConfigError
+
+    own = int(model_config.image_size)
+    if image_size is not None and image_size != own:
+        raise ConfigError(
+            f"--image-size {image_size} differs from the checkpoint's image size {own}: FID compares "
+            "images of one size (leave --image-size out to use the checkpoint's)"
+        )
+    if dataset is not None:
+        check_dataset(dataset, own, int(model_config.in_channels))
+    return own
+
+
 def resolve_stats(
     stats: Path | None,
     extractor: str | None,
     dataset: str | None,
     device: Any,
     out_dir: Path | None = None,
+    image_size: int | None = None,
+    channels: int | None = None,
 ) -> tuple[Any, Any]:
     """(reference stats, extractor), checked against each other before any sampling.
 
     With ``stats`` the extractor defaults to the one that made them; without, the dataset's reference
-    statistics are computed now (and saved to ``out_dir/ref_stats.npz``). The dataset is checked before
-    any extractor is built, so a typo is reported as such.
+    statistics are computed now (read at ``image_size`` with ``channels``: the model's) and saved to
+    ``out_dir/ref_stats.npz``. The dataset is checked before any extractor is built, so a typo is
+    reported as such.
     """
     from ddsm_core.data import check_dataset
     from ddsm_core.errors import ConfigError
@@ -74,9 +103,9 @@ def resolve_stats(
         return ref, ext
     if dataset is None:
         raise ConfigError("give --stats (reference statistics .npz) or --dataset to compute them")
-    check_dataset(dataset)
+    check_dataset(dataset, image_size, channels)
     ext = get_extractor(extractor or "auto", dataset=dataset, device=str(device))
-    ref = reference_stats(dataset, ext, device=str(device))
+    ref = reference_stats(dataset, ext, device=str(device), image_size=image_size, channels=channels)
     if out_dir is not None:
         ref.save(out_dir / "ref_stats.npz")
     return ref, ext
@@ -89,6 +118,10 @@ def ref_stats(
     ),
     out: Path = typer.Option(..., "--out", help="The .npz to write (pytorch-fid format + labels)."),
     split: str = typer.Option("train", "--split", help="Dataset split (train, test, all)."),
+    image_size: int | None = typer.Option(
+        None, "--image-size", help="Square size to read the images at (required for a folder)."
+    ),
+    channels: int | None = typer.Option(None, "--channels", help="Folder images: 1 (gray) or 3 (RGB) [3]."),
     batch_size: int = typer.Option(
         250, "--batch-size", help="Images per batch (does not change the result)."
     ),
@@ -97,20 +130,29 @@ def ref_stats(
         None, "--threads", help="Torch CPU threads (default 1 or $DDSM_TORCH_THREADS; 0 = all cores)."
     ),
 ) -> None:
-    """Compute reference feature statistics of a dataset for FID."""
+    """Compute reference feature statistics of a dataset for FID, and its real-data floor."""
     from ddsm_core.data import check_dataset
     from ddsm_core.device import pick_device
     from ddsm_core.features import reference_stats
+    from ddsm_core.floor import floors_of
 
-    check_dataset(dataset, split)
+    check_dataset(dataset, image_size, channels, split=split)
     check_min("--batch-size", batch_size, 1)
     check_writable_parent(out, "--out")
     _set_threads(threads)
     stats = reference_stats(
-        dataset, extractor, split=split, device=str(pick_device(device)), batch_size=batch_size
-    )
+        dataset, extractor, split=split, device=str(pick_device(device)), batch_size=batch_size,
+        image_size=image_size, channels=channels,
+    )  # fmt: skip
     path = stats.save(out)
     typer.echo(f"{stats.n} images of {dataset}/{split}, {stats.extractor} ({stats.dim}-d) -> {path}")
+    floors = floors_of(stats)
+    if floors:
+        typer.echo("real-data floor (held-out real images vs these stats): FID " + ", ".join(
+            f.describe() for f in reversed(floors)
+        ))  # fmt: skip
+    else:
+        typer.echo("real-data floor: none (no held-out split to measure it on)")
 
 
 def eval_cmd(
@@ -129,6 +171,9 @@ def eval_cmd(
     ),
     stats: Path | None = typer.Option(None, "--stats", help="Reference statistics (.npz)."),
     dataset: str | None = typer.Option(None, "--dataset", help="Compute reference stats of this dataset."),
+    image_size: int | None = typer.Option(
+        None, "--image-size", help="Size to read --dataset at [the checkpoint's image size]."
+    ),
     extractor: str | None = typer.Option(None, "--extractor", help="Default: the one of --stats / auto."),
     images: int = typer.Option(1000, "--images", help="Images to sample (FID needs at least 2)."),
     seed: int = typer.Option(
@@ -142,9 +187,12 @@ def eval_cmd(
     threads: int | None = typer.Option(
         None, "--threads", help="Torch CPU threads (default 1 or $DDSM_TORCH_THREADS; 0 = all cores)."
     ),
+    guidance: float | None = typer.Option(None, "--guidance", help=GUIDANCE_HELP),
+    label: int | None = typer.Option(None, "--class", help=CLASS_HELP),
 ) -> None:
     """Evaluate one strategy: FID (with its extractor), GFLOPs, measured latency."""
     from ddsm_core.evaluate import evaluate
+    from ddsm_core.floor import floor_of
     from ddsm_core.flops import cost_table
     from ddsm_core.spec import strategy_from_arg
 
@@ -157,19 +205,26 @@ def eval_cmd(
         check_writable_parent(out, "--json")
     _set_threads(threads)
     model, schedule, manifest, dev = _load_model(checkpoint, device)
+    data = _dataset_of(manifest, dataset) if stats is None else dataset
+    size = check_data_args(data, image_size, model.config)
     strat = strategy_from_arg(strategy, sampler, steps, model.config.widths)
     check_steps("--steps", strat.steps)
-    ref, ext = resolve_stats(stats, extractor, _dataset_of(manifest, dataset), dev)
+    ref, ext = resolve_stats(stats, extractor, data, dev, image_size=size, channels=model.config.in_channels)
     result = evaluate(
-        model, schedule, strat, ref, ext, images, seed, batch_size, costs=cost_table(model), device=dev
-    )
+        model, schedule, strat, ref, ext, images, seed, batch_size, costs=cost_table(model), device=dev,
+        guidance=guidance, class_label=label,
+    )  # fmt: skip
     fid = "failed: " + str(result.reason) if not result.ok else f"{result.fid:.4f}"
+    floor = floor_of(ref, images)
     typer.echo(
         f"{result.strategy}: {result.label} {fid}, {result.gflops:.4f} GFLOPs/image "
         f"({result.gflops_per_call:.4f}/call), {1000 * result.latency_s:.2f} ms/image, {images} images"
+        + (f"; real-data floor {floor.describe()}" if floor is not None else "")
+        + (f": {result.fid / floor.fid:.2f}x" if floor is not None and result.fid and floor.fid > 0 else "")
     )
     if out is not None:
-        write_text_atomic(out, json.dumps(result.to_dict(), indent=1))
+        record = {**result.to_dict(), "floor": floor.to_dict() if floor is not None else None}
+        write_text_atomic(out, json.dumps(record, indent=1))
         typer.echo(f"wrote {out}")
 
 
@@ -180,19 +235,26 @@ def search_to_folder(
     *,
     stats: Path | None = None,
     dataset: str | None = None,
+    image_size: int | None = None,
     extractor: str | None = None,
     device: str = "cpu",
     progress: bool = True,
     resume: bool = True,
     n_sample_images: int = 64,
+    warm_start: Sequence[Path] = (),
 ) -> dict[str, Any]:
     """A whole local search into ``out``: resumable state, results.json, plots, report.md and one
-    strategy file per finalist. ``spec`` defaults to :data:`ddsm_core.spec.DEFAULTS`."""
+    strategy file per finalist. ``spec`` defaults to :data:`ddsm_core.spec.DEFAULTS`.
+
+    ``warm_start``: strategy files or results.json files seeding the first generation (transferred
+    to the search's sampler and steps with the checkpoint's noise schedule). Resuming without them
+    keeps the seeds stored in the search state."""
     from ddsm_core.evaluate import GenomeEvaluator, sample_images
+    from ddsm_core.floor import floors_of
     from ddsm_core.flops import cost_table
     from ddsm_core.report import plot_samples, write_report_folder
     from ddsm_core.results import build_results
-    from ddsm_core.search import run_search
+    from ddsm_core.search import STATE_FILE, run_search
 
     start = time.perf_counter()
     # every input is checked before the folder is made: a failed start leaves no empty report folder
@@ -201,18 +263,21 @@ def search_to_folder(
     check_writable_parent(out, "--out")
     model, schedule, manifest, dev = _load_model(checkpoint, device)
     spec = (spec or DEFAULTS).bind(model.config.widths)
-    ref, ext = resolve_stats(stats, extractor, _dataset_of(manifest, dataset), dev)
-    out.mkdir(parents=True, exist_ok=True)
+    spec = _seeded(spec, warm_start, schedule, out / STATE_FILE if resume else None)
+    data = _dataset_of(manifest, dataset) if stats is None else dataset
+    size = check_data_args(data, image_size, model.config)
+    ref, ext = resolve_stats(stats, extractor, data, dev, image_size=size, channels=model.config.in_channels)
+    out.mkdir(parents=True, exist_ok=True)  # only now: a failed start leaves no empty report folder
     if stats is None:
         ref.save(out / "ref_stats.npz")
     evaluator = GenomeEvaluator(
-        model, schedule, ref, ext, spec, costs=cost_table(model), device=dev, cache_images=spec.n_images
+        model, schedule, ref, ext, spec, costs=cost_table(model), device=dev, cache_images=spec.ladder
     )
     full = spec.full_width_genome()
     run = run_search(
         spec.search_config(), evaluator, out, seed=spec.seed, n_images=spec.n_images,
         final_images=spec.final_images, weight=spec.weight, progress=progress, resume=resume,
-        finalists={"full": full},
+        finalists={"full": full}, rungs=spec.rungs, promote=spec.promote,
     )  # fmt: skip
     driver = run.driver
     results = build_results(
@@ -231,12 +296,74 @@ def search_to_folder(
     }
     plot_samples(
         out / "samples.png",
-        {k: sample_images(model, schedule, s, seeds, spec.batch_size, device=dev)[0]
+        {k: sample_images(model, schedule, s, seeds, spec.batch_size, device=dev, guidance=spec.guidance,
+                          class_label=spec.class_label)[0]
          for k, s in panels.items()},
     )  # fmt: skip
     results["cost"]["total_wall_s"] = time.perf_counter() - start
+    # every FID next to the real-data floor; every finalist paired with full width on the same seeds
+    results["floors"] = [f.to_dict() for f in floors_of(ref)]
+    results["paired"] = paired_vs_full(
+        final, evaluator.kept_features, ref, spec.final_images, seed=spec.eval_seed
+    )
     write_report_folder(out, results)
     return results
+
+
+def _seeded(spec: SearchSpec, files: Sequence[Path], schedule: Any, state: Path | None) -> SearchSpec:
+    """``spec`` with the warm-start seeds of ``files``, or those of the search state being resumed."""
+    from ddsm_core.spec import with_warm_start
+    from ddsm_core.transfer import read_strategies
+
+    if files:
+        strategies = [s for f in files for s in read_strategies(f)]
+        spec, notes = with_warm_start(spec, strategies, schedule)
+        for note in notes:
+            typer.echo(note, err=True)
+        typer.echo(f"warm start: {len(spec.warm_start)} seed(s) in the first generation", err=True)
+        return spec
+    if spec.warm_start or state is None or not state.is_file():
+        return spec
+    try:  # a resume without --warm-start: the seeds the state was started with
+        initial = json.loads(state.read_text())["config"]["initial"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return spec  # run_search reports an unreadable state
+    if not initial:
+        return spec
+    seeds = [spec.strategy(g) for g in initial]
+    typer.echo(f"warm start: resuming with the {len(seeds)} seed(s) stored in {state}", err=True)
+    return spec.replace(warm_start=tuple(s.to_dict() for s in seeds))
+
+
+def paired_vs_full(
+    final: dict[str, dict[str, Any]],
+    features: dict[tuple[tuple[int, ...], int, int], Any],
+    ref: Any,
+    n_images: int,
+    *,
+    seed: int = 0,
+    tolerance: float | None = None,
+) -> dict[str, Any]:
+    """Each finalist vs full width on the same seeds: bootstrap interval of the FID difference.
+
+    ``equal_quality``: the interval's upper end is within ``tolerance`` FID (default
+    :data:`~ddsm_core.paired.DEFAULT_REL_TOLERANCE` x the full width's FID).
+    """
+    from ddsm_core.paired import DEFAULT_REL_TOLERANCE, paired_fid_diff
+
+    full = final.get("full", {})
+    base = features.get((tuple(full.get("genome") or ()), n_images, 0))
+    if base is None or full.get("fid") is None:
+        return {}
+    tol = tolerance if tolerance is not None else DEFAULT_REL_TOLERANCE * float(full["fid"])
+    out: dict[str, Any] = {}
+    for name, rec in final.items():
+        other = features.get((tuple(rec.get("genome") or ()), n_images, 0))
+        if name == "full" or other is None:
+            continue
+        d = paired_fid_diff(base, other, ref, seed=seed)
+        out[name] = {**d.to_dict(), "tolerance": tol, "equal_quality": d.equal_quality(tol)}
+    return out
 
 
 def _set_threads(threads: int | None) -> None:
@@ -254,6 +381,9 @@ def search(
     out: Path = typer.Option(Path("runs/search"), "--out", help="Report folder (also the resume state)."),
     stats: Path | None = typer.Option(None, "--stats", help="Reference statistics (.npz)."),
     dataset: str | None = typer.Option(None, "--dataset", help="Default: the checkpoint's dataset."),
+    image_size: int | None = typer.Option(
+        None, "--image-size", help="Size to read --dataset at [the checkpoint's image size]."
+    ),
     extractor: str | None = typer.Option(None, "--extractor", help="Default: the one of --stats / auto."),
     profile: str = typer.Option(
         DEFAULT_PROFILE, "--profile", help=f"Named settings: {', '.join(PROFILES)}; options override them."
@@ -281,6 +411,13 @@ def search(
     weight: float | None = typer.Option(
         None, "--weight", help=f"Pick: min FID + w x GFLOPs/image ({_profiles_help('weight')})."
     ),
+    rungs: str | None = typer.Option(
+        None, "--rungs", help="Multi-fidelity: increasing image counts below --images, e.g. 64,256 "
+        "(default none: every candidate at --images)."
+    ),
+    promote: float | None = typer.Option(
+        None, "--promote", help=f"Fraction promoted per rung; default {DEFAULTS.promote}."
+    ),
     seed: int | None = typer.Option(None, "--seed", help=f"Seed of NSGA-II; default {DEFAULTS.seed}."),
     eval_seed: int | None = typer.Option(
         None,
@@ -296,6 +433,14 @@ def search(
     threads: int | None = typer.Option(
         None, "--threads", help="Torch CPU threads (default 1 or $DDSM_TORCH_THREADS; 0 = all cores)."
     ),
+    warm_start: list[Path] | None = typer.Option(
+        None,
+        "--warm-start",
+        help="Seed the first generation with a strategy file or a search's results.json (repeatable); "
+        "transferred to --sampler/--steps by noise level.",
+    ),
+    guidance: float | None = typer.Option(None, "--guidance", help=GUIDANCE_HELP),
+    label: int | None = typer.Option(None, "--class", help=CLASS_HELP),
 ) -> None:
     """Search a step-aware width strategy locally (NSGA-II) and write a report folder."""
     _set_threads(threads)
@@ -305,11 +450,12 @@ def search(
     spec = named_profile(profile).replace(
         sampler=sampler, steps=steps, population=population, generations=generations,
         mutation_rate=mutation_rate, crossover=crossover, n_images=images, final_images=final_images,
-        weight=weight, seed=seed, eval_seed=eval_seed, batch_size=batch_size,
+        weight=weight, seed=seed, eval_seed=eval_seed, batch_size=batch_size, guidance=guidance,
+        class_label=label, rungs=_parse_rungs(rungs), promote=promote,
     )  # fmt: skip
     res = search_to_folder(
-        checkpoint, out, spec, stats=stats, dataset=dataset, extractor=extractor, device=device,
-        progress=progress, resume=resume,
+        checkpoint, out, spec, stats=stats, dataset=dataset, image_size=image_size, extractor=extractor,
+        device=device, progress=progress, resume=resume, warm_start=warm_start or (),
     )  # fmt: skip
     pick, full = res["final"]["pick"], res["final"]["full"]
     saved = 1 - pick["gflops"] / full["gflops"]
@@ -317,6 +463,17 @@ def search(
         f"pick {pick['strategy']}: FID {_num(pick.get('fid'))} vs full width {_num(full.get('fid'))} "
         f"({res['extractor']}), {100 * saved:.0f}% fewer GFLOPs -> {out / 'report.md'}"
     )
+
+
+def _parse_rungs(text: str | None) -> tuple[int, ...] | None:
+    from ddsm_core.errors import ConfigError
+
+    if text is None:
+        return None
+    try:
+        return tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise ConfigError(f"--rungs takes comma-separated image counts, e.g. 64,256; got {text!r}") from None
 
 
 def register(app: typer.Typer) -> None:

@@ -36,8 +36,14 @@ def main_train(
     export: str | Path | None = None,
     progress: bool = True,
     echo: Callable[[str], Any] = print,
+    image_size: int | None = None,
 ) -> TrainResult:
-    """What ``ddsm train`` does: the recipe of the preset (or of the run being resumed) plus overrides."""
+    """What ``ddsm train`` does: the recipe of the preset (or of the run being resumed) plus overrides.
+
+    :param image_size: the model's resolution instead of the preset's (the dataset is read at it).
+    """
+    import dataclasses
+
     from ddsm_core import checkpoint as ckpt_io
     from ddsm_core.cli.checks import check_writable_parent
     from ddsm_core.data import check_dataset
@@ -49,10 +55,16 @@ def main_train(
     saved = ckpt_io.read_manifest(existing, verify=False).get("train_config") if existing else None
     model_config, config = resolve_recipe(preset, overrides, class_cond=class_cond, saved=saved)
     # before the plan is printed or the run folder made (the trainer makes it after loading the data)
-    check_dataset(config.dataset)
+    check_dataset(config.dataset, image_size if image_size is not None else model_config.image_size)
     check_writable_parent(out_dir, "--out")
     if export is not None:
         check_writable_parent(Path(export), "--export")
+    if image_size is not None:  # attention stays on the same levels (resolutions are in pixels)
+        levels = [model_config.resolutions.index(r) for r in model_config.attention_resolutions]
+        attention = tuple(image_size // 2**k for k in levels)
+        model_config = dataclasses.replace(
+            model_config, image_size=image_size, attention_resolutions=attention
+        )
     is_main = int(os.environ.get("RANK", "0")) == 0
     if is_main:
         where = f"resuming {existing}" if existing is not None else f"new run in {out_dir}"
@@ -79,6 +91,9 @@ def train(
     dataset: str | None = typer.Option(
         None, "--dataset", help="digits, cifar10 or a folder of images [default: the preset's]."
     ),
+    image_size: int | None = typer.Option(
+        None, "--image-size", help="Model resolution; the dataset is read at it [preset's]."
+    ),
     steps: int | None = typer.Option(None, "--steps", help="Total optimizer steps [preset's]."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out if there is one."),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Global batch size [preset's]."),
@@ -98,6 +113,12 @@ def train(
     sample_steps: int | None = typer.Option(None, "--sample-steps", help="DDIM steps for sample grids."),
     log_every: int | None = typer.Option(None, "--log-every", help="Log losses every N steps."),
     class_cond: bool = typer.Option(False, "--class-cond", help="Class-conditional model (dataset labels)."),
+    label_dropout: float | None = typer.Option(
+        None,
+        "--label-dropout",
+        help="With --class-cond: fraction of labels replaced by the null label, "
+        "for classifier-free guidance (ddsm sample --guidance) [0 = off; 0.1 is usual].",
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     data_root: Path | None = typer.Option(None, "--data-root", help="Where CIFAR-10 is (or goes)."),
     download: bool = typer.Option(False, "--download", help="Download CIFAR-10 if missing (internet)."),
@@ -125,6 +146,7 @@ def train(
         "ema_decay": ema_decay,
         "n_middle": n_middle,
         "distill": distill,
+        "label_dropout": label_dropout,
         "seed": seed,
         "sample_every": sample_every,
         "eval_every": eval_every,
@@ -148,6 +170,7 @@ def train(
         export=export,
         progress=progress,
         echo=typer.echo,
+        image_size=image_size,
     )
     if result.interrupted:
         typer.echo(

@@ -12,9 +12,10 @@ from test_routes import KEY, local_settings
 
 from api.app import create_app
 from api.controller import SearchController
-from api.dashboard import front_indices, hypervolume
+from api.dashboard import front_indices
 from api.db.models import JobStatus
 from api.settings import Settings
+from ddsm_core.compare import hypervolume_2d
 from tests.factories import TABLE, Outbox, complete_sent, ready, search_body
 
 
@@ -52,8 +53,8 @@ def test_front_and_hypervolume_of_known_points() -> None:
     assert front_indices(points) == [0, 1, 3]
     front = [points[i] for i in front_indices(points)]
     # slabs from the reference point (5, 11): 4 x 1 + 3 x 5 + 1 x 4
-    assert hypervolume(front, (5.0, 11.0)) == 23.0
-    assert hypervolume([], (5.0, 11.0)) == 0.0
+    assert hypervolume_2d(front, (5.0, 11.0)) == 23.0
+    assert hypervolume_2d([], (5.0, 11.0)) == 0.0
 
 
 def test_search_data_match_the_stored_front_pick_and_candidates(client: TestClient, outbox: Outbox) -> None:

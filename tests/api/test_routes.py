@@ -69,11 +69,13 @@ def test_reads_can_require_the_key(tmp_path: Path) -> None:
     [
         ({"supernet_id": 999}, 404, "supernet 999 not found"),
         ({"reference_stats_id": 999}, 404, "not found"),
-        ({"sampler": "euler"}, 422, "allowed"),
-        ({"widths": [0.3]}, 422, "not offered"),
+        ({"sampler": "euler"}, 422, "dpm-solver++"),
+        ({"widths": [0.3, 1.0]}, 422, "not offered"),
         ({"population": 2}, 422, "population"),
         ({"steps": 1}, 422, "steps"),
         ({"crossover": "magic"}, 422, "crossover"),
+        ({"rungs": [2]}, 422, "multi-fidelity rungs are not supported by the service"),
+        ({"rungs": [4]}, 422, "rungs must be increasing"),
     ],
 )
 def test_user_mistakes_in_a_search_get_a_4xx_with_a_message(

@@ -51,13 +51,25 @@ def test_ref_stats_file_is_labelled(stats) -> None:
         assert f["mu"].shape == (16,) and len(json.loads(str(f["meta"]))["extractor_weights"]) == 16
 
 
+def test_ref_stats_record_the_real_data_floor(stats) -> None:
+    from ddsm_core.fid import FeatureStats
+    from ddsm_core.floor import floor_of, floors_of
+
+    floors = floors_of(FeatureStats.load(stats))
+    assert [(f.split, f.n_images) for f in floors] == [("test", 200), ("test", 297)]
+    assert floors[0].fid > floors[1].fid > 0  # fewer images, more finite-sample bias
+    assert floor_of(FeatureStats.load(stats), 500) == floors[1]
+
+
 def test_eval_prints_fid_with_its_extractor(checkpoint, stats, tmp_path, capsys) -> None:
     out = tmp_path / "r.json"
     argv = ["eval", "--checkpoint", str(checkpoint), "--stats", str(stats), "--strategy", "uniform:6/8",
             "--steps", "3", "--images", "16", "--json", str(out)]  # fmt: skip
     assert run_app(app, argv) == 0
-    assert "FID (domain:digits-cnn-v1)" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "FID (domain:digits-cnn-v1)" in text and "real-data floor" in text and "(200 test images" in text
     assert json.loads(out.read_text())["n_images"] == 16
+    assert json.loads(out.read_text())["floor"]["n_images"] == 200
 
 
 def test_stats_of_another_dimension_fail_before_sampling(checkpoint, tmp_path, capsys) -> None:
@@ -80,6 +92,15 @@ def test_search_writes_the_report_folder_and_resumes(checkpoint, stats, tmp_path
     assert {"config", "candidates", "front", "pick", "final", "uniform", "cost"} <= set(res)
     assert res["extractor"] == "domain:digits-cnn-v1" and len(res["uniform"]) == 3
     assert res["final"]["pick"]["n_images"] == 16 and res["final"]["full"]["genome"] == [2, 2, 2]
+    # every FID next to the real-data floor, every finalist paired with full width on the same seeds
+    assert [f["n_images"] for f in res["floors"]] == [200, 297]
+    pick = res["paired"]["pick"]
+    assert pick["fid_a"] == pytest.approx(res["final"]["full"]["fid"])
+    assert pick["fid_b"] == pytest.approx(res["final"]["pick"]["fid"])
+    assert pick["low"] <= pick["diff"] <= pick["high"] or pick["diff"] == 0
+    assert pick["equal_quality"] == (pick["high"] <= 0.05 * res["final"]["full"]["fid"])
+    report = (out / "report.md").read_text()
+    assert "x floor)" in report and "Real-data floor" in report and "Paired with full width" in report
     assert run_app(app, argv) == 0  # resumes from the finished state: nothing is evaluated again
     again = json.loads((out / "results.json").read_text())
     assert again["run"]["resumed"] and again["candidates"] == res["candidates"]
@@ -136,3 +157,81 @@ def test_search_profiles_set_the_defaults_and_options_override_them() -> None:
         SearchSpec(population=1)
     with pytest.raises(ConfigError, match="unknown sampler"):
         SearchSpec(sampler="euler")
+
+
+def test_a_warm_started_search_seeds_its_first_generation(checkpoint, stats, tmp_path, capsys) -> None:
+    from ddsm_core.schedules import NoiseSchedule
+    from ddsm_core.strategy import Strategy
+    from ddsm_core.transfer import transfer_strategy
+
+    widths = (0.5, 0.75, 1.0)
+    same = Strategy("ddim", 3, widths, (1, 0, 2))  # on the search's grid: taken as is
+    other = Strategy("ddpm", 8, widths, (0, 0, 0, 1, 1, 1, 2, 2))  # transferred to ddim/3
+    expected = transfer_strategy(other, "ddim", 3, NoiseSchedule.linear().to_dict()).genes
+    assert expected != same.genes and len(set(expected)) > 1  # a distinct, non-uniform seed
+    (tmp_path / "a.json").write_text(same.to_json())
+    (tmp_path / "b.json").write_text(other.to_json())
+    out = tmp_path / "warm"
+    argv = ["search", "--checkpoint", str(checkpoint), "--stats", str(stats), "--out", str(out),
+            "--sampler", "ddim", "--steps", "3", "--population", "6", "--generations", "1",
+            "--images", "8", "--final-images", "8", "--no-progress",
+            "--warm-start", str(tmp_path / "a.json"), "--warm-start", str(tmp_path / "b.json")]  # fmt: skip
+    assert run_app(app, argv) == 0
+    assert "2 seed(s) in the first generation" in capsys.readouterr().err
+    res = json.loads((out / "results.json").read_text())
+    first = [tuple(c["genome"]) for c in res["candidates"] if c["generation"] == 1]
+    assert {(0, 0, 0), (1, 1, 1), (2, 2, 2), (1, 0, 2), tuple(expected)} <= set(first)
+    assert res["config"]["initial"] == [[1, 0, 2], list(expected)]
+    # resuming without --warm-start keeps the stored seeds (the state's configuration matches)
+    assert run_app(app, argv[:-4]) == 0
+    assert "resuming with the 2 seed(s)" in capsys.readouterr().err
+    # the search's own results.json seeds another search (its pick first)
+    argv2 = [*argv[:6], str(tmp_path / "warm2"), *argv[7:-4], "--warm-start", str(out / "results.json")]
+    assert run_app(app, argv2) == 0
+    res2 = json.loads((tmp_path / "warm2" / "results.json").read_text())
+    pick = res["pick"]["genome"]
+    assert len(set(pick)) == 1 or res2["config"]["initial"][0] == pick
+
+
+def test_a_bad_warm_start_file_is_a_one_line_error(checkpoint, stats, tmp_path, capsys) -> None:
+    (tmp_path / "bad.json").write_text("{not json")
+    base = ["search", "--checkpoint", str(checkpoint), "--stats", str(stats), "--out", str(tmp_path / "s"),
+            "--steps", "3", "--population", "6", "--generations", "1", "--images", "8",
+            "--no-progress"]  # fmt: skip
+    bad = ((tmp_path / "bad.json", "not valid JSON"), (tmp_path / "no.json", "does not exist"))
+    for path, message in bad:
+        capsys.readouterr()
+        assert run_app(app, [*base, "--warm-start", str(path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "s" / "search_state.json").exists()
+
+
+def test_search_with_rungs_stops_most_candidates_early_and_counts_each_rung(
+    checkpoint, stats, tmp_path, capsys
+) -> None:
+    out = tmp_path / "mf"
+    argv = ["search", "--checkpoint", str(checkpoint), "--stats", str(stats), "--out", str(out),
+            "--steps", "3", "--population", "6", "--generations", "2", "--images", "16",
+            "--final-images", "16", "--rungs", "4,8", "--promote", "0.5", "--no-progress"]  # fmt: skip
+    assert run_app(app, argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["config"]["rungs"] == [4, 8] and res["config"]["promote"] == 0.5
+    rungs = res["cost"]["rungs"]
+    assert [r["n_images"] for r in rungs] == [4, 8, 16]
+    assert rungs[0]["evaluations"] == len(res["candidates"]) > rungs[2]["evaluations"] >= 1
+    assert all(c["record"]["fidelity"]["top"] and c["record"]["n_images"] == 16 for c in res["front"])
+    assert f"evaluations: {rungs[0]['evaluations']} at 4," in (out / "report.md").read_text()
+    # a top-rung value is the plain FID on the first 16 seeds: the same as `ddsm eval` gives
+    pick = res["pick"]
+    argv = ["eval", "--checkpoint", str(checkpoint), "--stats", str(stats), "--steps", "3", "--images",
+            "16", "--strategy", str(out / "pick.json"), "--json", str(tmp_path / "e.json")]  # fmt: skip
+    assert run_app(app, argv) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["fid"] == pytest.approx(pick["objectives"][0])
+    capsys.readouterr()
+    bad = ["search", "--checkpoint", str(checkpoint), "--stats", str(stats), "--out", str(tmp_path / "b"),
+           "--images", "16", "--rungs", "8,32"]  # fmt: skip
+    assert run_app(app, bad) == 2
+    assert "rungs must be increasing" in capsys.readouterr().err
+    assert run_app(app, [*bad[:-1], "8,x"]) == 2
+    assert "--rungs takes comma-separated" in capsys.readouterr().err

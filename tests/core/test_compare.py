@@ -81,7 +81,10 @@ def test_compare_rejects_what_it_cannot_compare() -> None:
 
 def _results(fronts: list[tuple[float, float]], extractor: str = "domain:digits-cnn-v1") -> dict:
     """A results.json the way ``ddsm search`` writes it: the driver's candidates, objectives (FID, GFLOPs)."""
-    driver = SearchDriver(SearchConfig(steps=4, n_widths=3, population=4, generations=1), seed=0)
+    config = SearchConfig(
+        steps=4, n_widths=3, population=4, generations=1, mutation_rate=0.001, crossover="two_point"
+    )
+    driver = SearchDriver(config, seed=0)
     genomes = driver.ask()
     objectives: list[tuple[float, float] | None] = [(fid, g) for g, fid in fronts]
     objectives += [None] * (len(genomes) - len(objectives))
@@ -174,7 +177,7 @@ def test_cli_repeated_names_are_made_unique(tmp_path, capsys) -> None:
         (["{tmp}/nowhere.json"], "does not exist"),
         (["{tmp}/bad.json"], "cannot read"),
         (["{tmp}/nofront.json"], "has no 'front' list"),
-        (["{cold}", "--ref", "1;2"], "--ref must be 'GFLOPS,FID'"),
+        (["{cold}", "--ref", "1;2"], "--ref: the reference point is 'GFLOPS,FID'"),
         (["{cold}", "--ref", "1,nan"], "two finite numbers"),
         (["{cold}", "--name", "a", "--name", "b"], "2 --name for 1 results"),
         (["{cold}", "{other}"], "different feature extractors"),

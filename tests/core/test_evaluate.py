@@ -168,3 +168,20 @@ def test_class_conditional_model_through_the_prefix_cache_equals_sampling_withou
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_class_conditional_model_through_the_prefix_cache_on_cuda() -> None:
     _conditional_cache_run("cuda")
+
+
+def test_kept_features_give_the_fid_and_pair_strategies_on_seeds(setup) -> None:
+    from ddsm_core.paired import paired_fid_diff
+
+    ref = setup[2]
+    full, small = Strategy.uniform("ddpm", 3, 6, CFG.widths), Strategy.uniform("ddpm", 3, 0, CFG.widths)
+    a, a2, b = run(setup, full, keep_features=True), run(setup, full, keep_features=True), run(setup, small)
+    assert run(setup, full).features is None
+    assert a.features.shape == (24, 16) and b.features is None
+    assert a.fid == pytest.approx(ref.fid(FeatureStats.from_features(a.features, "test:pool4")))
+    assert "features" not in a.to_dict() and EvalResult.from_dict(a.to_dict()).features is None
+    same = paired_fid_diff(a.features, a2.features, ref, n_boot=50)
+    assert (same.low, same.high) == (0.0, 0.0)
+    b = run(setup, small, keep_features=True)
+    d = paired_fid_diff(a.features, b.features, ref, n_boot=50)
+    assert d.fid_a == pytest.approx(a.fid) and d.fid_b == pytest.approx(b.fid)

@@ -137,7 +137,7 @@ def test_cli_flops_table_is_readable() -> None:
 def test_cli_unknown_preset_is_a_one_line_error_listing_allowed(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_app(_app(), ["flops", "--preset", "imagenet"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "error: unknown preset 'imagenet'; allowed: celeba64, cifar10, digits"
+    assert err == "error: unknown preset 'imagenet'; allowed: celeba64, cifar10, digits, digits-bench"
 
 
 def test_ddsm_entry_point_prints_the_cifar10_json() -> None:

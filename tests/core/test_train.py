@@ -19,6 +19,7 @@ from ddsm_core.data import ImageDataset, load_dataset
 from ddsm_core.errors import CheckpointError, ConfigError
 from ddsm_core.schedules import NoiseSchedule
 from ddsm_core.train import (
+    TRAIN_PRESETS,
     TrainConfig,
     TrainingError,
     eval_width_losses,
@@ -263,3 +264,13 @@ def test_a_stop_after_the_last_step_cuts_the_final_phase_short_and_resuming_fini
         assert all(torch.equal(a[k], b[k]) for k in a), name
     again = train(TINY, cfg, tmp_path / "b", dataset=data, eval_dataset=data, resume=True, progress=False)
     assert not again.interrupted and again.step == 3  # a finished run resumed is finished
+
+
+def test_every_recipe_has_a_unet_preset_and_the_bench_recipe_is_constant_lr():
+    from ddsm_core.config import PRESETS
+
+    assert set(TRAIN_PRESETS) <= set(PRESETS)
+    bench, model = TrainConfig.for_preset("digits-bench"), UNetConfig.from_preset("digits-bench")
+    # a constant LR after warm-up: the state at step k does not depend on the run's total steps
+    assert lr_factor(bench, bench.warmup_steps) == lr_factor(bench.replace(steps=10 * bench.steps), 10**6)
+    assert model.dropout == 0.0 and model.model_channels < UNetConfig.digits().model_channels

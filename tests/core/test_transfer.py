@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from ddsm_core.errors import StrategyError
+from ddsm_core.errors import ConfigError, StrategyError
 from ddsm_core.schedules import NoiseSchedule
 from ddsm_core.strategy import Strategy
 from ddsm_core.transfer import (
@@ -311,3 +311,37 @@ def test_cli_transfers_the_pick_of_a_results_json(tmp_path, capsys) -> None:
     assert code == 0, err
     assert f"(pick of {path})" in stdout
     assert Strategy.from_json((tmp_path / "o.json").read_text()).genes == (0, 1, 2, 2)
+
+
+def test_with_warm_start_transfers_drops_duplicates_and_caps() -> None:
+    from ddsm_core.search import SearchDriver
+    from ddsm_core.spec import SearchSpec, with_warm_start
+
+    spec = SearchSpec(sampler="ddim", steps=4, population=5, widths=(0.5, 1.0))  # room for 3 seeds
+    same = Strategy("ddim", 4, (0.5, 1.0), (0, 0, 0, 1))
+    moved = Strategy("ddpm", 8, (0.5, 1.0), (0, 0, 0, 0, 0, 0, 1, 1))
+    seeded, notes = with_warm_start(spec, [same, same, Strategy("ddim", 4, (0.5, 1.0), (1, 1, 1, 1)), moved])
+    genomes = seeded.seed_genomes()
+    assert genomes == ((0, 0, 0, 1), transfer_strategy(moved, "ddim", 4).genes) != ((0, 0, 0, 1),) * 2
+    assert notes == ["warm start: dropped 2 duplicate seed(s) (a uniform strategy or an earlier seed)"]
+    assert SearchSpec.from_json(seeded.to_json()) == seeded  # stored with the search
+    first = SearchDriver(seeded.search_config(), seed=0).ask()
+    assert first[:4] == [(0, 0, 0, 0), (1, 1, 1, 1), *genomes]
+    many = [
+        Strategy("ddim", 4, (0.5, 1.0), g) for g in ((0, 1, 1, 1), (0, 0, 0, 1), (1, 0, 1, 0), (0, 1, 0, 1))
+    ]
+    capped, notes = with_warm_start(spec, many)
+    assert capped.seed_genomes() == tuple(s.genes for s in many[:3])
+    assert notes == [
+        "warm start: kept the first 3 of 4 seeds (population 5 holds the 2 uniform strategies and 3 seeds)"
+    ]
+    # a subset width set: indices follow the width values; a width it lacks is an error
+    sub = SearchSpec(sampler="ddim", steps=4, population=5, widths=(0.5, 1.0))
+    wide = Strategy("ddim", 4, (0.5, 0.75, 1.0), (0, 0, 2, 2))
+    assert with_warm_start(sub, [wide])[0].seed_genomes() == ((0, 0, 1, 1),)
+    with pytest.raises(ConfigError, match=r"warm start strategy 0 .*unknown width 0.75"):
+        with_warm_start(sub, [wide.with_genes((0, 1, 2, 2))])
+    with pytest.raises(ConfigError, match="not on this search's grid"):
+        SearchSpec(sampler="ddim", steps=8, widths=(0.5, 1.0), warm_start=(moved.to_dict(),))
+    with pytest.raises(ConfigError, match="warm_start strategy 0: strategy is missing"):
+        SearchSpec(warm_start=({"genes": [0]},))

@@ -1,0 +1,54 @@
+"""The worker's evaluation takes guidance and the class label from the search spec (real model, CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ddsm_core import checkpoint as ck
+from ddsm_core.config import UNetConfig
+from ddsm_core.flops import cost_table
+from ddsm_core.schedules import NoiseSchedule
+from ddsm_core.spec import SearchSpec
+from ddsm_core.unet import SlimmableUNet
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+CFG = UNetConfig.digits(model_channels=16, num_res_blocks=1, num_classes=10, null_label=True,
+                        widths=(0.5, 0.75, 1.0))  # fmt: skip
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    import ddsm_core.features as features
+    from workers import compute
+
+    torch.set_num_threads(1)
+    tiny = features.DomainCNNConfig(width=8, feature_dim=16, epochs=1, batch_size=64)
+    monkeypatch.setitem(features.DOMAIN_CONFIGS, "digits", tiny)
+    monkeypatch.setenv("DDSM_CACHE_DIR", str(tmp_path / "cache"))
+    compute._extractor.cache_clear()  # another test's extractor of the same name may be cached
+    gen = torch.Generator().manual_seed(0)
+    shapes = SlimmableUNet(CFG).state_dict()
+    state = {k: torch.randn(v.shape, generator=gen) * 0.05 for k, v in shapes.items()}
+    ck.write_checkpoint(tmp_path / "c", step=1, model_config=CFG, schedule=NoiseSchedule.linear().to_dict(),
+                        model_state=state, ema_state=state)  # fmt: skip
+    stats, _, extractor = compute.reference_stats("digits", "domain", tmp_path / "ref.npz", "cpu")
+    yield compute, tmp_path / "c", stats, extractor
+    compute._extractor.cache_clear()
+
+
+def test_worker_evaluation_is_guided_by_the_spec_and_keeps_its_prefix_cache_apart(setup) -> None:
+    compute, checkpoint, stats, extractor = setup
+    spec = SearchSpec(sampler="ddim", steps=3, widths=CFG.widths, n_images=8, batch_size=8, guidance=2.0)
+    common = {"checkpoint": checkpoint, "checkpoint_sha": "guided-test-" + "0" * 52, "stats_path": stats,
+              "extractor": extractor, "n_images": 8, "table": cost_table(CFG), "device": "cpu"}  # fmt: skip
+    guided = compute.evaluate_genome(spec=spec, genome=(0, 1, 2), share_prefixes=True, **common)
+    plain_spec = SearchSpec.from_dict({**spec.to_dict(), "guidance": None})
+    shared = compute.evaluate_genome(spec=plain_spec, genome=(0, 1, 2), share_prefixes=True, **common)
+    fresh = compute.evaluate_genome(spec=plain_spec, genome=(0, 1, 2), **common)
+    assert guided["status"] == "ok" and guided["fid"] != fresh["fid"]
+    assert guided["gflops"] == pytest.approx(2 * fresh["gflops"]) == spec.gflops((0, 1, 2), cost_table(CFG))
+    assert guided["network_calls"] == 2 * fresh["network_calls"] == 6
+    assert shared["fid"] == fresh["fid"]  # no sampler state of the guided run was reused
+    one_class = compute.evaluate_genome(spec=spec.replace(class_label=4), genome=(0, 1, 2), **common)
+    assert one_class["fid"] != guided["fid"]
