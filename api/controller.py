@@ -302,6 +302,7 @@ class SearchController:
             retried_attempts=sum(c.attempt - 1 for c in search_cands),
             search_wall_s=(self.repo.now() - search.created_at).total_seconds(),
             run={"where": "service", "service_search_id": search.id,
+                 "checkpoint_step": (net.config or {}).get("step"),
                  "workers": len({c.worker for c in search_cands if c.worker})},
             floors=stats.floors or (),  # every FID next to the real-data floor
         )  # fmt: skip

@@ -27,7 +27,7 @@ import typer
 
 from api.processes import start_api_process, start_worker_process, stop, wait_healthy
 from ddsm_core.errors import DDSMError
-from ddsm_core.spec import DEFAULTS
+from ddsm_core.spec import DEFAULTS, SAMPLER_HELP, SearchSpec
 
 SUPERNET_NAME = "digits-demo"
 STATS_NAME = "digits"
@@ -35,6 +35,11 @@ STATS_NAME = "digits"
 STALE_NOTICE_S = 20.0
 # The search uses `ddsm search`'s defaults (one source of truth); the supernet the digits recipe's steps.
 DEMO = {**DEFAULTS.to_dict(), "images": DEFAULTS.n_images}
+# Rates measured on an idle 2-core machine (bench/service_demo.md): the overall estimate printed at the
+# start scales them by the requested work. Training: ~1.5 steps/s; search: ~2 min for the defaults.
+TRAIN_S_PER_STEP = 0.65
+SEARCH_S_DEFAULT = 130.0
+OVERHEAD_S = 30.0  # service start, reference statistics, report
 
 
 class DemoError(DDSMError):
@@ -95,7 +100,7 @@ class Service:
     def _ok(reply: httpx.Response) -> Any:
         if reply.status_code >= 400:
             raise DemoError(
-                f"{reply.request.method} {reply.request.url.path}: {reply.status_code} {reply.text}"
+                f"{reply.request.method} {reply.request.url.path}: {reply.status_code} {_detail(reply)}"
             )
         return reply.json()
 
@@ -119,6 +124,17 @@ class Service:
         stop(self.procs)
 
 
+def _detail(reply: httpx.Response) -> str:
+    """The service's message of a 4xx (FastAPI's ``detail``: a string or a list of field errors)."""
+    try:
+        detail = reply.json().get("detail")
+    except ValueError:
+        return reply.text.strip().replace("\n", " ")
+    if isinstance(detail, list):
+        return "; ".join(f"{'.'.join(map(str, d.get('loc', [])[1:]))}: {d.get('msg')}" for d in detail)
+    return str(detail)
+
+
 UNFINISHED = ("PENDING", "RUNNING", "INTERRUPTED")
 
 
@@ -133,6 +149,8 @@ def waiting_reason(run: dict[str, Any], stale_after_s: float | None) -> str:
     if status == "RUNNING" and age is not None and age > STALE_NOTICE_S:
         limit = f"; handed to another worker after {stale_after_s:.0f} s" if stale_after_s else ""
         return f"waiting for a stale worker: no heartbeat for {age:.0f} s{limit}"
+    if status == "RUNNING" and run.get("total_steps") and run["step"] >= run["total_steps"]:
+        return "final per-width evaluation, sample grids and checkpoint"
     return ""
 
 
@@ -163,7 +181,7 @@ def supernet(svc: Service, train_steps: int | None, retrain: bool, checkpoint: P
             "train": {"steps": train_steps} if train_steps else {},
         }
         run = svc.post("/training-runs", body)
-    bar = _bar(run["total_steps"] or None, "train supernet", "step")
+    bar = _bar(run["total_steps"] or train_steps or _recipe_steps(), "train supernet", "step")
     while run["status"] not in ("COMPLETE", "FAILED", "CANCELLED"):
         svc._check_processes()
         time.sleep(1.0)
@@ -176,6 +194,65 @@ def supernet(svc: Service, train_steps: int | None, retrain: bool, checkpoint: P
     if run["status"] != "COMPLETE":
         raise DemoError(f"training run {run['id']} {run['status']}: {run.get('error')}")
     return svc.wait(f"/supernets/{run['supernet_id']}", "supernet check")
+
+
+def _recipe_steps() -> int:
+    from ddsm_core.recipes import TrainConfig
+
+    return TrainConfig.for_preset("digits").steps
+
+
+def estimate_s(spec: SearchSpec, train_steps: int | None, training: bool) -> float:
+    """Seconds the demo should take on 2 idle CPU cores: training (if any) plus the search, scaled
+    from the measured defaults by steps x candidates x images (finalists included)."""
+    work = spec.steps * (spec.population * spec.generations * spec.n_images + 3 * spec.final_images)
+    default_work = DEFAULTS.steps * (
+        DEFAULTS.population * DEFAULTS.generations * DEFAULTS.n_images + 3 * DEFAULTS.final_images
+    )
+    train = (train_steps or _recipe_steps()) * TRAIN_S_PER_STEP if training else 0.0
+    return train + SEARCH_S_DEFAULT * work / default_work
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{max(seconds, 1):.0f} s"
+
+
+def phase(k: int, text: str) -> None:
+    typer.echo(f"[{k}/4] {text}")
+
+
+def local_checkpoint(home: Path, sha: str) -> Path:
+    """The supernet's checkpoint folder on this machine (fetched from the artifact store if needed)."""
+    from api.artifacts import ArtifactStore
+    from api.settings import Settings
+
+    os.environ.setdefault("DDSM_HOME", str(home))
+    settings = Settings()
+    return ArtifactStore(settings.resolved_artifact_store()).get_dir(
+        sha, settings.resolved_worker_cache() / "checkpoints" / sha
+    )
+
+
+def check_inputs(
+    spec: SearchSpec, checkpoint: Path | None, workers: int, train_threads: int, train_steps: int | None
+) -> None:
+    """Everything the demo was given, checked before any process starts."""
+    from ddsm_core.checkpoint import read_manifest, resolve_checkpoint
+    from ddsm_core.config import UNetConfig
+    from ddsm_core.errors import ConfigError
+
+    # the messages of ddsm_core.cli.checks.check_min, which api may not import (tests/test_layers.py)
+    for option, value, low in (("--workers", workers, 1), ("--train-threads", train_threads, 0),
+                               ("--train-steps", train_steps, 1)):  # fmt: skip
+        if value is not None and value < low:
+            raise ConfigError(f"{option} must be >= {low}, got {value}")
+    if checkpoint is not None:
+        # resolve_checkpoint names a missing path ("checkpoint '/x' not found")
+        widths = read_manifest(resolve_checkpoint(checkpoint), verify=False)["model_config"].get("widths")
+    else:
+        widths = UNetConfig.from_preset("digits").widths
+    if widths:
+        spec.bind(widths)  # what POST /searches would refuse (a population too small for the widths)
 
 
 def reference_stats(svc: Service) -> dict[str, Any]:
@@ -238,19 +315,12 @@ def _fid(record: dict[str, Any]) -> str:
 
 def sample_grid(svc_home: Path, results: dict[str, Any], supernet_sha: str, out: Path) -> None:
     """64 samples at full width and with the pick, same seeds (needs torch and the local artifact store)."""
-    from api.artifacts import ArtifactStore
-    from api.settings import Settings
     from ddsm_core.checkpoint import load_checkpoint
     from ddsm_core.evaluate import sample_images
     from ddsm_core.report import plot_samples
     from ddsm_core.strategy import Strategy
 
-    os.environ.setdefault("DDSM_HOME", str(svc_home))
-    settings = Settings()
-    folder = ArtifactStore(settings.resolved_artifact_store()).get_dir(
-        supernet_sha, settings.resolved_worker_cache() / "checkpoints" / supernet_sha
-    )
-    model, schedule, _ = load_checkpoint(folder)
+    model, schedule, _ = load_checkpoint(local_checkpoint(svc_home, supernet_sha))
     cfg = results["config"]
     seeds = list(range(cfg["eval_seed"], cfg["eval_seed"] + 64))
     panels = {}
@@ -283,7 +353,7 @@ def demo(
     checkpoint: Annotated[
         Path | None, typer.Option(help="Use this trained checkpoint (folder) instead of training one.")
     ] = None,
-    sampler: Annotated[str, typer.Option(help="ddpm, ddim, edm-heun, dpm-solver++.")] = DEMO["sampler"],
+    sampler: Annotated[str, typer.Option(help=f"{SAMPLER_HELP}.")] = DEMO["sampler"],
     steps: Annotated[int, typer.Option(help="Sampler steps.")] = DEMO["steps"],
     population: Annotated[int, typer.Option(help="NSGA-II population (paper: 50).")] = DEMO["population"],
     generations: Annotated[int, typer.Option(help="Generations (paper: 10).")] = DEMO["generations"],
@@ -295,15 +365,36 @@ def demo(
     """The main job: train (or reuse) a digits supernet, reference statistics, a search over REST with a
     progress bar, then the front, the pick's GFLOPs saving and FID, and the report."""
     started = time.monotonic()
+    # every input is checked here: a mistake is one line before any process starts
+    spec = DEFAULTS.replace(
+        sampler=sampler, steps=steps, population=population, generations=generations, n_images=images,
+        final_images=final_images, weight=weight, seed=seed,
+    )  # fmt: skip
+    check_inputs(spec, checkpoint, workers, train_threads, train_steps)
+    training = checkpoint is None
+    typer.echo(
+        f"ddsm demo: about {_minutes(OVERHEAD_S + estimate_s(spec, train_steps, training))} in all on 2 "
+        "idle CPU cores "
+        f"({'training a supernet, then ' if training else ''}a search of {population} x {generations} "
+        f"candidates; a supernet trained before is reused). Report -> {out}"
+    )
     signal.signal(signal.SIGTERM, _interrupt)  # stop the service processes on `kill` too
     if checkpoint is not None and url is None:  # the service started here registers it from its folder
         roots = [os.environ.get("DDSM_CHECKPOINT_ROOTS", ""), str(checkpoint.resolve())]
         os.environ["DDSM_CHECKPOINT_ROOTS"] = os.pathsep.join(r for r in roots if r)
+    phase(1, "service" if url is None else f"service at {url}")
     svc = Service(url, home, workers, train_threads)
     try:
         stats = reference_stats(svc)
+        phase(2, "supernet" + (f" from {checkpoint}" if checkpoint else " (digits recipe)"))
         net = supernet(svc, train_steps, retrain, checkpoint)
+        if url is None:
+            where = local_checkpoint(home.resolve(), net["artifact_sha256"])
+            typer.echo(f"supernet {net['id']}: checkpoint {where} (use it with --checkpoint)")
+        else:
+            typer.echo(f"supernet {net['id']}: artifact {net['artifact_sha256']} in the service's store")
         stats = svc.wait(f"/reference-stats/{stats['id']}", "reference statistics")
+        phase(3, f"search, about {_minutes(estimate_s(spec, None, False))}")
         body = {"name": "demo", "supernet_id": net["id"], "reference_stats_id": stats["id"],
                 "sampler": sampler, "steps": steps, "population": population, "generations": generations,
                 "n_images": images, "final_images": final_images, "weight": weight, "seed": seed,
@@ -316,6 +407,7 @@ def demo(
         svc.close()
     from api.report import write_search_report
 
+    phase(4, f"report -> {out}")
     report = write_search_report(out, results)
     try:
         sample_grid(home, results, net["artifact_sha256"], out)

@@ -171,40 +171,53 @@ def load_dataset(
     :param verify: check CIFAR-10's files against torchvision's md5 sums; False reads any files in the
         same pickle format (e.g. a subset you made).
     """
-    if split not in SPLITS:
-        raise DatasetError(choices_message("split", split, SPLITS))
+    check_dataset(name, image_size, channels, split=split)
     key = str(name)
     if key == "digits":
         return _load_digits(split, image_size)
     if key == "cifar10":
         return _load_cifar10(split, image_size, root, download, verify)
-    if image_size is None:
-        raise DatasetError(f"the folder dataset {key!r} needs --image-size (the square size to read it at)")
+    assert image_size is not None  # check_dataset refuses a folder without one
     return FolderDataset(key, image_size=image_size, channels=channels or 3)
 
 
-def check_dataset(name: str | Path, image_size: int | None = None, channels: int | None = None) -> None:
-    """Validate a dataset argument up front (before any model, extractor or sampling work).
+def check_dataset(
+    name: str | Path,
+    image_size: int | None = None,
+    channels: int | None = None,
+    split: str = "train",
+) -> None:
+    """Validate a dataset argument up front, before any model, extractor, folder or sampling work.
 
-    A folder must exist and needs an image size (its images have none of their own); sizes and
-    channels must be valid. Raises :class:`DatasetError` with a one-line message naming the option.
+    Raises :class:`DatasetError` with a one-line message: a bad ``--image-size``/``--channels`` names
+    the option; an unknown split is refused; a name that is neither a built-in dataset nor an existing
+    folder is called an unknown dataset (so a typo such as ``mnist`` is named as such, not reported
+    later as a missing extractor or an empty run folder); a folder needs an image size (its images
+    have none of their own) and at least one image. Reads no image.
     """
     if image_size is not None and int(image_size) < 1:
         raise DatasetError(f"--image-size must be >= 1, got {image_size}")
     if channels is not None and channels not in (1, 3):
         raise DatasetError(f"--channels must be 1 or 3, got {channels}")
-    if str(name) in BUILTIN_DATASETS:
+    if split not in SPLITS:
+        raise DatasetError(choices_message("split", split, SPLITS))
+    key = str(name)
+    if key in BUILTIN_DATASETS:
         return
-    folder = Path(name).expanduser()
+    folder = Path(key).expanduser()
+    if not folder.exists():
+        raise DatasetError(
+            f"unknown dataset {key!r}: known datasets are {', '.join(BUILTIN_DATASETS)} or a folder of "
+            f"images, and folder {key!r} does not exist"
+        )
     if not folder.is_dir():
         raise DatasetError(
-            f"dataset folder {str(folder)!r} does not exist; give "
-            f"{' or '.join(map(repr, BUILTIN_DATASETS))} or a folder of images"
+            f"dataset {key!r} is a file; give {', '.join(BUILTIN_DATASETS)} or a folder of images"
         )
     if image_size is None:
-        raise DatasetError(
-            f"the folder dataset {str(folder)!r} needs --image-size (the square size to read it at)"
-        )
+        raise DatasetError(f"the folder dataset {key!r} needs --image-size (the square size to read it at)")
+    if not any(p.suffix.lower() in IMAGE_EXTENSIONS for p in folder.rglob("*")):
+        raise DatasetError(f"no images found under {key!r} (looked for {', '.join(IMAGE_EXTENSIONS)})")
 
 
 def _load_digits(split: Split, image_size: int | None) -> ImageDataset:

@@ -280,13 +280,14 @@ def reference_stats(
     from ddsm_core.data import BUILTIN_DATASETS, load_dataset
     from ddsm_core.floor import compute_floors, with_floors
 
+    opts = {"image_size": image_size, "channels": channels}
+    # the dataset is opened before the extractor is built, so a bad dataset is the first word
+    ds = load_dataset(dataset, split=split, **opts)  # type: ignore[arg-type]
     ext = (
         get_extractor(extractor, dataset=dataset, device=device, cache_dir=cache_dir)
         if isinstance(extractor, str)
         else extractor
     )
-    opts = {"image_size": image_size, "channels": channels}
-    ds = load_dataset(dataset, split=split, **opts)  # type: ignore[arg-type]
     feats = extract_features(ext, _batches(ds, batch_size))
     meta: dict[str, Any] = {"dataset": str(dataset), "split": split}
     if image_size is not None:

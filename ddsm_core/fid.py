@@ -6,8 +6,9 @@
   extractor and feature dimension, so stats of the wrong extractor are refused before any sampling.
   A plain pytorch-fid ``.npz`` (no metadata) loads as Inception pool3 stats when it is 2048-d.
 * :class:`InceptionExtractor` runs ``pytorch_fid.inception.InceptionV3`` (2048-d pool3) with weights
-  from the torch hub cache; when the file is missing it raises :class:`InceptionWeightsMissing` naming
-  the exact file and folder, before pytorch-fid would try to download it.
+  from the torch hub cache. On first use :func:`ensure_inception_weights` downloads them there (with a
+  progress bar and a sha256 check: the ``6726825d`` in the file name is the prefix of its sha256);
+  offline it raises :class:`InceptionWeightsMissing` naming the exact file and folder.
 
 Images enter every extractor as generated samples in [-1, 1] and are first quantised to 8 bits exactly
 as ``torchvision.utils.save_image`` writes a PNG, so FID from tensors equals pytorch-fid's FID on the
@@ -36,6 +37,10 @@ INCEPTION_NAME = "inception-v3-pool3"
 INCEPTION_DIM = 2048
 FID_WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
 FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
+FID_WEIGHTS_SHA256_PREFIX = "6726825d"
+"""torch hub's naming convention: the hex after the last '-' is a prefix of the file's sha256."""
+FID_WEIGHTS_URL_ENV = "DDSM_FID_WEIGHTS_URL"
+"""Overrides :data:`FID_WEIGHTS_URL` (a mirror, or a local server in the tests)."""
 
 
 class FIDError(DDSMError):
@@ -43,7 +48,7 @@ class FIDError(DDSMError):
 
 
 class InceptionWeightsMissing(DDSMError):
-    """pytorch-fid's Inception weights are not in the torch hub cache (no download is attempted)."""
+    """pytorch-fid's Inception weights are not in the torch hub cache and could not be downloaded."""
 
 
 # ------------------------------------------------------------------------------ Frechet distance
@@ -109,8 +114,9 @@ class FeatureStats:
         if path.suffix != ".npz":
             path = path.with_suffix(path.suffix + ".npz")  # np.savez would append it anyway
         path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")  # renamed into place: never half-written
         np.savez_compressed(
-            path,
+            tmp,
             mu=self.mu,
             sigma=self.sigma,
             extractor=np.array(self.extractor),
@@ -118,6 +124,7 @@ class FeatureStats:
             n=np.array(self.n),
             meta=np.array(json.dumps(self.meta)),
         )
+        os.replace(tmp, path)
         return path
 
     @classmethod
@@ -215,15 +222,81 @@ def inception_weights_path() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / FID_WEIGHTS_FILE
 
 
+def ensure_inception_weights(
+    url: str | None = None,
+    *,
+    sha256_prefix: str = FID_WEIGHTS_SHA256_PREFIX,
+    progress: bool = True,
+    timeout: float = 30.0,
+) -> Path:
+    """The FID Inception weights' path in the torch hub cache, downloaded there first if absent.
+
+    The download goes to a temporary file next to the target and is renamed into place only once its
+    sha256 starts with ``sha256_prefix`` (:data:`FID_WEIGHTS_SHA256_PREFIX`), so a cut or corrupt
+    download never lands.
+
+    :param url: where to fetch them; default ``$DDSM_FID_WEIGHTS_URL``, else :data:`FID_WEIGHTS_URL`.
+    :raises InceptionWeightsMissing: the download failed (offline) or its checksum is wrong.
+    """
+    import hashlib
+    import urllib.error
+    import urllib.request
+
+    path = inception_weights_path()
+    if path.is_file():
+        return path
+    url = url or os.environ.get(FID_WEIGHTS_URL_ENV) or FID_WEIGHTS_URL
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as reply, open(tmp, "wb") as f:
+            total = int(reply.headers.get("Content-Length") or 0) or None
+            bar = _download_bar(total, progress)
+            while chunk := reply.read(1 << 20):
+                f.write(chunk)
+                digest.update(chunk)
+                bar.update(len(chunk))
+            bar.close()
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        tmp.unlink(missing_ok=True)
+        reason = getattr(exc, "reason", None) or exc
+        raise InceptionWeightsMissing(
+            f"FID Inception weights not found and their download from {url} failed ({reason}): put "
+            f"{FID_WEIGHTS_FILE} at {path} (the torch hub cache, $TORCH_HOME/hub/checkpoints), "
+            "or use a domain extractor"
+        ) from None
+    if not digest.hexdigest().startswith(sha256_prefix):
+        tmp.unlink(missing_ok=True)
+        raise InceptionWeightsMissing(
+            f"the file downloaded from {url} has sha256 {digest.hexdigest()[:16]}..., not "
+            f"{sha256_prefix}...: refused (a wrong or corrupt file); put {FID_WEIGHTS_FILE} "
+            f"at {path} yourself or use a domain extractor"
+        )
+    os.replace(tmp, path)
+    return path
+
+
+def _download_bar(total: int | None, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total, desc=f"downloading {FID_WEIGHTS_FILE}", unit="B", unit_scale=True,
+        unit_divisor=1024, disable=not enabled, leave=False,
+    )  # fmt: skip
+
+
 class InceptionExtractor:
     """pytorch-fid's InceptionV3, 2048-d pool3 features; images resized to 299 inside the network."""
 
     name = INCEPTION_NAME
     dim = INCEPTION_DIM
 
-    def __init__(self, device: str = "cpu") -> None:
+    def __init__(self, device: str = "cpu", *, download: bool = True) -> None:
         path = inception_weights_path()
-        if not path.is_file():
+        if download:
+            ensure_inception_weights()
+        elif not path.is_file():
             raise InceptionWeightsMissing(
                 f"FID Inception weights not found: put {FID_WEIGHTS_FILE} (from {FID_WEIGHTS_URL}) at "
                 f"{path} (the torch hub cache, $TORCH_HOME/hub/checkpoints), or use a domain extractor"

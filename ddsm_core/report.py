@@ -156,8 +156,10 @@ def write_report(out_dir: str | os.PathLike[str], results: Mapping[str, Any]) ->
     md = [
         "# Step-aware strategy search",
         "",
-        f"Checkpoint `{cfg.get('checkpoint')}`, sampler **{cfg['sampler']}**, {cfg['steps']} steps, "
-        f"{label}, reference stats `{cfg.get('stats')}`.",
+        f"Sampler **{cfg['sampler']}**, {cfg['steps']} steps, {label}.",
+        "",
+        *_inputs(results),
+        "",
         f"NSGA-II: population {cfg['population']}, generations {cfg['generations']}, mutation rate "
         f"{cfg['mutation_rate']} per gene, {cfg['crossover']} crossover, seed {cfg['seed']}; "
         f"{cfg['n_images']} images per candidate, {cfg['final_images']} for the finalists; pick = "
@@ -199,6 +201,22 @@ def write_report(out_dir: str | os.PathLike[str], results: Mapping[str, Any]) ->
     return path
 
 
+def _inputs(results: Mapping[str, Any]) -> list[str]:
+    """What the search measured: checkpoint (folder and training step), reference stats, extractor."""
+    cfg, run = results["config"], results.get("run") or {}
+    step = run.get("checkpoint_step")
+    where = run.get("checkpoint_dir")
+    ckpt = f"`{cfg.get('checkpoint')}`"
+    if where and where != cfg.get("checkpoint"):
+        ckpt += f" (`{where}`)"
+    return [
+        "Inputs:",
+        f"- checkpoint: {ckpt}" + (f", training step {step}" if step is not None else ""),
+        f"- reference statistics: `{cfg.get('stats')}`",
+        f"- feature extractor: `{results['extractor']}`",
+    ]
+
+
 def write_report_folder(out_dir: str | os.PathLike[str], results: Mapping[str, Any]) -> Path:
     """The whole report folder from a results.json dict (local or service alike): pareto.png,
     strategy.png, results.json, report.md and the finalists' strategy files (samples.png needs the
@@ -218,7 +236,8 @@ def write_report_folder(out_dir: str | os.PathLike[str], results: Mapping[str, A
                  if v.get("n_images") == cfg["n_images"]},  # multi-fidelity: top-rung ones only
         marked={"pick": pick.objectives, "knee": knee.objectives},  # type: ignore[dict-item]
         fid_label=f"FID ({results['extractor']})",
-        title=f"{cfg['sampler']}, {cfg['steps']} steps, {cfg['n_images']} images per candidate",
+        title=f"{cfg['sampler']}, {cfg['steps']} steps; FID from {cfg['n_images']} images per candidate\n"
+        f"(finalists re-measured with {cfg['final_images']}: report.md)",
     )  # fmt: skip
     widths = tuple(cfg["widths"])
     strategies = {name: Strategy(cfg["sampler"], cfg["steps"], widths, c.genome) for name, c in

@@ -771,19 +771,27 @@ def run_search(
     named.update({k: config.check_genome(g) for k, g in (finalists or {}).items()})
     by_genome: dict[Genome, Evaluation] = {}
     final = {}
+    # the finalists' re-evaluation (more images each) gets its own bar: the search bar ends before it
+    bar = _progress(
+        progress, total=len(set(named.values())), initial=0, desc=f"finalists x {final_images} images"
+    )
     for name, genome in named.items():
         if genome not in by_genome:
             by_genome[genome] = evaluate(genome, final_images)
+            if bar is not None:
+                bar.update(1)
         final[name] = by_genome[genome]
+    if bar is not None:
+        bar.close()
     return SearchRun(driver, pick, knee, final, time.perf_counter() - start, resumed)
 
 
-def _progress(enabled: bool, total: int, initial: int) -> Any:
+def _progress(enabled: bool, total: int, initial: int, desc: str = "search") -> Any:
     if not enabled:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, desc="search", unit="cand")
+    return tqdm(total=total, initial=initial, desc=desc, unit="cand")
 
 
 def uniform_genomes(config: SearchConfig) -> Iterable[Genome]:

@@ -31,7 +31,8 @@ from ddsm_core.widths import validate_widths
 DEFAULT_SAMPLER = "ddpm"
 """DDPM (not DDIM): its fresh noise at every step forgives the small widths' errors at the noisy start."""
 DEFAULT_STEPS = 20
-SAMPLER_HELP = "ddpm, ddim, edm-heun or dpm-solver++ (also spelt edm, dpmpp)"
+SAMPLER_HELP = "ddpm, ddim, edm (EDM's Heun; also edm-heun) or dpmpp (DPM-Solver++; also dpm-solver++)"
+"""The one description of the sampler names in every help text, led by the names outputs print."""
 FINALISTS: tuple[str, ...] = ("pick", "knee", "full")
 """The finalists re-evaluated with ``final_images``: weighted pick, knee of the front, full width."""
 

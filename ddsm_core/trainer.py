@@ -119,6 +119,9 @@ class Trainer:
         if existing is not None:
             self._restore(existing)
             self.last_ckpt = existing
+
+    def create_out_dir(self) -> None:
+        """Make the run folder: after every check and the data load, so a failed start leaves none."""
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             ckpt_io.clean_stale_temporaries(self.out_dir)
@@ -174,7 +177,7 @@ class Trainer:
         bar = _progress_bar(cfg.steps, self.step, enabled=progress and self.is_main)
         with StopRequest() as stop:
             if self.step == cfg.steps and not self.finished:  # stopped in its final phase before
-                self.periodic(stop, final=True, interrupted=False)
+                self.periodic(stop, final=True, interrupted=False, bar=bar)
             for x0, y in loader:
                 record = self.train_one(net, no_sync, x0, y)
                 record["elapsed_s"] = round(time.time() - started, 3)
@@ -183,7 +186,7 @@ class Trainer:
                 stop_now = stop.signum is not None or (stop_at is not None and self.step >= stop_at)
                 stop_now = self.dist.any_flag(stop_now) and self.step < cfg.steps
                 self.log(record, bar, force=stop_now)
-                self.periodic(stop, final=stop_now or self.step == cfg.steps, interrupted=stop_now)
+                self.periodic(stop, final=stop_now or self.step == cfg.steps, interrupted=stop_now, bar=bar)
                 if stop_now:
                     break
         bar.close()
@@ -258,22 +261,38 @@ class Trainer:
             bar.set_postfix_str(_fmt_losses(self.smooth), refresh=False)
         bar.update(1)
 
-    def periodic(self, stop: StopRequest, *, final: bool, interrupted: bool) -> None:
-        """Eval loss, sample grids and checkpoints when due; ``final``: checkpoint now (all ranks)."""
+    def periodic(self, stop: StopRequest, *, final: bool, interrupted: bool, bar: Any = None) -> None:
+        """Eval loss, sample grids and checkpoints when due; ``final``: checkpoint now (all ranks).
+
+        Their time is kept out of the bar's rate (``unpause``), so its ETA counts training steps only,
+        and each one is announced on its own line, so a pause of the bar has a visible reason.
+        """
         cfg, step = self.config, self.step
+        bar = bar if bar is not None else _NoBar()
         if self.is_main:
             end = final and not interrupted
+            eval_due = bool(cfg.eval_images) and (_due(step, cfg.eval_every) or end)
+            samples_due = bool(cfg.sample_n) and (_due(step, cfg.sample_every) or end)
+            ckpt_due = _due(step, cfg.checkpoint_every) or final
+            work = [w for w, due in (("eval loss", eval_due), ("sample grids", samples_due),
+                                     ("checkpoint", ckpt_due)) if due]  # fmt: skip
+            if end and work:  # the final phase can take a while: say so before, not only after
+                bar.write(f"step {step}: final {', '.join(work)} ...")
+            t0 = time.perf_counter()
             cut_short = False
             try:
                 with stop.abortable():
-                    self._watch(eval_due=_due(step, cfg.eval_every) or end,
-                                samples_due=_due(step, cfg.sample_every) or end)  # fmt: skip
+                    self._watch(eval_due=eval_due, samples_due=samples_due)
             except CutShort:  # the other ranks stop at the next step, where every rank agrees
                 cut_short = True
             if end and not cut_short:
                 self.finished = True
-            if _due(step, cfg.checkpoint_every) or final:
+            if ckpt_due:
                 self.last_ckpt = self.save()
+            if work:
+                where = self.out_dir / "samples" if samples_due else self.out_dir
+                bar.write(f"step {step}: {', '.join(work)} ({time.perf_counter() - t0:.1f} s) -> {where}")
+                bar.unpause()
         elif final and not interrupted:
             self.finished = True  # rank 0 writes the final phase
         if final:
@@ -362,6 +381,7 @@ def train(
         trainer.dataset, trainer.eval_dataset = _load_datasets(
             config, model_config, dataset, eval_dataset, data_opts, dist_env
         )
+        trainer.create_out_dir()
         return trainer.run(progress=progress, callback=callback, stop_at=stop_at, started=started)
     finally:
         dist_env.close()
@@ -416,6 +436,8 @@ def _append_jsonl(path: Path, record: Mapping[str, Any]) -> None:
 class _NoBar:
     def set_postfix_str(self, *a: Any, **k: Any) -> None: ...
     def update(self, *a: Any) -> None: ...
+    def write(self, *a: Any) -> None: ...
+    def unpause(self) -> None: ...
     def close(self) -> None: ...
 
 

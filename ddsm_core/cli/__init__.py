@@ -21,6 +21,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # plain click help: rich mode prints "<bool>" after every flag and eats "[...]" in help texts
+    rich_markup_mode=None,
 )
 
 # Modules that define ``register(app)``; a module not written yet is skipped.

@@ -20,6 +20,7 @@ def compare(
     as_json: Path | None = typer.Option(None, "--json", help="Also write the table as JSON here."),
 ) -> None:
     """Hypervolume of each search's front against one shared reference point, as a table."""
+    from ddsm_core.cli.checks import write_text_atomic
     from ddsm_core.compare import compare_fronts, format_table, load_front, unique_names
     from ddsm_core.errors import ConfigError
 
@@ -29,8 +30,8 @@ def compare(
     comparison = compare_fronts(fronts, _parse_ref(ref))
     typer.echo(format_table(comparison))
     if as_json is not None:
-        as_json.parent.mkdir(parents=True, exist_ok=True)
-        as_json.write_text(json.dumps(comparison.to_dict(), indent=1) + "\n")
+        write_text_atomic(as_json, json.dumps(comparison.to_dict(), indent=1) + "\n")
+        typer.echo(f"wrote {as_json}")
     if out is not None:
         from ddsm_core.plots import plot_fronts
 

@@ -46,6 +46,14 @@ def latency(
     if dtype not in DTYPES:
         raise ConfigError(f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
     sizes = _batch_sizes(batch_sizes)
+    from ddsm_core.cli.checks import check_checkpoint, check_min, check_writable_parent
+
+    check_min("--repeats", repeats, 1)
+    check_min("--warmup", warmup, 0)
+    if checkpoint is not None:
+        check_checkpoint(checkpoint)
+    if out is not None:
+        check_writable_parent(out, "--out")
     dev = pick_device(device)
     model, schedule, info = _model(checkpoint, preset, aligned, dev)
     model = model.to(dtype=getattr(torch, dtype))

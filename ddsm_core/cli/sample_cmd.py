@@ -63,6 +63,7 @@ def sample(
     import torch
 
     from ddsm_core.checkpoint import load_checkpoint
+    from ddsm_core.cli.checks import check_checkpoint, check_min, check_steps, check_writable_parent
     from ddsm_core.data import save_image_grid
     from ddsm_core.device import pick_device
     from ddsm_core.errors import ConfigError
@@ -71,15 +72,22 @@ def sample(
     from ddsm_core.sampling import sample as run_sample
     from ddsm_core.spec import strategy_from_arg
 
-    if n < 1:
-        raise ConfigError(f"--n must be >= 1, got {n}")
+    check_min("--n", n, 1)
+    check_min("--batch-size", batch_size, 1)
+    check_steps("--steps", steps)
+    fixed = _class_arg(label)
+    check_checkpoint(checkpoint)
+    for path, option in ((out, "--out"), (npz, "--npz"), (png_dir, "--png-dir")):
+        if path is not None:
+            check_writable_parent(path, option)
     dev = pick_device(device)
     model, schedule, manifest = load_checkpoint(checkpoint, use_ema=not raw, map_location=str(dev))
     cfg = model.config
     prepare_for_inference(model)
     strat = strategy_from_arg(str(strategy), sampler, steps, cfg.widths)
+    check_steps("--steps", strat.steps)
     seeds = list(range(seed, seed + n))
-    y, fixed = None, _class_arg(label)
+    y = None
     if cfg.num_classes:
         y = seed_labels(seeds, cfg.num_classes, fixed)
     elif fixed is not None:

@@ -13,6 +13,14 @@ from typing import Any
 
 import typer
 
+from ddsm_core.cli.checks import (
+    check_checkpoint,
+    check_file,
+    check_min,
+    check_steps,
+    check_writable_parent,
+    write_text_atomic,
+)
 from ddsm_core.spec import (
     DEFAULT_PROFILE,
     DEFAULT_SAMPLER,
@@ -80,8 +88,10 @@ def resolve_stats(
 
     With ``stats`` the extractor defaults to the one that made them; without, the dataset's reference
     statistics are computed now (read at ``image_size`` with ``channels``: the model's) and saved to
-    ``out_dir/ref_stats.npz``.
+    ``out_dir/ref_stats.npz``. The dataset is checked before any extractor is built, so a typo is
+    reported as such.
     """
+    from ddsm_core.data import check_dataset
     from ddsm_core.errors import ConfigError
     from ddsm_core.features import get_extractor, reference_stats
     from ddsm_core.fid import FeatureStats
@@ -93,6 +103,7 @@ def resolve_stats(
         return ref, ext
     if dataset is None:
         raise ConfigError("give --stats (reference statistics .npz) or --dataset to compute them")
+    check_dataset(dataset, image_size, channels)
     ext = get_extractor(extractor or "auto", dataset=dataset, device=str(device))
     ref = reference_stats(dataset, ext, device=str(device), image_size=image_size, channels=channels)
     if out_dir is not None:
@@ -111,7 +122,9 @@ def ref_stats(
         None, "--image-size", help="Square size to read the images at (required for a folder)."
     ),
     channels: int | None = typer.Option(None, "--channels", help="Folder images: 1 (gray) or 3 (RGB) [3]."),
-    batch_size: int = typer.Option(250, "--batch-size"),
+    batch_size: int = typer.Option(
+        250, "--batch-size", help="Images per batch (does not change the result)."
+    ),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
     threads: int | None = typer.Option(
         None, "--threads", help="Torch CPU threads (default 1 or $DDSM_TORCH_THREADS; 0 = all cores)."
@@ -123,7 +136,9 @@ def ref_stats(
     from ddsm_core.features import reference_stats
     from ddsm_core.floor import floors_of
 
-    check_dataset(dataset, image_size, channels)
+    check_dataset(dataset, image_size, channels, split=split)
+    check_min("--batch-size", batch_size, 1)
+    check_writable_parent(out, "--out")
     _set_threads(threads)
     stats = reference_stats(
         dataset, extractor, split=split, device=str(pick_device(device)), batch_size=batch_size,
@@ -160,12 +175,14 @@ def eval_cmd(
         None, "--image-size", help="Size to read --dataset at [the checkpoint's image size]."
     ),
     extractor: str | None = typer.Option(None, "--extractor", help="Default: the one of --stats / auto."),
-    images: int = typer.Option(1000, "--images", help="Images to sample."),
+    images: int = typer.Option(1000, "--images", help="Images to sample (FID needs at least 2)."),
     seed: int = typer.Option(
         DEFAULTS.eval_seed, "--seed", help="Image i uses seed + i (a search's --eval-seed)."
     ),
-    batch_size: int = typer.Option(DEFAULTS.batch_size, "--batch-size"),
-    device: str = typer.Option("cpu", "--device"),
+    batch_size: int = typer.Option(
+        DEFAULTS.batch_size, "--batch-size", help="Images per batch (does not change them)."
+    ),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
     out: Path | None = typer.Option(None, "--json", help="Also write the result as JSON here."),
     threads: int | None = typer.Option(
         None, "--threads", help="Torch CPU threads (default 1 or $DDSM_TORCH_THREADS; 0 = all cores)."
@@ -179,11 +196,19 @@ def eval_cmd(
     from ddsm_core.flops import cost_table
     from ddsm_core.spec import strategy_from_arg
 
+    check_min("--images", images, 2)
+    check_min("--batch-size", batch_size, 1)
+    check_steps("--steps", steps)
+    check_checkpoint(checkpoint)
+    check_file(stats, "--stats", "reference statistics")
+    if out is not None:
+        check_writable_parent(out, "--json")
     _set_threads(threads)
     model, schedule, manifest, dev = _load_model(checkpoint, device)
     data = _dataset_of(manifest, dataset) if stats is None else dataset
     size = check_data_args(data, image_size, model.config)
     strat = strategy_from_arg(strategy, sampler, steps, model.config.widths)
+    check_steps("--steps", strat.steps)
     ref, ext = resolve_stats(stats, extractor, data, dev, image_size=size, channels=model.config.in_channels)
     result = evaluate(
         model, schedule, strat, ref, ext, images, seed, batch_size, costs=cost_table(model), device=dev,
@@ -198,9 +223,9 @@ def eval_cmd(
         + (f": {result.fid / floor.fid:.2f}x" if floor is not None and result.fid and floor.fid > 0 else "")
     )
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
         record = {**result.to_dict(), "floor": floor.to_dict() if floor is not None else None}
-        out.write_text(json.dumps(record, indent=1))
+        write_text_atomic(out, json.dumps(record, indent=1))
+        typer.echo(f"wrote {out}")
 
 
 def search_to_folder(
@@ -232,15 +257,19 @@ def search_to_folder(
     from ddsm_core.search import STATE_FILE, run_search
 
     start = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
+    # every input is checked before the folder is made: a failed start leaves no empty report folder
+    check_checkpoint(checkpoint)
+    check_file(stats, "--stats", "reference statistics")
+    check_writable_parent(out, "--out")
     model, schedule, manifest, dev = _load_model(checkpoint, device)
     spec = (spec or DEFAULTS).bind(model.config.widths)
     spec = _seeded(spec, warm_start, schedule, out / STATE_FILE if resume else None)
     data = _dataset_of(manifest, dataset) if stats is None else dataset
     size = check_data_args(data, image_size, model.config)
-    ref, ext = resolve_stats(
-        stats, extractor, data, dev, out, image_size=size, channels=model.config.in_channels
-    )
+    ref, ext = resolve_stats(stats, extractor, data, dev, image_size=size, channels=model.config.in_channels)
+    out.mkdir(parents=True, exist_ok=True)  # only now: a failed start leaves no empty report folder
+    if stats is None:
+        ref.save(out / "ref_stats.npz")
     evaluator = GenomeEvaluator(
         model, schedule, ref, ext, spec, costs=cost_table(model), device=dev, cache_images=spec.ladder
     )
@@ -256,6 +285,7 @@ def search_to_folder(
         extractor=ext.name, checkpoint=str(checkpoint), stats=str(stats or out / "ref_stats.npz"),
         search_wall_s=run.wall_s,
         run={"where": "local", "device": str(dev), "checkpoint_step": manifest.get("step"),
+             "checkpoint_dir": str(manifest.get("path") or checkpoint),
              "resumed": run.resumed},
         floors=[f.to_dict() for f in floors_of(ref)],  # every FID next to the real-data floor
     )  # fmt: skip
@@ -380,10 +410,12 @@ def search(
         "--eval-seed",
         help=f"Image i of every candidate uses eval_seed + i; default {DEFAULTS.eval_seed}.",
     ),
-    batch_size: int | None = typer.Option(None, "--batch-size", help=f"Default {DEFAULTS.batch_size}."),
-    device: str = typer.Option("cpu", "--device"),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", help=f"Images per batch (does not change them); default {DEFAULTS.batch_size}."
+    ),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
     resume: bool = typer.Option(True, "--resume/--restart", help="Continue the search state in --out."),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     threads: int | None = typer.Option(
         None, "--threads", help="Torch CPU threads (default 1 or $DDSM_TORCH_THREADS; 0 = all cores)."
     ),
@@ -400,6 +432,7 @@ def search(
     _set_threads(threads)
     from ddsm_core.spec import profile as named_profile
 
+    check_steps("--steps", steps)
     spec = named_profile(profile).replace(
         sampler=sampler, steps=steps, population=population, generations=generations,
         mutation_rate=mutation_rate, crossover=crossover, n_images=images, final_images=final_images,

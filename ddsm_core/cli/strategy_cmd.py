@@ -10,8 +10,14 @@ from typing import Any
 
 import typer
 
+from ddsm_core.spec import SAMPLER_HELP
+
 strategy_app = typer.Typer(
-    name="strategy", help="Work with step-aware strategy files.", no_args_is_help=True, add_completion=False
+    name="strategy",
+    help="Work with step-aware strategy files.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
 )
 
 
@@ -19,7 +25,7 @@ def transfer(
     strategy: Path = typer.Option(
         ..., "--strategy", help="Strategy JSON file to transfer (or a search's results.json: its pick)."
     ),
-    sampler: str = typer.Option(..., "--sampler", help="Target sampler: ddpm, ddim, edm-heun, dpm-solver++."),
+    sampler: str = typer.Option(..., "--sampler", help=f"Target sampler: {SAMPLER_HELP}."),
     steps: int = typer.Option(..., "--steps", help="Target number of sampler steps."),
     out: Path = typer.Option(..., "--out", help="Strategy JSON file to write."),
     plot: Path | None = typer.Option(None, "--plot", help="Also plot both strategies against log-SNR (PNG)."),
@@ -36,16 +42,18 @@ def transfer(
     Each target step runs at the width that covers most of its stretch of log-SNR in the source
     strategy; the same sampler and steps give the same strategy back.
     """
+    from ddsm_core.cli.checks import check_file, check_steps, write_text_atomic
     from ddsm_core.errors import ConfigError
     from ddsm_core.transfer import read_strategies, transfer_strategy
 
+    check_file(strategy, "--strategy", "strategy file")
+    check_steps("--steps", steps)
     label, source = read_strategies(strategy)[0]  # a results.json: its pick
     if checkpoint is not None and schedule is not None:
         raise ConfigError("give --checkpoint or --schedule, not both (the checkpoint has its schedule)")
     sched = _schedule(checkpoint, source, schedule or "linear", timesteps)
     target = transfer_strategy(source, sampler, steps, sched)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(target.to_json(indent=1) + "\n")
+    write_text_atomic(out, target.to_json(indent=1) + "\n")
     what = "" if label == strategy.stem else f" ({label} of {strategy})"
     typer.echo(f"{source.describe()}{what}  ->  {target.describe()}  -> {out}")
     if plot is not None:

@@ -4,6 +4,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,32 @@ def test_migrate_creates_the_embedded_database(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'ddsm.sqlite'}")
     assert "candidates" in inspect(engine).get_table_names()
     engine.dispose()
+
+
+def test_demo_with_a_missing_checkpoint_fails_before_starting_the_service(tmp_path: Path) -> None:
+    home, out = tmp_path / "home", tmp_path / "report"
+    started = time.monotonic()
+    res = run("demo", "--checkpoint", "/nope", "--home", str(home), "--out", str(out))
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.startswith("error: ") and res.stderr.count("\n") == 1, res.stderr
+    assert "checkpoint '/nope' not found" in res.stderr
+    assert res.stdout == "" and not home.exists() and not out.exists()  # nothing started, nothing written
+    assert time.monotonic() - started < 60
+
+
+def test_demo_refuses_settings_the_api_would_refuse_before_starting(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    res = run("demo", "--steps", "1", "--home", str(home), "--out", str(tmp_path / "r"))
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "steps" in res.stderr, res.stderr
+    assert not home.exists()
+
+
+def test_demo_help_is_clean() -> None:
+    from ddsm_core.spec import SAMPLER_HELP
+
+    res = subprocess.run(
+        [sys.executable, "-m", "api.cli", "demo", "--help"], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    assert res.returncode == 0 and "<bool>" not in res.stdout
+    assert " ".join(SAMPLER_HELP.split()) in " ".join(res.stdout.split())

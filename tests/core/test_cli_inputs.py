@@ -1,0 +1,201 @@
+"""Issue 14: every command checks its inputs before it writes, trains or starts anything.
+
+Each case: exit status 2, exactly one line on stderr naming the real cause, nothing left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from ddsm_core.cli import app, run_app
+from ddsm_core.spec import SAMPLER_HELP
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory):
+    from ddsm_core.checkpoint import write_checkpoint
+    from ddsm_core.config import UNetConfig
+    from ddsm_core.schedules import NoiseSchedule
+    from ddsm_core.unet import SlimmableUNet
+
+    cfg = UNetConfig.digits(model_channels=32, num_res_blocks=1, widths=(0.5, 0.75, 1.0))
+    path = tmp_path_factory.mktemp("ckpt") / "c"
+    write_checkpoint(
+        path, step=7, model_config=cfg, schedule=NoiseSchedule.linear().to_dict(),
+        model_state=SlimmableUNet(cfg).state_dict(), train_config={"dataset": "digits"},
+    )  # fmt: skip
+    return path
+
+
+def fails(argv: list[str], capsys: pytest.CaptureFixture[str], *needles: str) -> str:
+    """Run ``ddsm argv``; assert exit 2 and one ``error:`` line holding every needle; return it."""
+    code = run_app(app, argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def test_eval_with_zero_images_is_a_one_line_error(checkpoint, tmp_path, capsys) -> None:
+    out = tmp_path / "r.json"
+    fails(["eval", "--checkpoint", str(checkpoint), "--dataset", "digits", "--images", "0",
+           "--json", str(out)], capsys, "--images must be >= 2, got 0")  # fmt: skip
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "no/such/folder"])
+def test_ref_stats_of_an_unknown_dataset_names_the_dataset_not_inception(dataset, tmp_path, capsys) -> None:
+    out = tmp_path / "s" / "r.npz"
+    err = fails(["ref-stats", "--dataset", dataset, "--out", str(out)], capsys,
+                f"unknown dataset {dataset!r}", "digits, cifar10")  # fmt: skip
+    assert "Inception" not in err and not (tmp_path / "s").exists()
+
+
+def test_eval_and_search_with_an_unknown_dataset_name_it(checkpoint, tmp_path, capsys) -> None:
+    fails(["eval", "--checkpoint", str(checkpoint), "--dataset", "mnist", "--images", "4"], capsys,
+          "unknown dataset 'mnist'")  # fmt: skip
+    out = tmp_path / "X"
+    fails(["search", "--checkpoint", str(checkpoint), "--dataset", "mnist", "--out", str(out)], capsys,
+          "unknown dataset 'mnist'")  # fmt: skip
+    assert not out.exists()
+
+
+def test_train_with_an_unknown_dataset_prints_no_plan_and_leaves_no_folder(tmp_path, capsys) -> None:
+    out = tmp_path / "X"
+    code = run_app(app, ["train", "--dataset", "mnist", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert captured.err.count("\n") == 1 and "unknown dataset 'mnist'" in captured.err
+    assert not out.exists()
+
+
+def test_search_with_a_missing_checkpoint_leaves_no_folder(tmp_path, capsys) -> None:
+    out = tmp_path / "X"
+    fails(["search", "--checkpoint", "/nope", "--out", str(out)], capsys, "checkpoint '/nope' not found")
+    assert not out.exists()
+
+
+def test_search_with_missing_stats_leaves_no_folder(checkpoint, tmp_path, capsys) -> None:
+    out = tmp_path / "X"
+    fails(["search", "--checkpoint", str(checkpoint), "--stats", str(tmp_path / "no.npz"),
+           "--out", str(out)], capsys, "no.npz", "not found")  # fmt: skip
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["sample", "eval", "search"])
+def test_one_step_is_refused_as_over_rest(command, checkpoint, tmp_path, capsys) -> None:
+    argv = [command, "--checkpoint", str(checkpoint), "--steps", "1"]
+    if command == "search":
+        argv += ["--out", str(tmp_path / "X")]
+    fails(argv, capsys, "--steps must be in [2, 1000], got 1")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_strategy_transfer_checks_steps_and_its_file(tmp_path, capsys) -> None:
+    out = tmp_path / "t.json"
+    fails(["strategy", "transfer", "--strategy", str(tmp_path / "none.json"), "--sampler", "ddim",
+           "--steps", "10", "--out", str(out)], capsys, "none.json", "not found")  # fmt: skip
+    assert not out.exists()
+
+
+def test_an_output_under_a_file_is_refused_before_any_work(tmp_path, capsys) -> None:
+    (tmp_path / "file").write_text("x")
+    fails(["ref-stats", "--dataset", "digits", "--out", str(tmp_path / "file" / "r.npz")], capsys,
+          "is a file, not a folder")  # fmt: skip
+
+
+def test_search_report_names_checkpoint_step_stats_and_extractor(checkpoint, tmp_path, capsys,
+                                                                 monkeypatch) -> None:  # fmt: skip
+    import ddsm_core.features as features
+
+    tiny = features.DomainCNNConfig(width=8, feature_dim=16, epochs=1, batch_size=64)
+    monkeypatch.setitem(features.DOMAIN_CONFIGS, "digits", tiny)
+    monkeypatch.setenv("DDSM_CACHE_DIR", str(tmp_path / "cache"))
+    stats = tmp_path / "digits.npz"
+    assert run_app(app, ["ref-stats", "--dataset", "digits", "--out", str(stats)]) == 0
+    assert f"-> {stats}" in capsys.readouterr().out
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left
+    out = tmp_path / "search"
+    argv = ["search", "--checkpoint", str(checkpoint), "--stats", str(stats), "--out", str(out),
+            "--steps", "2", "--population", "4", "--generations", "1", "--images", "4",
+            "--final-images", "4", "--no-progress"]  # fmt: skip
+    assert run_app(app, argv) == 0
+    assert str(out / "report.md") in capsys.readouterr().out
+    report = (out / "report.md").read_text()
+    assert f"checkpoint: `{checkpoint}`, training step 7" in report
+    assert f"reference statistics: `{stats}`" in report
+    assert "feature extractor: `domain:digits-cnn-v1`" in report
+    assert json.loads((out / "results.json").read_text())["run"]["checkpoint_step"] == 7
+
+
+def _command_helps() -> dict[str, str]:
+    """``--help`` of every command and subcommand, as a user sees it."""
+    import typer
+
+    group = typer.main.get_command(app)
+    helps = {}
+    for name, cmd in group.commands.items():
+        subs = getattr(cmd, "commands", None)
+        for key in [f"{name} {sub}" for sub in subs] if subs else [name]:
+            helps[key] = _help(key.split())
+    return helps
+
+
+def _help(argv: list[str]) -> str:
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(app, [*argv, "--help"], terminal_width=200, prog_name="ddsm")
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_help_texts_are_clean() -> None:
+    helps = _command_helps()
+    assert {"train", "sample", "eval", "search", "ref-stats", "strategy transfer"} <= set(helps)
+    for name, text in helps.items():
+        assert "<bool>" not in text, name
+        assert not re.search(r"\w \.(\s|$)", text), (name, re.findall(r".{20}\w \.", text))
+    for name in ("sample", "eval", "search", "strategy transfer"):
+        flat = " ".join(helps[name].split())
+        assert " ".join(SAMPLER_HELP.split()) in flat, name
+
+
+def test_fid_stats_save_is_atomic(tmp_path) -> None:
+    from ddsm_core.fid import FeatureStats
+
+    path = FeatureStats(np.zeros(3), np.eye(3), "x", 2).save(tmp_path / "s.npz")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npz"] and path == tmp_path / "s.npz"
+
+
+def test_training_side_work_gets_its_own_line_with_where_it_went(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    argv = ["train", "--steps", "2", "--out", str(out), "--batch-size", "8", "--sample-n", "2",
+            "--sample-steps", "2", "--sample-every", "1", "--eval-images", "8", "--checkpoint-every", "1",
+            "--progress"]  # fmt: skip
+    assert run_app(app, argv) == 0
+    stdout = capsys.readouterr().out
+    samples = re.escape(str(out / "samples"))
+    assert re.search(rf"step 1: sample grids, checkpoint \(\d+\.\d s\) -> {samples}", stdout), stdout
+    assert re.search(r"step 2: eval loss, sample grids, checkpoint \(\d+\.\d s\)", stdout), stdout
+
+
+def test_latency_checks_its_counts_and_checkpoint_first(tmp_path, capsys) -> None:
+    fails(["latency", "--preset", "digits", "--repeats", "0"], capsys, "--repeats must be >= 1, got 0")
+    fails(["latency", "--checkpoint", str(tmp_path / "none")], capsys, "not found")
