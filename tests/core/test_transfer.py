@@ -246,11 +246,11 @@ def test_cli_transferred_file_is_evaluated(checkpoint, tmp_path, capsys, monkeyp
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--strategy", "missing.json"], "strategy file missing.json does not exist"),
+        (["--strategy", "missing.json"], "strategy file 'missing.json' not found"),
         (["--strategy", "{bad}"], "strategy is not valid JSON"),
         (["--strategy", "{ok}", "--sampler", "euler"], "unknown sampler 'euler'"),
-        (["--strategy", "{ok}", "--steps", "0"], "steps must be an integer >= 1"),
-        (["--strategy", "{ok}", "--sampler", "ddim", "--steps", "1001"], "runs 1..1000 steps"),
+        (["--strategy", "{ok}", "--steps", "0"], "--steps must be in [2, 1000], got 0"),
+        (["--strategy", "{ok}", "--sampler", "ddim", "--steps", "1001"], "in [2, 1000], got 1001"),
         (["--strategy", "{ok}", "--schedule", "sigmoid"], "unknown noise schedule 'sigmoid'"),
         (["--strategy", "{ok}", "--schedule", "linear", "--checkpoint", "{ckpt}"], "not both"),
         (["--strategy", "{ok}", "--checkpoint", "{ckpt}"], "the checkpoint offers"),
