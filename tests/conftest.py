@@ -6,6 +6,7 @@ over threads that the worker processes of the integration tests also want; one t
 
 from __future__ import annotations
 
+import importlib.abc
 import os
 import sys
 
@@ -16,8 +17,21 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 os.environ.setdefault("DDSM_FID_WEIGHTS_URL", "http://127.0.0.1:9/pt_inception-2015-12-05-6726825d.pth")
 
 BLOCK_TORCH = "DDSM_TEST_BLOCK_TORCH"
+
+
+class _NoTorch(importlib.abc.MetaPathFinder):
+    """Makes `import torch` raise ModuleNotFoundError, as on a machine without torch. (A None entry in
+    sys.modules would do that too, but libraries such as scipy then read sys.modules["torch"] as a
+    present module and fail.)"""
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if name == "torch" or name.startswith("torch."):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by {BLOCK_TORCH})", name=name)
+        return None
+
+
 if os.environ.get(BLOCK_TORCH) == "1":
-    sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` raises ImportError from here on
+    sys.meta_path.insert(0, _NoTorch())
 
 try:
     import torch
