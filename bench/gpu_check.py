@@ -121,9 +121,11 @@ def latency_part(cfg: UNetConfig, device: torch.device, quick: bool, budget: Bud
             continue
         model = build(cfg, device, dtype)
         start = time.perf_counter()
+        # the sampler's own per-step time too, so that sampling time can be predicted from the table
         table = measure_latency(
-            model, batches, widths=eager_widths, repeats=repeats, warmup=warmup, device=device, dtype=dtype
-        )
+            model, batches, schedule=NoiseSchedule.linear(), widths=eager_widths, samplers=("ddpm",),
+            repeats=repeats, warmup=warmup, device=device, dtype=dtype,
+        )  # fmt: skip
         out.append({"dtype": dtype, "mode": "eager", "table": table, "seconds": time.perf_counter() - start})
     # compiling is the slow part (one graph per width and batch size): a few widths, as time allows
     widths = [cfg.widths[-1]] if quick else [cfg.widths[0], cfg.widths[len(cfg.widths) // 2], cfg.widths[-1]]
@@ -161,8 +163,9 @@ def _merge(tables: list[LatencyTable]) -> LatencyTable:
 
 # ------------------------------------------------------------------------------------------- throughput
 def throughput_part(
-    cfg: UNetConfig, device: torch.device, quick: bool, budget: Budget
+    cfg: UNetConfig, device: torch.device, quick: bool, budget: Budget, tables: dict[str, LatencyTable]
 ) -> list[dict[str, Any]]:
+    """Images/s per strategy, and the eager latency table's prediction of the same run."""
     n, steps = (2, 3) if quick else (256, 20)
     schedule = NoiseSchedule.linear()
     shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
@@ -186,8 +189,12 @@ def throughput_part(
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 seconds = time.perf_counter() - start
-            rows.append({"dtype": dtype, "strategy": strategy.describe(), "images": n, "seconds": seconds,
-                         "images_per_s": n / seconds})  # fmt: skip
+            row = {"dtype": dtype, "strategy": strategy.describe(), "images": n, "seconds": seconds,
+                   "images_per_s": n / seconds}  # fmt: skip
+            table = tables.get(dtype)
+            if table is not None and all(w in table.widths for w in strategy.network_calls()):
+                row["predicted_s"] = table.predict(strategy, n, n)
+            rows.append(row)
     return rows
 
 
@@ -224,14 +231,20 @@ def report(args: argparse.Namespace, device: torch.device, cfg: UNetConfig, part
               ">= 0.8 at batch 64).", ""]  # fmt: skip
     for entry in parts["latency"]:
         lines += _latency_section(entry, costs)
-    lines += ["## Sampling throughput (DDPM, images/s)", "", "| dtype | strategy | images | s | images/s |",
-              "|---|---|---|---|---|"]  # fmt: skip
+    lines += ["## Sampling throughput (DDPM, images/s)", "",
+              "Predicted: the eager table's per-call medians summed over the strategy's calls, plus the "
+              "measured per-step sampler overhead (one batch of all the images).", "",
+              "| dtype | strategy | images | s | images/s | predicted s | prediction error |",
+              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in parts["throughput"]:
         if "skipped" in r:
-            lines.append(f"| {r['dtype']} | {r['strategy']} | - | - | skipped: {r['skipped']} |")
+            lines.append(f"| {r['dtype']} | {r['strategy']} | - | - | skipped: {r['skipped']} | - | - |")
         else:
+            pred = r.get("predicted_s")
+            err = None if pred is None else 100 * (pred / r["seconds"] - 1)
+            cells = ("-", "-") if pred is None else (f"{pred:.2f}", f"{err:+.1f}%")
             lines.append(f"| {r['dtype']} | {r['strategy']} | {r['images']} | {r['seconds']:.2f} | "
-                         f"{r['images_per_s']:.1f} |")  # fmt: skip
+                         f"{r['images_per_s']:.1f} | {cells[0]} | {cells[1]} |")  # fmt: skip
     if parts.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in parts["notes"]]
     return "\n".join(lines) + "\n"
@@ -268,6 +281,8 @@ def _cuda_details(device: torch.device) -> str:
 
 
 def _commit() -> str:
+    if os.environ.get("DDSM_GIT_COMMIT"):  # a copied tree without .git (a lent GPU box) is told its commit
+        return os.environ["DDSM_GIT_COMMIT"]
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
@@ -285,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=480.0, help="wall-clock budget of the whole check")
     parser.add_argument("--tests-timeout-s", type=float, default=200.0)
     parser.add_argument("--skip-tests", action="store_true")
+    parser.add_argument("--tables-dir", default="", help="also save the eager latency tables there (JSON)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "gpu.md"), help="the report; '-' for stdout")
     args = parser.parse_args(argv)
     args.command = "python bench/gpu_check.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -308,7 +324,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tests: {parts['tests']['status']} ({parts['tests']['summary']})", file=sys.stderr)
     parts["latency"] = latency_part(cfg, device, args.quick, budget)
     print(f"latency done at {time.perf_counter() - start:.0f} s", file=sys.stderr)
-    parts["throughput"] = throughput_part(cfg, device, args.quick, budget)
+    tables = {e["dtype"]: e["table"] for e in parts["latency"] if e["mode"] == "eager" and "table" in e}
+    parts["throughput"] = throughput_part(cfg, device, args.quick, budget, tables)
+    if args.tables_dir:  # the measured tables, loadable with LatencyTable.load
+        folder = Path(args.tables_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        for dtype, table in tables.items():
+            table.save(folder / f"latency-{args.preset_used.split()[0]}-{device.type}-{dtype}.json")
     if device.type == "cpu":
         parts["notes"].append("compiled rows on a CPU use torch.compile(backend='eager'): dynamo only.")
     parts["wall_s"] = time.perf_counter() - start
