@@ -46,7 +46,7 @@ import torch  # noqa: E402
 
 from ddsm_core.config import UNetConfig  # noqa: E402
 from ddsm_core.flops import cost_table  # noqa: E402
-from ddsm_core.inference import prepare_for_inference  # noqa: E402
+from ddsm_core.inference import GraphedWidths, prepare_for_inference  # noqa: E402
 from ddsm_core.latency import LatencyTable, device_name, measure_latency  # noqa: E402
 from ddsm_core.sampling import VPDenoiser, sample  # noqa: E402
 from ddsm_core.schedules import NoiseSchedule  # noqa: E402
@@ -109,7 +109,9 @@ def _compile(model: torch.nn.Module, device: torch.device) -> Callable[..., Any]
     return torch.compile(model, backend=backend, dynamic=False)
 
 
-def latency_part(cfg: UNetConfig, device: torch.device, quick: bool, budget: Budget) -> list[dict[str, Any]]:
+def latency_part(
+    cfg: UNetConfig, device: torch.device, quick: bool, budget: Budget, no_compile: bool = False
+) -> list[dict[str, Any]]:
     """Eager and compiled latency tables per dtype; compiled widths as the budget allows."""
     batches = [1, 2] if quick else [1, 64, 256]
     repeats, warmup = (1, 1) if quick else (10, 3)
@@ -127,10 +129,26 @@ def latency_part(cfg: UNetConfig, device: torch.device, quick: bool, budget: Bud
             repeats=repeats, warmup=warmup, device=device, dtype=dtype,
         )  # fmt: skip
         out.append({"dtype": dtype, "mode": "eager", "table": table, "seconds": time.perf_counter() - start})
+        if device.type == "cuda":  # one CUDA graph per width and batch: no launch overhead
+            graphed = GraphedWidths(model)
+            start = time.perf_counter()
+            table = measure_latency(
+                graphed, batches, schedule=NoiseSchedule.linear(), widths=eager_widths, samplers=("ddpm",),
+                repeats=repeats, warmup=warmup, device=device, dtype=dtype,
+            )  # fmt: skip
+            entry = {
+                "dtype": dtype,
+                "mode": "cuda-graphs",
+                "table": table,
+                "seconds": time.perf_counter() - start,
+            }
+            if graphed.fallback_reason:
+                entry = {"dtype": dtype, "mode": "cuda-graphs", "skipped": graphed.fallback_reason}
+            out.append(entry)
     # compiling is the slow part (one graph per width and batch size): a few widths, as time allows
     widths = [cfg.widths[-1]] if quick else [cfg.widths[0], cfg.widths[len(cfg.widths) // 2], cfg.widths[-1]]
     batches = batches[:1] if quick else batches
-    for dtype in ("float32",) if quick else ("bfloat16", "float32"):
+    for dtype in () if no_compile else ("float32",) if quick else ("bfloat16", "float32"):
         per_width = 0.0
         done: list[LatencyTable] = []
         for w in widths:
@@ -163,21 +181,26 @@ def _merge(tables: list[LatencyTable]) -> LatencyTable:
 
 # ------------------------------------------------------------------------------------------- throughput
 def throughput_part(
-    cfg: UNetConfig, device: torch.device, quick: bool, budget: Budget, tables: dict[str, LatencyTable]
+    cfg: UNetConfig,
+    device: torch.device,
+    quick: bool,
+    budget: Budget,
+    tables: dict[tuple[str, str], LatencyTable],
 ) -> list[dict[str, Any]]:
     """Images/s per strategy, and the eager latency table's prediction of the same run."""
     n, steps = (2, 3) if quick else (256, 20)
     schedule = NoiseSchedule.linear()
     shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
     rows = []
-    for dtype in ("float32", "bfloat16"):
+    modes = ("eager", "cuda-graphs") if device.type == "cuda" else ("eager",)
+    for dtype, mode in ((d, m) for d in ("float32", "bfloat16") for m in modes):
         model = build(cfg, device, dtype)
-        denoiser = VPDenoiser(model, schedule)
+        denoiser = VPDenoiser(GraphedWidths(model) if mode == "cuda-graphs" else model, schedule)
         for spec in (
             ("uniform:8/8", "uniform:2/8") if quick else ("uniform:8/8", "piecewise:2/8,8/8", "uniform:2/8")
         ):
             if budget.left() < 20:
-                rows.append({"dtype": dtype, "strategy": spec, "skipped": "out of time"})
+                rows.append({"dtype": dtype, "mode": mode, "strategy": spec, "skipped": "out of time"})
                 continue
             strategy = parse_strategy_spec(spec, "ddpm", steps, cfg.widths)
             with torch.inference_mode():
@@ -189,9 +212,9 @@ def throughput_part(
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 seconds = time.perf_counter() - start
-            row = {"dtype": dtype, "strategy": strategy.describe(), "images": n, "seconds": seconds,
-                   "images_per_s": n / seconds}  # fmt: skip
-            table = tables.get(dtype)
+            row = {"dtype": dtype, "mode": mode, "strategy": strategy.describe(), "images": n,
+                   "seconds": seconds, "images_per_s": n / seconds}  # fmt: skip
+            table = tables.get((dtype, mode))
             if table is not None and all(w in table.widths for w in strategy.network_calls()):
                 row["predicted_s"] = table.predict(strategy, n, n)
             rows.append(row)
@@ -232,19 +255,21 @@ def report(args: argparse.Namespace, device: torch.device, cfg: UNetConfig, part
     for entry in parts["latency"]:
         lines += _latency_section(entry, costs)
     lines += ["## Sampling throughput (DDPM, images/s)", "",
-              "Predicted: the eager table's per-call medians summed over the strategy's calls, plus the "
-              "measured per-step sampler overhead (one batch of all the images).", "",
-              "| dtype | strategy | images | s | images/s | predicted s | prediction error |",
-              "|---|---|---|---|---|---|---|"]  # fmt: skip
+              "Predicted: the same mode's latency table: per-call medians summed over the strategy's calls, "
+              "plus the measured per-step sampler overhead (one batch of all the images).", "",
+              "| dtype | mode | strategy | images | s | images/s | predicted s | prediction error |",
+              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in parts["throughput"]:
         if "skipped" in r:
-            lines.append(f"| {r['dtype']} | {r['strategy']} | - | - | skipped: {r['skipped']} | - | - |")
+            lines.append(
+                f"| {r['dtype']} | {r['mode']} | {r['strategy']} | - | - | skipped: {r['skipped']} | - | - |"
+            )
         else:
             pred = r.get("predicted_s")
             err = None if pred is None else 100 * (pred / r["seconds"] - 1)
             cells = ("-", "-") if pred is None else (f"{pred:.2f}", f"{err:+.1f}%")
-            lines.append(f"| {r['dtype']} | {r['strategy']} | {r['images']} | {r['seconds']:.2f} | "
-                         f"{r['images_per_s']:.1f} | {cells[0]} | {cells[1]} |")  # fmt: skip
+            head = f"| {r['dtype']} | {r['mode']} | {r['strategy']} | {r['images']} | "
+            lines.append(head + f"{r['seconds']:.2f} | {r['images_per_s']:.1f} | {cells[0]} | {cells[1]} |")
     if parts.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in parts["notes"]]
     return "\n".join(lines) + "\n"
@@ -300,6 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, default=480.0, help="wall-clock budget of the whole check")
     parser.add_argument("--tests-timeout-s", type=float, default=200.0)
     parser.add_argument("--skip-tests", action="store_true")
+    parser.add_argument(
+        "--no-compile", action="store_true", help="skip the torch.compile rows (slow to build)"
+    )
     parser.add_argument("--tables-dir", default="", help="also save the eager latency tables there (JSON)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "gpu.md"), help="the report; '-' for stdout")
     args = parser.parse_args(argv)
@@ -322,15 +350,19 @@ def main(argv: list[str] | None = None) -> int:
     else:
         parts["tests"] = run_tests(args.device, args.quick, min(args.tests_timeout_s, budget.left() - 60))
     print(f"tests: {parts['tests']['status']} ({parts['tests']['summary']})", file=sys.stderr)
-    parts["latency"] = latency_part(cfg, device, args.quick, budget)
+    parts["latency"] = latency_part(cfg, device, args.quick, budget, args.no_compile)
     print(f"latency done at {time.perf_counter() - start:.0f} s", file=sys.stderr)
-    tables = {e["dtype"]: e["table"] for e in parts["latency"] if e["mode"] == "eager" and "table" in e}
+    tables = {
+        (e["dtype"], e["mode"]): e["table"]
+        for e in parts["latency"]
+        if e["mode"] != "compiled" and "table" in e
+    }
     parts["throughput"] = throughput_part(cfg, device, args.quick, budget, tables)
     if args.tables_dir:  # the measured tables, loadable with LatencyTable.load
         folder = Path(args.tables_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        for dtype, table in tables.items():
-            table.save(folder / f"latency-{args.preset_used.split()[0]}-{device.type}-{dtype}.json")
+        for (dtype, mode), table in tables.items():
+            table.save(folder / f"latency-{args.preset_used.split()[0]}-{device.type}-{dtype}-{mode}.json")
     if device.type == "cpu":
         parts["notes"].append("compiled rows on a CPU use torch.compile(backend='eager'): dynamo only.")
     parts["wall_s"] = time.perf_counter() - start

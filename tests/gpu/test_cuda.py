@@ -118,3 +118,28 @@ def test_worker_evaluates_a_candidate_on_the_device(device, tmp_path):
     assert math.isfinite(metrics["fid"]) and metrics["fid"] > 0
     assert metrics["device"].startswith(device.type)
     assert 0 < metrics["gflops"] < 6 * cost_table(cfg).per_call(1.0)
+
+
+def test_cuda_graphs_match_the_eager_model(device):
+    from ddsm_core.inference import GraphedWidths
+    from ddsm_core.strategy import parse_strategy_spec
+
+    cfg = _tiny()
+    model = prepare_for_inference(_random_model(cfg).to(device))
+    graphed = GraphedWidths(model)
+    gen = torch.Generator().manual_seed(1)
+    for width in (cfg.widths[0], cfg.widths[-1], cfg.widths[0]):  # a replay, not only a capture
+        x = torch.randn(4, cfg.in_channels, cfg.image_size, cfg.image_size, generator=gen).to(device)
+        t = torch.full((4,), 321.0, device=device)
+        with torch.inference_mode():
+            want = model(x, t, width=width)
+        got = graphed(x, t, width=width)
+        assert graphed.fallback_reason is None
+        assert torch.allclose(got, want, atol=1e-5, rtol=1e-4)
+    if device.type == "cuda":
+        assert len(graphed._graphs) == 2
+    strategy = parse_strategy_spec("piecewise:2/8,8/8", "ddpm", 4, cfg.widths)
+    shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
+    eager = sample(VPDenoiser(model, NoiseSchedule.linear()), strategy, shape, range(3), device=device)
+    replayed = sample(VPDenoiser(graphed, NoiseSchedule.linear()), strategy, shape, range(3), device=device)
+    assert torch.allclose(eager, replayed, atol=1e-4, rtol=1e-4)
