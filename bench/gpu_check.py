@@ -8,8 +8,9 @@ packages are missing (pytest for the tests; scipy, scikit-learn, pymoo for the w
 1. runs ``pytest -m gpu tests/gpu`` (samplers on CUDA against the CPU, a bf16 training step of the
    cifar10 preset, a class-conditional model through the prefix cache, a worker evaluating a
    candidate);
-2. measures the cifar10 preset's latency per width at batch 1 / 64 / 256 in float32 and bfloat16,
-   eager (``prepare_for_inference``: packed weights, channels_last where it helps) and
+2. measures the preset's (cifar10, or ``--preset celeba64``) latency per width at batch 1 / 64 / 256
+   in float32 and bfloat16, eager (``prepare_for_inference``: packed weights, channels_last where it
+   helps), with CUDA graphs (``GraphedWidths``) and
    ``torch.compile``-d (as many widths as the budget allows), with the saving ratio
    (1 - latency ratio) / (1 - GFLOPs ratio) (target on an H100: >= 0.8 at batch 64);
 3. measures sampling throughput (images/s, DDPM-20) for a few strategies;
@@ -188,7 +189,7 @@ def throughput_part(
     tables: dict[tuple[str, str], LatencyTable],
 ) -> list[dict[str, Any]]:
     """Images/s per strategy, and the eager latency table's prediction of the same run."""
-    n, steps = (2, 3) if quick else (256, 20)
+    n, steps = (2, 3) if quick else (256 if cfg.image_size <= 32 else 64, 20)
     schedule = NoiseSchedule.linear()
     shape = (cfg.in_channels, cfg.image_size, cfg.image_size)
     rows = []
@@ -324,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny networks and batches (a smoke run)")
     parser.add_argument("--budget-s", type=float, default=480.0, help="wall-clock budget of the whole check")
     parser.add_argument("--tests-timeout-s", type=float, default=200.0)
+    parser.add_argument("--preset", default="cifar10", choices=("cifar10", "celeba64"), help="the network")
     parser.add_argument("--skip-tests", action="store_true")
     parser.add_argument(
         "--no-compile", action="store_true", help="skip the torch.compile rows (slow to build)"
@@ -342,8 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1 if device.type == "cpu" else torch.get_num_threads())
     budget = Budget(args.budget_s)
     start = time.perf_counter()
-    args.preset_used = "digits (quick)" if args.quick else "cifar10"
-    cfg = UNetConfig.digits() if args.quick else UNetConfig.cifar10()
+    args.preset_used = "digits (quick)" if args.quick else args.preset
+    cfg = UNetConfig.digits() if args.quick else getattr(UNetConfig, args.preset)()
     parts: dict[str, Any] = {"notes": []}
     if args.skip_tests:
         parts["tests"] = {"status": "skipped", "summary": "--skip-tests", "seconds": 0.0, "tail": ""}
