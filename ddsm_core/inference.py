@@ -76,6 +76,7 @@ class GraphedWidths:
         self.training = False
         self.warmup = warmup
         self._graphs: dict[tuple, tuple] = {}
+        self._pool: object = None  # one memory pool for all graphs: their intermediates can overlap
         self.fallback_reason: str | None = None
 
     def parameters(self):  # noqa: ANN201 -- like nn.Module.parameters (dtype/device lookups)
@@ -114,6 +115,9 @@ class GraphedWidths:
                 self.model(static_x, static_t, width=width, y=static_y)
         torch.cuda.current_stream(x.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        # Sharing is safe: replays never overlap, and every graph's inputs and output stay referenced.
+        with torch.cuda.graph(graph, pool=self._pool):
             out = self.model(static_x, static_t, width=width, y=static_y)
         return static_x, static_t, static_y, graph, out
