@@ -19,6 +19,15 @@ the algorithm state is persisted with the rows it belongs to):
    vs full width (``ddsm_core.paired``, numpy only) and the results carry it with the real-data floors
    of the reference statistics, as ``ddsm search``'s results.json does.
 
+Multi-fidelity searches (``rungs``): rungs are tasks. Each rung's evaluations are candidate rows of their
+own phase (:func:`rung_phases`: ``rung0``, ``rung1``, ... and ``search`` for the top rung, ``n_images``),
+with the rung's image count in ``n_images`` and its metrics in ``metrics``. A new generation's genomes
+start at the lowest rung; every tick replays the generation's successive halving from the finished rows
+(``ddsm_core.search.halving_step``, the function ``ddsm search --rungs`` evaluates in-process with) and
+adds the rows of the next rung's promoted genomes; once the top rung is finished, NSGA-II is told the
+same objectives and records the local executor tells it. Rung rows are claimed, heartbeaten, reaped,
+resent and deduplicated like any candidate.
+
 The driver (``ddsm_core.search.SearchDriver``) is rebuilt from its stored state on every tick, so an API
 restart resumes every running search where it stood.
 """
@@ -42,7 +51,7 @@ from api.settings import Settings
 from ddsm_core.costs import CostTable
 from ddsm_core.errors import DDSMError
 from ddsm_core.results import build_results, progress
-from ddsm_core.search import SearchDriver
+from ddsm_core.search import Evaluation, Genome, HalvingStep, SearchDriver, halving_step
 from ddsm_core.spec import SearchSpec
 
 log = logging.getLogger(__name__)
@@ -59,6 +68,12 @@ class Sender(Protocol):
 
 def controller_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def rung_phases(spec: SearchSpec) -> tuple[str, ...]:
+    """The candidate phase of each rung of ``spec.ladder``: ``rung0``, ``rung1``, ... below the top and
+    ``search`` for the top rung (``n_images`` images), so a flat search has the one phase ``search``."""
+    return (*(f"rung{level}" for level in range(len(spec.rungs))), SEARCH)
 
 
 def objectives(cand: CandidateRecord) -> tuple[float, float] | None:
@@ -171,11 +186,18 @@ class SearchController:
             self.repo.get_generation(search_id, search.generation) if search.algorithm_state else None
         )
         if generation is not None and not generation.told:
-            members = self._members(search_id, SEARCH, generation.genome_hashes)
-            if any(not c.finished for c in members):
-                return  # (the driver is rebuilt only when there is something to tell)
-            driver = self._driver(search, spec)
-            self._tell(driver, members)
+            if spec.rungs:
+                genomes, step = self._halving(search, spec, generation.generation, generation.genome_hashes)
+                if step.outcome is None:
+                    return  # a rung is still running (its promoted genomes were just added if new)
+                driver = self._driver(search, spec)
+                self._tell_outcome(driver, genomes, step.outcome)
+            else:
+                members = self._members(search_id, SEARCH, generation.genome_hashes)
+                if any(not c.finished for c in members):
+                    return  # (the driver is rebuilt only when there is something to tell)
+                driver = self._driver(search, spec)
+                self._tell(driver, members)
             # told and asked in one transaction: the state is written once per generation
             told = (generation.generation, progress(driver.candidates, driver.history))
             self._ask(search, spec, driver, search.generation + 1, told)
@@ -191,6 +213,38 @@ class SearchController:
     def _members(self, search_id: int, phase: str, hashes: tuple[str, ...]) -> list[CandidateRecord]:
         by_hash = {c.genome_hash: c for c in self.repo.candidates(search_id, phase=phase, hashes=hashes)}
         return [by_hash[h] for h in dict.fromkeys(hashes)]
+
+    def _halving(
+        self, search: SearchRecord, spec: SearchSpec, generation: int, hashes: tuple[str, ...]
+    ) -> tuple[list[Genome], HalvingStep]:
+        """The generation's genomes and where its successive halving stands, replayed from its finished
+        rung rows; the rows of the rung to evaluate next are added (WAITING) and sent if they are new."""
+        phases = rung_phases(spec)
+        rows = {(c.phase, c.genome_hash): c for c in self.repo.candidates(search.id, hashes=hashes)}
+        genomes = [rows[phases[0], h].genome for h in dict.fromkeys(hashes)]  # added with the generation
+        results = [
+            {c.genome: _evaluation(c) for (p, _), c in rows.items() if p == phase and c.finished}
+            for phase in phases
+        ]
+        step = halving_step(genomes, spec.ladder, spec.promote, results)
+        phase = phases[step.level]
+        new = [g for g in step.todo if (phase, genome_hash(g)) not in rows]
+        if new:
+            self.repo.add_candidates(
+                search.id, self.id, generation, new, spec.ladder[step.level], phase=phase
+            )
+            self._dispatch(search.id)
+        return genomes, step
+
+    @staticmethod
+    def _tell_outcome(driver: SearchDriver, genomes: list[Genome], outcome: list[Evaluation]) -> None:
+        """Tell the driver a finished generation's halving outcome, in the generation's order (as
+        ``ddsm_core.search.run_search`` tells it)."""
+        pending = set(driver.generation_genomes)
+        told = [(g, e) for g, e in zip(genomes, outcome, strict=True)
+                if g in pending and driver.lookup(g) is None]  # fmt: skip
+        driver.tell([g for g, _ in told], [e.objectives for _, e in told], [e.reason for _, e in told],
+                    [e.record for _, e in told])  # fmt: skip
 
     @staticmethod
     def _tell(driver: SearchDriver, members: list[CandidateRecord]) -> None:
@@ -214,7 +268,7 @@ class SearchController:
         """Ask the next generation and persist it; ``told`` (the generation just told, the front so
         far) is marked told in the same transaction."""
         genomes = driver.ask()
-        if genomes:
+        if genomes and not spec.rungs:  # (with rungs, a genome's finished rung rows are reused instead)
             # genomes already evaluated in this search (e.g. before a state rebuild) come from the DB
             hashes = [genome_hash(g) for g in genomes]
             known = {c.genome_hash: c for c in self.repo.candidates(search.id, phase=SEARCH, hashes=hashes)}
@@ -224,9 +278,10 @@ class SearchController:
                 genomes = driver.ask()
         told_generation, result = told if told is not None else (None, None)
         if genomes:
+            # a multi-fidelity generation starts at its lowest rung (the top one, n_images, when flat)
             self.repo.start_generation(
-                search.id, self.id, next_generation, genomes, driver.state_dict(), spec.n_images,
-                told_generation=told_generation, result=result,
+                search.id, self.id, next_generation, genomes, driver.state_dict(), spec.ladder[0],
+                phase=rung_phases(spec)[0], told_generation=told_generation, result=result,
             )  # fmt: skip
             self._dispatch(search.id)
             return
@@ -294,7 +349,8 @@ class SearchController:
             name: _final_record(spec, genome, final.get(genome), table)
             for name, genome in spec.finalists(driver.front()).items()
         }
-        search_cands = self.repo.candidates(search.id, phase=SEARCH)
+        phases = set(rung_phases(spec))
+        search_cands = [c for c in self.repo.candidates(search.id) if c.phase in phases]
         results = build_results(
             spec, driver.candidates, driver.history, records, extractor=stats.extractor,
             checkpoint=f"supernet {net.id} '{net.name}' (sha256 {net.artifact_sha256[:12]})",
@@ -348,6 +404,11 @@ def _record(cand: CandidateRecord) -> dict[str, Any]:
     features artifact is the service's bookkeeping, not part of the record)."""
     metrics = {k: v for k, v in (cand.metrics or {}).items() if k != FEATURES_METRIC}
     return {**metrics, "n_images": cand.n_images}
+
+
+def _evaluation(cand: CandidateRecord) -> Evaluation:
+    """A finished candidate row as the evaluation the local executor's evaluate function returns."""
+    return Evaluation(objectives(cand), cand.error, _record(cand))
 
 
 def _final_record(

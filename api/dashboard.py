@@ -2,7 +2,9 @@
 
 Every number here is derived from the candidates table and the stored search result, so a page shows
 the same front and pick as the REST API and the report: the front is the non-dominated set of the
-completed search-phase candidates, the pick the controller's argmin FID + weight * GFLOPs.
+completed search-phase candidates, the pick the controller's argmin FID + weight * GFLOPs. In a
+multi-fidelity search the search phase is the top rung (the lower rungs' rows, phases ``rung0``, ...,
+are listed with their own image counts but never enter the front, as in ``ddsm search --rungs``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from api.artifacts import ArtifactError, ArtifactStore
+from api.controller import rung_phases
 from api.db.models import CandidateState, JobStatus
 from api.db.repository import CandidateRecord, Repository, SearchRecord, TrainingRunRecord
 from api.schemas import utc
@@ -207,7 +210,7 @@ def search_detail(repo: Repository, search: SearchRecord) -> dict[str, Any]:
 def search_summary(repo: Repository, search: SearchRecord) -> dict[str, Any]:
     """One row of the dashboard's search list: progress and the best pick so far."""
     spec = SearchSpec.from_dict(search.config)
-    counts = repo.count_candidates(search.id, phase="search")
+    counts = repo.count_candidates(search.id, phase=rung_phases(spec)[0])  # one row per genome
     searched = repo.candidates(search.id, phase="search", state=CandidateState.COMPLETE)
     points = [c for c in searched if _finite(c.fid) and _finite(c.gflops)]
     front = [{"genome": list(points[i].genome), "gflops": points[i].gflops, "fid": points[i].fid}

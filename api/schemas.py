@@ -31,6 +31,8 @@ from ddsm_core.spec import DEFAULTS, LIMITS, MAX_WIDTHS, PROFILES, SAMPLER_HELP,
 from ddsm_core.strategy import SAMPLER_ALIASES, SAMPLERS
 
 NO_NUL = r"^[^\x00]*$"
+MAX_RUNGS = 16
+"""At most this many rungs below n_images (each is a round of tasks per generation)."""
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NO_NUL)]
 ServerPath = Annotated[str, StringConstraints(min_length=1, max_length=4096, pattern=NO_NUL)]
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
@@ -310,8 +312,12 @@ class SearchCreate(In):
 
     rungs: list[int] = Field(
         default_factory=list,
-        description="Multi-fidelity rungs (image counts below n_images): only the local `ddsm search` "
-        "runs them for now; the service refuses a non-empty list with 422.",
+        max_length=MAX_RUNGS,
+        description="Multi-fidelity rungs: increasing image counts below n_images, e.g. [64, 256]. Each "
+        "generation's new candidates are evaluated at the first rung, the best `promote` fraction goes on to "
+        "the next, up to n_images (successive halving; each rung's evaluations are candidates of phase "
+        "rung0, rung1, ... and `search` for the top). The same result as `ddsm search --rungs` for the same "
+        "seed. Empty: every candidate at n_images.",
     )
     promote: float = _setting("promote", "Fraction promoted per rung (multi-fidelity).")
 
@@ -338,11 +344,22 @@ class SearchCreate(In):
         return SearchSpec(widths=widths if widths is not None else tuple(self.widths or ()), **fields)
 
 
+class RungProgress(BaseModel):
+    n_images: int
+    phase: str = Field(description="The phase of this rung's candidate rows (GET /searches/{id}/candidates).")
+    candidates: dict[str, int]
+
+
 class SearchProgress(BaseModel):
     generations_done: int
     generations: int
-    candidates: dict[str, int]
+    candidates: dict[str, int] = Field(
+        description="Candidates by state (with rungs: their evaluations at the lowest rung, one per genome)."
+    )
     percent: float
+    rungs: list[RungProgress] | None = Field(
+        None, description="Multi-fidelity searches: the evaluations of each rung by state, lowest first."
+    )
 
 
 class SearchOut(Out):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from api.artifacts import ArtifactStore
+from api.controller import rung_phases
 from api.db.models import JobStatus
 from api.db.repository import MAX_ID, Repository, SearchRecord
 from api.queue import Dispatcher
@@ -89,11 +90,6 @@ def create_search(repo: Repository, body: SearchCreate) -> int:
         spec, notes = with_warm_start(spec, seeds, (net.config or {}).get("schedule"))
         for note in notes:
             log.info("new search %r: %s", body.name, note)
-    if spec.rungs:  # the controller evaluates every candidate at n_images: refuse rather than ignore
-        raise ConfigError(
-            "multi-fidelity rungs are not supported by the service yet: run `ddsm search --rungs` "
-            "locally, or leave rungs empty"
-        )
     if (net.config or {}).get("model_config"):
         spec.check_model(UNetConfig.from_dict(net.config["model_config"]))
     return repo.create_search(body.name, net.id, stats.id, spec.to_dict())
@@ -130,7 +126,10 @@ def search_view(repo: Repository, search: SearchRecord) -> dict[str, Any]:
     """A search as REST shows it: progress, the front stored after the last generation (never the
     algorithm state, which is the controller's), the result once COMPLETE (results.json less the
     candidate list, which GET /searches/{id}/candidates pages through)."""
-    counts = repo.count_candidates(search.id, phase="search")
+    spec = SearchSpec.from_dict(search.config)
+    phases = rung_phases(spec)
+    # every genome has one row at the lowest rung (the only one when flat): those are the candidates
+    counts = repo.count_candidates(search.id, phase=phases[0])
     generations = int(search.config.get("generations", 1))
     done = len((search.result or {}).get("history", []))
     total_work = generations * int(search.config.get("population", 1))
@@ -145,6 +144,12 @@ def search_view(repo: Repository, search: SearchRecord) -> dict[str, Any]:
             "generations": generations,
             "candidates": counts,
             "percent": percent,
+            "rungs": [
+                {"n_images": n, "phase": phase, "candidates": repo.count_candidates(search.id, phase=phase)}
+                for n, phase in zip(spec.ladder, phases, strict=True)
+            ]
+            if spec.rungs
+            else None,
         },
         "front": front_points(search.result),
         "result": summary(search.result) if complete else None,  # type: ignore[arg-type]

@@ -820,25 +820,56 @@ def promotion_order(points: Sequence[Objectives]) -> list[int]:
     return order
 
 
-def successive_halving(
-    genomes: Sequence[Genome], evaluate: EvaluateFn, ladder: Sequence[int], promote: float
-) -> list[Evaluation]:
-    """One generation's evaluations on the image-count ``ladder`` (low rungs first, the top last).
+@dataclass(frozen=True)
+class HalvingStep:
+    """Where one generation's successive halving stands (:func:`halving_step`).
+
+    ``todo`` lists the genomes still to evaluate at ``ladder[level]`` images (the generation's order at
+    the first rung, promotion order above); once every rung is done, ``todo`` is empty and ``outcome``
+    holds one :class:`Evaluation` per genome of the generation, as :func:`successive_halving` returns
+    them.
+    """
+
+    level: int
+    todo: list[Genome]
+    outcome: list[Evaluation] | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.outcome is not None
+
+
+def halving_step(
+    genomes: Sequence[Genome],
+    ladder: Sequence[int],
+    promote: float,
+    results: Sequence[Mapping[Genome, Evaluation]],
+) -> HalvingStep:
+    """The next rung of one generation's successive halving, replayed from the evaluations so far.
+
+    ``results[level]`` maps a genome to its evaluation at ``ladder[level]`` images (finished ones
+    only; extra entries of genomes that were not promoted there are ignored). Stateless and pure, so
+    the local executor (:func:`successive_halving`, evaluating in-process) and the service's
+    controller (rungs as worker tasks, results read back from the database on every tick) promote
+    exactly the same genomes and tell NSGA-II the same objectives for the same evaluations.
 
     Every genome is evaluated at ``ladder[0]`` images; at each rung the best ``ceil(promote x alive)``
     successful ones (:func:`promotion_order` of (FID, GFLOPs) at that rung) go to the next. A genome
-    is evaluated at most once per rung. The result for a genome that reached the top is its top-rung
-    evaluation. A genome stopped at rung r gets the conservative objective
-    ``(worst top-rung FID of this generation + its FID at r - the best FID at r, its GFLOPs)``: never
-    better than a promoted candidate of its generation, ordered among its rung by what was measured,
-    and marked ``record["fidelity"]["top"] = False`` so that it never enters a front or pick
-    (:func:`reached_top`). Each record's ``fidelity.evaluations`` lists what every rung spent.
+    stopped at rung r gets the conservative objective ``(worst top-rung FID of this generation + its
+    FID at r - the best FID at r, its GFLOPs)``: never better than a promoted candidate of its
+    generation, ordered among its rung by what was measured, and marked
+    ``record["fidelity"]["top"] = False`` so that it never enters a front or pick (:func:`reached_top`).
+    Each record's ``fidelity.evaluations`` lists what every rung spent.
     """
     history: dict[Genome, list[Evaluation]] = {g: [] for g in genomes}
     alive, best_at = list(dict.fromkeys(genomes)), {}
-    for level, n in enumerate(ladder):
+    for level in range(len(ladder)):
+        done = results[level] if level < len(results) else {}
+        todo = [g for g in alive if g not in done]
+        if todo:
+            return HalvingStep(level, todo)
         for g in alive:
-            history[g].append(evaluate(g, n))
+            history[g].append(done[g])
         ok = [g for g in alive if history[g][-1].objectives is not None]
         best_at[level] = min((history[g][-1].objectives[0] for g in ok), default=0.0)  # type: ignore[index]
         if level == len(ladder) - 1:
@@ -860,7 +891,22 @@ def successive_halving(
         if objectives is not None and not fidelity["top"]:
             objectives = (worst_top + objectives[0] - best_at[level], objectives[1])
         out.append(Evaluation(objectives, last.reason, {**last.record, "fidelity": fidelity}))
-    return out
+    return HalvingStep(len(ladder) - 1, [], out)
+
+
+def successive_halving(
+    genomes: Sequence[Genome], evaluate: EvaluateFn, ladder: Sequence[int], promote: float
+) -> list[Evaluation]:
+    """One generation's evaluations on the image-count ``ladder`` (low rungs first, the top last),
+    evaluated in this process: :func:`halving_step` says what to evaluate next until it is done. A
+    genome is evaluated at most once per rung; the result for a genome that reached the top is its
+    top-rung evaluation, the others get :func:`halving_step`'s conservative stand-in."""
+    results: list[dict[Genome, Evaluation]] = [{} for _ in ladder]
+    while not (step := halving_step(genomes, ladder, promote, results)).done:
+        for g in step.todo:
+            results[step.level][g] = evaluate(g, ladder[step.level])
+    assert step.outcome is not None
+    return step.outcome
 
 
 _SPENT = ("n_images", "network_calls", "reused_fraction", "seconds")

@@ -7,7 +7,8 @@
 - ``Outbox``: a fake dispatcher that remembers what was sent (nothing is delivered);
 - ``complete_sent(repo, outbox)``: a simulated worker (claim -> fast evaluation -> complete);
 - ``local_run(spec, tmp)`` / ``local_front(spec, tmp)``: the search ``ddsm search``'s driver runs locally
-  with the fast evaluator, and its front; ``front_of(points)`` the service's front in the same form.
+  with the fast evaluator (multi-fidelity rungs included), and its front; ``front_of(points)`` the
+  service's front in the same form.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def complete_sent(
         net = repo.get_supernet(search.supernet_id) if search else None
         assert cand and search and net and net.gflops
         spec = SearchSpec.from_dict(search.config)
-        metrics = fast_metrics(spec, cand.genome, CostTable.from_dict(net.gflops), sleep_s)
+        metrics = fast_metrics(spec, cand.genome, CostTable.from_dict(net.gflops), sleep_s, cand.n_images)
         recorded += repo.complete_candidate(cid, attempt, worker, metrics)
     return recorded
 
@@ -107,12 +108,13 @@ def local_run(spec: SearchSpec, folder: Path, table: Mapping[str, Any] = TABLE) 
     costs = CostTable.from_dict(dict(table))
 
     def evaluate(genome: tuple[int, ...], n: int) -> Evaluation:
-        m = {**fast_metrics(spec, genome, costs), "n_images": n}
+        m = {**fast_metrics(spec, genome, costs, n_images=n), "n_images": n}
         return Evaluation((m["fid"], m["gflops"]), None, m)
 
     return run_search(spec.search_config(), evaluate, folder, seed=spec.seed, n_images=spec.n_images,
                       final_images=spec.final_images, weight=spec.weight, progress=False,
-                      finalists={"full": spec.full_width_genome()})  # fmt: skip
+                      finalists={"full": spec.full_width_genome()}, rungs=spec.rungs,
+                      promote=spec.promote)  # fmt: skip
 
 
 def local_front(spec: SearchSpec, folder: Path, table: Mapping[str, Any] = TABLE) -> Front:

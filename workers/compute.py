@@ -119,8 +119,10 @@ def evaluate_genome(
     dev = device_of(device)
     cache = None
     if share_prefixes:  # same seeds, sampler and model: resume from states of earlier candidates
+        # one cache serves every image count (a multi-fidelity search's rungs too, as a local search's
+        # GenomeEvaluator does): its entries are keyed by each batch's first seed and length
         cache = _prefix_cache((checkpoint_sha, dev, spec.sampler, spec.steps, spec.widths, spec.eval_seed,
-                               spec.batch_size, n_images, spec.guidance, spec.class_label))  # fmt: skip
+                               spec.batch_size, spec.guidance, spec.class_label))  # fmt: skip
     result = evaluate(
         model,
         schedule,

@@ -239,7 +239,7 @@ def _evaluate(ctx: WorkerContext, candidate_id: int) -> dict[str, Any]:
         from workers.fast_eval import fast_metrics
 
         return fast_metrics(
-            spec, cand.genome, CostTable.from_dict(net.gflops), ctx.settings.fast_eval_seconds
+            spec, cand.genome, CostTable.from_dict(net.gflops), ctx.settings.fast_eval_seconds, cand.n_images
         )
     torch_ready(ctx.settings.torch_threads)
     from workers import compute

@@ -657,38 +657,74 @@ class Repository:
             if not self._cas(s, stmt):
                 s.rollback()
                 return False
-            hashes = [genome_hash(g) for g in genomes]
-            existing = set(
-                s.scalars(
-                    select(Candidate.genome_hash).where(
-                        Candidate.search_id == search_id,
-                        Candidate.phase == phase,
-                        Candidate.genome_hash.in_(hashes),
-                    )
-                )
-            )
-            for genome, h in zip(genomes, hashes, strict=True):
-                if h in existing:
-                    continue
-                existing.add(h)
-                s.add(
-                    Candidate(
-                        search_id=search_id,
-                        phase=phase,
-                        generation=generation,
-                        genome=[int(g) for g in genome],
-                        genome_hash=h,
-                        n_images=n_images,
-                        state=CandidateState.WAITING,
-                        attempt=1,
-                        sent_attempt=0,
-                        created_at=now,
-                    )
-                )
+            hashes = self._add_candidates(s, search_id, phase, generation, genomes, n_images, now)
             s.add(
                 SearchGeneration(search_id=search_id, generation=generation, genome_hashes=hashes, told=False)
             )
             return True
+
+    def add_candidates(
+        self,
+        search_id: int,
+        controller_id: str,
+        generation: int,
+        genomes: Sequence[Sequence[int]],
+        n_images: int,
+        *,
+        phase: str,
+    ) -> bool:
+        """New WAITING candidates of ``phase`` with ``n_images`` images for the genomes that have none
+        yet (a multi-fidelity rung's promoted genomes), if this controller holds the search's lease
+        (the search row is locked for the transaction: a controller taking the lease over waits)."""
+        with self._tx() as s:
+            held = s.execute(
+                select(Search.id).where(self._lease_held(search_id, controller_id)).with_for_update()
+            ).first()
+            if held is None:
+                return False
+            self._add_candidates(s, search_id, phase, generation, genomes, n_images, self.now(s))
+            return True
+
+    @staticmethod
+    def _add_candidates(
+        s: Session,
+        search_id: int,
+        phase: str,
+        generation: int,
+        genomes: Sequence[Sequence[int]],
+        n_images: int,
+        now: datetime,
+    ) -> list[str]:
+        """Add a WAITING candidate per genome with no row of ``phase`` yet; the genomes' hashes."""
+        hashes = [genome_hash(g) for g in genomes]
+        existing = set(
+            s.scalars(
+                select(Candidate.genome_hash).where(
+                    Candidate.search_id == search_id,
+                    Candidate.phase == phase,
+                    Candidate.genome_hash.in_(hashes),
+                )
+            )
+        )
+        for genome, h in zip(genomes, hashes, strict=True):
+            if h in existing:
+                continue
+            existing.add(h)
+            s.add(
+                Candidate(
+                    search_id=search_id,
+                    phase=phase,
+                    generation=generation,
+                    genome=[int(g) for g in genome],
+                    genome_hash=h,
+                    n_images=n_images,
+                    state=CandidateState.WAITING,
+                    attempt=1,
+                    sent_attempt=0,
+                    created_at=now,
+                )
+            )
+        return hashes
 
     def get_generation(self, search_id: int, generation: int) -> GenerationRecord | None:
         return self._get(SearchGeneration, GenerationRecord, (search_id, generation))

@@ -18,6 +18,11 @@
   const widthsText = (g) => g.map((i) => ddsm.widthLabel(st.detail.widths[i])).join(" ");
 
   // ------------------------------------------------------------------ header and summary
+  function imagesText(cfg) {
+    // multi-fidelity: each rung's rows are candidates of phase rung0, rung1, ... (the top one: search)
+    if (!cfg.rungs || !cfg.rungs.length) return `${cfg.n_images} images per candidate`;
+    return `multi-fidelity rungs ${[...cfg.rungs, cfg.n_images].join(" → ")} images (best ${pct(cfg.promote, 0)} promoted per rung; only top-rung candidates enter the front)`;
+  }
   function renderSummary() {
     const s = st.search, d = st.detail, p = s.progress, cfg = s.config, c = p.candidates;
     document.title = `ddsm search #${s.id} ${s.name}`;
@@ -34,7 +39,7 @@
       : "no evaluated candidate yet";
     $("#summary").innerHTML =
       `${esc(d.sampler)}, ${d.steps} steps, widths ${d.widths.map(ddsm.widthLabel).join(" / ")}, population ${cfg.population},
-       ${cfg.generations} generations, ${cfg.n_images} images per candidate; pick = argmin FID + ${d.weight} × GFLOPs.<br>
+       ${cfg.generations} generations, ${imagesText(cfg)}; pick = argmin FID + ${d.weight} × GFLOPs.<br>
        ${bar(p.percent)} &nbsp; generation ${p.generations_done} / ${p.generations} &nbsp;·&nbsp; candidates: ${c.COMPLETE} complete,
        ${c.RUNNING} running, ${c.WAITING} waiting, ${c.FAILED} failed &nbsp;·&nbsp; ${pickText}` +
       (s.error ? `<br><span style="color: var(--bad)">${esc(s.error)}</span>` : "");

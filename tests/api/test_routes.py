@@ -74,7 +74,7 @@ def test_reads_can_require_the_key(tmp_path: Path) -> None:
         ({"population": 2}, 422, "population"),
         ({"steps": 1}, 422, "steps"),
         ({"crossover": "magic"}, 422, "crossover"),
-        ({"rungs": [2]}, 422, "multi-fidelity rungs are not supported by the service"),
+        ({"rungs": list(range(2, 20)), "n_images": 64}, 422, "at most 16"),
         ({"rungs": [4]}, 422, "rungs must be increasing"),
     ],
 )
@@ -85,6 +85,25 @@ def test_user_mistakes_in_a_search_get_a_4xx_with_a_message(
     reply = client.post("/searches", json=search_body(net, stats, **change), headers=KEY)
     assert reply.status_code == code, reply.text
     assert words in reply.text
+
+
+def test_a_rungs_search_is_accepted_and_shows_each_rungs_progress(client: TestClient, outbox: Outbox) -> None:
+    net, stats = ready(repo_of(client))
+    body = search_body(net, stats, n_images=16, rungs=[4, 8], promote=0.5)
+    reply = client.post("/searches", json=body, headers=KEY)
+    assert reply.status_code == 201, reply.text
+    sid = reply.json()["id"]
+    assert reply.json()["config"]["rungs"] == [4, 8]
+    SearchController(repo_of(client), outbox, Settings()).tick(sid)  # type: ignore[arg-type]
+    progress = client.get(f"/searches/{sid}").json()["progress"]
+    rungs = [(r["n_images"], r["phase"]) for r in progress["rungs"]]
+    assert rungs == [(4, "rung0"), (8, "rung1"), (16, "search")]
+    assert progress["candidates"]["WAITING"] == progress["rungs"][0]["candidates"]["WAITING"] > 0
+    assert progress["rungs"][1]["candidates"]["WAITING"] == 0
+    items = client.get(f"/searches/{sid}/candidates").json()["items"]
+    assert {(c["phase"], c["n_images"]) for c in items} == {("rung0", 4)}
+    flat = client.post("/searches", json=search_body(net, stats), headers=KEY).json()
+    assert client.get(f"/searches/{flat['id']}").json()["progress"]["rungs"] is None
 
 
 def test_search_on_a_supernet_not_ready_is_a_conflict(client: TestClient) -> None:

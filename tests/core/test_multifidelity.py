@@ -14,6 +14,7 @@ from ddsm_core.errors import ConfigError
 from ddsm_core.results import build_results, cost_summary
 from ddsm_core.search import (
     Evaluation,
+    halving_step,
     non_dominated,
     promotion_order,
     run_search,
@@ -110,6 +111,42 @@ def test_a_candidate_failing_at_a_low_rung_is_failed_and_never_promoted() -> Non
     assert out[0].objectives is None and out[0].reason == "diverged"
     assert out[0].record["fidelity"]["rung"] == 0
     assert all(e.record["fidelity"]["top"] for e in out[1:])
+
+
+def test_halving_step_replayed_from_results_in_any_order_promotes_what_successive_halving_does() -> None:
+    """The shared promotion logic: the service replays it from stored rows (in whatever order workers
+    finished them), the local executor evaluates rung by rung; both must end with the same evaluations."""
+    ev = ToyEvaluator()
+    rng = np.random.default_rng(4)
+    genomes = list(dict.fromkeys(tuple(int(v) for v in rng.integers(0, 4, STEPS)) for _ in range(20)))
+    ladder, promote = (8, 16, 64), 0.3
+    expected = successive_halving(genomes, ToyEvaluator(), ladder, promote)
+    results: list[dict] = [{}, {}, {}]
+    seen = []
+    while not (step := halving_step(genomes, ladder, promote, results)).done:
+        assert step.outcome is None and step.todo and set(step.todo) <= set(genomes)
+        seen.append((step.level, len(step.todo)))
+        for g in reversed(step.todo):  # finished in another order: the outcome does not depend on it
+            results[step.level][g] = ev(g, ladder[step.level])
+        again = halving_step(genomes, ladder, promote, results)  # idempotent: nothing new to do there
+        assert again.done or again.level == step.level + 1
+    assert seen == [(0, len(genomes)), (1, 6), (2, 2)]  # ceil(0.3 x 20), then ceil(0.3 x 6)
+    assert step.outcome == expected
+    # an evaluation of a genome that was not promoted to a rung (e.g. a stale row) is ignored
+    stray = next(g for g in genomes if g not in results[1])
+    results[1][stray] = ev(stray, 16)
+    assert halving_step(genomes, ladder, promote, results).outcome == expected
+
+
+def test_halving_step_asks_the_first_rung_for_a_new_generation_and_keeps_failures_out() -> None:
+    genomes = [(0,) * STEPS, (1,) * STEPS, (3,) * STEPS]
+    first = halving_step(genomes, (8, 64), 1.0, [])
+    assert (first.level, first.todo, first.outcome) == (0, genomes, None)
+    failed = Evaluation(None, "diverged", {"n_images": 8})
+    ev = ToyEvaluator()
+    results = [{genomes[0]: failed, genomes[1]: ev(genomes[1], 8), genomes[2]: ev(genomes[2], 8)}, {}]
+    step = halving_step(genomes, (8, 64), 1.0, results)
+    assert step.level == 1 and set(step.todo) == set(genomes[1:])  # a failed genome is never promoted
 
 
 def run(tmp: Path, s: SearchSpec, ev: ToyEvaluator | None = None):
