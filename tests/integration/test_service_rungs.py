@@ -1,0 +1,79 @@
+"""A multi-fidelity search on the real stack (Postgres, Redis, uvicorn, two Celery worker processes with
+the fast evaluator): rungs are tasks, and the service ends where ``ddsm search --rungs`` ends locally for
+the same seed and spec (the fast evaluator is deterministic per genome and image count)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from api.db.models import CandidateState
+from api.db.repository import Repository
+from ddsm_core.results import build_results
+from ddsm_core.spec import SearchSpec
+from tests.factories import front_of, local_run, ready, search_body
+
+from .conftest import Stack
+
+pytestmark = pytest.mark.integration
+
+RUNGS = {"seed": 7, "population": 8, "generations": 3, "n_images": 64, "final_images": 128,
+         "rungs": [8, 16], "promote": 0.25}  # fmt: skip
+
+
+TIMINGS = ("latency_s", "search_wall_s", "total_wall_s")  # the workers' fast evaluator sleeps, locally not
+
+
+def comparable(results: dict[str, Any]) -> Any:
+    """results.json without where it ran, its paths and its timings."""
+    out = json.loads(json.dumps(results))
+    out.pop("run")
+    for key in ("checkpoint", "stats"):
+        out["config"].pop(key)
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items() if k not in TIMINGS}
+        return [clean(v) for v in value] if isinstance(value, list) else value
+
+    return clean(out)
+
+
+def test_a_rungs_search_over_rest_ends_where_the_local_one_ends(
+    stack_factory: Callable[..., Stack], repo: Repository, tmp_path: Path
+) -> None:
+    stack = stack_factory(n_workers=2, evaluator="fast", fast_eval_seconds="0.05")
+    net, stats = ready(repo)
+    with stack.client() as http:
+        reply = http.post("/searches", json=search_body(net, stats, **RUNGS))
+        assert reply.status_code == 201, reply.text
+        sid = reply.json()["id"]
+        stack.wait_for(
+            "the search to complete",
+            lambda: http.get(f"/searches/{sid}").json()["status"] == "COMPLETE",
+            timeout=180,
+        )
+        done = http.get(f"/searches/{sid}").json()
+        report = http.get(f"/searches/{sid}/report").json()
+    spec = SearchSpec.from_dict(done["config"])
+    run = local_run(spec, tmp_path / "local")
+    local = build_results(
+        spec, run.driver.candidates, run.driver.history, {k: ev.record for k, ev in run.final.items()},
+        extractor="domain", checkpoint="here", stats="there", search_wall_s=run.wall_s,
+    )  # fmt: skip
+    assert front_of(done["front"]) == [(list(c.genome), c.fid, c.cost) for c in run.driver.front()]
+    assert done["result"]["pick"]["genome"] == list(run.pick.genome)
+    assert comparable(report) == comparable(local)  # every candidate's told objectives, cost per rung
+    # each rung ran as worker tasks: rows of its own phase and image count, each recorded once
+    rows = [c for c in repo.candidates(sid) if c.phase != "final"]
+    assert all(c.state == CandidateState.COMPLETE and c.attempt == 1 for c in rows)
+    assert {c.phase: c.n_images for c in rows} == {"rung0": 8, "rung1": 16, "search": 64}
+    counts = Counter(c.phase for c in rows)
+    assert counts["rung0"] > counts["rung1"] > counts["search"]
+    rungs = done["progress"]["rungs"]
+    assert [r["candidates"]["COMPLETE"] for r in rungs] == [counts["rung0"], counts["rung1"], counts["search"]]
