@@ -76,4 +76,4 @@ def test_a_rungs_search_over_rest_ends_where_the_local_one_ends(
     counts = Counter(c.phase for c in rows)
     assert counts["rung0"] > counts["rung1"] > counts["search"]
     rungs = done["progress"]["rungs"]
-    assert [r["candidates"]["COMPLETE"] for r in rungs] == [counts["rung0"], counts["rung1"], counts["search"]]
+    assert [r["candidates"]["COMPLETE"] for r in rungs] == [counts[p] for p in ("rung0", "rung1", "search")]

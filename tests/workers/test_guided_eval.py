@@ -52,3 +52,17 @@ def test_worker_evaluation_is_guided_by_the_spec_and_keeps_its_prefix_cache_apar
     assert shared["fid"] == fresh["fid"]  # no sampler state of the guided run was reused
     one_class = compute.evaluate_genome(spec=spec.replace(class_label=4), genome=(0, 1, 2), **common)
     assert one_class["fid"] != guided["fid"]
+
+
+def test_one_prefix_cache_serves_every_rung_of_a_search_with_the_same_images(setup) -> None:
+    """Rung tasks of one search share the worker's prefix cache (as a local search's evaluator shares
+    its own): a batch sampled at a low rung is resumed at a higher one, with the images of a fresh run."""
+    compute, checkpoint, stats, extractor = setup
+    spec = SearchSpec(sampler="ddim", steps=3, widths=CFG.widths, n_images=16, batch_size=8, rungs=(8,))
+    common = {"checkpoint": checkpoint, "checkpoint_sha": "rungs-test-" + "0" * 53, "stats_path": stats,
+              "extractor": extractor, "table": cost_table(CFG), "device": "cpu", "spec": spec}  # fmt: skip
+    compute.evaluate_genome(genome=(0, 1, 2), n_images=8, share_prefixes=True, **common)  # rung 0
+    top = compute.evaluate_genome(genome=(0, 1, 1), n_images=16, share_prefixes=True, **common)
+    fresh = compute.evaluate_genome(genome=(0, 1, 1), n_images=16, **common)
+    assert top["reused_fraction"] > 0  # the first batch's first two steps came from the rung-0 task
+    assert top["fid"] == fresh["fid"]
