@@ -132,3 +132,16 @@ def test_the_controller_promotes_what_the_shared_halving_step_says(repo: Reposit
     rung1 = repo.candidates(search, phase="rung1")
     assert sorted(cid for cid, _ in outbox.evaluations()) == [c.id for c in rung1]
     assert repo.get_search(search).generation == 0  # type: ignore[union-attr]  # not told yet
+
+
+def test_only_the_lease_holder_adds_rung_rows_and_never_twice(repo: Repository) -> None:
+    search, outbox = make_search(repo, SPEC), Outbox()
+    controller = SearchController(repo, outbox, Settings())
+    controller.tick(search)
+    genome = (0,) * SPEC.steps
+    assert not repo.add_candidates(search, "another-controller", 0, [genome], 16, phase="rung1")
+    assert repo.candidates(search, phase="rung1") == []
+    assert repo.add_candidates(search, controller.id, 0, [genome, genome], 16, phase="rung1")
+    assert repo.add_candidates(search, controller.id, 0, [genome], 16, phase="rung1")  # a repeated tick
+    rows = repo.candidates(search, phase="rung1")
+    assert [(c.genome, c.n_images, c.state) for c in rows] == [(genome, 16, CandidateState.WAITING)]
