@@ -2,7 +2,8 @@
 
 Over REST: train a tiny digits supernet on a worker, compute reference statistics on a worker, run a
 small search on two workers. Then the same search runs in this process through ``ddsm search``'s code
-with the same checkpoint, statistics and seeds: the Pareto fronts must agree.
+with the same checkpoint, statistics and seeds: the Pareto fronts must agree. The same holds for a
+multi-fidelity search (rungs as worker tasks vs ``ddsm search --rungs``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ SEARCH = {
     "mutation_rate": 0.1,
     "crossover": "one_point",
 }
+RUNGS = {**SEARCH, "rungs": [8, 16], "promote": 0.5}
 TRAIN = {"steps": 6, "batch_size": 16, "checkpoint_every": 3, "sample_every": 0, "eval_every": 0,
          "log_every": 2, "eval_images": 16}  # fmt: skip
 TINY = {"model_channels": 32, "num_groups": 8, "num_res_blocks": 1}  # seconds per step on a busy CPU
@@ -71,6 +73,12 @@ def test_search_over_rest_gives_the_same_front_as_ddsm_search_locally(
         done = wait_status(stack, http, f"/searches/{search.json()['id']}", timeout=300)
 
         report = http.get(f"/searches/{done['id']}/report").json()
+        rungs = http.post(
+            "/searches", json={"supernet_id": net["id"], "reference_stats_id": stats["id"], **RUNGS}
+        )
+        assert rungs.status_code == 201, rungs.text
+        rungs_done = wait_status(stack, http, f"/searches/{rungs.json()['id']}", timeout=300)
+        rungs_report = http.get(f"/searches/{rungs_done['id']}/report").json()
 
     from ddsm_core.cli.search_cmd import search_to_folder
     from ddsm_core.spec import SearchSpec
@@ -98,6 +106,15 @@ def test_search_over_rest_gives_the_same_front_as_ddsm_search_locally(
     assert result["paired"] == report["paired"] and result["floors"] == report["floors"]
     # the same results.json, apart from where it ran, timings, paths and float noise between processes
     assert comparable(report) == comparable(local)
+    # multi-fidelity: the rungs ran as worker tasks and ended where `ddsm search --rungs` ends
+    local_rungs = search_to_folder(
+        checkpoint, tmp_path / "local-rungs", SearchSpec(**RUNGS), stats=stats_file, progress=False,
+        n_sample_images=8,
+    )  # fmt: skip
+    assert [p["genome"] for p in rungs_done["front"]] == [c["genome"] for c in local_rungs["front"]]
+    assert rungs_done["result"]["pick"]["genome"] == local_rungs["pick"]["genome"]
+    assert [r["n_images"] for r in rungs_report["cost"]["rungs"]] == [*RUNGS["rungs"], RUNGS["n_images"]]
+    assert comparable(rungs_report) == comparable(local_rungs)
 
 
 TIMINGS = ("seconds", "latency_s", "search_wall_s", "total_wall_s", "reused_fraction",
