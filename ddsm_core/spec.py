@@ -79,7 +79,8 @@ class SearchSpec:
     first evaluated at ``rungs[0]`` images, the best ``promote`` fraction (non-domination rank of
     (FID, GFLOPs) at that rung, then crowding distance, as NSGA-II ranks; at least one) goes on to the
     next rung, up to ``n_images`` (successive halving, see :func:`ddsm_core.search.run_search`). Every
-    rung samples the first images of the same per-image seeds.
+    rung samples the first images of the same per-image seeds. The service's controller promotes with
+    the same function (:func:`ddsm_core.search.halving_step`), its rungs running as worker tasks.
     ``guidance`` samples with classifier-free guidance of that weight (a model with a null label;
     both passes counted in the GFLOPs); ``class_label`` gives every image that class instead of
     ``seed % classes`` (class-conditional models).
