@@ -237,18 +237,15 @@ def check_inputs(
     spec: SearchSpec, checkpoint: Path | None, workers: int, train_threads: int, train_steps: int | None
 ) -> None:
     """Everything the demo was given, checked before any process starts."""
-    from ddsm_core.checkpoint import read_manifest, resolve_checkpoint
+    from ddsm_core.checkpoint import read_manifest
+    from ddsm_core.checks import check_checkpoint, check_min
     from ddsm_core.config import UNetConfig
-    from ddsm_core.errors import ConfigError
 
-    # the messages of ddsm_core.cli.checks.check_min, which api may not import (tests/test_layers.py)
-    for option, value, low in (("--workers", workers, 1), ("--train-threads", train_threads, 0),
-                               ("--train-steps", train_steps, 1)):  # fmt: skip
-        if value is not None and value < low:
-            raise ConfigError(f"{option} must be >= {low}, got {value}")
+    check_min("--workers", workers, 1)
+    check_min("--train-threads", train_threads, 0)
+    check_min("--train-steps", train_steps, 1)
     if checkpoint is not None:
-        # resolve_checkpoint names a missing path ("checkpoint '/x' not found")
-        widths = read_manifest(resolve_checkpoint(checkpoint), verify=False)["model_config"].get("widths")
+        widths = read_manifest(check_checkpoint(checkpoint), verify=False)["model_config"].get("widths")
     else:
         widths = UNetConfig.from_preset("digits").widths
     if widths:

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
+from ddsm_core.atomic import TMP_PREFIX, write_text_atomic
 from ddsm_core.config import UNetConfig
 from ddsm_core.errors import CheckpointError, ConfigError
 
@@ -37,7 +38,7 @@ EMA_FILE = "ema.safetensors"
 STATE_FILE = "training_state.pt"
 LATEST = "LATEST"
 _STEP_PREFIX = "step-"
-_TMP_PREFIX = ".tmp-"
+_TMP_PREFIX = TMP_PREFIX  # temporary checkpoint folders and files alike: one cleanup glob
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -364,17 +365,7 @@ def _contiguous(state: Mapping[str, Any]) -> dict[str, Any]:
 
 def _write_text(path: Path, text: str) -> None:
     """Write a small file atomically: temp file in the same directory, fsync, os.replace."""
-    fd, tmp = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, text)
 
 
 def _umask() -> int:

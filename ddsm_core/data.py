@@ -383,8 +383,9 @@ def save_image_grid(images: Tensor, path: str | Path, nrow: int = 8, min_tile: i
         images = images.repeat_interleave(factor, dim=-1).repeat_interleave(factor, dim=-2)
     grid = make_grid(images, nrow=nrow, padding=2, pad_value=1.0)  # padding white: 1.0 in [-1, 1]
     array = to_uint8(grid[None])[0].permute(1, 2, 0).numpy()  # the FID's rounding (half up)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from ddsm_core.atomic import atomic_path
+
     gray = images.shape[1] == 1
-    Image.fromarray(array[..., 0] if gray else array, "L" if gray else "RGB").save(path, format="PNG")
-    return path
+    with atomic_path(path) as tmp:  # a failed or interrupted write leaves no half-made PNG
+        Image.fromarray(array[..., 0] if gray else array, "L" if gray else "RGB").save(tmp, format="PNG")
+    return Path(path)

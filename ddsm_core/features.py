@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ddsm_core.atomic import atomic_path
 from ddsm_core.errors import ConfigError, choices_message
 from ddsm_core.fid import (
     INCEPTION_NAME,
@@ -211,11 +212,9 @@ class DomainExtractor:
         net, metrics = train_domain_cnn(
             config, *_dataset_tensors(config, "train"), _dataset_tensors(config, "test")
         )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
         meta = {"name": config.name, "config": json.dumps(asdict(config)), "metrics": json.dumps(metrics)}
-        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp), metadata=meta)
-        os.replace(tmp, path)  # atomic: concurrent workers may race to train the same extractor
+        with atomic_path(path) as tmp:  # concurrent workers may race to train the same extractor
+            save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp), metadata=meta)
         return cls(net, config, metrics)
 
 

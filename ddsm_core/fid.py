@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from scipy import linalg
 
+from ddsm_core.atomic import atomic_path
 from ddsm_core.errors import DDSMError, StatsError
 
 if TYPE_CHECKING:
@@ -113,18 +114,16 @@ class FeatureStats:
         path = Path(path)
         if path.suffix != ".npz":
             path = path.with_suffix(path.suffix + ".npz")  # np.savez would append it anyway
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")  # renamed into place: never half-written
-        np.savez_compressed(
-            tmp,
-            mu=self.mu,
-            sigma=self.sigma,
-            extractor=np.array(self.extractor),
-            dim=np.array(self.dim),
-            n=np.array(self.n),
-            meta=np.array(json.dumps(self.meta)),
-        )
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:  # renamed into place: never half-written
+            np.savez_compressed(
+                tmp,
+                mu=self.mu,
+                sigma=self.sigma,
+                extractor=np.array(self.extractor),
+                dim=np.array(self.dim),
+                n=np.array(self.n),
+                meta=np.array(json.dumps(self.meta)),
+            )
         return path
 
     @classmethod
@@ -246,34 +245,30 @@ def ensure_inception_weights(
     if path.is_file():
         return path
     url = url or os.environ.get(FID_WEIGHTS_URL_ENV) or FID_WEIGHTS_URL
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
     digest = hashlib.sha256()
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as reply, open(tmp, "wb") as f:
-            total = int(reply.headers.get("Content-Length") or 0) or None
-            bar = _download_bar(total, progress)
-            while chunk := reply.read(1 << 20):
-                f.write(chunk)
-                digest.update(chunk)
-                bar.update(len(chunk))
-            bar.close()
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        tmp.unlink(missing_ok=True)
-        reason = getattr(exc, "reason", None) or exc
-        raise InceptionWeightsMissing(
-            f"FID Inception weights not found and their download from {url} failed ({reason}): put "
-            f"{FID_WEIGHTS_FILE} at {path} (the torch hub cache, $TORCH_HOME/hub/checkpoints), "
-            "or use a domain extractor"
-        ) from None
-    if not digest.hexdigest().startswith(sha256_prefix):
-        tmp.unlink(missing_ok=True)
-        raise InceptionWeightsMissing(
-            f"the file downloaded from {url} has sha256 {digest.hexdigest()[:16]}..., not "
-            f"{sha256_prefix}...: refused (a wrong or corrupt file); put {FID_WEIGHTS_FILE} "
-            f"at {path} yourself or use a domain extractor"
-        )
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:  # an exception below removes the temporary file
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as reply, open(tmp, "wb") as f:
+                total = int(reply.headers.get("Content-Length") or 0) or None
+                bar = _download_bar(total, progress)
+                while chunk := reply.read(1 << 20):
+                    f.write(chunk)
+                    digest.update(chunk)
+                    bar.update(len(chunk))
+                bar.close()
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            raise InceptionWeightsMissing(
+                f"FID Inception weights not found and their download from {url} failed ({reason}): put "
+                f"{FID_WEIGHTS_FILE} at {path} (the torch hub cache, $TORCH_HOME/hub/checkpoints), "
+                "or use a domain extractor"
+            ) from None
+        if not digest.hexdigest().startswith(sha256_prefix):
+            raise InceptionWeightsMissing(
+                f"the file downloaded from {url} has sha256 {digest.hexdigest()[:16]}..., not "
+                f"{sha256_prefix}...: refused (a wrong or corrupt file); put {FID_WEIGHTS_FILE} "
+                f"at {path} yourself or use a domain extractor"
+            )
     return path
 
 

@@ -26,7 +26,6 @@ import bisect
 import datetime as dt
 import json
 import math
-import os
 import platform
 import statistics
 import time
@@ -35,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ddsm_core.atomic import write_text_atomic
 from ddsm_core.errors import ConfigError
 from ddsm_core.strategy import SAMPLERS, Strategy, canonical_sampler, width_index
 from ddsm_core.widths import format_width
@@ -174,12 +174,7 @@ class LatencyTable:
         return cls.from_dict(data)
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(self.to_json() + "\n")
-        os.replace(tmp, path)  # atomic: a reader never sees half a table
-        return path
+        return write_text_atomic(path, self.to_json() + "\n")  # a reader never sees half a table
 
     @classmethod
     def load(cls, path: str | Path) -> LatencyTable:

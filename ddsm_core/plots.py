@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, Literal
 
+from ddsm_core.atomic import atomic_path
 from ddsm_core.errors import ConfigError
 from ddsm_core.strategy import Strategy
 from ddsm_core.widths import format_width
@@ -112,10 +113,9 @@ def _write(fig: Any, path: str | os.PathLike[str] | IO[bytes], dpi: int) -> Path
     if hasattr(path, "write"):
         fig.savefig(path, format="png", dpi=dpi)
         return path  # type: ignore[return-value]
-    out = Path(path)  # type: ignore[arg-type]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png", dpi=dpi)
-    return out
+    with atomic_path(path) as tmp:  # type: ignore[arg-type]
+        fig.savefig(tmp, format="png", dpi=dpi)
+    return Path(path)  # type: ignore[arg-type]
 
 
 def plot_fronts(

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ddsm_core.atomic import atomic_path, write_text_atomic
 from ddsm_core.search import Candidate, reached_top
 
 
@@ -30,11 +31,12 @@ def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120)
+    finally:
+        plt.close(fig)
+    return Path(path)
 
 
 def plot_pareto(
@@ -147,7 +149,7 @@ def write_report(out_dir: str | os.PathLike[str], results: Mapping[str, Any]) ->
     """Write ``results.json`` and ``report.md`` (the PNGs are written by the caller beforehand)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=_json_default))
+    write_text_atomic(out / "results.json", json.dumps(results, indent=1, default=_json_default))
     write_strategy_files(out, results)
     label = f"FID ({results['extractor']})"
     full = results["final"].get("full", {}).get("gflops")
@@ -196,9 +198,7 @@ def write_report(out_dir: str | os.PathLike[str], results: Mapping[str, Any]) ->
     cost = results["cost"]
     md += [f"- {k.replace('_', ' ')}: {_fmt(v)}" for k, v in cost.items()]
     md.append("")
-    path = out / "report.md"
-    path.write_text("\n".join(md))
-    return path
+    return write_text_atomic(out / "report.md", "\n".join(md))
 
 
 def _inputs(results: Mapping[str, Any]) -> list[str]:
@@ -256,7 +256,7 @@ def write_strategy_files(out_dir: str | os.PathLike[str], results: Mapping[str, 
     for name, record in results["final"].items():
         strategy = Strategy(cfg["sampler"], cfg["steps"], tuple(cfg["widths"]), tuple(record["genome"]))
         path = Path(out_dir) / f"{name}.json"
-        path.write_text(strategy.to_json(indent=1) + "\n")
+        write_text_atomic(path, strategy.to_json(indent=1) + "\n")
         paths.append(path)
     return paths
 

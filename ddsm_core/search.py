@@ -40,6 +40,7 @@ from pymoo.operators.crossover.pntx import SinglePointCrossover, TwoPointCrossov
 from pymoo.operators.crossover.ux import UniformCrossover
 from pymoo.problems.static import StaticProblem
 
+from ddsm_core.atomic import write_text_atomic
 from ddsm_core.errors import ConfigError, choices_message
 
 Genome = tuple[int, ...]
@@ -698,9 +699,7 @@ class SearchRun:
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data))
 
 
 def run_search(

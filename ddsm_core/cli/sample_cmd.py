@@ -149,20 +149,24 @@ def write_npz(path: Path, array) -> None:
 
     import numpy as np
 
+    from ddsm_core.atomic import atomic_path
+
     buf = io.BytesIO()
     np.lib.format.write_array(buf, np.ascontiguousarray(array), allow_pickle=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
         zf.writestr(zipfile.ZipInfo("arr_0.npy", date_time=(1980, 1, 1, 0, 0, 0)), buf.getvalue())
 
 
 def write_pngs(folder: Path, array, seed: int) -> None:
-    """One PNG per image, named by its seed."""
+    """One PNG per image, named by its seed; all of them land or none (a failure half-way leaves
+    ``folder`` as it was)."""
     from PIL import Image
 
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, img in enumerate(array):
-        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(folder / f"seed{seed + i:06d}.png")
+    from ddsm_core.atomic import atomic_folder
+
+    with atomic_folder(folder) as tmp:
+        for i, img in enumerate(array):
+            Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(tmp / f"seed{seed + i:06d}.png")
 
 
 def _bar(enabled: bool, total: int):

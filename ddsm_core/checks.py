@@ -1,0 +1,75 @@
+"""Checks every command runs on its inputs before it writes, trains or starts anything (torch-free).
+
+Shared by the ``ddsm`` commands (:mod:`ddsm_core.cli`) and the demo (``api.demo``, which may not import
+``ddsm_core.cli``), so a mistake reads the same everywhere. A failed check raises a
+:class:`~ddsm_core.errors.DDSMError` naming the option and the real cause; ``run_app`` prints it as one
+line with exit status 2. :func:`new_output` keeps a failed command from leaving an empty or half-made
+output folder behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from ddsm_core.errors import ConfigError
+
+
+def check_min(option: str, value: int | float | None, low: int | float) -> None:
+    """``--images 0`` and the like: a count below its minimum."""
+    if value is not None and value < low:
+        raise ConfigError(f"{option} must be >= {low}, got {value}")
+
+
+def check_steps(option: str, steps: int | None) -> None:
+    """Sampler steps within the bounds the REST API enforces (one source: ``spec.LIMITS``)."""
+    from ddsm_core.spec import LIMITS
+
+    low, high = LIMITS["steps"]
+    if steps is not None and ((low is not None and steps < low) or (high is not None and steps > high)):
+        raise ConfigError(f"{option} must be in [{low}, {high}], got {steps}")
+
+
+def check_checkpoint(path: Path) -> Path:
+    """A checkpoint (or training run) folder that exists and has a readable manifest; returns the
+    checkpoint folder itself."""
+    from ddsm_core.checkpoint import read_manifest, resolve_checkpoint
+
+    ckpt = resolve_checkpoint(path)  # its messages name the path: "checkpoint '/x' not found"
+    read_manifest(ckpt, verify=False)
+    return ckpt
+
+
+def check_file(path: Path | None, option: str, what: str) -> None:
+    if path is not None and not Path(path).is_file():
+        raise ConfigError(f"{option}: {what} {str(path)!r} not found")
+
+
+def check_writable_parent(path: Path, option: str) -> None:
+    """The output's parent is (or can become) a folder: not a file in the way."""
+    for parent in Path(path).absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{option}: {str(parent)!r} is a file, not a folder")
+            if not os.access(parent, os.W_OK):
+                raise ConfigError(f"{option}: cannot write under {str(parent)!r} (permission denied)")
+            return
+
+
+@contextlib.contextmanager
+def new_output(folder: Path) -> Iterator[Path]:
+    """Yield ``folder``; if it did not exist before and the body fails, remove what it left there.
+
+    A folder that existed (a search being resumed, a run being continued) is never removed.
+    """
+    folder = Path(folder)
+    existed = folder.exists()
+    try:
+        yield folder
+    except BaseException:
+        if not existed and folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
