@@ -301,8 +301,9 @@ class SearchCreate(In):
     warm_start: list[dict[str, Any]] = Field(
         default_factory=list,
         max_length=MAX_WARM_START,
-        description="Strategies (strategy JSON, any sampler and step count) seeding the first generation; "
-        "transferred to this search's sampler and steps by noise level.",
+        description="Strategies (strategy JSON, any sampler and step count, or a search's results.json: "
+        "its pick, knee and front) seeding the first generation; transferred to this search's sampler and "
+        "steps by noise level.",
     )
     warm_start_searches: list[int] = Field(
         default_factory=list,
@@ -342,6 +343,29 @@ class SearchCreate(In):
         skip = {"name", "supernet_id", "reference_stats_id", "widths", "warm_start", "warm_start_searches"}
         fields = self.model_dump(exclude=skip)
         return SearchSpec(widths=widths if widths is not None else tuple(self.widths or ()), **fields)
+
+
+class StrategyTransfer(In):
+    """``ddsm strategy transfer`` over REST: a strategy mapped to another sampler and step count by
+    noise level (log-SNR). The noise schedule is the supernet's (``supernet_id``, whose widths the
+    strategy must use), else one by name (``schedule``, ``timesteps``; default DDPM's linear, T = 1000)."""
+
+    strategy: dict[str, Any] = Field(
+        description="A strategy file as is (pick.json, any sampler and steps) or a search's results.json "
+        "(its pick)."
+    )
+    sampler: Sampler = Field(description=f"Target sampler: {SAMPLER_HELP}.")
+    steps: int = Field(ge=LIMITS["steps"][0], le=LIMITS["steps"][1], description="Target sampler steps.")
+    supernet_id: Id | None = Field(default=None, description="Take the noise schedule from this supernet.")
+    schedule: NoiseSchedule | None = Field(default=None, description="Without supernet_id: linear (default).")
+    timesteps: int = Field(default=1000, ge=2, le=100_000, description="The named schedule's T.")
+
+    @model_validator(mode="after")
+    def _one_schedule(self) -> StrategyTransfer:
+        named = self.schedule is not None or "timesteps" in self.model_fields_set
+        if self.supernet_id is not None and named:
+            raise ValueError("give supernet_id or schedule/timesteps, not both (the supernet has its own)")
+        return self
 
 
 class RungProgress(BaseModel):

@@ -17,7 +17,7 @@ from api.controller import rung_phases
 from api.db.models import JobStatus
 from api.db.repository import MAX_ID, Repository, SearchRecord
 from api.queue import Dispatcher
-from api.schemas import SearchCreate, TrainingRunCreate
+from api.schemas import SearchCreate, StrategyTransfer, TrainingRunCreate
 from api.settings import Settings
 from ddsm_core.catalog import DATASETS
 from ddsm_core.compare import Comparison, Front, compare_fronts, front_from_results
@@ -25,8 +25,8 @@ from ddsm_core.config import UNetConfig
 from ddsm_core.errors import CheckpointError, ConfigError, DDSMError, StatsError
 from ddsm_core.results import front_points, summary
 from ddsm_core.spec import FINALISTS, SearchSpec, with_warm_start
-from ddsm_core.strategy import Strategy
-from ddsm_core.transfer import results_strategies
+from ddsm_core.strategy import Strategy, strategy_of_document
+from ddsm_core.transfer import check_widths, named_schedule, results_strategies, transfer_strategy
 
 log = logging.getLogger(__name__)
 
@@ -98,13 +98,17 @@ def create_search(repo: Repository, body: SearchCreate) -> int:
 def warm_start_strategies(
     repo: Repository, strategies: list[dict[str, Any]], search_ids: list[int]
 ) -> list[tuple[str, Strategy]]:
-    """The warm-start strategies of a request: the inline ones, then each search's results (pick,
-    knee, front). NotFound for an unknown search, Conflict for one that is not COMPLETE."""
+    """The warm-start strategies of a request: the inline ones (strategy files, or a results.json
+    as ``ddsm search --warm-start`` takes it: pick, knee, front), then each search's results.
+    NotFound for an unknown search, Conflict for one that is not COMPLETE."""
     out = []
     for k, d in enumerate(strategies):
         try:
-            out.append((f"warm_start[{k}]", Strategy.from_dict(d)))
-        except ConfigError as exc:
+            if "config" in d and "genes" not in d:  # a results.json, as ddsm_core.transfer.read_strategies
+                out += [(f"warm_start[{k}] {label}", s) for label, s in results_strategies(d)]
+            else:
+                out.append((f"warm_start[{k}]", Strategy.from_dict(d)))
+        except (ConfigError, KeyError, TypeError) as exc:
             raise ConfigError(f"warm_start[{k}]: {exc}") from None
     for search_id in search_ids:
         source = repo.get_search(search_id)
@@ -120,6 +124,24 @@ def warm_start_strategies(
             raise ConfigError(f"warm-start search {search_id}: unreadable results ({exc})") from None
         out += [(f"search {search_id} {label}", s) for label, s in found]
     return out
+
+
+def transferred_strategy(
+    repo: Repository, body: StrategyTransfer
+) -> tuple[Strategy, Strategy, dict[str, Any]]:
+    """(source, transferred, schedule) of a transfer request; NotFound / Conflict for the supernet."""
+    source = strategy_of_document(body.strategy)
+    if body.supernet_id is None:
+        schedule = named_schedule(body.schedule or "linear", body.timesteps)
+    else:
+        net = repo.get_supernet(body.supernet_id)
+        if net is None:
+            raise NotFound(f"supernet {body.supernet_id} not found")
+        if net.status != JobStatus.COMPLETE or not net.gflops:
+            raise Conflict(f"supernet {net.id} is {net.status.value}, not ready: wait until it is COMPLETE")
+        check_widths(source, [float(w) for w in net.gflops["widths"]], f"supernet {net.id}")
+        schedule = (net.config or {}).get("schedule") or named_schedule("linear")
+    return source, transfer_strategy(source, body.sampler, body.steps, schedule), schedule
 
 
 def search_view(repo: Repository, search: SearchRecord) -> dict[str, Any]:

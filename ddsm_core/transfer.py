@@ -35,7 +35,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,36 @@ def _schedule_dict(schedule: Mapping[str, Any] | Any | None) -> dict[str, Any]:
     return {"kind": "linear", "T": 1000, "beta_start": 1e-4, "beta_end": 0.02, "cosine_s": 0.008} | dict(
         schedule
     )
+
+
+def named_schedule(kind: str, timesteps: int = 1000) -> dict[str, Any]:
+    """The parameters of a noise schedule by name (what the presets train with), for a transfer without
+    a supernet at hand; the CLI and the REST API read ``--schedule``/``schedule`` through this.
+
+    :raises ConfigError: for an unknown kind.
+    """
+    if kind == "linear":
+        return {"kind": "linear", "T": timesteps, "beta_start": 1e-4, "beta_end": 0.02}
+    if kind == "cosine":
+        return {"kind": "cosine", "T": timesteps, "cosine_s": 0.008}
+    raise ConfigError(f"unknown noise schedule {kind!r}; allowed: linear, cosine")
+
+
+def check_widths(strategy: Strategy, widths: Sequence[float], where: str = "the checkpoint") -> None:
+    """A strategy is for one supernet: its width set must be the supernet's (``widths``; empty: unknown).
+
+    :raises StrategyError: naming both width sets.
+    """
+    from ddsm_core.widths import format_width
+
+    if widths and (
+        len(widths) != len(strategy.widths)
+        or any(abs(a - b) > 1e-9 for a, b in zip(widths, strategy.widths, strict=True))
+    ):
+        raise StrategyError(
+            f"the strategy uses widths {[format_width(w) for w in strategy.widths]}, "
+            f"{where} offers {[format_width(w) for w in widths]}"
+        )
 
 
 def schedule_sigmas(schedule: Mapping[str, Any] | Any | None = None) -> np.ndarray:

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Response
 
 from api import services
 from api.deps import Read, RepoDep
+from api.schemas import StrategyTransfer
 from ddsm_core.strategy import Strategy, strategy_of_document
 
 router = APIRouter(tags=["strategies"])
@@ -56,3 +57,25 @@ def strategy_png(body: dict[str, Any]) -> Response:
     """The line plot of a strategy file (``pick.json``, or a report's ``results.json``)."""
     strategy = strategy_of_document(body)
     return _png(strategy, strategy.describe())
+
+
+@router.post("/strategies/transfer", dependencies=[Read])
+def transfer_strategy(body: StrategyTransfer, repo: RepoDep) -> dict[str, Any]:
+    """A strategy (or a results.json's pick) mapped to another sampler and step count by noise level:
+    the strategy file ``ddsm strategy transfer --out`` writes, usable as is as a warm start."""
+    return services.transferred_strategy(repo, body)[1].to_dict()
+
+
+@router.post("/strategies/transfer/plot.png", dependencies=[Read], responses=PNG)
+def transfer_strategy_png(body: StrategyTransfer, repo: RepoDep) -> Response:
+    """Both strategies of a transfer against log-SNR (``ddsm strategy transfer --plot``)."""
+    from ddsm_core.plots import plot_strategy
+
+    source, target, schedule = services.transferred_strategy(repo, body)
+    buf = io.BytesIO()
+    plot_strategy(
+        {f"source {source.sampler}/{source.steps}": source,
+         f"transferred {target.sampler}/{target.steps}": target},
+        buf, x="log_snr", schedule=schedule, title="strategy transfer: width against noise level",
+    )  # fmt: skip
+    return Response(buf.getvalue(), media_type="image/png")

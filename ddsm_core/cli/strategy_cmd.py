@@ -42,12 +42,15 @@ def transfer(
     Each target step runs at the width that covers most of its stretch of log-SNR in the source
     strategy; the same sampler and steps give the same strategy back.
     """
-    from ddsm_core.cli.checks import check_file, check_steps, write_text_atomic
+    from ddsm_core.cli.checks import check_file, check_steps, check_writable_parent, write_text_atomic
     from ddsm_core.errors import ConfigError
     from ddsm_core.transfer import read_strategies, transfer_strategy
 
     check_file(strategy, "--strategy", "strategy file")
     check_steps("--steps", steps)
+    check_writable_parent(out, "--out")
+    if plot is not None:
+        check_writable_parent(plot, "--plot")
     label, source = read_strategies(strategy)[0]  # a results.json: its pick
     if checkpoint is not None and schedule is not None:
         raise ConfigError("give --checkpoint or --schedule, not both (the checkpoint has its schedule)")
@@ -69,27 +72,15 @@ def transfer(
 
 def _schedule(checkpoint: Path | None, source: Any, kind: str, timesteps: int) -> dict[str, Any]:
     """The noise schedule's parameters, from a checkpoint manifest or by name; checks the width set."""
-    from ddsm_core.errors import ConfigError, StrategyError
-    from ddsm_core.widths import format_width
+    from ddsm_core.transfer import check_widths, named_schedule
 
     if checkpoint is None:
-        if kind == "linear":
-            return {"kind": "linear", "T": timesteps, "beta_start": 1e-4, "beta_end": 0.02}
-        if kind == "cosine":
-            return {"kind": "cosine", "T": timesteps, "cosine_s": 0.008}
-        raise ConfigError(f"unknown noise schedule {kind!r}; allowed: linear, cosine")
+        return named_schedule(kind, timesteps)
     from ddsm_core.checkpoint import read_manifest
+    from ddsm_core.checks import check_checkpoint
 
-    manifest = read_manifest(checkpoint, verify=False)
-    widths = tuple(manifest["model_config"].get("widths", ()))
-    if widths and (
-        len(widths) != len(source.widths)
-        or any(abs(a - b) > 1e-9 for a, b in zip(widths, source.widths, strict=True))
-    ):
-        raise StrategyError(
-            f"the strategy uses widths {[format_width(w) for w in source.widths]}, "
-            f"the checkpoint offers {[format_width(w) for w in widths]}"
-        )
+    manifest = read_manifest(check_checkpoint(checkpoint), verify=False)
+    check_widths(source, tuple(manifest["model_config"].get("widths", ())))
     return dict(manifest["schedule"])
 
 

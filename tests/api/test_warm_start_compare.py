@@ -19,10 +19,10 @@ from api.schemas import SearchCreate
 from api.settings import Settings
 from ddsm_core.compare import Front, compare_fronts
 from ddsm_core.costs import CostTable
-from ddsm_core.spec import SearchSpec
+from ddsm_core.spec import SearchSpec, with_warm_start
 from ddsm_core.strategy import Strategy
-from ddsm_core.transfer import transfer_strategy
-from tests.factories import TABLE, Outbox, search_body
+from ddsm_core.transfer import results_strategies, transfer_strategy
+from tests.factories import TABLE, Outbox, search_body, small_spec
 from workers.fast_eval import fast_metrics
 
 WIDTHS = (0.25, 0.5, 0.75, 1.0)
@@ -177,3 +177,107 @@ def test_compare_returns_each_front_with_a_hypervolume_against_one_reference(
             assert reply.status_code == code, (path, params, reply.text)
             assert words in reply.text
     assert client.get(f"/searches/{a}").status_code == 200  # /{id} still answers
+
+
+# ------------------------------------------------------------------------ POST /strategies/transfer
+def _cli_transfer(tmp_path: Path, source: dict, *args: str) -> dict:
+    """``ddsm strategy transfer`` on a file holding ``source``: the file it writes."""
+    import json
+
+    from ddsm_core.cli import app, run_app
+
+    src, out = tmp_path / "source.json", tmp_path / "cli.json"
+    src.write_text(json.dumps(source))
+    code = run_app(app, ["strategy", "transfer", "--strategy", str(src), "--out", str(out), *args])
+    assert code == 0
+    return json.loads(out.read_text())
+
+
+def test_transfer_over_rest_is_the_cli_transfer_and_the_identity_on_its_own_grid(
+    client: TestClient, tmp_path: Path
+) -> None:
+    source = Strategy.piecewise("ddpm", 20, [0, 1, 3], [0.3, 0.6], widths=WIDTHS)
+    same = client.post(
+        "/strategies/transfer", json={"strategy": source.to_dict(), "sampler": "ddpm", "steps": 20}
+    )
+    assert same.status_code == 200, same.text
+    assert same.json() == source.to_dict()  # identity: the same sampler and steps
+
+    body = {"strategy": source.to_dict(), "sampler": "dpm-solver++", "steps": 10}
+    cosine = ["--schedule", "cosine", "--timesteps", "200"]
+    for extra, args in (({}, []), ({"schedule": "cosine", "timesteps": 200}, cosine)):
+        reply = client.post("/strategies/transfer", json={**body, **extra})
+        assert reply.status_code == 200, reply.text
+        cli = _cli_transfer(tmp_path, source.to_dict(), "--sampler", "dpmpp", "--steps", "10", *args)
+        assert reply.json() == cli
+    assert reply.json() != client.post("/strategies/transfer", json=body).json()  # the schedule mattered
+
+    # a supernet's own schedule; a results.json is read for its pick, like the CLI reads it
+    repo, net, stats = setup(client)
+    own = repo.create_supernet("cosine", "d" * 64, {})
+    repo.supernet_ready(own, TABLE, {"schedule": SCHEDULE})
+    reply = client.post("/strategies/transfer", json={**body, "supernet_id": own})
+    assert Strategy.from_dict(reply.json()) == transfer_strategy(source, "dpmpp", 10, SCHEDULE)
+    sid = client.post("/searches", json=search_body(net, stats), headers=KEY).json()["id"]
+    finish(repo, sid, Quiet())
+    results = client.get(f"/searches/{sid}/report").json()
+    reply = client.post("/strategies/transfer", json={"strategy": results, "sampler": "edm", "steps": 6})
+    assert reply.status_code == 200, reply.text
+    assert reply.json() == _cli_transfer(tmp_path, results, "--sampler", "edm", "--steps", "6")
+
+    png = client.post("/strategies/transfer/plot.png", json=body)
+    assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
+
+
+def test_a_transferred_strategy_and_a_results_json_are_warm_starts_as_is(client: TestClient) -> None:
+    repo, net, stats = setup(client)
+    source = Strategy.piecewise("dpmpp", 12, [0, 3], widths=WIDTHS)
+    moved = client.post("/strategies/transfer", json={"strategy": source.to_dict(), "sampler": "ddim",
+                                                      "steps": 4}).json()  # fmt: skip
+    reply = client.post("/searches", json=search_body(net, stats, warm_start=[moved]), headers=KEY)
+    assert reply.status_code == 201, reply.text
+    assert reply.json()["config"]["warm_start"][0]["genes"] == moved["genes"]
+    sid = reply.json()["id"]
+    finish(repo, sid, Quiet())
+    results = client.get(f"/searches/{sid}/report").json()
+    reply = client.post("/searches", json=search_body(net, stats, warm_start=[results]), headers=KEY)
+    assert reply.status_code == 201, reply.text
+    seeded = [tuple(s["genes"]) for s in reply.json()["config"]["warm_start"]]
+    # pick, knee and front (less the uniform ones), as `ddsm search --warm-start results.json` seeds them
+    expected = with_warm_start(small_spec(), results_strategies(results))[0].seed_genomes()
+    assert seeded == list(expected) and seeded
+    broken = {"config": {"sampler": "ddim"}, "pick": {"genome": [0]}}
+    reply = client.post("/searches", json=search_body(net, stats, warm_start=[broken]), headers=KEY)
+    assert reply.status_code == 422 and "warm_start[0]" in reply.text
+
+
+def test_bad_transfers_are_4xx_with_a_message(client: TestClient) -> None:
+    repo, net, _ = setup(client)
+    pending = repo.create_supernet("pending", "c" * 64, {})
+    good = Strategy.uniform("ddpm", 20, 0, widths=WIDTHS).to_dict()
+    body = {"strategy": good, "sampler": "ddim", "steps": 10}
+    cases = [
+        ({"sampler": "euler"}, 422, "sampler"),
+        ({"steps": 0}, 422, "steps"),
+        ({"steps": "10"}, 422, "steps"),
+        ({"strategy": {**good, "genes": [9] * 20}}, 422, "out of range"),
+        ({"strategy": {"sampler": "ddpm"}}, 422, "missing keys"),
+        ({"strategy": {"config": {}, "pick": {}}}, 422, "pick"),
+        ({"schedule": "sigmoid"}, 422, "schedule"),
+        ({"schedule": "linear", "timesteps": 100, "steps": 500}, 422, "runs 1..100 steps"),
+        ({"timesteps": 1}, 422, "timesteps"),
+        ({"supernet_id": 999}, 404, "supernet 999 not found"),
+        ({"supernet_id": pending}, 409, "not ready"),
+        ({"supernet_id": net, "schedule": "cosine"}, 422, "not both"),
+        (
+            {"supernet_id": net, "strategy": Strategy.uniform("ddpm", 20, 0, widths=(0.5, 1.0)).to_dict()},
+            422,
+            f"supernet {net} offers",
+        ),  # fmt: skip
+        ({"extra": 1}, 422, "extra"),
+    ]
+    for change, code, words in cases:
+        for path in ("/strategies/transfer", "/strategies/transfer/plot.png"):
+            reply = client.post(path, json={**body, **change})
+            assert reply.status_code == code, (change, reply.text)
+            assert words in reply.text, (change, reply.text)
