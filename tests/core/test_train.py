@@ -274,3 +274,68 @@ def test_every_recipe_has_a_unet_preset_and_the_bench_recipe_is_constant_lr():
     # a constant LR after warm-up: the state at step k does not depend on the run's total steps
     assert lr_factor(bench, bench.warmup_steps) == lr_factor(bench.replace(steps=10 * bench.steps), 10**6)
     assert model.dropout == 0.0 and model.model_channels < UNetConfig.digits().model_channels
+
+
+class FakeClock:
+    """The progress bar's clock: training steps and side work advance it by what they would take."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _etas(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> list[tuple[int, float]]:
+    """(step, the training bar's seconds left) after every step of a real training run in which a step
+    takes 1 s and each periodic phase (eval loss, sample grids, checkpoint) 30 s, on a fake clock."""
+    import tqdm.std
+
+    from ddsm_core import trainer
+
+    clock = FakeClock()
+    monkeypatch.setattr(tqdm.std, "time", clock)  # tqdm reads its clock from this name
+    monkeypatch.setattr(tqdm.std.tqdm, "monitor_interval", 0)  # no refresh thread on the real clock
+
+    def timed(method, seconds, due=lambda **kw: True):
+        def run(self, *args, **kw):
+            out = method(self, *args, **kw)
+            clock.now += seconds if due(**kw) else 0.0
+            return out
+
+        return run
+
+    monkeypatch.setattr(trainer.Trainer, "train_one", timed(trainer.Trainer.train_one, 1.0))
+    watch = timed(trainer.Trainer._watch, 30.0, lambda eval_due, samples_due: eval_due or samples_due)
+    monkeypatch.setattr(trainer.Trainer, "_watch", watch)  # called every step, works when due
+    monkeypatch.setattr(trainer.Trainer, "save", timed(trainer.Trainer.save, 30.0))
+    etas = []
+    log = trainer.Trainer.log
+
+    def logged(self, record, bar, force):
+        log(self, record, bar, force)
+        d = bar.format_dict
+        etas.append((d["n"], (d["total"] - d["n"]) / d["rate"]))
+
+    monkeypatch.setattr(trainer.Trainer, "log", logged)
+    data = small_digits(16)
+    cfg = TrainConfig(steps=9, **{**FAST, "eval_every": 3, "sample_every": 3, "checkpoint_every": 3})
+    train(TINY, cfg, tmp_path / name, dataset=data, eval_dataset=data, progress=True)
+    return etas
+
+
+def test_the_training_bar_eta_counts_training_steps_only(tmp_path, monkeypatch, capsys):
+    """Eval, sample grids and checkpoints every 3 steps take 30 x a step's time: the ETA after them is
+    still (steps left) x (time per step), not a jump (the fake clock makes this exact, not timed)."""
+    etas = _etas(tmp_path, monkeypatch, "honest")
+    assert [n for n, _ in etas] == list(range(1, 10))
+    for n, left in etas:
+        assert left == pytest.approx(9 - n, abs=1e-6), etas
+    assert "step 3: eval loss, sample grids, checkpoint" in capsys.readouterr().out  # the pause is named
+
+    # the same run with the side work on the bar's clock: the measurement sees the jump
+    import tqdm.std
+
+    monkeypatch.setattr(tqdm.std.tqdm, "unpause", lambda self: None)
+    jumpy = dict(_etas(tmp_path, monkeypatch, "jumpy"))
+    assert jumpy[4] > 3 * (9 - 4)
