@@ -91,10 +91,16 @@ class Service:
         self.http = httpx.Client(base_url=url, timeout=60, headers={"X-API-Key": key} if key else {})
 
     def get(self, path: str) -> Any:
-        return self._ok(self.http.get(path))
+        return self._ok(self._send("GET", path))
 
     def post(self, path: str, body: dict[str, Any]) -> Any:
-        return self._ok(self.http.post(path, json=body))
+        return self._ok(self._send("POST", path, json=body))
+
+    def _send(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        try:
+            return self.http.request(method, path, **kw)
+        except httpx.TransportError as exc:  # a wrong --url, or the service went away
+            raise DemoError(f"cannot reach the service at {self.http.base_url}: {exc}") from None
 
     @staticmethod
     def _ok(reply: httpx.Response) -> Any:
@@ -166,11 +172,7 @@ def supernet(svc: Service, train_steps: int | None, retrain: bool, checkpoint: P
             if net["name"] == SUPERNET_NAME and net["status"] == "COMPLETE":
                 typer.echo(f"reusing supernet {net['id']} (trained earlier; --retrain to train again)")
                 return net
-    runs = [
-        r
-        for r in svc.get("/training-runs")
-        if r["name"] == SUPERNET_NAME and r["status"] in UNFINISHED
-    ]
+    runs = [r for r in svc.get("/training-runs") if r["name"] == SUPERNET_NAME and r["status"] in UNFINISHED]
     if runs and not retrain:
         run = runs[-1]
         typer.echo(f"following training run {run['id']} left unfinished (resumes from its last checkpoint)")

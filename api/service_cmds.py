@@ -15,6 +15,34 @@ import typer
 
 from api.processes import start_worker_process, stop
 from api.settings import settings_for
+from ddsm_core.checks import check_min
+from ddsm_core.errors import ConfigError, DDSMError
+
+
+def check_port(port: int) -> None:
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port must be in [0, 65535], got {port}")
+
+
+def upgrade_database(url: str) -> None:
+    """``alembic upgrade head``; an unreachable or malformed database is one line naming it (password
+    hidden), not a traceback."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    from api.db.engine import upgrade
+
+    try:
+        shown = make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        raise ConfigError(
+            "DATABASE_URL is not a database URL (e.g. postgresql+psycopg://user@host/db)"
+        ) from None
+    try:
+        upgrade(url)
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise DDSMError(f"database {shown}: {reason}") from None
 
 
 def serve(
@@ -23,6 +51,7 @@ def serve(
     home: Annotated[Path | None, typer.Option(help="Embedded-mode folder (DDSM_HOME).")] = None,
 ) -> None:
     """Run the REST API and the search controller (no worker)."""
+    check_port(port)
     import uvicorn
 
     from api.app import create_app
@@ -34,9 +63,7 @@ def migrate(
     home: Annotated[Path | None, typer.Option(help="Embedded-mode folder (DDSM_HOME).")] = None,
 ) -> None:
     """Upgrade the database schema to the newest migration (alembic upgrade head)."""
-    from api.db.engine import upgrade
-
-    upgrade(settings_for(home).resolved_database_url())
+    upgrade_database(settings_for(home).resolved_database_url())
     typer.echo("database schema is up to date")
 
 
@@ -48,10 +75,10 @@ def up(
 ) -> None:
     """API + controller + workers on this machine. With no configuration: SQLite, a serverless broker,
     a local artifact folder and the CPU (set DATABASE_URL / CELERY_BROKER_URL / ARTIFACT_STORE to scale)."""
+    check_port(port)
+    check_min("--workers", workers, 0)
     settings = settings_for(home)
-    from api.db.engine import upgrade
-
-    upgrade(settings.resolved_database_url())
+    upgrade_database(settings.resolved_database_url())
     # SIGTERM's default action ends this process at once, without the ``finally`` below (uvicorn hands a
     # signal it caught back to the previous handler after its shutdown): exit through Python instead
     signal.signal(signal.SIGTERM, _exit_on_signal)

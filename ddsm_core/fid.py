@@ -133,6 +133,12 @@ class FeatureStats:
             raise StatsError(
                 f"reference statistics {str(path)!r} not found (make them with `ddsm ref-stats`)"
             )
+        with open(path, "rb") as fh:
+            if fh.read(4) != b"PK\x03\x04":  # else numpy reads any other bytes as a pickle
+                raise StatsError(
+                    f"{str(path)!r} is not an .npz file of reference statistics (make them with "
+                    "`ddsm ref-stats`)"
+                )
         try:
             with np.load(path, allow_pickle=False) as f:
                 mu, sigma = f["mu"][:].astype(np.float64), f["sigma"][:].astype(np.float64)

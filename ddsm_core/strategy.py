@@ -375,12 +375,14 @@ def _strategy_of_file(text: bytes) -> Strategy:
 def strategy_of_document(data: Any) -> Strategy:
     """A strategy from parsed JSON: a strategy file (``pick.json``, :meth:`Strategy.to_dict`) or a
     search report's ``results.json`` (its pick; the report's config gives the sampler grid)."""
-    if isinstance(data, Mapping) and "config" in data and "pick" in data:
-        cfg, pick = data["config"], data["pick"]
+    if isinstance(data, Mapping) and "config" in data and "genes" not in data:
+        cfg, pick = data["config"], data.get("pick")
+        if not isinstance(pick, Mapping):  # a search's results.json written before it finished
+            raise StrategyError("a search report without a pick: did the search finish?")
         try:
             return Strategy(cfg["sampler"], cfg["steps"], tuple(cfg["widths"]), tuple(pick["genome"]))
         except (KeyError, TypeError) as exc:
-            raise StrategyError(f"a search report without a readable pick ({exc})") from exc
+            raise StrategyError(f"a search report without a readable pick (no {exc})") from exc
     return Strategy.from_dict(data)
 
 

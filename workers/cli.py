@@ -21,6 +21,17 @@ def worker(
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
 ) -> None:
     """Run a Celery worker for the eval and/or train queues (torch is imported by the tasks only)."""
+    from api.queue import EVAL_QUEUE, TRAIN_QUEUE
+    from ddsm_core.checks import check_min
+    from ddsm_core.errors import ConfigError
+
+    known = (EVAL_QUEUE, TRAIN_QUEUE)
+    unknown = [q for q in queues.split(",") if q.strip() not in known]
+    if unknown or not queues.strip():
+        raise ConfigError(f"--queues takes {', '.join(known)} (comma-separated), got {queues!r}")
+    check_min("--concurrency", concurrency, 1)
+    if pool not in ("solo", "prefork"):
+        raise ConfigError(f"--pool must be solo or prefork, got {pool!r}")
     settings = settings_for(home)
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)

@@ -78,6 +78,7 @@ def sample(
     from ddsm_core.spec import strategy_from_arg
 
     check_min("--n", n, 1)
+    check_min("--eta", eta, 0)
     check_min("--batch-size", batch_size, 1)
     check_steps("--steps", steps)
     fixed = _class_arg(label)
@@ -91,6 +92,8 @@ def sample(
     prepare_for_inference(model)
     strat = strategy_from_arg(str(strategy), sampler, steps, cfg.widths)
     check_steps("--steps", strat.steps)
+    if eta is not None and strat.sampler != "ddim":  # before the progress bar starts
+        raise ConfigError(f"--eta applies to the ddim sampler only, not {strat.sampler}")
     seeds = list(range(seed, seed + n))
     y = None
     if cfg.num_classes:

@@ -260,9 +260,12 @@ def search_to_folder(
     # every input is checked before the folder is made: a failed start leaves no empty report folder
     check_checkpoint(checkpoint)
     check_file(stats, "--stats", "reference statistics")
+    for path in warm_start:
+        check_file(path, "--warm-start", "strategy file")
     check_writable_parent(out, "--out")
     model, schedule, manifest, dev = _load_model(checkpoint, device)
     spec = (spec or DEFAULTS).bind(model.config.widths)
+    spec.check_model(model.config)  # --guidance / --class the supernet cannot run: before any stats
     spec = _seeded(spec, warm_start, schedule, out / STATE_FILE if resume else None)
     data = _dataset_of(manifest, dataset) if stats is None else dataset
     size = check_data_args(data, image_size, model.config)
@@ -398,8 +401,10 @@ def search(
         None, "--weight", help=f"Pick: min FID + w x GFLOPs/image ({_profiles_help('weight')})."
     ),
     rungs: str | None = typer.Option(
-        None, "--rungs", help="Multi-fidelity: increasing image counts below --images, e.g. 64,256 "
-        "(default none: every candidate at --images)."
+        None,
+        "--rungs",
+        help="Multi-fidelity: increasing image counts below --images, e.g. 64,256 "
+        "(default none: every candidate at --images).",
     ),
     promote: float | None = typer.Option(
         None, "--promote", help=f"Fraction promoted per rung; default {DEFAULTS.promote}."

@@ -19,11 +19,11 @@ CORE_COMMANDS = {"flops", "train", "sample", "ref-stats", "eval", "search", "str
 SERVICE_COMMANDS = {"up", "serve", "migrate", "demo", "worker"}
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     deployment = ("DATABASE_URL", "CELERY_BROKER_URL", "ARTIFACT_STORE")
-    env = {k: v for k, v in os.environ.items() if k not in deployment}  # the embedded default
+    base = {k: v for k, v in os.environ.items() if k not in deployment}  # the embedded default
     cmd = [sys.executable, "-m", "api.cli", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**base, **(env or {})})
 
 
 def listed_commands(help_text: str) -> set[str]:
@@ -81,3 +81,40 @@ def test_demo_help_is_clean() -> None:
     )  # fmt: skip
     assert res.returncode == 0 and "<bool>" not in res.stdout
     assert " ".join(SAMPLER_HELP.split()) in " ".join(res.stdout.split())
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["worker", "--queues", "eval,gpu"], "--queues takes eval, train (comma-separated), got 'eval,gpu'"),
+        (["worker", "--concurrency", "0"], "--concurrency must be >= 1, got 0"),
+        (["worker", "--pool", "threads"], "--pool must be solo or prefork"),
+        (["serve", "--port", "99999"], "--port must be in [0, 65535], got 99999"),
+        (["up", "--workers", "-1"], "--workers must be >= 0, got -1"),
+        (["up", "--port", "-5"], "--port must be in [0, 65535]"),
+        (["demo", "--url", "http://127.0.0.1:9"], "cannot reach the service at http://127.0.0.1:9"),
+    ],
+)
+def test_service_commands_refuse_bad_input_in_one_line_before_starting(
+    argv: list[str], message: str, tmp_path: Path
+) -> None:
+    result = run(*argv, "--home", str(tmp_path / "home"))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "home").exists()  # nothing made: no database, no broker, no worker
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgresql+psycopg://someone:hunter2@127.0.0.1:1/none", "Connection refused"),
+        ("nosuchdb://x", "Can't load plugin"),
+        ("not a url", "DATABASE_URL is not a database URL"),
+    ],
+)
+def test_migrate_with_a_bad_database_is_one_line_without_the_password(url: str, message: str) -> None:
+    result = run("migrate", env={"DATABASE_URL": url})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert message in result.stderr and "hunter2" not in result.stderr

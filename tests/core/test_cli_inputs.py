@@ -199,3 +199,58 @@ def test_training_side_work_gets_its_own_line_with_where_it_went(tmp_path, capsy
 def test_latency_checks_its_counts_and_checkpoint_first(tmp_path, capsys) -> None:
     fails(["latency", "--preset", "digits", "--repeats", "0"], capsys, "--repeats must be >= 1, got 0")
     fails(["latency", "--checkpoint", str(tmp_path / "none")], capsys, "not found")
+
+
+# ------------------------------------------------------------- found walking every command as a new user
+def test_sample_eta_with_another_sampler_fails_before_the_progress_bar(checkpoint, tmp_path, capsys) -> None:
+    out = tmp_path / "s.png"
+    argv = ["sample", "--checkpoint", str(checkpoint), "--out", str(out), "--sampler", "ddpm", "--eta", "0.5"]
+    err = fails(argv, capsys, "--eta applies to the ddim sampler only, not ddpm")
+    assert "sample:" not in err and not out.exists()  # no bar started (it wrote to stderr before)
+    fails([*argv[:-1], "-1", "--sampler", "ddim"], capsys, "--eta must be >= 0, got -1")
+
+
+def test_a_results_json_without_a_pick_says_so(checkpoint, tmp_path, capsys) -> None:
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"config": {"sampler": "ddpm", "steps": 10}}))  # a search not finished
+    argv = [
+        "sample",
+        "--checkpoint",
+        str(checkpoint),
+        "--strategy",
+        str(results),
+        "--out",
+        str(tmp_path / "s.png"),
+    ]
+    fails(argv, capsys, "a search report without a pick: did the search finish?")
+    assert not (tmp_path / "s.png").exists()
+
+
+def test_stats_that_are_not_an_npz_are_named_as_such(checkpoint, tmp_path, capsys) -> None:
+    stats = tmp_path / "stats.npz"
+    stats.write_bytes(b"garbage, not a zip")  # numpy would read these bytes as a pickle
+    err = fails(["eval", "--checkpoint", str(checkpoint), "--stats", str(stats), "--images", "4"], capsys,
+                "is not an .npz file of reference statistics")  # fmt: skip
+    assert "pickle" not in err
+    out = tmp_path / "X"
+    fails(["search", "--checkpoint", str(checkpoint), "--stats", str(stats), "--out", str(out)], capsys,
+          "is not an .npz file")  # fmt: skip
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--guidance", "2"], "guidance needs a class-conditional supernet"),
+        (["--class", "2"], "class_label 2 given, but the supernet has no classes"),
+        (["--warm-start", "no-such.json"], "--warm-start: strategy file 'no-such.json' not found"),
+    ],
+)
+def test_search_checks_guidance_class_and_warm_start_before_reference_stats(
+    extra, message, checkpoint, tmp_path, capsys
+) -> None:
+    out = tmp_path / "X"
+    # --dataset: reference statistics would be computed (minutes) and saved into X before the check
+    fails(["search", "--checkpoint", str(checkpoint), "--dataset", "digits", "--out", str(out), *extra],
+          capsys, message)  # fmt: skip
+    assert not out.exists()
