@@ -198,7 +198,7 @@ def test_a_bad_warm_start_file_is_a_one_line_error(checkpoint, stats, tmp_path, 
     base = ["search", "--checkpoint", str(checkpoint), "--stats", str(stats), "--out", str(tmp_path / "s"),
             "--steps", "3", "--population", "6", "--generations", "1", "--images", "8",
             "--no-progress"]  # fmt: skip
-    bad = ((tmp_path / "bad.json", "not valid JSON"), (tmp_path / "no.json", "does not exist"))
+    bad = ((tmp_path / "bad.json", "not valid JSON"), (tmp_path / "no.json", "--warm-start: strategy file"))
     for path, message in bad:
         capsys.readouterr()
         assert run_app(app, [*base, "--warm-start", str(path)]) == 2
