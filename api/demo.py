@@ -247,7 +247,8 @@ def check_inputs(
     check_min("--train-threads", train_threads, 0)
     check_min("--train-steps", train_steps, 1)
     if checkpoint is not None:
-        widths = read_manifest(check_checkpoint(checkpoint), verify=False)["model_config"].get("widths")
+        # verified (sha256 of its files): the service would refuse a corrupt one after starting
+        widths = read_manifest(check_checkpoint(checkpoint), verify=True)["model_config"].get("widths")
     else:
         widths = UNetConfig.from_preset("digits").widths
     if widths:
