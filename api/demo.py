@@ -366,11 +366,14 @@ def demo(
     progress bar, then the front, the pick's GFLOPs saving and FID, and the report."""
     started = time.monotonic()
     # every input is checked here: a mistake is one line before any process starts
-    spec = DEFAULTS.replace(
-        sampler=sampler, steps=steps, population=population, generations=generations, n_images=images,
-        final_images=final_images, weight=weight, seed=seed,
-    )  # fmt: skip
-    check_inputs(spec, checkpoint, workers, train_threads, train_steps)
+    from ddsm_core.checks import spec_errors_as_options
+
+    with spec_errors_as_options():
+        spec = DEFAULTS.replace(
+            sampler=sampler, steps=steps, population=population, generations=generations, n_images=images,
+            final_images=final_images, weight=weight, seed=seed,
+        )  # fmt: skip
+        check_inputs(spec, checkpoint, workers, train_threads, train_steps)
     training = checkpoint is None
     typer.echo(
         f"ddsm demo: about {_minutes(OVERHEAD_S + estimate_s(spec, train_steps, training))} in all on 2 "

@@ -73,3 +73,41 @@ def new_output(folder: Path) -> Iterator[Path]:
         if not existed and folder.is_dir():
             shutil.rmtree(folder, ignore_errors=True)
         raise
+
+
+# The search settings' names (ddsm_core.spec, REST field names) as `ddsm search` / `ddsm demo` spell them.
+SPEC_OPTIONS = {
+    "n_images": "--images",
+    "final_images": "--final-images",
+    "class_label": "--class",
+    "mutation_rate": "--mutation-rate",
+    "eval_seed": "--eval-seed",
+    "batch_size": "--batch-size",
+    "population": "--population",
+    "generations": "--generations",
+    "rungs": "--rungs",
+    "promote": "--promote",
+    "weight": "--weight",
+}
+_LEADING_ONLY = {"steps": "--steps", "seed": "--seed", "guidance": "--guidance", "sampler": "--sampler"}
+"""Plain words elsewhere in a message ("image i uses seed ..."): renamed only where they lead it."""
+
+
+@contextlib.contextmanager
+def spec_errors_as_options(options: dict[str, str] | None = None) -> Iterator[None]:
+    """A ConfigError of the search settings names the command's options: ``n_images must be in [2, ...]``
+    reads ``--images must be in [2, ...]`` to whoever typed ``--images 0``."""
+    import re
+
+    names = SPEC_OPTIONS if options is None else options
+    try:
+        yield
+    except ConfigError as exc:
+        text = str(exc)
+        first = text.split(" ", 1)[0]
+        if first in _LEADING_ONLY:
+            text = _LEADING_ONLY[first] + text[len(first) :]
+        text = re.sub(r"(?<![\w-])(" + "|".join(names) + r")\b", lambda m: names[m.group(1)], text)
+        if text == str(exc):
+            raise
+        raise ConfigError(text) from None

@@ -13,6 +13,7 @@ from typing import Any
 
 import typer
 
+from ddsm_core.checks import spec_errors_as_options
 from ddsm_core.cli.checks import (
     check_checkpoint,
     check_file,
@@ -264,8 +265,9 @@ def search_to_folder(
         check_file(path, "--warm-start", "strategy file")
     check_writable_parent(out, "--out")
     model, schedule, manifest, dev = _load_model(checkpoint, device)
-    spec = (spec or DEFAULTS).bind(model.config.widths)
-    spec.check_model(model.config)  # --guidance / --class the supernet cannot run: before any stats
+    with spec_errors_as_options():
+        spec = (spec or DEFAULTS).bind(model.config.widths)
+        spec.check_model(model.config)  # --guidance / --class the supernet cannot run: before any stats
     spec = _seeded(spec, warm_start, schedule, out / STATE_FILE if resume else None)
     data = _dataset_of(manifest, dataset) if stats is None else dataset
     size = check_data_args(data, image_size, model.config)
@@ -438,12 +440,13 @@ def search(
     from ddsm_core.spec import profile as named_profile
 
     check_steps("--steps", steps)
-    spec = named_profile(profile).replace(
-        sampler=sampler, steps=steps, population=population, generations=generations,
-        mutation_rate=mutation_rate, crossover=crossover, n_images=images, final_images=final_images,
-        weight=weight, seed=seed, eval_seed=eval_seed, batch_size=batch_size, guidance=guidance,
-        class_label=label, rungs=_parse_rungs(rungs), promote=promote,
-    )  # fmt: skip
+    with spec_errors_as_options():
+        spec = named_profile(profile).replace(
+            sampler=sampler, steps=steps, population=population, generations=generations,
+            mutation_rate=mutation_rate, crossover=crossover, n_images=images, final_images=final_images,
+            weight=weight, seed=seed, eval_seed=eval_seed, batch_size=batch_size, guidance=guidance,
+            class_label=label, rungs=_parse_rungs(rungs), promote=promote,
+        )  # fmt: skip
     res = search_to_folder(
         checkpoint, out, spec, stats=stats, dataset=dataset, image_size=image_size, extractor=extractor,
         device=device, progress=progress, resume=resume, warm_start=warm_start or (),

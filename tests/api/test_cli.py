@@ -68,8 +68,10 @@ def test_demo_with_a_missing_checkpoint_fails_before_starting_the_service(tmp_pa
 def test_demo_refuses_settings_the_api_would_refuse_before_starting(tmp_path: Path) -> None:
     home = tmp_path / "home"
     res = run("demo", "--steps", "1", "--home", str(home), "--out", str(tmp_path / "r"))
-    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "steps" in res.stderr, res.stderr
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "--steps must be" in res.stderr, res.stderr
     assert not home.exists()
+    res = run("demo", "--images", "1", "--home", str(home), "--out", str(tmp_path / "r"))
+    assert res.returncode == 2 and "--images must be in [2, " in res.stderr, res.stderr
 
 
 def test_demo_help_is_clean() -> None:

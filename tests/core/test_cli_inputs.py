@@ -242,7 +242,7 @@ def test_stats_that_are_not_an_npz_are_named_as_such(checkpoint, tmp_path, capsy
     ("extra", "message"),
     [
         (["--guidance", "2"], "guidance needs a class-conditional supernet"),
-        (["--class", "2"], "class_label 2 given, but the supernet has no classes"),
+        (["--class", "2"], "--class 2 given, but the supernet has no classes"),
         (["--warm-start", "no-such.json"], "--warm-start: strategy file 'no-such.json' not found"),
     ],
 )
@@ -254,3 +254,20 @@ def test_search_checks_guidance_class_and_warm_start_before_reference_stats(
     fails(["search", "--checkpoint", str(checkpoint), "--dataset", "digits", "--out", str(out), *extra],
           capsys, message)  # fmt: skip
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--images", "0"], "--images must be in [2, 100000], got 0"),
+        (["--population", "1"], "--population must be in [2, 10000], got 1"),
+        (["--seed", "-1"], "--seed must be in [0, "),
+        (["--rungs", "500"], "--rungs must be increasing image counts >= 2 below --images 200"),
+        (["--population", "2"], "--population 2 cannot hold the 3 uniform strategies"),  # the width set's
+    ],
+)
+def test_search_settings_are_named_as_the_options_typed(extra, message, checkpoint, tmp_path, capsys) -> None:
+    """The spec's field names (n_images, the REST API's) are not what a `ddsm search` user typed."""
+    out = tmp_path / "X"
+    err = fails(["search", "--checkpoint", str(checkpoint), "--out", str(out), *extra], capsys, message)
+    assert "n_images" not in err and not out.exists()
