@@ -27,6 +27,10 @@ _CHUNK = 1 << 20
 # The key of a finalist's metrics that names its per-image features (an .npy artifact, [N x D]):
 # written by the worker, read by the controller for the paired interval vs full width.
 FEATURES_METRIC = "features_sha256"
+# The key of a finalist's metrics that names its sample grid (a PNG of its first evaluation images,
+# the same seeds for every finalist): written by the worker, served by the API.
+SAMPLES_METRIC = "samples_sha256"
+ARTIFACT_METRICS = (FEATURES_METRIC, SAMPLES_METRIC)  # service bookkeeping, not part of a result
 
 
 class ArtifactError(DDSMError):

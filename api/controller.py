@@ -43,7 +43,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from api.artifacts import FEATURES_METRIC, ArtifactStore
+from api.artifacts import ARTIFACT_METRICS, FEATURES_METRIC, ArtifactStore
 from api.db.models import CandidateState, JobStatus
 from api.db.repository import CandidateRecord, Repository, SearchRecord, genome_hash
 from api.queue import is_infrastructure_error
@@ -401,8 +401,8 @@ class SearchController:
 
 def _record(cand: CandidateRecord) -> dict[str, Any]:
     """A candidate's evaluation record, as a local search keeps it (its metrics and image count; the
-    features artifact is the service's bookkeeping, not part of the record)."""
-    metrics = {k: v for k, v in (cand.metrics or {}).items() if k != FEATURES_METRIC}
+    features and sample-grid artifacts are the service's bookkeeping, not part of the record)."""
+    metrics = {k: v for k, v in (cand.metrics or {}).items() if k not in ARTIFACT_METRICS}
     return {**metrics, "n_images": cand.n_images}
 
 

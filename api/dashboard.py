@@ -18,11 +18,15 @@ from api.artifacts import ArtifactError, ArtifactStore
 from api.controller import rung_phases
 from api.db.models import CandidateState, JobStatus
 from api.db.repository import CandidateRecord, Repository, SearchRecord, TrainingRunRecord
+from api.run_outputs import finalist_grids, run_grid_steps, run_losses
 from api.schemas import utc
+from api.services import NotFound
 from ddsm_core.compare import hypervolume_2d
 from ddsm_core.costs import CostTable
 from ddsm_core.search import Candidate
 from ddsm_core.spec import SearchSpec
+
+GRID_IMAGES = 16  # a finalist's sample grid shows its first 16 images (workers.compute.GRID_IMAGES)
 
 Point = tuple[float, float]  # (GFLOPs, FID): both minimised
 
@@ -203,8 +207,20 @@ def search_detail(repo: Repository, search: SearchRecord) -> dict[str, Any]:
         "marked": marked,
         "pick": pick,
         "hypervolume": hypervolume_per_generation(searched),
-        "sample_grids": None,  # the service stores no sample grids of searches (yet)
+        "sample_grids": _search_grids(repo, search, spec),
     }
+
+
+def _search_grids(repo: Repository, search: SearchRecord, spec: SearchSpec) -> dict[str, Any] | None:
+    """The finalists' sample grids (pick, knee, full width: the same seeds), None before there are any."""
+    grids = finalist_grids(repo, search)
+    if not grids:
+        return None
+    return {
+        "seeds": [spec.eval_seed, spec.eval_seed + min(GRID_IMAGES, spec.final_images) - 1],
+        "grids": {name: {"candidate_id": g["candidate_id"], "genome": g["genome"],
+                         "url": f"/searches/{search.id}/samples/{name}.png"} for name, g in grids.items()},
+    }  # fmt: skip
 
 
 def search_summary(repo: Repository, search: SearchRecord) -> dict[str, Any]:
@@ -239,10 +255,9 @@ def search_summary(repo: Repository, search: SearchRecord) -> dict[str, Any]:
 
 
 def training_detail(store: ArtifactStore, run: TrainingRunRecord) -> dict[str, Any]:
-    """The per-width eval losses saved in the run's last checkpoint manifest (None before one exists).
+    """The per-width eval losses saved in the run's last checkpoint manifest (None before one exists),
+    the per-width training loss curves and the sample grids the worker uploaded (None before any)."""
 
-    The worker uploads checkpoint folders only: the per-step loss log and the sample grids stay in its
-    scratch folder, so loss curves and grids are reported as not recorded."""
     eval_losses, step, error = None, None, None
     if run.last_checkpoint_sha256:
         try:
@@ -250,11 +265,17 @@ def training_detail(store: ArtifactStore, run: TrainingRunRecord) -> dict[str, A
             eval_losses, step = manifest.get("eval"), manifest.get("step")
         except (ArtifactError, KeyError, ValueError) as exc:
             error = f"could not read the last checkpoint's manifest: {exc}"
+    try:
+        curves = run_losses(store, run)
+    except NotFound as exc:
+        curves, error = None, str(exc)
+    steps = run_grid_steps(run)
+    grids = [{"step": k, "url": f"/training-runs/{run.id}/samples.png?step={k}"} for k in steps]
     return {
         "id": run.id,
         "checkpoint_step": step,
         "eval": eval_losses,
-        "loss_curves": None,
-        "sample_grids": None,
+        "loss_curves": curves,
+        "sample_grids": grids or None,
         "error": error,
     }

@@ -183,10 +183,25 @@ class TrainingRunOut(Out):
     )
     supernet_id: int | None
     last_checkpoint_sha256: str | None
+    sample_steps: list[int] = Field(
+        default_factory=list, description="Steps with a sample grid (GET .../samples.png?step=)."
+    )
+    loss_log_step: int | None = Field(
+        default=None, description="Last step of the uploaded loss log (GET .../losses), None before one."
+    )
     error: str | None
     created_at: UTCDatetime
     started_at: UTCDatetime | None
     ended_at: UTCDatetime | None
+
+
+class TrainingLosses(Out):
+    steps: list[int] = Field(description="Logged steps (the last of each averaged bucket).")
+    losses: dict[str, list[float | None]] = Field(
+        description="Per width (e.g. '0.25', '1'): its loss at each step."
+    )
+    logged: int = Field(description="Steps in the log; more than 400 are averaged in consecutive buckets.")
+    log_step: int | None = Field(description="The last logged step when the log was uploaded.")
 
 
 # ---------------------------------------------------------------- reference statistics

@@ -58,6 +58,9 @@ class EvalResult:
     # [N x D] per-image features (``evaluate(keep_features=True)``), for paired comparisons between
     # strategies sampled from the same seeds (ddsm_core.paired); never serialised.
     features: Any = field(default=None, repr=False, compare=False)
+    # the first images ([K x C x H x W] in [-1, 1], ``evaluate(keep_images=K)``), e.g. for a sample grid
+    # of several strategies from the same seeds; never serialised
+    images: Any = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -73,11 +76,14 @@ class EvalResult:
         return (float(self.fid), self.gflops) if self.ok and self.fid is not None else None
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "features"}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _NOT_SERIALISED}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EvalResult:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data and k != "features"})
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data and k not in _NOT_SERIALISED})
+
+
+_NOT_SERIALISED = ("features", "images")
 
 
 def resolve_seeds(seeds: Sequence[int] | int, n_images: int) -> list[int]:
@@ -235,6 +241,7 @@ def evaluate(
     device: str | torch.device = "cpu",
     prefix_cache: PrefixCache | None = None,
     keep_features: bool = False,
+    keep_images: int = 0,
     guidance: float | None = None,
     class_label: int | None = None,
 ) -> EvalResult:
@@ -247,6 +254,7 @@ def evaluate(
     :param prefix_cache: reuse sampler states of earlier strategies with the same first genes (same
         seeds and batch size only; the images are identical, the measured latency covers fewer steps).
     :param keep_features: keep the per-image features on the result (``features``, [N x D]).
+    :param keep_images: keep the first this many images on the result (``images``, unclipped).
     :raises StatsError: ``ref_stats`` do not match ``extractor`` (before any sampling).
     :raises StrategyError: the strategy uses a width the model does not have.
     """
@@ -281,9 +289,11 @@ def evaluate(
     def done(fid: float | None, reason: str | None = None) -> EvalResult:
         status: Literal["ok", "failed"] = "ok" if reason is None else "failed"
         kept = feats if keep_features else None
+        first = images[:keep_images] if keep_images > 0 else None
         return EvalResult(
-            fid, status=status, reason=reason, seconds=time.perf_counter() - start, features=kept, **common
-        )
+            fid, status=status, reason=reason, seconds=time.perf_counter() - start, features=kept,
+            images=first, **common,
+        )  # fmt: skip
 
     bad = int((~torch.isfinite(images.flatten(1)).all(1)).sum())
     if bad:

@@ -6,6 +6,7 @@ Imported only inside task bodies. Supernets are cached per process, keyed by the
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -18,6 +19,7 @@ from ddsm_core.errors import DDSMError
 from ddsm_core.spec import SearchSpec
 
 _CACHE_SIZE = 2
+GRID_IMAGES = 16  # a finalist's sample grid: its first 16 evaluation images, 4 x 4
 _models: OrderedDict[tuple[str, str], Any] = OrderedDict()
 _lock = threading.Lock()
 
@@ -106,12 +108,15 @@ def evaluate_genome(
     device: str,
     share_prefixes: bool = False,
     features_out: Path | None = None,
+    grid_out: Path | None = None,
 ) -> dict[str, Any]:
     """Sample ``n_images`` with the genome's strategy from the search's fixed seeds (guided when the
     spec says so); FID + GFLOPs.
 
     :param features_out: also write the per-image features ([N x D] float64, row ``i`` from seed
         ``eval_seed + i``) to this .npy file, for the paired comparison of finalists with full width.
+    :param grid_out: also write a PNG grid of the first :data:`GRID_IMAGES` images (seeds
+        ``eval_seed + i``: every finalist's grid shows the same noise), unless the sampler diverged.
     """
     from ddsm_core.evaluate import evaluate
 
@@ -138,11 +143,17 @@ def evaluate_genome(
         guidance=spec.guidance,
         class_label=spec.class_label,
         keep_features=features_out is not None,
+        keep_images=GRID_IMAGES if grid_out is not None else 0,
     )
     if features_out is not None and result.features is not None:
         import numpy as np
 
         np.save(features_out, np.asarray(result.features, dtype=np.float64))
+    if grid_out is not None and result.ok and result.images is not None:
+        from ddsm_core.data import save_image_grid
+
+        images = result.images.clamp(-1.0, 1.0)
+        save_image_grid(images, grid_out, nrow=max(1, math.ceil(math.sqrt(len(images)))))
     return result_metrics(result)
 
 
@@ -189,6 +200,17 @@ def reference_stats(
     return stats.save(out), int(stats.n), stats.extractor, [f.to_dict() for f in floors_of(stats)]
 
 
+def checkpoint_step(checkpoint: Path) -> int:
+    from ddsm_core.checkpoint import read_manifest
+
+    return int(read_manifest(checkpoint)["step"])
+
+
+def run_dir_of(workdir: Path) -> Path:
+    """The trainer's run folder (checkpoints, ``log.jsonl``, ``samples/``) in a task's work folder."""
+    return workdir / "run"
+
+
 def train_supernet(
     config: Mapping[str, Any],
     workdir: Path,
@@ -210,7 +232,7 @@ def train_supernet(
     model_config, train_config = resolve_recipe(
         config.get("preset", "digits"), config.get("train", {}), model_overrides=config.get("model")
     )
-    run_dir = workdir / "run"
+    run_dir = run_dir_of(workdir)
     if resume_from is not None:
         name = ckpt_io.step_dir_name(int(ckpt_io.read_manifest(resume_from)["step"]))
         ckpt_io.copy_checkpoint(resume_from, run_dir / name)

@@ -25,7 +25,7 @@ from billiard.process import current_process
 from celery import Celery, signals
 from celery.exceptions import Reject
 
-from api.artifacts import FEATURES_METRIC, ArtifactStore
+from api.artifacts import FEATURES_METRIC, SAMPLES_METRIC, ArtifactStore
 from api.db.engine import make_engine
 from api.db.repository import Repository
 from api.queue import (
@@ -39,6 +39,7 @@ from api.settings import Settings
 from ddsm_core.costs import CostTable
 from ddsm_core.errors import DDSMError
 from ddsm_core.spec import SearchSpec
+from workers.history import RunHistory
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +253,7 @@ def _evaluate(ctx: WorkerContext, candidate_id: int) -> dict[str, Any]:
     final = cand.phase == "final"  # a finalist keeps its per-image features for the paired interval
     ctx.settings.resolved_worker_cache().mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=ctx.settings.resolved_worker_cache()) as tmp:
-        features = Path(tmp) / "features.npy"
+        features, grid = Path(tmp) / "features.npy", Path(tmp) / "samples.png"
         metrics = compute.evaluate_genome(
             checkpoint=checkpoint,
             checkpoint_sha=net.artifact_sha256,
@@ -265,12 +266,14 @@ def _evaluate(ctx: WorkerContext, candidate_id: int) -> dict[str, Any]:
             device=ctx.settings.device,
             share_prefixes=not final,
             features_out=features if final else None,
+            grid_out=grid if final else None,
         )
-        if final and features.exists():
-            try:
-                metrics[FEATURES_METRIC] = ctx.store.put_file(features)
-            except OSError as exc:
-                raise ConnectionError(f"artifact store: {exc}") from exc
+        try:
+            for key, path in ((FEATURES_METRIC, features), (SAMPLES_METRIC, grid)):
+                if final and path.exists():
+                    metrics[key] = ctx.store.put_file(path)
+        except OSError as exc:
+            raise ConnectionError(f"artifact store: {exc}") from exc
     return metrics
 
 
@@ -313,16 +316,21 @@ def _train(ctx: WorkerContext, run_id: int, attempt: int, beat: Heartbeat) -> st
 
     run = ctx.repo.get_training_run(run_id)
     assert run is not None
+    history: RunHistory | None = None
 
     def on_checkpoint(step: int, folder: Path | None, total: int) -> bool:
         sha = ctx.store.put_dir(folder) if folder is not None else None
-        return ctx.repo.training_progress(run_id, attempt, ctx.name, step, sha, total)
+        artifacts = history.upload(checkpoint=folder is not None) if history is not None else None
+        return ctx.repo.training_progress(run_id, attempt, ctx.name, step, sha, total, artifacts)
 
     try:
         ctx.settings.resolved_worker_cache().mkdir(parents=True, exist_ok=True)
         cache = ctx.settings.resolved_worker_cache()
         workdir = Path(tempfile.mkdtemp(prefix=f"ddsm-train-{run_id}-", dir=cache))
+        history = RunHistory(ctx.store, compute.run_dir_of(workdir), run.artifacts)
         resume = local_checkpoint(ctx, run.last_checkpoint_sha256) if run.last_checkpoint_sha256 else None
+        if resume is not None:  # the curves go on from the log uploaded with that checkpoint
+            history.restore(compute.checkpoint_step(resume))
         final = compute.train_supernet(
             run.config, workdir, resume, on_checkpoint, stop=beat.lost.is_set, device=ctx.settings.device
         )
@@ -330,7 +338,8 @@ def _train(ctx: WorkerContext, run_id: int, attempt: int, beat: Heartbeat) -> st
         return "stopped"
     except compute.TrainingInterrupted as stop:  # a signal: resumable, never COMPLETE nor a supernet
         sha = ctx.store.put_dir(stop.checkpoint) if stop.checkpoint is not None else None
-        ctx.repo.interrupt_training_run(run_id, attempt, ctx.name, stop.step, sha)
+        artifacts = history.upload(checkpoint=True) if history is not None else None
+        ctx.repo.interrupt_training_run(run_id, attempt, ctx.name, stop.step, sha, artifacts)
         log.warning("training run %s interrupted at step %s; it resumes from there", run_id, stop.step)
         if stop.signum is not None:  # the trainer took the signal meant for this worker: hand it on
             signal.raise_signal(stop.signum)
@@ -341,6 +350,14 @@ def _train(ctx: WorkerContext, run_id: int, attempt: int, beat: Heartbeat) -> st
         return "failed"
     sha = ctx.store.put_dir(final)
     table, config = compute.inspect_checkpoint(final)
+    # the final step's log, eval and grids are written after its last progress report
+    assert history is not None
+    artifacts = history.upload(checkpoint=True)
+    step = int(config.get("step") or run.total_steps)
+    if artifacts is not None and not ctx.repo.training_progress(
+        run_id, attempt, ctx.name, step, None, None, artifacts
+    ):
+        return "lost"
     supernet_id = ctx.repo.complete_training_run(run_id, attempt, ctx.name, sha, config)
     if supernet_id is None:
         return "lost"  # cancelled or reaped meanwhile: the run is another attempt's now

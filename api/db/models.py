@@ -76,6 +76,9 @@ class TrainingRun(Base):
     step: Mapped[int] = mapped_column(default=0)
     total_steps: Mapped[int] = mapped_column(default=0)
     last_checkpoint_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # what the trainer wrote besides checkpoints, in the artifact store: {"log_sha256": the run's
+    # log.jsonl (per-width losses), "log_step": its last step, "samples": {step: PNG grid sha256}}
+    artifacts: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     supernet_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     attempt: Mapped[int] = mapped_column(default=0)
     worker: Mapped[str | None] = mapped_column(String(200), nullable=True)

@@ -87,6 +87,7 @@ class TrainingRunRecord:
     created_at: datetime
     started_at: datetime | None
     ended_at: datetime | None
+    artifacts: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -412,13 +413,19 @@ class Repository:
         step: int,
         checkpoint_sha256: str | None = None,
         total_steps: int | None = None,
+        artifacts: dict[str, Any] | None = None,
     ) -> bool:
-        """Heartbeat + progress; False means this worker lost the run (cancelled or reaped): stop."""
+        """Heartbeat + progress; False means this worker lost the run (cancelled or reaped): stop.
+
+        :param artifacts: the run's loss log and sample grids as the worker has uploaded them so far
+            (replaces the stored value: only the run's owner writes it)."""
         values: dict[str, Any] = {"step": step}
         if total_steps:
             values["total_steps"] = total_steps
         if checkpoint_sha256:
             values["last_checkpoint_sha256"] = checkpoint_sha256
+        if artifacts is not None:
+            values["artifacts"] = artifacts
         values["heartbeat_at"] = _NOW
         return self._update(TrainingRun, self._run_running(run_id, attempt, worker), **values)
 
@@ -461,7 +468,13 @@ class Repository:
             return supernet.id
 
     def interrupt_training_run(
-        self, run_id: int, attempt: int, worker: str, step: int, checkpoint_sha256: str | None
+        self,
+        run_id: int,
+        attempt: int,
+        worker: str,
+        step: int,
+        checkpoint_sha256: str | None,
+        artifacts: dict[str, Any] | None = None,
     ) -> bool:
         """RUNNING -> INTERRUPTED: a stop request ended this worker's training before the run finished.
 
@@ -470,6 +483,8 @@ class Repository:
         values: dict[str, Any] = {"status": JobStatus.INTERRUPTED, "heartbeat_at": _NOW}
         if checkpoint_sha256:
             values |= {"last_checkpoint_sha256": checkpoint_sha256, "step": step}
+        if artifacts is not None:
+            values["artifacts"] = artifacts
         return self._update(TrainingRun, self._run_running(run_id, attempt, worker), **values)
 
     def resume_interrupted_training_runs(self) -> list[tuple[int, int]]:

@@ -1,14 +1,14 @@
 from __future__ import annotations
 
 import io
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response, status
 
-from api import services
+from api import run_outputs, services
 from api.db.models import CandidateState
 from api.db.repository import MAX_ID
-from api.deps import Read, RepoDep, Write, conflict, not_found
+from api.deps import Read, RepoDep, StoreDep, Write, conflict, not_found
 from api.schemas import CandidateOut, CandidatePage, SearchCreate, SearchOut
 from ddsm_core.compare import parse_reference
 
@@ -102,6 +102,22 @@ def search_report(search_id: int, repo: RepoDep) -> dict[str, Any]:
     if search is None:
         raise not_found("search", search_id)
     return services.search_results(search)
+
+
+@router.get(
+    "/{search_id}/samples/{which}.png",
+    dependencies=[Read],
+    responses={**PNG, 404: {"description": "No such search, or no grid stored for that finalist"},
+               409: {"description": "The search is not COMPLETE yet"}},
+)  # fmt: skip
+def search_samples_png(
+    search_id: int, which: Literal["pick", "knee", "full"], repo: RepoDep, store: StoreDep
+) -> Response:
+    """A 4 x 4 grid of the first 16 final-evaluation images of a finished search's pick, knee or full
+    width, each image from the same seed (``eval_seed + i``) for all three: the strategies differ, the
+    noise does not. Drawn by the worker that evaluated the finalist (404 where it drew none, e.g. the
+    fast evaluator)."""
+    return Response(run_outputs.search_grid(repo, store, search_id, which), media_type="image/png")
 
 
 @router.post("/{search_id}/cancel", dependencies=[Write])

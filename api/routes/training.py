@@ -1,14 +1,15 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Query, Response, status
 
-from api import services
+from api import run_outputs, services
 from api.db.models import JobStatus
-from api.db.repository import TrainingRunRecord
-from api.deps import DispatcherDep, Read, RepoDep, SettingsDep, Write, conflict, not_found
-from api.schemas import TrainingRunCreate, TrainingRunOut
+from api.db.repository import MAX_ID, Repository, TrainingRunRecord
+from api.deps import DispatcherDep, Read, RepoDep, SettingsDep, StoreDep, Write, conflict, not_found
+from api.schemas import TrainingLosses, TrainingRunCreate, TrainingRunOut
 
 router = APIRouter(prefix="/training-runs", tags=["training"])
 
@@ -18,9 +19,18 @@ def _out(run: TrainingRunRecord, now: datetime | None = None) -> TrainingRunOut:
     age = None
     if now is not None and run.status == JobStatus.RUNNING and run.heartbeat_at is not None:
         age = max(0.0, (now - run.heartbeat_at).total_seconds())
+    outputs = {"sample_steps": run_outputs.run_grid_steps(run),
+               "loss_log_step": (run.artifacts or {}).get("log_step")}  # fmt: skip
     return TrainingRunOut.model_validate(
-        {**run.__dict__, "status": run.status.value, "progress": progress, "heartbeat_age_s": age}
+        {**run.__dict__, "status": run.status.value, "progress": progress, "heartbeat_age_s": age, **outputs}
     )
+
+
+def _run(repo: Repository, run_id: int) -> TrainingRunRecord:
+    run = repo.get_training_run(run_id)
+    if run is None:
+        raise not_found("training run", run_id)
+    return run
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, dependencies=[Write])
@@ -56,3 +66,34 @@ def cancel_training_run(run_id: int, repo: RepoDep) -> TrainingRunOut:
     if not repo.cancel_training_run(run_id):
         raise conflict(f"training run {run_id} has already finished")
     return _out(repo.get_training_run(run_id))  # type: ignore[arg-type]
+
+
+@router.get(
+    "/{run_id}/losses",
+    dependencies=[Read],
+    responses={404: {"description": "No such run, or no loss log uploaded yet"}},
+)
+def training_losses(run_id: int, repo: RepoDep, store: StoreDep) -> TrainingLosses:
+    """Per-width training loss curves (MSE of the noise prediction, each width's loss of the sandwich
+    rule) from the run's log, uploaded by its worker with each checkpoint and at most every minute."""
+    curves = run_outputs.run_losses(store, _run(repo, run_id))
+    if curves is None:
+        raise not_found("loss log of training run", run_id)
+    return TrainingLosses.model_validate(curves)
+
+
+@router.get(
+    "/{run_id}/samples.png",
+    dependencies=[Read],
+    responses={200: {"content": {"image/png": {}}},
+               404: {"description": "No such run, or no sample grid (of that step)"}},
+)  # fmt: skip
+def training_samples_png(
+    run_id: int,
+    repo: RepoDep,
+    store: StoreDep,
+    step: Annotated[int | None, Query(ge=0, le=MAX_ID, description="Default: the latest grid")] = None,
+) -> Response:
+    """The run's sample grid of a step (its EMA weights): one row per width, the same seeds in every
+    row; the steps with a grid are the run's ``sample_steps``."""
+    return Response(run_outputs.run_grid(store, _run(repo, run_id), step), media_type="image/png")
