@@ -8,27 +8,34 @@
   const chosen = new Set((params.get("ids") || "").split(",").filter(Boolean).map(Number));
   let searches = [];
 
+  // The fronts, hypervolumes and shared reference point come from GET /searches/compare (the same
+  // numbers as `ddsm compare`); the page only draws them.
   async function draw() {
     const ids = searches.filter((s) => chosen.has(s.id)).map((s) => s.id);
     history.replaceState(null, "", `/ui/compare?ids=${ids.join(",")}`);
-    const views = await Promise.all(ids.map((i) => api(`/searches/${i}`)));
-    const info = Object.fromEntries(searches.map((s) => [s.id, s]));
-    const extractors = [...new Set(ids.map((i) => info[i].extractor))];
     const warn = $("#extractor-warning");
-    if (extractors.length > 1) {
-      ddsm.showMessage(warn, `These searches measured FID with different extractors (${extractors.join("; ")}): their FIDs are not comparable.`);
-    } else { warn.className = "msg"; warn.textContent = ""; }
-    const pts = views.flatMap((v) => v.front);
+    warn.className = "msg"; warn.textContent = "";
+    let body = { searches: [], extractor: null, reference: null };
+    if (ids.length) {
+      try {
+        body = await api(`/searches/compare?ids=${ids.join(",")}`);
+      } catch (e) { // 422: FIDs from different extractors; 409: a search with no front yet
+        ddsm.showMessage(warn, `Cannot compare: ${e.message}`);
+      }
+    }
+    const info = Object.fromEntries(searches.map((s) => [s.id, s]));
+    const pts = body.searches.flatMap((v) => v.front);
+    if (body.reference) pts.push(body.reference);
     const xs = pts.map((p) => p.gflops), ys = pts.map((p) => p.fid);
     const pad = (lo, hi) => { const r = (hi - lo) || Math.abs(hi) || 1; return [lo - 0.05 * r, hi + 0.05 * r]; };
     const [xlo, xhi] = pts.length ? pad(Math.min(...xs), Math.max(...xs)) : [0, 1];
     let [ylo, yhi] = pts.length ? pad(Math.min(...ys), Math.max(...ys)) : [0, 1];
     if (pts.length && Math.min(...ys) >= 0) ylo = Math.max(0, ylo); // an FID is never negative
-    const ylabel = extractors.length === 1 ? ddsm.fidLabel(extractors[0]) : "FID (extractors differ, see the warning)";
+    const ylabel = body.extractor ? ddsm.fidLabel(body.extractor) : "FID";
     const c = chart($("#fronts"), { width: 880, height: 520, legendWidth: 200,
       x: { label: "GFLOPs per generated image (sum over all sampler steps)", lo: xlo, hi: xhi }, y: { label: ylabel, lo: ylo, hi: yhi } });
     const items = [];
-    views.forEach((v, k) => {
+    body.searches.forEach((v, k) => {
       const col = CATEGORICAL[k % CATEGORICAL.length];
       const front = [...v.front].sort((a, b) => a.gflops - b.gflops);
       if (!front.length) return;
@@ -36,13 +43,23 @@
       for (const f of front.slice(1)) d += `H${c.sx(f.gflops)}V${c.sy(f.fid)}`;
       el("path", { class: "front", "data-search": v.id, d, fill: "none", stroke: col, "stroke-width": 2 }, c.data);
       for (const f of front) el("circle", { cx: c.sx(f.gflops), cy: c.sy(f.fid), r: 3.5, fill: col }, c.data);
-      const pick = v.result && v.result.pick;
-      // results.json's pick (ddsm_core.results): objectives = [FID, GFLOPs]
-      if (pick && pick.objectives) marker(c.data, "ring", c.sx(pick.objectives[1]), c.sy(pick.objectives[0]), col, 5);
+      const pick = info[v.id] && info[v.id].pick;
+      if (pick) marker(c.data, "ring", c.sx(pick.gflops), c.sy(pick.fid), col, 5);
       items.push({ label: `#${v.id} ${v.name}`.slice(0, 26), color: col, shape: "line" });
     });
-    if (!views.length) el("text", { x: c.m.left + 20, y: c.m.top + 30 }, c.data, "choose searches on the left");
+    if (body.reference) {
+      marker(c.data, "diamond", c.sx(body.reference.gflops), c.sy(body.reference.fid), "#5b6474", 5);
+      items.push({ label: "reference point", color: "#5b6474", shape: "diamond" });
+    }
+    if (!ids.length) el("text", { x: c.m.left + 20, y: c.m.top + 30 }, c.data, "choose searches on the left");
     legend(c, items, "search (front)");
+    $("#hv-table tbody").innerHTML = body.searches.map((v) => `<tr data-id="${v.id}"><td>#${v.id} ${esc(v.name)}</td>
+      <td class="num">${v.n_points}</td><td class="num">${ddsm.num(v.hypervolume, 4)}</td>
+      <td class="num">${ddsm.num(v.normalized, 4)}</td><td class="num">${ddsm.num(v.min_gflops, 4)}</td>
+      <td class="num">${ddsm.num(v.min_fid, 4)}</td></tr>`).join("");
+    $("#hv-ref").textContent = body.reference
+      ? `reference point (${ddsm.num(body.reference.gflops, 4)} GFLOPs, FID ${ddsm.num(body.reference.fid, 4)}): 1.1 x the worst of all fronts`
+      : "";
   }
 
   async function init() {

@@ -30,6 +30,21 @@ const ddsm = (() => {
     return data;
   }
 
+  // An image the API serves, fetched with the session's key (an <img src> cannot send it) and set on
+  // img as an object URL; an image is immutable per URL, so it is fetched once.
+  const images = new Map();
+  async function showImage(img, path) {
+    if (img.dataset.src === path) return;
+    img.dataset.src = path;
+    if (!images.has(path)) {
+      const headers = key() ? { "X-API-Key": key() } : {};
+      const r = await fetch(path, { headers });
+      if (!r.ok) { img.alt = `${r.status}: ${path}`; delete img.dataset.src; return; }
+      images.set(path, URL.createObjectURL(await r.blob()));
+    }
+    img.src = images.get(path);
+  }
+
   function header(active) {
     const el = document.getElementById("top");
     const links = [["/", "Dashboard", "home"], ["/ui/searches/new", "New search", "new"],
@@ -198,6 +213,6 @@ const ddsm = (() => {
 
   function showMessage(elm, text, kind = "error") { elm.className = `msg ${kind}`; elm.textContent = text; elm.dataset.source = "action"; }
 
-  return { api, key, header, esc, num, pct, statusBadge, bar, fidLabel, widthLabel, intervalText, el, chart,
+  return { api, showImage, key, header, esc, num, pct, statusBadge, bar, fidLabel, widthLabel, intervalText, el, chart,
            legend, marker, seqColor, CATEGORICAL, niceTicks, strategyPlot, poll, showMessage, TERMINAL };
 })();

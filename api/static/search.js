@@ -158,12 +158,35 @@
     }
   }
 
+  // The finalists' grids: the first images of their final evaluation, the same seeds in every grid.
   function renderSamples() {
-    const box = $("#samples");
-    if (st.detail.sample_grids) return;
-    box.innerHTML = `<span class="note">Sample grids are not available: this service does not store sample grids of
-      searches. Download the pick's <a href="/searches/${id}/strategies/pick">strategy JSON</a> (once complete) and draw
-      the pick and full width from the same seeds with <code>ddsm sample</code>.</span>`;
+    const box = $("#samples"), g = st.detail.sample_grids;
+    if (!g) {
+      box.dataset.shown = "";
+      box.innerHTML = st.search.status !== "COMPLETE"
+        ? `<span class="note">The sample grids of the pick, the knee and full width appear when the search is COMPLETE
+          (the workers draw them while evaluating the finalists).</span>`
+        : `<span class="note">No sample grids were stored: the evaluator drew no images (the fast evaluator draws none)
+          or the finalists failed. Draw them from the <a href="/searches/${id}/strategies/pick">pick's strategy</a>
+          with <code>ddsm sample</code>.</span>`;
+      return;
+    }
+    const sig = JSON.stringify(g);
+    if (box.dataset.shown === sig) return;
+    box.dataset.shown = sig;
+    const cands = byId(), full = st.detail.full_gflops;
+    const names = { pick: "pick", full: "full width", knee: "knee" };
+    const order = ["pick", "full", "knee"].filter((n) => g.grids[n]);
+    box.innerHTML = `<div class="muted">The first images of each finalist's final evaluation, seeds ${g.seeds[0]} to
+      ${g.seeds[1]}: image <i>i</i> has the same seed, so the same noise, in every grid; only the widths differ.</div>
+      <div class="row">${order.map((n) => {
+        const c = cands[g.grids[n].candidate_id] || {};
+        const saved = full && c.gflops ? ` (saves ${pct(1 - c.gflops / full)})` : "";
+        return `<figure class="sample-grid" data-which="${n}"><img alt="samples of the ${names[n]}">
+          <figcaption><b>${names[n]}</b>: ${num(c.gflops, 4)} GFLOPs${saved}, ${esc(fidLabel())} ${num(c.fid, 4)}
+          (${c.n_images} images)<br><code>${widthsText(g.grids[n].genome)}</code></figcaption></figure>`;
+      }).join("")}</div>`;
+    for (const n of order) ddsm.showImage(box.querySelector(`figure[data-which='${n}'] img`), g.grids[n].url);
   }
 
   // ------------------------------------------------------------------ candidate table

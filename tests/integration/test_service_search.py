@@ -8,6 +8,7 @@ multi-fidelity search (rungs as worker tasks vs ``ddsm search --rungs``).
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
 
 from api.artifacts import ArtifactStore
 
@@ -79,6 +81,8 @@ def test_search_over_rest_gives_the_same_front_as_ddsm_search_locally(
         assert rungs.status_code == 201, rungs.text
         rungs_done = wait_status(stack, http, f"/searches/{rungs.json()['id']}", timeout=300)
         rungs_report = http.get(f"/searches/{rungs_done['id']}/report").json()
+        grids = {w: http.get(f"/searches/{done['id']}/samples/{w}.png") for w in ("pick", "knee", "full")}
+        curves = http.get(f"/training-runs/{run['id']}/losses").json()
 
     from ddsm_core.cli.search_cmd import search_to_folder
     from ddsm_core.spec import SearchSpec
@@ -115,6 +119,15 @@ def test_search_over_rest_gives_the_same_front_as_ddsm_search_locally(
     assert rungs_done["result"]["pick"]["genome"] == local_rungs["pick"]["genome"]
     assert [r["n_images"] for r in rungs_report["cost"]["rungs"]] == [*RUNGS["rungs"], RUNGS["n_images"]]
     assert comparable(rungs_report) == comparable(local_rungs)
+    # each finalist's worker drew its sample grid (4 x 4, the same seeds for all) and the trainer's
+    # worker uploaded its loss log (one record every log_every steps, one curve per width)
+    for which, reply in grids.items():
+        assert reply.status_code == 200 and reply.headers["content-type"] == "image/png", which
+        with Image.open(io.BytesIO(reply.content)) as image:
+            assert image.width == image.height
+    if result["final"]["pick"]["genome"] != result["final"]["full"]["genome"]:
+        assert grids["pick"].content != grids["full"].content
+    assert curves["steps"] == [2, 4, 6] and len(curves["losses"]) == len(net["gflops"]["widths"])
 
 
 TIMINGS = ("seconds", "latency_s", "search_wall_s", "total_wall_s", "reused_fraction",

@@ -45,10 +45,19 @@ def test_killed_trainer_resumes_from_its_last_checkpoint_on_another_worker(
         stack.wait_for("the run to complete", finished, timeout=180)
         done = http.get(path).json()
         net = http.get(f"/supernets/{done['supernet_id']}").json()
+        curves = http.get(f"{path}/losses").json()
+        grid = http.get(f"{path}/samples.png")
     assert done["attempt"] == 2 and done["step"] == TRAIN["steps"]
     second = [step for attempt, step in seen if attempt == 2 and step > 0]
     assert second and min(second) >= 6  # resumed from the step-6 checkpoint, not restarted
     assert net["status"] == "COMPLETE" and len(net["gflops"]["widths"]) == 7
+    # the loss curves cover the whole run: the second worker went on from the log uploaded with the
+    # checkpoint it resumed from; the final step's grid (sample_n: 1 per width) was uploaded at the end
+    assert curves["steps"] == list(range(1, TRAIN["steps"] + 1)) and curves["log_step"] == TRAIN["steps"]
+    assert len(curves["losses"]) == 7 and all(len(v) == TRAIN["steps"] for v in curves["losses"].values())
+    assert done["sample_steps"] == [TRAIN["steps"]] and done["loss_log_step"] == TRAIN["steps"]
+    assert grid.status_code == 200 and grid.headers["content-type"] == "image/png"
+    assert grid.content.startswith(b"\x89PNG")
 
 
 def test_sigterm_to_the_trainer_leaves_the_run_interrupted_and_another_worker_finishes_it(

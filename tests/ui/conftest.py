@@ -115,11 +115,53 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
             svc.wait_for(
                 f"search '{name}' to complete", lambda s=sid: svc.search(s)["status"] == "COMPLETE", 90
             )
+        add_sample_grids(svc, svc.searches["done"])
         yield svc
     finally:
         _stop_group(proc)
         if engine is not None:
             engine.dispose()
+
+
+def grid_png(seeds: int, blur: float) -> bytes:
+    """A stand-in 4 x 4 sample grid: one blob per seed, at the same place in every grid of the same
+    seeds, blurred by ``blur`` (the fast evaluator draws no images; the real one writes such a PNG)."""
+    import io
+
+    import numpy as np
+    from PIL import Image, ImageFilter
+
+    tiles = []
+    for seed in range(seeds):
+        rng = np.random.default_rng(seed)
+        y, x = np.mgrid[:28, :28]
+        cy, cx = rng.uniform(8, 20, size=2)
+        ring = np.abs(np.hypot(y - cy, x - cx) - rng.uniform(4, 8)) < 1.6
+        tiles.append(np.where(ring, 255, 0).astype(np.uint8))
+    rows = [np.concatenate(tiles[r * 4 : r * 4 + 4], axis=1) for r in range(seeds // 4)]
+    image = Image.fromarray(np.concatenate(rows, axis=0)).filter(ImageFilter.GaussianBlur(blur))
+    buf = io.BytesIO()
+    image.resize((image.width * 2, image.height * 2), Image.NEAREST).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def add_sample_grids(svc: Service, search_id: int) -> None:
+    """The finalists of a finished search as a worker with the real evaluator leaves them: a sample grid
+    in the artifact store, named in the metrics."""
+    from sqlalchemy import update
+
+    from api.artifacts import SAMPLES_METRIC, ArtifactStore
+    from api.db.models import Candidate
+    from api.db.repository import encode_metrics
+
+    store = ArtifactStore(str(svc.home / "artifacts"))
+    finals = sorted(svc.repo.candidates(search_id, phase="final"), key=lambda c: -(c.gflops or 0))
+    with svc.repo.engine.begin() as conn:
+        for k, cand in enumerate(finals):  # the narrower, the blurrier
+            metrics = {**(cand.metrics or {}), SAMPLES_METRIC: store.put_bytes(grid_png(16, 0.6 * k))}
+            conn.execute(
+                update(Candidate).where(Candidate.id == cand.id).values(metrics=encode_metrics(metrics))
+            )
 
 
 def _stop_group(proc: subprocess.Popen[bytes]) -> None:

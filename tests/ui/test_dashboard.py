@@ -6,12 +6,14 @@ import json
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import pytest
 
 from api.artifacts import ArtifactStore
+from workers.history import RunHistory
 
-from .conftest import KEY, Browser, Service
+from .conftest import KEY, Browser, Service, grid_png
 
 pytestmark = pytest.mark.ui
 
@@ -66,8 +68,26 @@ def test_search_page_draws_one_point_per_evaluated_candidate(ui: Browser, servic
     generations = {c["generation"] for c in evaluated}
     assert page.locator("#hypervolume circle.hv-point").count() == len(generations)
     assert page.locator("#candidates tbody tr").count() == min(15, len(candidates(service, search_id)))
-    assert "not available" in page.locator("#samples").inner_text()
     ui.screenshot("search")
+
+
+LOADED = "els => els.map(e => e.complete && e.naturalWidth > 0)"
+
+
+def test_search_page_shows_the_finalists_sample_grids(ui: Browser, service: Service) -> None:
+    search_id = service.searches["done"]
+    page = ui.goto(f"/ui/searches/{search_id}")
+    grids = page.locator("#samples figure.sample-grid")
+    grids.nth(2).wait_for()
+    assert grids.evaluate_all("els => els.map(e => e.dataset.which)") == ["pick", "full", "knee"]
+    page.wait_for_function(f"({LOADED})([...document.querySelectorAll('#samples img')]).every(Boolean)")
+    assert page.locator("#samples img").evaluate_all(LOADED) == [True] * 3
+    assert "seeds 0 to" in page.locator("#samples").inner_text()
+    page.locator("#samples").scroll_into_view_if_needed()
+    ui.screenshot("search-samples")
+    other = ui.goto(f"/ui/searches/{service.searches['other seed']}")  # the fast evaluator drew none
+    other.locator("#samples .note").wait_for()
+    assert "No sample grids were stored" in other.locator("#samples").inner_text()
 
 
 UNCOVERED = """els => els.filter(e => {
@@ -155,11 +175,31 @@ def test_training_page_shows_progress_and_eval_losses_and_cancels(
     (ckpt / "manifest.json").write_text(
         json.dumps({"format": "ddsm-checkpoint", "step": 40, "eval": evaluation})
     )
-    sha = ArtifactStore(str(service.home / "artifacts")).put_dir(ckpt)
-    assert repo.training_progress(run_id, 1, "worker-under-test", 40, sha, 100)
+    store = ArtifactStore(str(service.home / "artifacts"))
+    sha = store.put_dir(ckpt)
+    # and its log and sample grids, uploaded by workers.history as the worker does
+    run_dir = tmp_path / "run"
+    (run_dir / "samples").mkdir(parents=True)
+    with open(run_dir / "log.jsonl", "w") as log:
+        for step in range(1, 41):
+            losses = {f"{w:g}": (0.2 / w**0.5) * (1 + 3 / step) for w in widths}
+            log.write(json.dumps({"step": step, "losses": losses}) + "\n")
+    for step in (20, 40):
+        (run_dir / "samples" / f"step-{step:07d}.png").write_bytes(grid_png(16, 2.0 - step / 20))
+    artifacts = RunHistory(store, run_dir, None).upload(checkpoint=True)
+    assert repo.training_progress(run_id, 1, "worker-under-test", 40, sha, 100, artifacts)
 
     page = ui.goto(f"/ui/training-runs/{run_id}")
     page.locator("#eval-table").wait_for()
+    curves = page.locator("#loss-curves path.loss-curve")
+    assert curves.evaluate_all("els => els.map(e => e.dataset.width)") == ["0.25", "0.5", "0.75", "1"]
+    assert all(d.count("L") == 39 for d in curves.evaluate_all("els => els.map(e => e.getAttribute('d'))"))
+    assert page.locator("#loss-curves .x-label").text_content() == "training step"
+    page.wait_for_function("document.querySelector('#grid-img').naturalWidth > 0")
+    assert page.locator("#grid-step option").all_inner_texts() == ["20", "40"]
+    latest = page.locator("#grid-img").get_attribute("src")
+    page.locator("#grid-step").select_option(label="20")
+    page.wait_for_function(f"document.querySelector('#grid-img').getAttribute('src') !== '{latest}'")
     assert "40%" in page.locator("#summary").inner_text()
     rows = page.locator("#eval-table tbody tr")
     assert rows.count() == len(widths)
@@ -174,11 +214,22 @@ def test_training_page_shows_progress_and_eval_losses_and_cancels(
 
 def test_compare_page_draws_the_front_of_each_chosen_search(ui: Browser, service: Service) -> None:
     ids = [service.searches["done"], service.searches["other seed"]]
+    asked: list[str] = []
+    ui.page.on("request", lambda r: asked.append(urlparse(r.url).path))
     page = ui.goto(f"/ui/compare?ids={ids[0]},{ids[1]}")
     page.locator("#fronts path.front").nth(1).wait_for()
     drawn = page.locator("#fronts path.front").evaluate_all("els => els.map(e => +e.dataset.search)")
     assert sorted(drawn) == sorted(ids)
     assert page.locator("#fronts .y-label").text_content().startswith("FID (")
+    # the fronts and hypervolumes are the API's (GET /searches/compare), not recomputed in the page
+    assert "/searches/compare" in asked
+    assert not [p for p in asked if re.fullmatch(r"/searches/\d+", p)]  # no search fetched one by one
+    with service.http() as http:
+        body = http.get("/searches/compare", params={"ids": f"{ids[0]},{ids[1]}"}).json()
+    rows = page.locator("#hv-table tbody tr")
+    assert rows.count() == 2
+    for k, row in enumerate(body["searches"]):
+        assert f"{row['hypervolume']:.4g}" == rows.nth(k).locator("td").nth(2).inner_text()
     ui.screenshot("compare")
 
 

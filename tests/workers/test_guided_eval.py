@@ -66,3 +66,24 @@ def test_one_prefix_cache_serves_every_rung_of_a_search_with_the_same_images(set
     fresh = compute.evaluate_genome(genome=(0, 1, 1), n_images=16, **common)
     assert top["reused_fraction"] > 0  # the first batch's first two steps came from the rung-0 task
     assert top["fid"] == fresh["fid"]
+
+
+def test_a_finalists_grid_is_its_first_images_from_the_evaluation_seeds(setup, tmp_path) -> None:
+    from ddsm_core.data import save_image_grid
+    from ddsm_core.evaluate import sample_images
+    from ddsm_core.inference import prepare_for_inference
+
+    compute, checkpoint, stats, extractor = setup
+    spec = SearchSpec(sampler="ddim", steps=3, widths=CFG.widths, n_images=4, batch_size=4, eval_seed=7)
+    grid = tmp_path / "grid.png"
+    metrics = compute.evaluate_genome(
+        checkpoint=checkpoint, checkpoint_sha="grid-test-" + "0" * 54, stats_path=stats, extractor=extractor,
+        spec=spec, genome=(0, 1, 2), n_images=4, table=cost_table(CFG), device="cpu", grid_out=grid,
+    )  # fmt: skip
+    assert metrics["status"] == "ok" and "images" not in metrics
+    # the same images as sampling seeds 7..10 with that strategy directly (the worker's model is EMA)
+    model, schedule, _ = ck.load_checkpoint(checkpoint, use_ema=True)
+    prepare_for_inference(model)
+    images, _, _ = sample_images(model, schedule, spec.strategy((0, 1, 2)), [7, 8, 9, 10], 4)
+    expected = save_image_grid(images.clamp(-1, 1), tmp_path / "expected.png", nrow=2)
+    assert grid.read_bytes() == expected.read_bytes()

@@ -3,6 +3,7 @@ leaves the run INTERRUPTED with its last checkpoint, never COMPLETE, and it resu
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -89,3 +90,7 @@ def test_sigterm_leaves_the_run_interrupted_not_complete_and_it_resumes(worker_e
     net = repo.get_supernet(done.supernet_id)  # type: ignore[arg-type]
     assert net is not None and net.status == JobStatus.COMPLETE
     assert net.artifact_sha256 == done.last_checkpoint_sha256
+    # the loss log uploaded at the stop went on in the rerun: one record per step, none twice
+    log = tasks.context().store.get_bytes(done.artifacts["log_sha256"]).decode()  # type: ignore[index]
+    assert [json.loads(line)["step"] for line in log.splitlines()] == list(range(1, 41))
+    assert done.artifacts["log_step"] == 40 and done.artifacts["samples"] == {}  # type: ignore[index]
