@@ -14,10 +14,11 @@ the algorithm state is persisted with the rows it belongs to):
 6. after the last generation: the finalists (weighted pick, knee, full-width baseline) are evaluated
    again with ``final_images`` images, then ``results.json`` (``ddsm_core.results.build_results``,
    the same builder as ``ddsm search``) is stored as the search's result and the search ends. Each
-   finalist's worker stores its per-image features as an artifact (``FEATURES_METRIC`` in its
-   metrics); once all are COMPLETE, the controller computes every finalist's paired bootstrap interval
-   vs full width (``ddsm_core.paired``, numpy only) and the results carry it with the real-data floors
-   of the reference statistics, as ``ddsm search``'s results.json does.
+   finalist's worker stores its per-image features and a sample grid of its first images as artifacts
+   (``FEATURES_METRIC`` and ``SAMPLES_METRIC`` in its metrics, kept out of the results); once all
+   are COMPLETE, the controller computes every finalist's paired bootstrap interval vs full width
+   (``ddsm_core.paired``, numpy only) and the results carry it with the real-data floors of the
+   reference statistics, as ``ddsm search``'s results.json does.
 
 Multi-fidelity searches (``rungs``): rungs are tasks. Each rung's evaluations are candidate rows of their
 own phase (:func:`rung_phases`: ``rung0``, ``rung1``, ... and ``search`` for the top rung, ``n_images``),

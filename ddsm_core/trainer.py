@@ -38,6 +38,7 @@ from ddsm_core.errors import ConfigError, DDSMError
 from ddsm_core.recipes import TrainConfig, check_resume_config
 from ddsm_core.stopping import CutShort, StopRequest
 from ddsm_core.train_eval import WidthLosses, eval_width_losses, sample_width_grid
+from ddsm_core.train_log import LOG_FILE, SAMPLES_DIR
 from ddsm_core.train_step import drop_labels, ema_update, lr_factor, step_draws, train_step
 from ddsm_core.widths import format_width
 
@@ -257,7 +258,7 @@ class Trainer:
         if self.is_main and (
             force or _due(self.step, self.config.log_every) or self.step == self.config.steps
         ):
-            _append_jsonl(self.out_dir / "log.jsonl", record)
+            _append_jsonl(self.out_dir / LOG_FILE, record)
             bar.set_postfix_str(_fmt_losses(self.smooth), refresh=False)
         bar.update(1)
 
@@ -290,7 +291,7 @@ class Trainer:
             if ckpt_due:
                 self.last_ckpt = self.save()
             if work:
-                where = self.out_dir / "samples" if samples_due else self.out_dir
+                where = self.out_dir / SAMPLES_DIR if samples_due else self.out_dir
                 bar.write(f"step {step}: {', '.join(work)} ({time.perf_counter() - t0:.1f} s) -> {where}")
                 bar.unpause()
         elif final and not interrupted:
@@ -310,7 +311,7 @@ class Trainer:
             )
         if cfg.sample_n and samples_due:
             sample_width_grid(
-                self.ema, self.schedule, self.out_dir / "samples" / f"{ckpt_io.step_dir_name(step)}.png",
+                self.ema, self.schedule, self.out_dir / SAMPLES_DIR / f"{ckpt_io.step_dir_name(step)}.png",
                 n=cfg.sample_n, sampler=cfg.sample_sampler, steps=cfg.sample_steps, seed=cfg.seed,
                 device=self.dev,
             )  # fmt: skip
