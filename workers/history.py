@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from api.artifacts import ArtifactStore
+from api.artifacts import ArtifactError, ArtifactStore
 from ddsm_core.train_log import LOG_FILE, SAMPLES_DIR, grid_step, log_until, read_log
+
+log = logging.getLogger(__name__)
 
 LOG_EVERY_S = 60.0
 
@@ -43,7 +46,11 @@ class RunHistory:
         sha = self.artifacts.get("log_sha256")
         if not sha:
             return
-        text = log_until(self.store.get_bytes(sha).decode(), step)
+        try:
+            text = log_until(self.store.get_bytes(sha).decode(errors="replace"), step)
+        except ArtifactError as exc:  # the curves lose their start; the training itself does not fail
+            log.warning("the run's uploaded loss log is not readable, starting a new one: %s", exc)
+            return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / LOG_FILE).write_text(text)
 

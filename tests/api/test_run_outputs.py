@@ -169,6 +169,9 @@ def test_the_history_uploads_new_grids_once_and_resumes_from_the_cut_log(tmp_pat
     second.restore(2)
     assert sorted(read_log((tmp_path / "b" / "log.jsonl").read_text().splitlines())) == [1, 2]
     assert second.upload(checkpoint=False) is None  # the uploaded grids are known
+    lost = RunHistory(store, tmp_path / "c", {**record, "log_sha256": "0" * 64})
+    lost.restore(2)  # a lost log costs the curves their start, not the run
+    assert not (tmp_path / "c" / "log.jsonl").exists()
 
 
 def test_long_logs_are_averaged_in_buckets() -> None:
