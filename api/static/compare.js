@@ -45,7 +45,7 @@
       for (const f of front) el("circle", { cx: c.sx(f.gflops), cy: c.sy(f.fid), r: 3.5, fill: col }, c.data);
       const pick = info[v.id] && info[v.id].pick;
       if (pick) marker(c.data, "ring", c.sx(pick.gflops), c.sy(pick.fid), col, 5);
-      items.push({ label: `#${v.id} ${v.name}`.slice(0, 26), color: col, shape: "line" });
+      items.push({ label: `#${v.id} ${info[v.id] ? info[v.id].name : ""}`.slice(0, 26), color: col, shape: "line" });
     });
     if (body.reference) {
       marker(c.data, "diamond", c.sx(body.reference.gflops), c.sy(body.reference.fid), "#5b6474", 5);
@@ -53,7 +53,7 @@
     }
     if (!ids.length) el("text", { x: c.m.left + 20, y: c.m.top + 30 }, c.data, "choose searches on the left");
     legend(c, items, "search (front)");
-    $("#hv-table tbody").innerHTML = body.searches.map((v) => `<tr data-id="${v.id}"><td>#${v.id} ${esc(v.name)}</td>
+    $("#hv-table tbody").innerHTML = body.searches.map((v) => `<tr data-id="${v.id}"><td>#${v.id} ${esc(info[v.id] ? info[v.id].name : "")}</td>
       <td class="num">${v.n_points}</td><td class="num">${ddsm.num(v.hypervolume, 4)}</td>
       <td class="num">${ddsm.num(v.normalized, 4)}</td><td class="num">${ddsm.num(v.min_gflops, 4)}</td>
       <td class="num">${ddsm.num(v.min_fid, 4)}</td></tr>`).join("");

@@ -31,9 +31,9 @@
       return;
     }
     box.innerHTML = `<svg id="loss-curves" role="img" aria-label="loss curves"></svg>
-      <div class="muted">Training loss (MSE of the predicted noise) of each width, on each logged step's batch
-      ${lc.logged > lc.steps.length ? `, averaged over ${Math.ceil(lc.logged / lc.steps.length)} logged steps per point` : ""};
-      log uploaded up to step ${lc.log_step}. Log scale.</div>`;
+      <div class="muted">Training loss (MSE of the predicted noise) of each width, on each logged step's batch${lc.logged > lc.steps.length
+        ? `, averaged over ${Math.ceil(lc.logged / lc.steps.length)} logged steps per point` : ""}; log uploaded up to step
+      ${lc.log_step}. Log scale.</div>`;
     const widths = Object.keys(lc.losses).sort((a, b) => Number(a) - Number(b));
     const values = widths.flatMap((w) => lc.losses[w]).filter((v) => v !== null && v > 0);
     const lo = Math.log10(Math.min(...values)), hi = Math.log10(Math.max(...values));
@@ -44,7 +44,7 @@
       y: { label: "training loss (MSE of ε)", lo: lo - pad, hi: hi + pad, format: (t) => Number(Math.pow(10, t).toPrecision(2)) } });
     const items = [];
     widths.forEach((w, k) => {
-      const col = ddsm.seqColor(widths.length > 1 ? k / (widths.length - 1) : 1);
+      const col = ddsm.seqColor(0.85 * (widths.length > 1 ? k / (widths.length - 1) : 1)); // viridis' yellow end is pale
       let d = "";
       lc.steps.forEach((s, i) => {
         const v = lc.losses[w][i];

@@ -123,22 +123,26 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
             engine.dispose()
 
 
-def grid_png(seeds: int, blur: float) -> bytes:
-    """A stand-in 4 x 4 sample grid: one blob per seed, at the same place in every grid of the same
-    seeds, blurred by ``blur`` (the fast evaluator draws no images; the real one writes such a PNG)."""
+def grid_png(seeds: int, blur: float, per_row: int | None = None) -> bytes:
+    """A stand-in sample grid, laid out as a worker's (``per_row``, default ceil(sqrt(n)) images a row,
+    one row per width for a training run's): a ring per seed, at
+    the same place in every grid of the same seeds, blurred by ``blur`` (the fast evaluator draws no
+    images; the real one writes such a PNG)."""
     import io
+    import math
 
     import numpy as np
     from PIL import Image, ImageFilter
 
+    per_row = per_row or math.ceil(math.sqrt(seeds))
     tiles = []
-    for seed in range(seeds):
+    for seed in range(per_row * math.ceil(seeds / per_row)):
         rng = np.random.default_rng(seed)
         y, x = np.mgrid[:28, :28]
         cy, cx = rng.uniform(8, 20, size=2)
-        ring = np.abs(np.hypot(y - cy, x - cx) - rng.uniform(4, 8)) < 1.6
+        ring = (np.abs(np.hypot(y - cy, x - cx) - rng.uniform(4, 8)) < 1.6) & (seed < seeds)
         tiles.append(np.where(ring, 255, 0).astype(np.uint8))
-    rows = [np.concatenate(tiles[r * 4 : r * 4 + 4], axis=1) for r in range(seeds // 4)]
+    rows = [np.concatenate(tiles[r : r + per_row], axis=1) for r in range(0, len(tiles), per_row)]
     image = Image.fromarray(np.concatenate(rows, axis=0)).filter(ImageFilter.GaussianBlur(blur))
     buf = io.BytesIO()
     image.resize((image.width * 2, image.height * 2), Image.NEAREST).save(buf, format="PNG")
@@ -158,7 +162,8 @@ def add_sample_grids(svc: Service, search_id: int) -> None:
     finals = sorted(svc.repo.candidates(search_id, phase="final"), key=lambda c: -(c.gflops or 0))
     with svc.repo.engine.begin() as conn:
         for k, cand in enumerate(finals):  # the narrower, the blurrier
-            metrics = {**(cand.metrics or {}), SAMPLES_METRIC: store.put_bytes(grid_png(16, 0.6 * k))}
+            grid = grid_png(min(16, cand.n_images), 0.6 * k)
+            metrics = {**(cand.metrics or {}), SAMPLES_METRIC: store.put_bytes(grid)}
             conn.execute(
                 update(Candidate).where(Candidate.id == cand.id).values(metrics=encode_metrics(metrics))
             )

@@ -184,8 +184,9 @@ def test_training_page_shows_progress_and_eval_losses_and_cancels(
         for step in range(1, 41):
             losses = {f"{w:g}": (0.2 / w**0.5) * (1 + 3 / step) for w in widths}
             log.write(json.dumps({"step": step, "losses": losses}) + "\n")
-    for step in (20, 40):
-        (run_dir / "samples" / f"step-{step:07d}.png").write_bytes(grid_png(16, 2.0 - step / 20))
+    for step in (20, 40):  # one row of 8 per width
+        grid = grid_png(4 * 8, 2.0 - step / 20, per_row=8)
+        (run_dir / "samples" / f"step-{step:07d}.png").write_bytes(grid)
     artifacts = RunHistory(store, run_dir, None).upload(checkpoint=True)
     assert repo.training_progress(run_id, 1, "worker-under-test", 40, sha, 100, artifacts)
 
@@ -228,8 +229,9 @@ def test_compare_page_draws_the_front_of_each_chosen_search(ui: Browser, service
         body = http.get("/searches/compare", params={"ids": f"{ids[0]},{ids[1]}"}).json()
     rows = page.locator("#hv-table tbody tr")
     assert rows.count() == 2
-    for k, row in enumerate(body["searches"]):
-        assert f"{row['hypervolume']:.4g}" == rows.nth(k).locator("td").nth(2).inner_text()
+    for row in body["searches"]:  # the same reference point, whatever the order of the ids
+        shown = page.locator(f"#hv-table tbody tr[data-id='{row['id']}'] td").nth(2).inner_text()
+        assert shown == f"{row['hypervolume']:.4g}"
     ui.screenshot("compare")
 
 
