@@ -1,7 +1,7 @@
 """A training run's log (``log.jsonl``, one JSON record per logged step) read back as per-width loss
 curves. Torch-free: the API reads the log a worker uploaded.
 
-A record is ``{"step": k, "losses": {"0.25": mse, ..., "1": mse}, "lr": ..., ...}`` (:mod:`ddsm_core.
+A record is ``{"step": k, "losses": {"2/8": mse, ..., "8/8": mse}, "lr": ..., ...}`` (:mod:`ddsm_core.
 trainer`); a run resumed after a stop may log a step twice, and the later record wins.
 """
 
@@ -14,21 +14,25 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ddsm_core.errors import ConfigError
+from ddsm_core.widths import parse_width
+
 LOG_FILE = "log.jsonl"
 SAMPLES_DIR = "samples"  # one PNG grid per sampled step: <run>/samples/step-0000040.png
 _GRID = re.compile(r"(\d+)\.png$")
 
 
 def read_log(lines: Iterable[str]) -> dict[int, dict[str, float]]:
-    """``{step: {width label: loss}}`` of the records with finite losses (a torn last line, written
-    while the run was killed, is skipped)."""
+    """``{step: {width: loss}}`` of the records with finite losses, each width as a decimal ('0.25',
+    '1'; the trainer writes '2/8', '8/8'). A torn last line, written while the run was killed, and
+    any record that does not parse are skipped."""
     out: dict[int, dict[str, float]] = {}
     for line in lines:
         try:
             record = json.loads(line)
             step, losses = int(record["step"]), record["losses"]
-            values = {str(w): float(v) for w, v in losses.items()}
-        except (ValueError, KeyError, TypeError, AttributeError):
+            values = {f"{parse_width(w):g}": float(v) for w, v in losses.items()}
+        except (ValueError, KeyError, TypeError, AttributeError, ConfigError):
             continue
         if values and all(math.isfinite(v) for v in values.values()):
             out[step] = values

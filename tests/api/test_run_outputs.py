@@ -111,11 +111,12 @@ def test_the_routes_are_documented_as_png(client: TestClient) -> None:
     assert "/training-runs/{run_id}/losses" in paths
 
 
-LOG = [
-    {"step": 1, "losses": {"0.25": 0.9, "1": 0.8}},
-    {"step": 2, "losses": {"0.25": 0.7, "1": 0.5}},
-    {"step": 3, "losses": {"0.25": 0.6, "1": 0.4}},
-    {"step": 2, "losses": {"0.25": 0.65, "1": 0.45}},  # logged again after a resume: the later wins
+LOG = [  # as the trainer writes it: widths as ddsm_core.widths.format_width gives them
+    {"step": 1, "losses": {"2/8": 0.9, "8/8": 0.8}},
+    {"step": 2, "losses": {"2/8": 0.7, "8/8": 0.5}},
+    {"step": 3, "losses": {"2/8": 0.6, "8/8": 0.4}},
+    {"step": 2, "losses": {"2/8": 0.65, "8/8": 0.45}},  # logged again after a resume: the later wins
+    {"step": 5, "losses": {"wide": 0.1}},  # not a width: skipped, never a 500
 ]
 
 

@@ -182,7 +182,7 @@ def test_training_page_shows_progress_and_eval_losses_and_cancels(
     (run_dir / "samples").mkdir(parents=True)
     with open(run_dir / "log.jsonl", "w") as log:
         for step in range(1, 41):
-            losses = {f"{w:g}": (0.2 / w**0.5) * (1 + 3 / step) for w in widths}
+            losses = {f"{round(8 * w)}/8": (0.2 / w**0.5) * (1 + 3 / step) for w in widths}  # as the trainer
             log.write(json.dumps({"step": step, "losses": losses}) + "\n")
     for step in (20, 40):  # one row of 8 per width
         grid = grid_png(4 * 8, 2.0 - step / 20, per_row=8)
