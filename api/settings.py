@@ -84,6 +84,12 @@ class Settings(BaseSettings):
         description="A worker stops consuming after this many consecutive infrastructure failures, if it "
         "never reached the database (a wrong DATABASE_URL) or has failed for longer than db_outage_grace_s.",
     )
+    max_infra_releases: int = Field(
+        default=10,
+        description="A candidate given back this many times for infrastructure errors (database, broker, "
+        "artifact store), the first of them longer than db_outage_grace_s ago, is FAILED with the last "
+        "error at its next one (e.g. an artifact lost for good) instead of waiting forever.",
+    )
     max_attempts: int = 3
     controller_interval_s: float = 1.0
     lease_ttl_s: float = 30.0

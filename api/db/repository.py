@@ -41,6 +41,10 @@ ACTIVE_SEARCH = (JobStatus.RUNNING, JobStatus.FINISHING)
 # that write's transaction.
 _NOW: Any = object()
 
+# The key under which a waiting candidate's metrics count its infrastructure releases (see
+# ``Repository.release_candidate``); the real metrics replace it when the candidate completes.
+INFRA_RELEASES = "infrastructure"
+
 
 # ----------------------------------------------------------------------------- records
 @dataclass(frozen=True)
@@ -969,22 +973,49 @@ class Repository:
             metrics=encode_metrics(metrics),
             fid=_finite_or_none(metrics.get("fid")),
             gflops=_finite_or_none(metrics.get("gflops")),
+            error=None,  # a reason it waited (an infrastructure release) no longer applies
             ended_at=_NOW,
         )
 
-    def release_candidate(self, candidate_id: int, attempt: int, worker: str) -> bool:
+    def release_candidate(
+        self,
+        candidate_id: int,
+        attempt: int,
+        worker: str,
+        reason: str = "infrastructure error",
+        *,
+        max_releases: int | None = None,
+        min_age_s: float = 0.0,
+    ) -> CandidateState | None:
         """RUNNING -> WAITING (same attempt, marked unsent so the controller sends it again at once): the
         worker could not run it for an infrastructure reason (database, broker, artifact store I/O),
-        which is no fault of the candidate and costs it no attempt."""
-        return self._update(
-            Candidate,
-            self._running(candidate_id, attempt, worker),
-            state=CandidateState.WAITING,
-            worker=None,
-            sent_attempt=0,
-            heartbeat_at=None,
-            started_at=None,
-        )
+        which is no fault of the candidate and costs it no attempt. ``reason`` stays in ``error`` while
+        it waits, and its releases are counted under ``metrics["infrastructure"]`` (replaced by the real
+        metrics when it completes).
+
+        Bounded: a candidate already released ``max_releases`` times, the first of them at least
+        ``min_age_s`` ago (an outage shorter than that never fails it), is FAILED with ``reason`` instead
+        (e.g. an artifact lost for good). Returns the new state, None if this worker no longer owns it."""
+        with self._tx() as s:
+            now = self.now(s)
+            metrics = s.scalar(select(Candidate.metrics).where(self._running(candidate_id, attempt, worker)))
+            book = dict((metrics or {}).get(INFRA_RELEASES) or {})
+            released = int(book.get("releases", 0))
+            first = datetime.fromisoformat(book["first_at"]) if "first_at" in book else now
+            age_s = (now - first).total_seconds()
+            book = {"releases": released + 1, "first_at": first.isoformat(), "last_error": reason[:500]}
+            stmt = update(Candidate).where(self._running(candidate_id, attempt, worker))
+            if max_releases is not None and released >= max_releases and age_s >= min_age_s:
+                error = f"infrastructure error {released + 1} times in {age_s:.0f} s; the last: {reason}"
+                values = {"state": CandidateState.FAILED, "error": error[:4000], "ended_at": now}
+                book["releases"] = released  # this one is a failure, not a release
+            else:
+                values = {"state": CandidateState.WAITING, "worker": None, "sent_attempt": 0,
+                          "heartbeat_at": None, "started_at": None,
+                          "error": f"waiting after an infrastructure error: {reason}"[:4000]}  # fmt: skip
+            if not self._cas(s, stmt.values(metrics={INFRA_RELEASES: book}, **values)):
+                return None
+            return values["state"]  # type: ignore[no-any-return]
 
     def fail_candidate(self, candidate_id: int, attempt: int, worker: str, error: str) -> bool:
         return self._update(
