@@ -92,6 +92,11 @@ class Settings(BaseSettings):
     )
     max_attempts: int = 3
     controller_interval_s: float = 1.0
+    controller_threads: int = Field(
+        default=4,
+        description="Searches ticked at once (a thread pool in the API process): a slow or failing search "
+        "never holds up the others, and a search is never ticked twice at once.",
+    )
     lease_ttl_s: float = 30.0
     run_controller: bool = True
     visibility_timeout_s: int = 24 * 3600
