@@ -363,6 +363,7 @@ class SearchController:
         again when the eval queue is empty, i.e. it is not simply waiting behind others. A duplicate
         is harmless: the claim is a compare-and-set."""
         idle: bool | None = None
+        sent: list[tuple[int, int]] = []
         for cand in self.repo.candidates_to_send(search_id, self.settings.resolved_resend_after_s()):
             if cand.sent_attempt == cand.attempt:  # a resend
                 if idle is None:
@@ -375,8 +376,11 @@ class SearchController:
                 self.sender.evaluate_candidate(cand.id, cand.attempt)
             except Exception:  # broker unreachable: the candidate stays unsent, next tick tries again
                 log.warning("could not send candidate %s; will retry", cand.id, exc_info=True)
-                return
-            self.repo.mark_sent(cand.id, cand.attempt)
+                break
+            sent.append((cand.id, cand.attempt))
+        # marked in one write after sending (a crash in between only sends them again: harmless)
+        if sent:
+            self.repo.mark_sent_many(sent)
 
     def _finish(self, search: SearchRecord, spec: SearchSpec) -> None:
         final = {c.genome: c for c in self.repo.candidates(search.id, phase=FINAL)}

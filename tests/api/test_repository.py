@@ -190,3 +190,13 @@ def test_infrastructure_releases_are_counted_and_bounded(repo: Repository) -> No
     assert repo.complete_candidate(outage, 1, "w", {"fid": 1.0, "gflops": 2.0})
     row = repo.get_candidate(outage)
     assert row is not None and row.metrics == {"fid": 1.0, "gflops": 2.0} and row.error is None
+
+
+def test_mark_sent_many_marks_only_waiting_candidates_at_their_attempt(repo: Repository) -> None:
+    search = make_search(repo)
+    start(repo, search, [(0, 1), (1, 1), (1, 0)])
+    waiting, claimed, stale = (c.id for c in repo.candidates(search))
+    assert repo.claim_candidate(claimed, 1, "w")
+    assert repo.mark_sent_many([(waiting, 1), (claimed, 1), (stale, 2)]) == 1  # attempt 2 is not current
+    assert [c.id for c in repo.candidates_to_send(search, 600)] == [stale]
+    assert repo.get_candidate(waiting).sent_attempt == 1  # type: ignore[union-attr]
