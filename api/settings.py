@@ -54,6 +54,11 @@ class Settings(BaseSettings):
         description="'fast' replaces sampling + FID by a trivial analytic score (benchmarks only).",
     )
     fast_eval_seconds: float = 0.0
+    fast_eval_journal: Path | None = Field(
+        default=None,
+        description="Benchmarks only: the fast evaluator appends a JSON line per finished evaluation "
+        "(candidate, attempt, worker) to this file (bench/service_faults.py counts re-executions).",
+    )
     device: str = "auto"
     torch_threads: int = Field(
         default=1,

@@ -251,11 +251,13 @@ def _evaluate(ctx: WorkerContext, candidate_id: int) -> dict[str, Any]:
         raise DDSMError("the search's supernet or reference statistics are not ready")
     spec = SearchSpec.from_dict(search.config)
     if ctx.settings.evaluator == "fast":
-        from workers.fast_eval import fast_metrics
+        from workers.fast_eval import fast_metrics, journal
 
-        return fast_metrics(
-            spec, cand.genome, CostTable.from_dict(net.gflops), ctx.settings.fast_eval_seconds, cand.n_images
-        )
+        table = CostTable.from_dict(net.gflops)
+        metrics = fast_metrics(spec, cand.genome, table, ctx.settings.fast_eval_seconds, cand.n_images)
+        if ctx.settings.fast_eval_journal is not None:
+            journal(ctx.settings.fast_eval_journal, candidate=cand.id, attempt=cand.attempt, worker=ctx.name)
+        return metrics
     torch_ready(ctx.settings.torch_threads)
     from workers import compute
 
