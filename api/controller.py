@@ -29,8 +29,16 @@ adds the rows of the next rung's promoted genomes; once the top rung is finished
 same objectives and records the local executor tells it. Rung rows are claimed, heartbeaten, reaped,
 resent and deduplicated like any candidate.
 
-The driver (``ddsm_core.search.SearchDriver``) is rebuilt from its stored state on every tick, so an API
-restart resumes every running search where it stood.
+The driver (``ddsm_core.search.SearchDriver``) is rebuilt from its stored state only on the tick that
+tells a finished generation (or finishes the search), so an API restart resumes every running search
+where it stood, and a tick while a generation is being evaluated reads a few rows.
+
+Searches are independent: each tick runs on a small thread pool (``controller_threads``), so a slow
+search (a huge generation to tell, a database lock) or a failing one never holds up the others. A
+search whose tick is still running is skipped, so it never ticks twice at once in this process (and
+the lease keeps other replicas off it). A tick is bounded by the lease: one still running after
+``lease_ttl_s`` is logged, another replica may take the search over, and the slow tick's writes then
+lose their compare-and-set.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, Protocol
 
 from api.artifacts import ARTIFACT_METRICS, FEATURES_METRIC, ArtifactStore
@@ -103,16 +112,24 @@ class SearchController:
         self._errors: dict[int, int] = {}
         self._outage_since: float | None = None  # monotonic time of the first infrastructure error
         self._reap_after = 0.0  # no reaping until then: heartbeats missed during an outage are no death
+        self._pool = ThreadPoolExecutor(max(settings.controller_threads, 1), thread_name_prefix="ddsm-tick")
+        self._inflight: dict[int, tuple[Future[None], float]] = {}  # search -> its tick, started at
+        self._overran: set[int] = set()  # searches whose overrunning tick was logged
+        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ loop
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="ddsm-controller", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop ticking; ticks in flight get ``timeout`` seconds to end (a stuck one is left behind: its
+        writes lose their compare-and-set once another controller takes the lease we give back)."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=timeout)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.wait_ticks(timeout)
         for search_id in self.repo.active_search_ids():
             self.repo.release_lease(search_id, self.id)
 
@@ -145,7 +162,9 @@ class SearchController:
             # workers' heartbeats failed meanwhile: give them time to beat again before reaping
             self._reap_after = time.monotonic() + 2 * self.settings.heartbeat_interval_s
 
-    def tick_all(self) -> None:
+    def tick_all(self) -> list[int]:
+        """Start a tick of every active search that is not ticking already (on the pool, without waiting
+        for it: see :meth:`wait_ticks`); the ids of the searches started."""
         reaping = time.monotonic() >= self._reap_after
         if reaping:
             stale_after = self.settings.stale_after_s
@@ -155,19 +174,53 @@ class SearchController:
             self.sender.train_supernet(run_id, attempt)
         search_ids = self.repo.active_search_ids()
         self._infrastructure_ok()
-        for search_id in search_ids:
-            try:
-                self.tick(search_id, reap=reaping)
-                self._errors.pop(search_id, None)
-            except Exception as exc:  # retried next tick; a search that keeps failing is marked FAILED
-                if is_infrastructure_error(exc):  # an outage is no fault of the search
-                    self._infrastructure_error(exc)
-                    if self._in_grace():
-                        continue
-                log.exception("search %s: controller tick failed", search_id)
-                self._errors[search_id] = self._errors.get(search_id, 0) + 1
-                if self._errors[search_id] >= MAX_TICK_ERRORS:
+        started = []
+        now = time.monotonic()
+        with self._lock:
+            for search_id in search_ids:
+                if search_id in self._inflight:
+                    self._overrun(search_id, now - self._inflight[search_id][1])
+                    continue
+                future = self._pool.submit(self._tick_one, search_id, reaping)
+                self._inflight[search_id] = (future, now)
+                started.append(search_id)
+        return started
+
+    def wait_ticks(self, timeout: float | None = None) -> bool:
+        """Wait until no tick is in flight (at most ``timeout`` seconds); whether none is left."""
+        with self._lock:
+            futures = [future for future, _ in self._inflight.values()]
+        return not wait(futures, timeout).not_done
+
+    def _overrun(self, search_id: int, running_s: float) -> None:
+        if running_s > self.settings.lease_ttl_s and search_id not in self._overran:
+            self._overran.add(search_id)
+            log.warning(
+                "search %s: its tick has run for %.0f s (lease %.0f s): other searches go on, another "
+                "controller may take this one over", search_id, running_s, self.settings.lease_ttl_s,
+            )  # fmt: skip
+
+    def _tick_one(self, search_id: int, reap: bool) -> None:
+        """One search's tick on a pool thread; its errors stay its own."""
+        try:
+            self.tick(search_id, reap=reap)
+            self._errors.pop(search_id, None)
+        except Exception as exc:  # retried next tick; a search that keeps failing is marked FAILED
+            if is_infrastructure_error(exc):  # an outage is no fault of the search
+                self._infrastructure_error(exc)
+                if self._in_grace():
+                    return
+            log.exception("search %s: controller tick failed", search_id)
+            self._errors[search_id] = self._errors.get(search_id, 0) + 1
+            if self._errors[search_id] >= MAX_TICK_ERRORS:
+                try:
                     self.repo.fail_search(search_id, f"controller error: {exc}")
+                except Exception:  # the database is gone too: the next tick tries again
+                    log.exception("search %s: could not be marked failed", search_id)
+        finally:
+            with self._lock:
+                self._inflight.pop(search_id, None)
+                self._overran.discard(search_id)
 
     # ------------------------------------------------------------------ one search
     def tick(self, search_id: int, reap: bool = True) -> None:
@@ -311,6 +364,7 @@ class SearchController:
         again when the eval queue is empty, i.e. it is not simply waiting behind others. A duplicate
         is harmless: the claim is a compare-and-set."""
         idle: bool | None = None
+        sent: list[tuple[int, int]] = []
         for cand in self.repo.candidates_to_send(search_id, self.settings.resolved_resend_after_s()):
             if cand.sent_attempt == cand.attempt:  # a resend
                 if idle is None:
@@ -323,8 +377,11 @@ class SearchController:
                 self.sender.evaluate_candidate(cand.id, cand.attempt)
             except Exception:  # broker unreachable: the candidate stays unsent, next tick tries again
                 log.warning("could not send candidate %s; will retry", cand.id, exc_info=True)
-                return
-            self.repo.mark_sent(cand.id, cand.attempt)
+                break
+            sent.append((cand.id, cand.attempt))
+        # marked in one write after sending (a crash in between only sends them again: harmless)
+        if sent:
+            self.repo.mark_sent_many(sent)
 
     def _finish(self, search: SearchRecord, spec: SearchSpec) -> None:
         final = {c.genome: c for c in self.repo.candidates(search.id, phase=FINAL)}

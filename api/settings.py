@@ -54,6 +54,11 @@ class Settings(BaseSettings):
         description="'fast' replaces sampling + FID by a trivial analytic score (benchmarks only).",
     )
     fast_eval_seconds: float = 0.0
+    fast_eval_journal: Path | None = Field(
+        default=None,
+        description="Benchmarks only: the fast evaluator appends a JSON line per finished evaluation "
+        "(candidate, attempt, worker) to this file (bench/service_faults.py counts re-executions).",
+    )
     device: str = "auto"
     torch_threads: int = Field(
         default=1,
@@ -84,8 +89,19 @@ class Settings(BaseSettings):
         description="A worker stops consuming after this many consecutive infrastructure failures, if it "
         "never reached the database (a wrong DATABASE_URL) or has failed for longer than db_outage_grace_s.",
     )
+    max_infra_releases: int = Field(
+        default=10,
+        description="A candidate given back this many times for infrastructure errors (database, broker, "
+        "artifact store), the first of them longer than db_outage_grace_s ago, is FAILED with the last "
+        "error at its next one (e.g. an artifact lost for good) instead of waiting forever.",
+    )
     max_attempts: int = 3
     controller_interval_s: float = 1.0
+    controller_threads: int = Field(
+        default=4,
+        description="Searches ticked at once (a thread pool in the API process): a slow or failing search "
+        "never holds up the others, and a search is never ticked twice at once.",
+    )
     lease_ttl_s: float = 30.0
     run_controller: bool = True
     visibility_timeout_s: int = 24 * 3600

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from ddsm_core.costs import CostTable
@@ -50,3 +52,15 @@ def fast_metrics(
     )
     score += small_sample_bias(genome, n_images or spec.n_images, spec.n_images)
     return {"fid": score, "gflops": spec.gflops(genome, table), "extractor": EXTRACTOR, "latency_s": sleep_s}
+
+
+def journal(path: Path, **fields: Any) -> None:
+    """Append one JSON line (``fields`` and the time) to ``path``: the fault benchmark's evidence of
+    which evaluations ran to the end, and where. One ``write`` on an O_APPEND file, so lines from
+    several worker processes never interleave."""
+    line = json.dumps({**fields, "t": time.time()}) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)

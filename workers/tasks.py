@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from billiard.process import current_process
 from celery import Celery, signals
@@ -27,6 +27,7 @@ from celery.exceptions import Reject
 
 from api.artifacts import FEATURES_METRIC, SAMPLES_METRIC, ArtifactStore
 from api.db.engine import make_engine
+from api.db.models import CandidateState
 from api.db.repository import Repository
 from api.queue import (
     COMPUTE_REFERENCE_STATS,
@@ -42,6 +43,7 @@ from ddsm_core.spec import SearchSpec
 from workers.history import RunHistory
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,7 @@ def _requeue(exc: BaseException, settings: Settings | None) -> Reject:
     return Reject(f"{type(exc).__name__}: {exc}", requeue=True)
 
 
-def _persist(settings: Settings, write: Callable[[], bool]) -> bool:
+def _persist(settings: Settings, write: Callable[[], T]) -> T:
     """A compare-and-set write retried through a database outage shorter than the grace period (the
     result at hand must not be lost to a blip); after that the error propagates."""
     deadline = time.monotonic() + settings.db_outage_grace_s
@@ -210,10 +212,7 @@ def evaluate_candidate(candidate_id: int, attempt: int) -> str:
             metrics = _evaluate(ctx, candidate_id)
         except Exception as exc:
             if is_infrastructure_error(exc):  # not the candidate's fault: give it back, sent again at once
-                log.warning("candidate %s: infrastructure error, released: %s", candidate_id, exc)
-                HEALTH.failed(ctx.settings)
-                _persist(ctx.settings, lambda: ctx.repo.release_candidate(candidate_id, attempt, ctx.name))
-                return "released"
+                return _release(ctx, candidate_id, attempt, exc)
             log.exception("candidate %s failed", candidate_id)
             error = _error(exc)
             _persist(ctx.settings, lambda: ctx.repo.fail_candidate(candidate_id, attempt, ctx.name, error))
@@ -224,6 +223,22 @@ def evaluate_candidate(candidate_id: int, attempt: int) -> str:
         return "failed"
     ok = _persist(ctx.settings, lambda: ctx.repo.complete_candidate(candidate_id, attempt, ctx.name, metrics))
     return "complete" if ok else "lost"
+
+
+def _release(ctx: WorkerContext, candidate_id: int, attempt: int, exc: BaseException) -> str:
+    """Give a claimed candidate back after an infrastructure error; FAILED with the error instead once
+    it has been given back ``max_infra_releases`` times for longer than the outage grace period."""
+    HEALTH.failed(ctx.settings)
+    reason, settings = f"{type(exc).__name__}: {exc}", ctx.settings
+    state = _persist(settings, lambda: ctx.repo.release_candidate(
+        candidate_id, attempt, ctx.name, reason,
+        max_releases=settings.max_infra_releases, min_age_s=settings.db_outage_grace_s,
+    ))  # fmt: skip
+    if state == CandidateState.FAILED:
+        log.error("candidate %s: infrastructure error once too often, failed: %s", candidate_id, reason)
+        return "failed"
+    log.warning("candidate %s: infrastructure error, released: %s", candidate_id, reason)
+    return "released"
 
 
 def _evaluate(ctx: WorkerContext, candidate_id: int) -> dict[str, Any]:
@@ -237,11 +252,13 @@ def _evaluate(ctx: WorkerContext, candidate_id: int) -> dict[str, Any]:
         raise DDSMError("the search's supernet or reference statistics are not ready")
     spec = SearchSpec.from_dict(search.config)
     if ctx.settings.evaluator == "fast":
-        from workers.fast_eval import fast_metrics
+        from workers.fast_eval import fast_metrics, journal
 
-        return fast_metrics(
-            spec, cand.genome, CostTable.from_dict(net.gflops), ctx.settings.fast_eval_seconds, cand.n_images
-        )
+        table = CostTable.from_dict(net.gflops)
+        metrics = fast_metrics(spec, cand.genome, table, ctx.settings.fast_eval_seconds, cand.n_images)
+        if ctx.settings.fast_eval_journal is not None:
+            journal(ctx.settings.fast_eval_journal, candidate=cand.id, attempt=cand.attempt, worker=ctx.name)
+        return metrics
     torch_ready(ctx.settings.torch_threads)
     from workers import compute
 

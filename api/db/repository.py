@@ -21,7 +21,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, and_, exists, func, or_, select, text, update
+from sqlalchemy import Engine, and_, exists, func, insert, or_, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.db.models import (
@@ -41,8 +41,21 @@ ACTIVE_SEARCH = (JobStatus.RUNNING, JobStatus.FINISHING)
 # that write's transaction.
 _NOW: Any = object()
 
+# The key under which a waiting candidate's metrics count its infrastructure releases (see
+# ``Repository.release_candidate``); the real metrics replace it when the candidate completes.
+INFRA_RELEASES = "infrastructure"
+
 
 # ----------------------------------------------------------------------------- records
+@dataclass(frozen=True)
+class Unsent:
+    """A WAITING candidate to send: its id, current attempt and the attempt last sent (0: never)."""
+
+    id: int
+    attempt: int
+    sent_attempt: int
+
+
 @dataclass(frozen=True)
 class SupernetRecord:
     id: int
@@ -721,24 +734,17 @@ class Repository:
                 )
             )
         )
+        rows = []
         for genome, h in zip(genomes, hashes, strict=True):
             if h in existing:
                 continue
             existing.add(h)
-            s.add(
-                Candidate(
-                    search_id=search_id,
-                    phase=phase,
-                    generation=generation,
-                    genome=[int(g) for g in genome],
-                    genome_hash=h,
-                    n_images=n_images,
-                    state=CandidateState.WAITING,
-                    attempt=1,
-                    sent_attempt=0,
-                    created_at=now,
-                )
-            )
+            rows.append({"search_id": search_id, "phase": phase, "generation": generation,
+                         "genome": [int(g) for g in genome], "genome_hash": h, "n_images": n_images,
+                         "state": CandidateState.WAITING, "attempt": 1, "sent_attempt": 0,
+                         "created_at": now})  # fmt: skip
+        if rows:  # one bulk INSERT, no ORM objects (a generation of 1,000 in one round trip)
+            s.execute(insert(Candidate), rows)
         return hashes
 
     def get_generation(self, search_id: int, generation: int) -> GenerationRecord | None:
@@ -894,16 +900,17 @@ class Repository:
     def get_candidate(self, candidate_id: int) -> CandidateRecord | None:
         return self._get(Candidate, CandidateRecord, candidate_id)
 
-    def candidates_to_send(self, search_id: int, resend_after_s: float) -> list[CandidateRecord]:
-        """WAITING candidates whose current attempt was never sent, or sent long ago and never claimed."""
+    def candidates_to_send(self, search_id: int, resend_after_s: float) -> list[Unsent]:
+        """WAITING candidates whose current attempt was never sent, or sent long ago and never claimed
+        (three columns only: a generation of 1,000 is read on every tick)."""
         with self._tx() as s:
             cutoff = self.now(s) - timedelta(seconds=resend_after_s)
-            query = select(Candidate).where(
+            query = select(Candidate.id, Candidate.attempt, Candidate.sent_attempt).where(
                 Candidate.search_id == search_id,
                 Candidate.state == CandidateState.WAITING,
                 or_(Candidate.sent_attempt != Candidate.attempt, Candidate.sent_at < cutoff),
             )
-            return [_record(CandidateRecord, r) for r in s.scalars(query.order_by(Candidate.id)).all()]
+            return [Unsent(*row) for row in s.execute(query.order_by(Candidate.id)).all()]
 
     def mark_sent(self, candidate_id: int, attempt: int) -> bool:
         return self._update(
@@ -914,6 +921,25 @@ class Repository:
             sent_attempt=attempt,
             sent_at=_NOW,
         )
+
+    def mark_sent_many(self, sent: Sequence[tuple[int, int]]) -> int:
+        """:meth:`mark_sent` for many ``(candidate_id, attempt)`` in one transaction (a generation of
+        1,000 is one round trip per attempt number, not 1,000); how many were still WAITING there."""
+        by_attempt: dict[int, list[int]] = {}
+        for candidate_id, attempt in sent:
+            by_attempt.setdefault(attempt, []).append(candidate_id)
+        marked = 0
+        with self._tx() as s:
+            now = self.now(s)
+            for attempt, ids in by_attempt.items():
+                stmt = (
+                    update(Candidate)
+                    .where(Candidate.id.in_(ids), Candidate.state == CandidateState.WAITING,
+                           Candidate.attempt == attempt)
+                    .values(sent_attempt=attempt, sent_at=now)
+                )  # fmt: skip
+                marked += s.execute(stmt.execution_options(synchronize_session=False)).rowcount
+        return marked
 
     def reap_candidates(self, search_id: int, stale_after_s: float, max_attempts: int) -> tuple[int, int]:
         """RUNNING candidates with a stale heartbeat (dead worker) -> WAITING with attempt+1, or FAILED
@@ -984,22 +1010,49 @@ class Repository:
             metrics=encode_metrics(metrics),
             fid=_finite_or_none(metrics.get("fid")),
             gflops=_finite_or_none(metrics.get("gflops")),
+            error=None,  # a reason it waited (an infrastructure release) no longer applies
             ended_at=_NOW,
         )
 
-    def release_candidate(self, candidate_id: int, attempt: int, worker: str) -> bool:
+    def release_candidate(
+        self,
+        candidate_id: int,
+        attempt: int,
+        worker: str,
+        reason: str = "infrastructure error",
+        *,
+        max_releases: int | None = None,
+        min_age_s: float = 0.0,
+    ) -> CandidateState | None:
         """RUNNING -> WAITING (same attempt, marked unsent so the controller sends it again at once): the
         worker could not run it for an infrastructure reason (database, broker, artifact store I/O),
-        which is no fault of the candidate and costs it no attempt."""
-        return self._update(
-            Candidate,
-            self._running(candidate_id, attempt, worker),
-            state=CandidateState.WAITING,
-            worker=None,
-            sent_attempt=0,
-            heartbeat_at=None,
-            started_at=None,
-        )
+        which is no fault of the candidate and costs it no attempt. ``reason`` stays in ``error`` while
+        it waits, and its releases are counted under ``metrics["infrastructure"]`` (replaced by the real
+        metrics when it completes).
+
+        Bounded: a candidate already released ``max_releases`` times, the first of them at least
+        ``min_age_s`` ago (an outage shorter than that never fails it), is FAILED with ``reason`` instead
+        (e.g. an artifact lost for good). Returns the new state, None if this worker no longer owns it."""
+        with self._tx() as s:
+            now = self.now(s)
+            metrics = s.scalar(select(Candidate.metrics).where(self._running(candidate_id, attempt, worker)))
+            book = dict((metrics or {}).get(INFRA_RELEASES) or {})
+            released = int(book.get("releases", 0))
+            first = datetime.fromisoformat(book["first_at"]) if "first_at" in book else now
+            age_s = (now - first).total_seconds()
+            book = {"releases": released + 1, "first_at": first.isoformat(), "last_error": reason[:500]}
+            stmt = update(Candidate).where(self._running(candidate_id, attempt, worker))
+            if max_releases is not None and released >= max_releases and age_s >= min_age_s:
+                error = f"infrastructure error {released + 1} times in {age_s:.0f} s; the last: {reason}"
+                values = {"state": CandidateState.FAILED, "error": error[:4000], "ended_at": now}
+                book["releases"] = released  # this one is a failure, not a release
+            else:
+                values = {"state": CandidateState.WAITING, "worker": None, "sent_attempt": 0,
+                          "heartbeat_at": None, "started_at": None,
+                          "error": f"waiting after an infrastructure error: {reason}"[:4000]}  # fmt: skip
+            if not self._cas(s, stmt.values(metrics={INFRA_RELEASES: book}, **values)):
+                return None
+            return values["state"]  # type: ignore[no-any-return]
 
     def fail_candidate(self, candidate_id: int, attempt: int, worker: str, error: str) -> bool:
         return self._update(

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from api.artifacts import FEATURES_METRIC, ArtifactStore
-from api.controller import SearchController
+from api.controller import MAX_TICK_ERRORS, SearchController
 from api.db.models import CandidateState, JobStatus
 from api.db.repository import Repository
 from api.settings import Settings
@@ -271,3 +272,65 @@ def test_the_algorithm_state_is_written_once_per_generation(repo: Repository) ->
     finally:
         event.remove(repo.engine, "before_cursor_execute", count)
     assert len(writes) == SPEC.generations + 1  # each generation's ask (+ the previous tell), finalists
+
+
+class OneSlowOneBroken(SearchController):
+    """A controller whose tick of search ``slow`` blocks until ``release`` is set (a huge generation, a
+    lock) and whose tick of ``broken`` raises; it counts the ticks each search is in at once."""
+
+    def __init__(self, *args: Any, slow: int, broken: int, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.slow, self.broken, self.release = slow, broken, threading.Event()
+        self.entered: dict[int, int] = {}
+        self.running: dict[int, int] = {}
+        self.most_at_once: dict[int, int] = {}
+        self._count = threading.Lock()
+
+    def tick(self, search_id: int, reap: bool = True) -> None:
+        with self._count:
+            self.entered[search_id] = self.entered.get(search_id, 0) + 1
+            self.running[search_id] = self.running.get(search_id, 0) + 1
+            self.most_at_once[search_id] = max(self.most_at_once.get(search_id, 0), self.running[search_id])
+        try:
+            if search_id == self.slow:
+                assert self.release.wait(60)
+            if search_id == self.broken:
+                raise RuntimeError("a search whose state cannot be read")
+            super().tick(search_id, reap)
+        finally:
+            with self._count:
+                self.running[search_id] -= 1
+
+
+def sent_to(repo: Repository, outbox: Outbox) -> set[int]:
+    return {repo.get_candidate(cid).search_id for cid, _ in outbox.evaluations()}  # type: ignore[union-attr]
+
+
+def test_a_slow_or_failing_search_does_not_stall_another_and_no_search_ticks_twice_at_once(
+    repo: Repository,
+) -> None:
+    slow, broken, fast = (make_search(repo, SPEC) for _ in range(3))
+    outbox = Outbox()
+    controller = OneSlowOneBroken(repo, outbox, Settings(controller_threads=2), slow=slow, broken=broken)
+    try:
+        assert set(controller.tick_all()) == {slow, broken, fast}
+        for n in range(MAX_TICK_ERRORS):
+            deadline = time.monotonic() + 30
+            while {broken, fast} & set(controller._inflight) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if n < MAX_TICK_ERRORS - 1:  # the slow tick holds one of the two threads all along
+                assert slow not in controller.tick_all()  # still ticking: not started again
+        # the fast search went on: its first generation was sent, and the tick after it found nothing to do
+        assert sent_to(repo, outbox) == {fast} and controller.entered[fast] == MAX_TICK_ERRORS
+        assert repo.get_search(broken).status == JobStatus.FAILED  # type: ignore[union-attr]
+        assert "cannot be read" in (repo.get_search(broken).error or "")  # type: ignore[union-attr]
+        assert controller.entered[slow] == 1  # still in its first tick: never started again meanwhile
+        controller.release.set()
+        assert controller.wait_ticks(30)
+        controller.tick_all()
+        assert controller.wait_ticks(30)
+        assert sent_to(repo, outbox) == {fast, slow}
+        assert controller.most_at_once == {slow: 1, broken: 1, fast: 1}
+    finally:
+        controller.release.set()
+        controller.stop()

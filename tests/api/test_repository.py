@@ -159,3 +159,44 @@ def test_training_run_reaped_gets_new_attempt_and_completion_registers_a_superne
     assert record is not None and record.last_checkpoint_sha256 == "c" * 64
     net = repo.complete_training_run(run, 2, "w2", "d" * 64, {"preset": "digits"})
     assert net is not None and repo.get_supernet(net).status == JobStatus.PENDING  # type: ignore[union-attr]
+
+
+def test_infrastructure_releases_are_counted_and_bounded(repo: Repository) -> None:
+    search = make_search(repo)
+    start(repo, search, [(0, 1), (1, 1)])
+    bounded, outage = (c.id for c in repo.candidates(search))
+    for n in (1, 2):  # released (costs no attempt), the reason kept while it waits
+        assert repo.claim_candidate(bounded, 1, "w")
+        state = repo.release_candidate(bounded, 1, "w", "ConnectionError: store", max_releases=2)
+        row = repo.get_candidate(bounded)
+        assert state == CandidateState.WAITING and row is not None and row.attempt == 1
+        assert row.metrics["infrastructure"]["releases"] == n  # type: ignore[index]
+        assert "ConnectionError: store" in (row.error or "")
+    assert repo.claim_candidate(bounded, 1, "w")
+    assert repo.release_candidate(bounded, 1, "w", "ConnectionError: store", max_releases=2) == (
+        CandidateState.FAILED
+    )
+    row = repo.get_candidate(bounded)
+    assert row is not None and row.state == CandidateState.FAILED
+    assert "infrastructure error 3 times" in (row.error or "") and "ConnectionError: store" in row.error
+    assert not repo.release_candidate(bounded, 1, "w", "again")  # finished rows never change
+
+    # an outage shorter than min_age_s never fails it, however many releases; completing clears it all
+    for _ in range(4):
+        assert repo.claim_candidate(outage, 1, "w")
+        state = repo.release_candidate(outage, 1, "w", "OperationalError", max_releases=2, min_age_s=3600)
+        assert state == CandidateState.WAITING
+    assert repo.claim_candidate(outage, 1, "w")
+    assert repo.complete_candidate(outage, 1, "w", {"fid": 1.0, "gflops": 2.0})
+    row = repo.get_candidate(outage)
+    assert row is not None and row.metrics == {"fid": 1.0, "gflops": 2.0} and row.error is None
+
+
+def test_mark_sent_many_marks_only_waiting_candidates_at_their_attempt(repo: Repository) -> None:
+    search = make_search(repo)
+    start(repo, search, [(0, 1), (1, 1), (1, 0)])
+    waiting, claimed, stale = (c.id for c in repo.candidates(search))
+    assert repo.claim_candidate(claimed, 1, "w")
+    assert repo.mark_sent_many([(waiting, 1), (claimed, 1), (stale, 2)]) == 1  # attempt 2 is not current
+    assert [c.id for c in repo.candidates_to_send(search, 600)] == [stale]
+    assert repo.get_candidate(waiting).sent_attempt == 1  # type: ignore[union-attr]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import sys
 
 import numpy as np
@@ -476,3 +477,14 @@ def test_run_search_resumes_where_an_uninterrupted_search_ends(tmp_path) -> None
     assert run.pick.genome == ref.pick.genome and run.knee.genome == ref.knee.genome
     assert run.final["pick"].record["n_images"] == 100
     assert [c.to_dict() for c in run.driver.candidates] == [c.to_dict() for c in ref.driver.candidates]
+
+
+def test_non_dominated_sweep_matches_the_pairwise_definition_with_ties() -> None:
+    from ddsm_core.search import _non_dominated_pairwise
+
+    rng = random.Random(7)
+    for n in (0, 1, 2, 5, 40, 300):
+        pts = [(float(rng.randint(0, 9)), float(rng.randint(0, 9))) for _ in range(n)]  # many ties
+        assert non_dominated(pts) == _non_dominated_pairwise(pts)
+    with_nan = [(1.0, 2.0), (math.nan, 0.0), (0.5, 3.0)]
+    assert non_dominated(with_nan) == _non_dominated_pairwise(with_nan)

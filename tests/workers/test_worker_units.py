@@ -123,3 +123,14 @@ def test_infra_health_stops_a_worker_that_never_worked_but_waits_out_an_outage()
     assert worked.failures == 0
     long_outage = Settings(worker_max_infra_failures=3, db_outage_grace_s=0.0)
     assert [worked.failed(long_outage)[1] for _ in range(3)] == [False, False, True]
+
+
+def test_the_fast_evaluators_journal_keeps_one_line_per_evaluation(tmp_path: Path) -> None:
+    import json
+
+    from workers.fast_eval import journal
+
+    for cid in (3, 3, 4):
+        journal(tmp_path / "journal.jsonl", candidate=cid, attempt=1, worker="w")
+    lines = [json.loads(line) for line in (tmp_path / "journal.jsonl").read_text().splitlines()]
+    assert [line["candidate"] for line in lines] == [3, 3, 4] and all("t" in line for line in lines)
