@@ -14,7 +14,7 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
 import torch
@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from ddsm_core.costs import CostTable, mean_gflops_per_call, strategy_gflops
 from ddsm_core.errors import ConfigError, StrategyError
 from ddsm_core.fid import FeatureExtractor, FeatureStats, FIDError, extract_features
+from ddsm_core.latency import LatencyTable
 from ddsm_core.sampling import SamplerState
 from ddsm_core.schedules import NoiseSchedule
 from ddsm_core.spec import SearchSpec
@@ -39,6 +40,8 @@ class EvalResult:
     :param gflops_per_call: the same averaged per network call (the paper's table unit).
     :param latency_s: measured sampling wall time per image, at ``batch_size`` images per batch (only
         the steps actually run: ``reused_fraction`` of the sampler steps came from a :class:`PrefixCache`).
+    :param predicted_latency_s: seconds per image that a latency table predicts for the strategy at
+        the search's batch size (:meth:`ddsm_core.spec.SearchSpec.latency`); None without a table.
     """
 
     fid: float | None
@@ -55,6 +58,7 @@ class EvalResult:
     device: str = "cpu"
     seconds: float = 0.0
     reused_fraction: float = 0.0
+    predicted_latency_s: float | None = None
     # [N x D] per-image features (``evaluate(keep_features=True)``), for paired comparisons between
     # strategies sampled from the same seeds (ddsm_core.paired); never serialised.
     features: Any = field(default=None, repr=False, compare=False)
@@ -314,8 +318,9 @@ class GenomeEvaluator:
     ``spec`` (bound to the model's widths if it names none) gives the sampler, steps, width set, batch
     size, seeds, guidance and class label: every genome is sampled from ``spec.eval_seed + i`` for
     image ``i``; evaluations with ``cache_images`` images share sampler states through a
-    :class:`PrefixCache`; the objectives told to the search are (FID, GFLOPs per image); the full
-    :class:`EvalResult` is kept as the record.
+    :class:`PrefixCache`; the objectives told to the search are (FID, ``spec.cost``: GFLOPs per image,
+    or predicted ms per image from ``latency`` with objective latency); the full :class:`EvalResult`
+    is kept as the record, with the predicted latency whenever a ``latency`` table is given.
     """
 
     def __init__(
@@ -330,6 +335,7 @@ class GenomeEvaluator:
         device: str | torch.device = "cpu",
         cache_images: int | Sequence[int] | None = None,
         cache_bytes: int = 256 << 20,
+        latency: LatencyTable | None = None,
     ) -> None:
         ref_stats.check_compatible(extractor.name, extractor.dim)
         if costs is None:
@@ -340,6 +346,8 @@ class GenomeEvaluator:
         self.spec = spec.bind(model.config.widths)  # type: ignore[union-attr]
         # a guidance or class the model cannot take fails here, not in every candidate
         self.spec.check_model(model.config)  # type: ignore[union-attr]
+        self.spec.check_latency_table(latency)
+        self.latency = latency
         self.costs, self.device = costs, device
         self.images_sampled = 0
         self.network_calls = 0
@@ -365,6 +373,8 @@ class GenomeEvaluator:
             prefix_cache=cache, keep_features=keep, guidance=self.spec.guidance,
             class_label=self.spec.class_label,
         )  # fmt: skip
+        if self.latency is not None:
+            result = replace(result, predicted_latency_s=self.spec.latency(strategy.genes, self.latency))
         if keep and result.features is not None:
             self.kept_features[(strategy.genes, n_images, seed_offset)] = result.features
         self.images_sampled += n_images
@@ -375,4 +385,6 @@ class GenomeEvaluator:
         from ddsm_core.search import Evaluation
 
         result = self.evaluate(genome, n_images)
-        return Evaluation(result.objectives(), result.reason, result.to_dict())
+        record = result.to_dict()
+        objectives = None if result.objectives() is None else (float(result.fid), self.spec.cost(record))  # type: ignore[arg-type]
+        return Evaluation(objectives, result.reason, record)

@@ -196,6 +196,19 @@ class LatencyTable:
         return "\n".join(lines)
 
 
+def table_filename(device: str, dtype: str) -> str:
+    """The file name of a device's table in a checkpoint folder: ``latency-cpu-intel-r-xeon-r-processor-
+    float32.json``. ``ddsm latency --checkpoint`` writes it there and ``ddsm search`` looks for it."""
+    slug = "-".join("".join(c if c.isalnum() else " " for c in device.lower()).split())
+    return f"latency-{slug or 'device'}-{dtype}.json"
+
+
+def find_table(folder: str | Path, device: str, dtype: str = "float32") -> LatencyTable | None:
+    """The table measured on ``device`` in ``dtype`` kept in ``folder`` (a checkpoint), None if none."""
+    path = Path(folder) / table_filename(device, dtype)
+    return LatencyTable.load(path) if path.is_file() else None
+
+
 def _row(name: str, values: Any, n: int) -> tuple[float, ...]:
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) != n:
         raise ConfigError(f"latency table {name} must hold {n} numbers (one per batch size), got {values!r}")

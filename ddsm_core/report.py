@@ -15,6 +15,12 @@ from typing import Any
 
 from ddsm_core.atomic import atomic_path, write_text_atomic
 from ddsm_core.search import Candidate, reached_top
+from ddsm_core.spec import COST_UNITS, SearchSpec
+
+COST_LABELS = {
+    "gflops": "GFLOPs per image (sum over network calls)",
+    "latency": "predicted ms per image (latency table)",
+}
 
 
 def _pyplot():
@@ -48,9 +54,10 @@ def plot_pareto(
     marked: Mapping[str, tuple[float, float]] | None = None,
     fid_label: str = "FID",
     title: str | None = None,
+    cost_label: str = "GFLOPs per image (sum over network calls)",
 ) -> Path:
     """Every candidate (grey), the Pareto front (line), uniform baselines (squares, labelled by
-    width) and marked points (pick, knee: stars). Points are (FID, GFLOPs per image)."""
+    width) and marked points (pick, knee: stars). Points are (FID, cost: the search's objective)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     ok = [c for c in candidates if c.ok and reached_top(c.record)]  # stand-in values are not drawn
@@ -64,7 +71,7 @@ def plot_pareto(
             ax.annotate(label, (gflops, fid), textcoords="offset points", xytext=(4, 4), fontsize=8)
     for i, (label, (fid, gflops)) in enumerate((marked or {}).items()):
         ax.plot([gflops], [fid], "*", ms=14, c=("tab:green", "tab:purple", "tab:orange")[i % 3], label=label)
-    ax.set_xlabel("GFLOPs per image (sum over network calls)")
+    ax.set_xlabel(cost_label)
     ax.set_ylabel(fid_label)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -110,8 +117,12 @@ def rows_table(
     the nearest image count, when ``floors`` are given), GFLOPs, saving, latency."""
     from ddsm_core.floor import floor_of
 
+    predicted = any(r.get("predicted_latency_s") is not None for r in rows)
     head = f"| | strategy | {fid_label} | GFLOPs/image | GFLOPs/call | saved | latency ms/image | images |"
     lines = [head, "|---|---|---|---|---|---|---|---|"]
+    if predicted:  # a latency table's prediction beside the measured time (which a busy machine skews)
+        head = head.replace("| latency ms/image |", "| predicted ms/image | measured ms/image |")
+        lines = [head, "|---" * 9 + "|"]
     for r in rows:
         saved = (1 - r["gflops"] / full_gflops) if full_gflops else None
         fid = r.get("fid")
@@ -123,7 +134,9 @@ def rows_table(
             f"| {r.get('name', '')} | {r.get('strategy', '')} | {fid_text if fid is not None else 'failed'} "
             "| "
             f"{_fmt(r['gflops'])} | {_fmt(r.get('gflops_per_call'), 4)} | "
-            f"{'-' if saved is None else f'{100 * saved:.0f}%'} | {_fmt(_ms(r.get('latency_s')), 2)} | "
+            f"{'-' if saved is None else f'{100 * saved:.0f}%'} | "
+            + (f"{_fmt(_ms(r.get('predicted_latency_s')), 3)} | " if predicted else "")
+            + f"{_fmt(_ms(r.get('latency_s')), 2)} | "
             f"{r.get('n_images', '-')} |"
         )
     return "\n".join(lines)
@@ -165,8 +178,10 @@ def write_report(out_dir: str | os.PathLike[str], results: Mapping[str, Any]) ->
         f"NSGA-II: population {cfg['population']}, generations {cfg['generations']}, mutation rate "
         f"{cfg['mutation_rate']} per gene, {cfg['crossover']} crossover, seed {cfg['seed']}; "
         f"{cfg['n_images']} images per candidate, {cfg['final_images']} for the finalists; pick = "
-        f"argmin FID + {cfg['weight']} x GFLOPs.{_rungs_text(cfg, results.get('cost', {}))}",
+        f"argmin FID + {cfg['weight']} x {COST_UNITS[cfg.get('objective', 'gflops')]}."
+        f"{_rungs_text(cfg, results.get('cost', {}))}",
         "",
+        *_latency_lines(results),
         f"## Finalists ({cfg['final_images']} images, seeds from {cfg['eval_seed']})",
         "",
         rows_table([{"name": k, **v} for k, v in results["final"].items()], full, label, floors),
@@ -217,6 +232,22 @@ def _inputs(results: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def _latency_lines(results: Mapping[str, Any]) -> list[str]:
+    """Which latency table predicted the times (results.json's ``latency_table``), if one did."""
+    table = results.get("latency_table")
+    if not table:
+        return []
+    saving = results.get("latency_saving")
+    return [
+        f"Predicted latency: the supernet's latency table on {table['device']} ({table['dtype']}, "
+        f"{table['threads']} thread(s), measured {table.get('date') or '-'} at batch sizes "
+        f"{table['batch_sizes']}), at {table['at_batch_size']} images per batch"
+        + ("" if saving is None else f"; the pick saves {100 * saving:.0f}% of full width's time")
+        + ".",
+        "",
+    ]
+
+
 def write_report_folder(out_dir: str | os.PathLike[str], results: Mapping[str, Any]) -> Path:
     """The whole report folder from a results.json dict (local or service alike): pareto.png,
     strategy.png, results.json, report.md and the finalists' strategy files (samples.png needs the
@@ -227,17 +258,19 @@ def write_report_folder(out_dir: str | os.PathLike[str], results: Mapping[str, A
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg = results["config"]
+    spec = SearchSpec(objective=cfg.get("objective", "gflops"))  # how a record's cost is read
     cands = [Candidate.from_dict(c) for c in results["candidates"]]
     front = [Candidate.from_dict(c) for c in results["front"]]
     pick, knee = Candidate.from_dict(results["pick"]), Candidate.from_dict(results["knee"])
     plot_pareto(
         out / "pareto.png", cands, front,
-        uniform={k: (v["fid"], v["gflops"]) for k, v in results["uniform"].items()
+        uniform={k: (v["fid"], spec.cost(v)) for k, v in results["uniform"].items()
                  if v.get("n_images") == cfg["n_images"]},  # multi-fidelity: top-rung ones only
         marked={"pick": pick.objectives, "knee": knee.objectives},  # type: ignore[dict-item]
         fid_label=f"FID ({results['extractor']})",
         title=f"{cfg['sampler']}, {cfg['steps']} steps; FID from {cfg['n_images']} images per candidate\n"
         f"(finalists re-measured with {cfg['final_images']}: report.md)",
+        cost_label=COST_LABELS[spec.objective],
     )  # fmt: skip
     widths = tuple(cfg["widths"])
     strategies = {name: Strategy(cfg["sampler"], cfg["steps"], widths, c.genome) for name, c in

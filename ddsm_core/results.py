@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ddsm_core.latency import LatencyTable
 from ddsm_core.search import Candidate, knee_point, non_dominated, reached_top
 from ddsm_core.spec import SearchSpec
 from ddsm_core.widths import format_width
@@ -30,8 +31,11 @@ def front_of(candidates: Sequence[Candidate]) -> list[Candidate]:
 
 
 def point(c: Candidate) -> dict[str, Any]:
-    """A front point as the REST views and the dashboard show it."""
-    return {"genome": list(c.genome), "fid": c.fid, "gflops": c.cost, "generation": c.generation}
+    """A front point as the REST views and the dashboard show it: GFLOPs always, the predicted
+    latency when a table gave one, and ``cost``, the search's objective (one of the two)."""
+    return {"genome": list(c.genome), "fid": c.fid, "gflops": c.record.get("gflops", c.cost),
+            "predicted_latency_s": c.record.get("predicted_latency_s"), "cost": c.cost,
+            "generation": c.generation}  # fmt: skip
 
 
 def progress(candidates: Sequence[Candidate], history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -111,6 +115,7 @@ def build_results(
     run: Mapping[str, Any] | None = None,
     floors: Sequence[Mapping[str, Any]] = (),
     paired: Mapping[str, Mapping[str, Any]] | None = None,
+    latency: LatencyTable | None = None,
 ) -> dict[str, Any]:
     """``results.json``: the config, every candidate, the front, pick, knee, the finalists re-evaluated
     (``final``, keyed by :data:`~ddsm_core.spec.FINALISTS`), uniform widths, saving and cost.
@@ -119,6 +124,9 @@ def build_results(
     :param paired: finalist name -> its paired interval vs full width (``paired``; see
         :func:`ddsm_core.paired.paired_vs_full`, which needs the ``final`` records built here, so a
         caller may also fill it in afterwards).
+    :param latency: the supernet's latency table on the sampling device: every finalist and uniform
+        record gets its ``predicted_latency_s`` (:meth:`~ddsm_core.spec.SearchSpec.latency`), whatever
+        the objective, and ``latency_table`` / ``latency_saving`` say which table and how much.
     """
     front = front_of(candidates)
     genomes = spec.finalists(front)
@@ -129,6 +137,12 @@ def build_results(
         cand = by_genome.get((i,) * spec.steps)
         if cand is not None and cand.ok:
             uniform[format_width(width)] = dict(cand.record)
+    if latency is not None:
+        for name, record in finals.items():
+            record["predicted_latency_s"] = spec.latency(genomes[name], latency)
+        for i, width in enumerate(spec.widths):
+            if format_width(width) in uniform:
+                uniform[format_width(width)]["predicted_latency_s"] = spec.latency((i,) * spec.steps, latency)
     full_gflops = finals["full"].get("gflops")
     pick_gflops = finals["pick"].get("gflops")
     distinct = list({tuple(f["genome"]): f for f in finals.values()}.values())
@@ -148,6 +162,8 @@ def build_results(
         "uniform": uniform,
         "full_gflops": full_gflops,
         "saving": (1.0 - pick_gflops / full_gflops) if full_gflops and pick_gflops is not None else None,
+        "latency_table": None if latency is None else latency_summary(latency, spec.batch_size),
+        "latency_saving": _latency_saving(finals) if latency is not None else None,
         "history": [dict(h) for h in history],
         "cost": cost_summary(
             candidates,
@@ -160,6 +176,19 @@ def build_results(
         "floors": [dict(f) for f in floors],
         "paired": {k: dict(v) for k, v in (paired or {}).items()},
     }
+
+
+def latency_summary(table: LatencyTable, batch_size: int) -> dict[str, Any]:
+    """Which table predicted the latencies, and at what batch size (results.json's ``latency_table``)."""
+    return {"device": table.device, "dtype": table.dtype, "threads": table.threads,
+            "batch_sizes": list(table.batch_sizes), "at_batch_size": batch_size,
+            "model": {k: v for k, v in table.model.items() if k != "config"},
+            "date": table.method.get("date")}  # fmt: skip
+
+
+def _latency_saving(finals: Mapping[str, Mapping[str, Any]]) -> float | None:
+    full, pick = finals["full"].get("predicted_latency_s"), finals["pick"].get("predicted_latency_s")
+    return 1.0 - pick / full if full and pick is not None else None
 
 
 def summary(results: Mapping[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from typing import Any
 from ddsm_core.config import UNetConfig
 from ddsm_core.costs import CostTable, strategy_gflops
 from ddsm_core.errors import ConfigError, StrategyError, choices_message
+from ddsm_core.latency import LatencyTable
 from ddsm_core.search import CROSSOVERS, Candidate, Genome, SearchConfig, knee_point
 from ddsm_core.strategy import Strategy, canonical_sampler, parse_strategy_spec, width_index
 from ddsm_core.transfer import transfer_strategy
@@ -35,6 +36,11 @@ SAMPLER_HELP = "ddpm, ddim, edm (EDM's Heun; also edm-heun) or dpmpp (DPM-Solver
 """The one description of the sampler names in every help text, led by the names outputs print."""
 FINALISTS: tuple[str, ...] = ("pick", "knee", "full")
 """The finalists re-evaluated with ``final_images``: weighted pick, knee of the front, full width."""
+
+OBJECTIVES: tuple[str, ...] = ("gflops", "latency")
+"""The search's cost objective: GFLOPs per image (counted), or predicted milliseconds per image from
+the supernet's :class:`~ddsm_core.latency.LatencyTable` on the device that will sample."""
+COST_UNITS: dict[str, str] = {"gflops": "GFLOPs/image", "latency": "predicted ms/image"}
 
 SEED_MAX = 2**32 - 1
 """Seeds are unsigned 32-bit (numpy's and torch's generators both take them); image seeds too."""
@@ -81,6 +87,11 @@ class SearchSpec:
     next rung, up to ``n_images`` (successive halving, see :func:`ddsm_core.search.run_search`). Every
     rung samples the first images of the same per-image seeds. The service's controller promotes with
     the same function (:func:`ddsm_core.search.halving_step`), its rungs running as worker tasks.
+    ``objective`` is the cost the search minimises beside FID (:data:`OBJECTIVES`): ``gflops`` per
+    image, or ``latency``: the latency table's predicted milliseconds per image at ``batch_size``
+    images per batch (:meth:`latency`; ms, not s, so that ``weight`` stays of the same order as with
+    GFLOPs). The table is not part of the spec: the caller brings it (a file, or the service's table
+    for the supernet), so a spec says what to minimise, not on which machine.
     ``guidance`` samples with classifier-free guidance of that weight (a model with a null label;
     both passes counted in the GFLOPs); ``class_label`` gives every image that class instead of
     ``seed % classes`` (class-conditional models).
@@ -104,6 +115,7 @@ class SearchSpec:
     promote: float = 0.25
     guidance: float | None = None
     class_label: int | None = None
+    objective: str = "gflops"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -123,6 +135,8 @@ class SearchSpec:
                 raise ConfigError(f"guidance must be a finite number >= 0, got {self.guidance}")
         if self.class_label is not None and (isinstance(self.class_label, bool) or self.class_label < 0):
             raise ConfigError(f"class_label must be an integer >= 0, got {self.class_label}")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(choices_message("objective", self.objective, OBJECTIVES))
         if self.crossover not in CROSSOVERS:
             raise ConfigError(choices_message("crossover", self.crossover, CROSSOVERS))
         if isinstance(self.warm_start, (str, bytes, Mapping)) or not isinstance(self.warm_start, Sequence):
@@ -234,13 +248,50 @@ class SearchSpec:
     def gflops(self, genome: Sequence[int], table: CostTable) -> float:
         return strategy_gflops(self.strategy(genome), table, passes=self.passes)
 
+    def latency(self, genome: Sequence[int], table: LatencyTable) -> float:
+        """Predicted seconds per image of ``genome`` at ``batch_size`` images per batch.
+
+        With guidance every network call runs the conditional and unconditional passes as one batch of
+        twice the images (:class:`~ddsm_core.sampling.GuidedDenoiser`); the sampler's own work is on
+        the images themselves."""
+        strategy, b = self.strategy(genome), self.batch_size
+        calls = math.fsum(table.call_seconds(w, b * self.passes) for w in strategy.network_calls())
+        return (calls + strategy.steps * table.step_overhead(strategy.sampler, b)) / b
+
+    def check_latency_table(self, table: LatencyTable | None) -> None:
+        """ConfigError when the search cannot use ``table``: none with objective latency, or a table
+        that lacks one of the search's widths."""
+        if table is None:
+            if self.objective == "latency":
+                raise ConfigError(
+                    "objective latency needs a latency table of this supernet on the device that will "
+                    "sample (measure one with `ddsm latency --checkpoint DIR --out FILE`, or "
+                    "POST /supernets/{id}/latency-tables on the service)"
+                )
+            return
+        missing = [w for w in self._require_widths() if not any(abs(w - t) < 1e-9 for t in table.widths)]
+        if missing:
+            raise ConfigError(
+                f"the latency table ({table.device}) has widths {list(table.widths)}, not the search's "
+                f"{missing}: measure it for this supernet"
+            )
+
+    def cost(self, record: Mapping[str, Any]) -> float:
+        """The cost objective of an evaluation record: ``gflops``, or ``predicted_latency_s`` in ms."""
+        if self.objective == "gflops":
+            return float(record["gflops"])
+        seconds = record.get("predicted_latency_s")
+        if seconds is None:
+            raise ConfigError("objective latency: the evaluation has no predicted latency (no latency table)")
+        return 1e3 * float(seconds)
+
     @property
     def ladder(self) -> tuple[int, ...]:
         """The image counts a candidate may be evaluated with, the top rung (``n_images``) last."""
         return (*self.rungs, self.n_images)
 
     def pick(self, front: Sequence[Candidate]) -> Candidate:
-        """The paper's weighted pick: argmin FID + weight x cost over the front."""
+        """The paper's weighted pick: argmin FID + weight x cost (:attr:`objective`) over the front."""
         if not front:
             raise ValueError("no successful evaluation: the front is empty")
         return min(front, key=lambda c: (c.fid + self.weight * c.cost, c.cost))

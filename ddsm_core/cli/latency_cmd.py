@@ -25,7 +25,12 @@ def latency(
     channels_last: bool | None = typer.Option(
         None, "--channels-last/--no-channels-last", help="NHWC weights [the device's default]."
     ),
-    out: Path | None = typer.Option(None, "--out", help="Write the table as JSON here."),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        help="Write the table as JSON here [with --checkpoint: into the checkpoint folder, where "
+        "`ddsm search` finds it].",
+    ),
     threads: int | None = typer.Option(
         None, "--threads", help="Torch CPU threads (default 1 or $DDSM_TORCH_THREADS; 0 = all cores)."
     ),
@@ -51,7 +56,9 @@ def latency(
     check_min("--repeats", repeats, 1)
     check_min("--warmup", warmup, 0)
     if checkpoint is not None:
-        check_checkpoint(checkpoint)
+        ckpt = check_checkpoint(checkpoint)
+        if out is None:  # the table goes into the checkpoint folder: writable, checked before measuring
+            check_writable_parent(ckpt / "latency.json", "--checkpoint")
     if out is not None:
         check_writable_parent(out, "--out")
     dev = pick_device(device)
@@ -64,6 +71,10 @@ def latency(
         model_info={**info, "channels_last": channels_last},
     )  # fmt: skip
     typer.echo(table.describe())
+    if out is None and checkpoint is not None:
+        from ddsm_core.latency import table_filename
+
+        out = Path(info["checkpoint"]) / table_filename(table.device, dtype)
     if out is not None:
         typer.echo(f"wrote {table.save(out)}")
 

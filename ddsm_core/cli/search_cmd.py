@@ -27,6 +27,7 @@ from ddsm_core.spec import (
     DEFAULT_SAMPLER,
     DEFAULT_STEPS,
     DEFAULTS,
+    OBJECTIVES,
     PROFILES,
     SAMPLER_HELP,
     SearchSpec,
@@ -243,13 +244,18 @@ def search_to_folder(
     resume: bool = True,
     n_sample_images: int = 64,
     warm_start: Sequence[Path] = (),
+    latency_table: Path | None = None,
 ) -> dict[str, Any]:
     """A whole local search into ``out``: resumable state, results.json, plots, report.md and one
     strategy file per finalist. ``spec`` defaults to :data:`ddsm_core.spec.DEFAULTS`.
 
     ``warm_start``: strategy files or results.json files seeding the first generation (transferred
     to the search's sampler and steps with the checkpoint's noise schedule). Resuming without them
-    keeps the seeds stored in the search state."""
+    keeps the seeds stored in the search state.
+
+    ``latency_table``: the supernet's latency table on this machine (``ddsm latency``); without it,
+    the table of this device kept in the checkpoint folder, if any. With a table every finalist
+    shows its predicted latency beside its GFLOPs; objective latency needs one."""
     from ddsm_core.evaluate import GenomeEvaluator, sample_images
     from ddsm_core.floor import floors_of
     from ddsm_core.flops import cost_table
@@ -263,11 +269,14 @@ def search_to_folder(
     check_file(stats, "--stats", "reference statistics")
     for path in warm_start:
         check_file(path, "--warm-start", "strategy file")
+    check_file(latency_table, "--latency-table", "latency table")
     check_writable_parent(out, "--out")
     model, schedule, manifest, dev = _load_model(checkpoint, device)
     with spec_errors_as_options():
         spec = (spec or DEFAULTS).bind(model.config.widths)
         spec.check_model(model.config)  # --guidance / --class the supernet cannot run: before any stats
+    latency = _latency_table(latency_table, Path(manifest["path"]), dev)
+    spec.check_latency_table(latency)
     spec = _seeded(spec, warm_start, schedule, out / STATE_FILE if resume else None)
     data = _dataset_of(manifest, dataset) if stats is None else dataset
     size = check_data_args(data, image_size, model.config)
@@ -276,8 +285,9 @@ def search_to_folder(
     if stats is None:
         ref.save(out / "ref_stats.npz")
     evaluator = GenomeEvaluator(
-        model, schedule, ref, ext, spec, costs=cost_table(model), device=dev, cache_images=spec.ladder
-    )
+        model, schedule, ref, ext, spec, costs=cost_table(model), device=dev, cache_images=spec.ladder,
+        latency=latency,
+    )  # fmt: skip
     full = spec.full_width_genome()
     run = run_search(
         spec.search_config(), evaluator, out, seed=spec.seed, n_images=spec.n_images,
@@ -293,6 +303,7 @@ def search_to_folder(
              "checkpoint_dir": str(manifest.get("path") or checkpoint),
              "resumed": run.resumed},
         floors=[f.to_dict() for f in floors_of(ref)],  # every FID next to the real-data floor
+        latency=latency,
     )  # fmt: skip
     final = results["final"]
     seeds = list(range(spec.eval_seed, spec.eval_seed + n_sample_images))
@@ -313,6 +324,20 @@ def search_to_folder(
     )
     write_report_folder(out, results)
     return results
+
+
+def _latency_table(path: Path | None, checkpoint_dir: Path, device: Any) -> Any:
+    """``--latency-table``, else this device's float32 table in the checkpoint folder, else None."""
+    from ddsm_core.latency import LatencyTable, device_name, find_table
+
+    if path is not None:
+        table = LatencyTable.load(path)
+        here = device_name(device)
+        if table.device != here or table.dtype != "float32":
+            note = f"the latency table was measured on {table.device} ({table.dtype}), this search runs on"
+            typer.echo(f"note: {note} {here} (float32): its latencies are that device's", err=True)
+        return table
+    return find_table(checkpoint_dir, device_name(device))
 
 
 def _seeded(spec: SearchSpec, files: Sequence[Path], schedule: Any, state: Path | None) -> SearchSpec:
@@ -400,7 +425,18 @@ def search(
         None, "--final-images", help=f"Images per finalist ({_profiles_help('final_images')})."
     ),
     weight: float | None = typer.Option(
-        None, "--weight", help=f"Pick: min FID + w x GFLOPs/image ({_profiles_help('weight')})."
+        None, "--weight", help=f"Pick: min FID + w x cost ({_profiles_help('weight')})."
+    ),
+    objective: str | None = typer.Option(
+        None,
+        "--objective",
+        help=f"The cost beside FID: {' or '.join(OBJECTIVES)} (predicted ms/image from the latency "
+        f"table); default {DEFAULTS.objective}.",
+    ),
+    latency_table: Path | None = typer.Option(
+        None,
+        "--latency-table",
+        help="Latency table JSON (`ddsm latency`) [this device's table in the checkpoint folder, if any].",
     ),
     rungs: str | None = typer.Option(
         None,
@@ -445,17 +481,21 @@ def search(
             sampler=sampler, steps=steps, population=population, generations=generations,
             mutation_rate=mutation_rate, crossover=crossover, n_images=images, final_images=final_images,
             weight=weight, seed=seed, eval_seed=eval_seed, batch_size=batch_size, guidance=guidance,
-            class_label=label, rungs=_parse_rungs(rungs), promote=promote,
+            class_label=label, rungs=_parse_rungs(rungs), promote=promote, objective=objective,
         )  # fmt: skip
     res = search_to_folder(
         checkpoint, out, spec, stats=stats, dataset=dataset, image_size=image_size, extractor=extractor,
         device=device, progress=progress, resume=resume, warm_start=warm_start or (),
+        latency_table=latency_table,
     )  # fmt: skip
     pick, full = res["final"]["pick"], res["final"]["full"]
     saved = 1 - pick["gflops"] / full["gflops"]
+    faster = res.get("latency_saving")
     typer.echo(
         f"pick {pick['strategy']}: FID {_num(pick.get('fid'))} vs full width {_num(full.get('fid'))} "
-        f"({res['extractor']}), {100 * saved:.0f}% fewer GFLOPs -> {out / 'report.md'}"
+        f"({res['extractor']}), {100 * saved:.0f}% fewer GFLOPs"
+        + ("" if faster is None else f", {100 * faster:.0f}% less predicted time")
+        + f" -> {out / 'report.md'}"
     )
 
 

@@ -235,3 +235,64 @@ def test_search_with_rungs_stops_most_candidates_early_and_counts_each_rung(
     assert "rungs must be increasing" in capsys.readouterr().err
     assert run_app(app, [*bad[:-1], "8,x"]) == 2
     assert "--rungs takes comma-separated" in capsys.readouterr().err
+
+
+def _slow_narrow_table(widths, device: str):
+    """A latency table where the narrowest width is 1000x slower than the others: the latency
+    objective must steer away from it while GFLOPs favour it."""
+    from ddsm_core.latency import LatencyTable
+
+    seconds = [(1.0, 1.0) if i == 0 else (0.001 * i, 0.001 * i) for i in range(len(widths))]
+    return LatencyTable(device=device, dtype="float32", threads=1, widths=widths, batch_sizes=(1, 8),
+                        seconds=seconds, overhead={"ddpm": (0.0001, 0.0002)})  # fmt: skip
+
+
+def test_objective_latency_picks_by_the_tables_predicted_time(checkpoint, stats, tmp_path, capsys) -> None:
+    import shutil
+
+    from ddsm_core.latency import LatencyTable, device_name, table_filename
+
+    own = tmp_path / "ckpt"  # a copy: the table written next to it must not reach the other tests
+    shutil.copytree(checkpoint, own)
+    widths = (0.5, 0.75, 1.0)
+    table = _slow_narrow_table(widths, device_name("cpu"))
+    table.save(own / table_filename(table.device, "float32"))
+    base = ["search", "--checkpoint", str(own), "--stats", str(stats), "--steps", "3", "--population", "4",
+            "--generations", "1", "--images", "8", "--final-images", "8", "--batch-size", "8",
+            "--weight", "1000000", "--no-progress"]  # fmt: skip
+    # GFLOPs (the default): with a huge weight the pick is the cheapest: uniform 1/2; the table found
+    # in the checkpoint folder still gives every finalist its predicted latency
+    assert run_app(app, [*base, "--out", str(tmp_path / "g")]) == 0, capsys.readouterr().err
+    g = json.loads((tmp_path / "g" / "results.json").read_text())
+    assert g["config"]["objective"] == "gflops" and g["final"]["pick"]["genome"] == [0, 0, 0]
+    assert g["final"]["pick"]["predicted_latency_s"] == pytest.approx(
+        (3 * 1.0 + 3 * 0.0002) / 8
+    )  # batch 8: three calls of 1 s and three sampler steps of 0.2 ms, per image
+    assert g["latency_table"]["device"] == table.device and g["latency_saving"] < 0
+    # latency: the narrow width is the slowest, so the cheapest (and the pick) is uniform 3/4
+    assert run_app(app, [*base, "--out", str(tmp_path / "l"), "--objective", "latency"]) == 0
+    lat = json.loads((tmp_path / "l" / "results.json").read_text())
+    assert lat["config"]["objective"] == "latency" and lat["final"]["pick"]["genome"] == [1, 1, 1]
+    assert lat["pick"]["objectives"][1] == pytest.approx(1e3 * (3 * 0.001 + 3 * 0.0002) / 8)
+    assert lat["final"]["pick"]["gflops"] < lat["final"]["full"]["gflops"]  # both shown
+    report = (tmp_path / "l" / "report.md").read_text()
+    assert "predicted ms/image" in report and "x predicted ms/image" in report and table.device in report
+    # an explicit --latency-table wins over the one in the folder; a bad one is a one-line error
+    other = LatencyTable.from_dict({**table.to_dict(), "widths": [0.5, 1.0], "seconds": [[1, 1], [2, 2]]})
+    other.save(tmp_path / "two.json")
+    capsys.readouterr()
+    argv = [*base, "--out", str(tmp_path / "x"), "--objective", "latency", "--latency-table",
+            str(tmp_path / "two.json")]  # fmt: skip
+    assert run_app(app, argv) == 2
+    err = capsys.readouterr().err
+    assert "[0.75]" in err and err.count("\n") == 1 and not (tmp_path / "x").exists()
+
+
+def test_objective_latency_without_a_table_is_a_one_line_error(checkpoint, stats, tmp_path, capsys) -> None:
+    argv = ["search", "--checkpoint", str(checkpoint), "--stats", str(stats), "--out", str(tmp_path / "s"),
+            "--objective", "latency", "--no-progress"]  # fmt: skip
+    assert run_app(app, argv) == 2
+    err = capsys.readouterr().err
+    assert "ddsm latency --checkpoint" in err and err.count("\n") == 1
+    assert run_app(app, [*argv[:-3], "--objective", "seconds"]) == 2
+    assert "gflops, latency" in capsys.readouterr().err
