@@ -60,6 +60,7 @@ from api.queue import is_infrastructure_error
 from api.settings import Settings
 from ddsm_core.costs import CostTable
 from ddsm_core.errors import DDSMError
+from ddsm_core.latency import LatencyTable
 from ddsm_core.results import build_results, progress
 from ddsm_core.search import Evaluation, Genome, HalvingStep, SearchDriver, halving_step
 from ddsm_core.spec import SearchSpec
@@ -87,10 +88,14 @@ def rung_phases(spec: SearchSpec) -> tuple[str, ...]:
 
 
 def objectives(cand: CandidateRecord) -> tuple[float, float] | None:
-    """(FID, GFLOPs) of a finished candidate, None for a failed one (the driver gives it the penalty)."""
+    """(FID, cost) of a finished candidate, None for a failed one (the driver gives it the penalty).
+
+    The cost is the search's objective as the worker recorded it (``cost``: GFLOPs or predicted
+    ms/image, see ``SearchSpec.cost``); rows from before objectives existed have ``gflops`` only."""
     if cand.state != CandidateState.COMPLETE or not cand.metrics or cand.metrics.get("fid") is None:
         return None
-    return float(cand.metrics["fid"]), float(cand.metrics["gflops"])
+    cost = cand.metrics.get("cost")
+    return float(cand.metrics["fid"]), float(cand.metrics["gflops"] if cost is None else cost)
 
 
 class SearchController:
@@ -403,6 +408,7 @@ class SearchController:
         stats = self.repo.get_reference_stats(search.reference_stats_id)
         assert net is not None and net.gflops is not None and stats is not None
         table = CostTable.from_dict(net.gflops)
+        latency = self._latency_table(search)
         records = {
             name: _final_record(spec, genome, final.get(genome), table)
             for name, genome in spec.finalists(driver.front()).items()
@@ -419,10 +425,18 @@ class SearchController:
                  "checkpoint_step": (net.config or {}).get("step"),
                  "workers": len({c.worker for c in search_cands if c.worker})},
             floors=stats.floors or (),  # every FID next to the real-data floor
+            latency=latency,
         )  # fmt: skip
         # every finalist paired with full width on the same seeds (needs the final records built)
         results["paired"] = self._paired(spec, results["final"], final, stats.artifact_sha256)
         return results
+
+    def _latency_table(self, search: SearchRecord) -> LatencyTable | None:
+        """The search's latency table (predicted latency of every finalist), None if it has none."""
+        row = (
+            None if search.latency_table_id is None else self.repo.get_latency_table(search.latency_table_id)
+        )
+        return None if row is None or row.table is None else LatencyTable.from_dict(row.table)
 
     def _paired(
         self,

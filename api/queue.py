@@ -25,11 +25,13 @@ EVALUATE_CANDIDATE = "ddsm.evaluate_candidate"
 TRAIN_SUPERNET = "ddsm.train_supernet"
 COMPUTE_REFERENCE_STATS = "ddsm.compute_reference_stats"
 INSPECT_SUPERNET = "ddsm.inspect_supernet"
+MEASURE_LATENCY = "ddsm.measure_latency"
 
 ROUTES = {
     EVALUATE_CANDIDATE: {"queue": EVAL_QUEUE},
     INSPECT_SUPERNET: {"queue": EVAL_QUEUE},
     COMPUTE_REFERENCE_STATS: {"queue": EVAL_QUEUE},
+    MEASURE_LATENCY: {"queue": EVAL_QUEUE},  # the devices that evaluate candidates: theirs is the latency
     TRAIN_SUPERNET: {"queue": TRAIN_QUEUE},
 }
 
@@ -104,3 +106,6 @@ class Dispatcher:
 
     def inspect_supernet(self, supernet_id: int) -> None:
         self.celery.send_task(INSPECT_SUPERNET, args=(supernet_id,), queue=EVAL_QUEUE)
+
+    def measure_latency(self, table_id: int) -> None:
+        self.celery.send_task(MEASURE_LATENCY, args=(table_id,), queue=EVAL_QUEUE)

@@ -25,9 +25,19 @@ from pydantic import (
 from api.db.repository import MAX_ID
 from ddsm_core.catalog import DATASETS, DOMAIN_DATASETS, Extractor, NoiseSchedule
 from ddsm_core.errors import ConfigError
+from ddsm_core.latency import DTYPES
 from ddsm_core.recipes import TRAIN_PRESETS
 from ddsm_core.search import CROSSOVERS
-from ddsm_core.spec import DEFAULTS, LIMITS, MAX_WIDTHS, PROFILES, SAMPLER_HELP, SEED_MAX, SearchSpec
+from ddsm_core.spec import (
+    DEFAULTS,
+    LIMITS,
+    MAX_WIDTHS,
+    OBJECTIVES,
+    PROFILES,
+    SAMPLER_HELP,
+    SEED_MAX,
+    SearchSpec,
+)
 from ddsm_core.strategy import SAMPLER_ALIASES, SAMPLERS
 
 NO_NUL = r"^[^\x00]*$"
@@ -79,6 +89,54 @@ class SupernetOut(Out):
     training_run_id: int | None
     error: str | None
     created_at: UTCDatetime
+
+
+MAX_LATENCY_BATCHES = 8
+"""At most this many batch sizes per latency table (each is a round of timed calls per width)."""
+Dtype = Literal[DTYPES]  # type: ignore[valid-type]
+Objective = Literal[OBJECTIVES]  # type: ignore[valid-type]
+
+
+class LatencyTableRequest(In):
+    """A latency table to measure on a worker (the eval queue: the devices that evaluate candidates)."""
+
+    dtype: Dtype = Field(default="float32", description=f"{', '.join(DTYPES)}: weights and inputs.")
+    batch_sizes: list[Annotated[int, Field(ge=1, le=int(LIMITS["batch_size"][1]))]] = Field(
+        default_factory=lambda: [1, 64],
+        min_length=1,
+        max_length=MAX_LATENCY_BATCHES,
+        json_schema_extra={"uniqueItems": True},
+        description="Batch sizes to time (unique); a search's batch size between or beyond them is "
+        "interpolated linearly.",
+    )
+    repeats: int = Field(
+        default=7, ge=1, le=100, description="Timed calls per width and batch size (median)."
+    )
+    warmup: int = Field(default=2, ge=0, le=20, description="Untimed calls first.")
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _unique_batches(cls, sizes: list[int]) -> list[int]:
+        if len(set(sizes)) != len(sizes):
+            raise ValueError(f"duplicate batch sizes in {sizes}")
+        return sorted(sizes)
+
+
+class LatencyTableOut(Out):
+    id: int
+    supernet_id: int
+    status: str
+    dtype: str
+    batch_sizes: list[int]
+    repeats: int
+    warmup: int
+    device: str | None = Field(description="The measuring worker's device (None until measured).")
+    threads: int | None
+    table: dict[str, Any] | None = Field(description="The ddsm-latency-table JSON (`ddsm latency`'s).")
+    worker: str | None
+    error: str | None
+    created_at: UTCDatetime
+    ended_at: UTCDatetime | None
 
 
 def _f(low: float, high: float, *, below: bool = False, above: bool = False) -> Any:
@@ -297,7 +355,19 @@ class SearchCreate(In):
     generations: int = _setting("generations")
     n_images: int = _setting("n_images", "Images per candidate.")
     final_images: int = _setting("final_images", "Images per finalist.")
-    weight: float = _setting("weight", "Pick: argmin FID + weight * GFLOPs.")
+    weight: float = _setting("weight", "Pick: argmin FID + weight * cost (the objective's unit).")
+    objective: Objective = Field(
+        default=DEFAULTS.objective,
+        description="The cost beside FID: gflops (GFLOPs/image) or latency (predicted ms/image at "
+        "batch_size, from the supernet's latency table: latency_table_id, or the newest float32 table "
+        "of the supernet when all of them come from one device).",
+    )
+    latency_table_id: Id | None = Field(
+        default=None,
+        description="A COMPLETE latency table of this supernet (GET /supernets/{id}/latency-tables): "
+        "the search's latencies come from it. Default: as for objective; with gflops, the reports "
+        "show predicted latency when such a table exists.",
+    )
     seed: int = _setting("seed", "Seed of NSGA-II.")
     eval_seed: int = _setting("eval_seed", "Image i of every candidate uses eval_seed + i.")
     batch_size: int = _setting("batch_size")
@@ -355,7 +425,8 @@ class SearchCreate(In):
     def spec(self, widths: tuple[float, ...] | None = None) -> SearchSpec:
         """The search this request defines (ConfigError if its settings do not fit together)."""
         # warm_start is taken by the service: it transfers the seeds to this search's grid first
-        skip = {"name", "supernet_id", "reference_stats_id", "widths", "warm_start", "warm_start_searches"}
+        skip = {"name", "supernet_id", "reference_stats_id", "widths", "warm_start", "warm_start_searches",
+                "latency_table_id"}  # fmt: skip
         fields = self.model_dump(exclude=skip)
         return SearchSpec(widths=widths if widths is not None else tuple(self.widths or ()), **fields)
 
@@ -407,6 +478,7 @@ class SearchOut(Out):
     status: str
     supernet_id: int
     reference_stats_id: int
+    latency_table_id: int | None = Field(description="The latency table the predicted latencies come from.")
     config: dict[str, Any]
     progress: SearchProgress
     front: list[dict[str, Any]]

@@ -17,7 +17,7 @@ from api.controller import rung_phases
 from api.db.models import JobStatus
 from api.db.repository import MAX_ID, Repository, SearchRecord
 from api.queue import Dispatcher
-from api.schemas import SearchCreate, StrategyTransfer, TrainingRunCreate
+from api.schemas import LatencyTableRequest, SearchCreate, StrategyTransfer, TrainingRunCreate
 from api.settings import Settings
 from ddsm_core.catalog import DATASETS
 from ddsm_core.compare import Comparison, Front, compare_fronts, front_from_results
@@ -57,6 +57,50 @@ def register_supernet(
     return supernet_id
 
 
+def request_latency_table(
+    repo: Repository, sender: Dispatcher, supernet_id: int, body: LatencyTableRequest
+) -> int:
+    """A latency table to be measured by a worker; NotFound / Conflict for a missing or unready supernet."""
+    net = repo.get_supernet(supernet_id)
+    if net is None:
+        raise NotFound(f"supernet {supernet_id} not found")
+    if net.status != JobStatus.COMPLETE:
+        raise Conflict(f"supernet {net.id} is {net.status.value}, not ready: wait until it is COMPLETE")
+    table_id = repo.create_latency_table(net.id, body.dtype, body.batch_sizes, body.repeats, body.warmup)
+    sender.measure_latency(table_id)
+    return table_id
+
+
+def search_latency_table(repo: Repository, net_id: int, spec: SearchSpec, table_id: int | None) -> int | None:
+    """The latency table a new search predicts its latencies with (its id), checked against the spec.
+
+    ``table_id`` given: it must be a COMPLETE table of this supernet. Else the newest COMPLETE float32
+    table of the supernet, when all of them were measured on one device (several devices: the client
+    must say which); None when there is none (then objective latency is a ConfigError: 422).
+    """
+    from ddsm_core.latency import LatencyTable
+
+    if table_id is not None:
+        row = repo.get_latency_table(table_id)
+        if row is None or row.supernet_id != net_id:
+            raise NotFound(f"latency table {table_id} of supernet {net_id} not found")
+        if row.status != JobStatus.COMPLETE or row.table is None:
+            raise Conflict(f"latency table {table_id} is {row.status.value}: a search uses it once COMPLETE")
+    else:
+        rows = repo.list_latency_tables(net_id, status=JobStatus.COMPLETE, dtype="float32")
+        devices = sorted({r.device or "" for r in rows})
+        if len(devices) > 1:
+            if spec.objective != "latency":
+                return None  # GFLOPs only: no table is preferred over a guess
+            raise ConfigError(
+                f"supernet {net_id} has latency tables from {len(devices)} devices ({'; '.join(devices)}): "
+                "choose one with latency_table_id (GET /supernets/{id}/latency-tables)"
+            )
+        row = rows[-1] if rows else None
+    spec.check_latency_table(None if row is None else LatencyTable.from_dict(row.table or {}))
+    return None if row is None else row.id
+
+
 def register_stats_file(repo: Repository, store: ArtifactStore, name: str, dataset: str, path: str) -> int:
     from ddsm_core.fid import FeatureStats
     from ddsm_core.floor import floors_of
@@ -92,7 +136,8 @@ def create_search(repo: Repository, body: SearchCreate) -> int:
             log.info("new search %r: %s", body.name, note)
     if (net.config or {}).get("model_config"):
         spec.check_model(UNetConfig.from_dict(net.config["model_config"]))
-    return repo.create_search(body.name, net.id, stats.id, spec.to_dict())
+    latency_table_id = search_latency_table(repo, net.id, spec, body.latency_table_id)
+    return repo.create_search(body.name, net.id, stats.id, spec.to_dict(), latency_table_id)
 
 
 def warm_start_strategies(
@@ -159,7 +204,10 @@ def search_view(repo: Repository, search: SearchRecord) -> dict[str, Any]:
     complete = search.status == JobStatus.COMPLETE and bool(search.result)
     percent = 100.0 if complete else min(99.0, 100.0 * finished / max(total_work, 1))
     return {
-        **{k: getattr(search, k) for k in ("id", "name", "supernet_id", "reference_stats_id", "config")},
+        **{
+            k: getattr(search, k)
+            for k in ("id", "name", "supernet_id", "reference_stats_id", "latency_table_id", "config")
+        },  # fmt: skip
         "status": search.status.value,
         "progress": {
             "generations_done": done,

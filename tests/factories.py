@@ -19,9 +19,11 @@ from typing import Any
 
 from api.db.repository import Repository
 from ddsm_core.costs import CostTable
+from ddsm_core.latency import LatencyTable
 from ddsm_core.search import Evaluation, SearchRun, run_search
 from ddsm_core.spec import SearchSpec
 from workers.fast_eval import fast_metrics
+from workers.tasks import with_cost
 
 TABLE: dict[str, Any] = {
     "widths": [0.25, 0.5, 0.75, 1.0],
@@ -74,6 +76,9 @@ class Outbox:
     def inspect_supernet(self, supernet_id: int) -> None:
         self.sent.append(("inspect", (supernet_id,)))
 
+    def measure_latency(self, table_id: int) -> None:
+        self.sent.append(("latency", (table_id,)))
+
     def evaluations(self) -> list[tuple[int, int]]:
         """``(candidate_id, attempt)`` of every evaluation sent and not taken yet."""
         return [(args[0], args[1]) for kind, args in self.sent if kind == "evaluate"]
@@ -99,6 +104,11 @@ def complete_sent(
         assert cand and search and net and net.gflops
         spec = SearchSpec.from_dict(search.config)
         metrics = fast_metrics(spec, cand.genome, CostTable.from_dict(net.gflops), sleep_s, cand.n_images)
+        latency = None
+        if search.latency_table_id is not None:  # as the worker: the objective's cost in the metrics
+            row = repo.get_latency_table(search.latency_table_id)
+            latency = LatencyTable.from_dict(row.table) if row and row.table else None
+        metrics = with_cost(spec, cand.genome, metrics, latency)
         recorded += repo.complete_candidate(cid, attempt, worker, metrics)
     return recorded
 

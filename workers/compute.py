@@ -88,6 +88,35 @@ def inspect_checkpoint(checkpoint: Path) -> tuple[dict[str, Any], dict[str, Any]
     return table.to_dict(), summary
 
 
+def measure_latency_table(
+    checkpoint: Path,
+    *,
+    dtype: str,
+    batch_sizes: Sequence[int],
+    repeats: int,
+    warmup: int,
+    device: str,
+    info: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The checkpoint's :class:`~ddsm_core.latency.LatencyTable` on this worker's device (as a dict),
+    with the model prepared as an evaluation prepares it (packed weights, the device's default layout)."""
+    import torch
+
+    from ddsm_core.checkpoint import load_checkpoint
+    from ddsm_core.inference import prepare_for_inference
+    from ddsm_core.latency import measure_latency
+
+    dev = device_of(device)
+    # a fresh copy (not the evaluation cache's): it may be cast to another dtype
+    model, schedule, _ = load_checkpoint(checkpoint, use_ema=True, map_location=dev)
+    model = prepare_for_inference(model.to(dtype=getattr(torch, dtype)))
+    table = measure_latency(
+        model, batch_sizes, schedule=schedule, repeats=repeats, warmup=warmup, device=dev, dtype=dtype,
+        model_info=dict(info),
+    )  # fmt: skip
+    return table.to_dict()
+
+
 @cache
 def _stats(path: str) -> Any:
     from ddsm_core.fid import FeatureStats

@@ -33,12 +33,14 @@ from api.queue import (
     COMPUTE_REFERENCE_STATS,
     EVALUATE_CANDIDATE,
     INSPECT_SUPERNET,
+    MEASURE_LATENCY,
     TRAIN_SUPERNET,
     is_infrastructure_error,
 )
 from api.settings import Settings
 from ddsm_core.costs import CostTable
 from ddsm_core.errors import DDSMError
+from ddsm_core.latency import LatencyTable
 from ddsm_core.spec import SearchSpec
 from workers.history import RunHistory
 
@@ -217,6 +219,9 @@ def evaluate_candidate(candidate_id: int, attempt: int) -> str:
             error = _error(exc)
             _persist(ctx.settings, lambda: ctx.repo.fail_candidate(candidate_id, attempt, ctx.name, error))
             return "failed"
+    if metrics.get("status") != "failed" and metrics.get("cost") is None:
+        reason = "the evaluation has no cost (objective latency without a predicted latency)"
+        metrics = {**metrics, "status": "failed", "reason": metrics.get("reason") or reason}
     if metrics.get("status") == "failed":  # a diverged sampler: FAILED with its reason (penalty)
         reason = str(metrics.get("reason"))
         _persist(ctx.settings, lambda: ctx.repo.fail_candidate(candidate_id, attempt, ctx.name, reason))
@@ -251,6 +256,7 @@ def _evaluate(ctx: WorkerContext, candidate_id: int) -> dict[str, Any]:
     if net is None or net.gflops is None or stats is None or stats.artifact_sha256 is None:
         raise DDSMError("the search's supernet or reference statistics are not ready")
     spec = SearchSpec.from_dict(search.config)
+    latency = _search_latency_table(ctx, search.latency_table_id)
     if ctx.settings.evaluator == "fast":
         from workers.fast_eval import fast_metrics, journal
 
@@ -258,7 +264,7 @@ def _evaluate(ctx: WorkerContext, candidate_id: int) -> dict[str, Any]:
         metrics = fast_metrics(spec, cand.genome, table, ctx.settings.fast_eval_seconds, cand.n_images)
         if ctx.settings.fast_eval_journal is not None:
             journal(ctx.settings.fast_eval_journal, candidate=cand.id, attempt=cand.attempt, worker=ctx.name)
-        return metrics
+        return with_cost(spec, cand.genome, metrics, latency)
     torch_ready(ctx.settings.torch_threads)
     from workers import compute
 
@@ -291,6 +297,31 @@ def _evaluate(ctx: WorkerContext, candidate_id: int) -> dict[str, Any]:
                     metrics[key] = ctx.store.put_file(path)
         except OSError as exc:
             raise ConnectionError(f"artifact store: {exc}") from exc
+    return with_cost(spec, cand.genome, metrics, latency)
+
+
+def _search_latency_table(ctx: WorkerContext, table_id: int | None) -> LatencyTable | None:
+    """The latency table a search predicts with (chosen when it was created), None for none."""
+    if table_id is None:
+        return None
+    row = ctx.repo.get_latency_table(table_id)
+    if row is None or row.table is None:
+        raise DDSMError(f"the search's latency table {table_id} is gone or was never measured")
+    return LatencyTable.from_dict(row.table)
+
+
+def with_cost(
+    spec: SearchSpec, genome: Any, metrics: dict[str, Any], latency: LatencyTable | None
+) -> dict[str, Any]:
+    """The metrics with the predicted latency (when the search has a table) and ``cost``, the search's
+    objective (``spec.cost``: GFLOPs, or predicted ms/image): the controller tells NSGA-II ``cost``."""
+    if latency is not None:
+        metrics["predicted_latency_s"] = spec.latency(genome, latency)
+    if metrics.get("gflops") is not None:
+        try:
+            metrics["cost"] = spec.cost(metrics)
+        except DDSMError:
+            metrics["cost"] = None
     return metrics
 
 
@@ -382,6 +413,42 @@ def _train(ctx: WorkerContext, run_id: int, attempt: int, beat: Heartbeat) -> st
     return "complete"
 
 
+# ---------------------------------------------------------------------------- latency tables
+def measure_latency(table_id: int) -> str:
+    """Claim the requested table (PENDING -> RUNNING, compare-and-set: a redelivery is dropped), then
+    time the supernet on this worker's device, dtype and threads and store the table (COMPLETE)."""
+    ctx: WorkerContext | None = None
+    try:
+        ctx = context()
+        claimed = ctx.repo.claim_latency_table(table_id, ctx.name)
+    except Exception as exc:
+        raise _requeue(exc, ctx.settings if ctx else None) from exc
+    HEALTH.ok()
+    if not claimed:
+        return "dropped"
+    row = ctx.repo.get_latency_table(table_id)
+    assert row is not None
+    net = ctx.repo.get_supernet(row.supernet_id)
+    try:
+        if net is None:
+            raise DDSMError(f"supernet {row.supernet_id} is gone")
+        torch_ready(ctx.settings.torch_threads)
+        from workers import compute
+
+        table = compute.measure_latency_table(
+            local_checkpoint(ctx, net.artifact_sha256), dtype=row.dtype, batch_sizes=row.batch_sizes,
+            repeats=row.repeats, warmup=row.warmup, device=ctx.settings.device,
+            info={"supernet_id": net.id, "checkpoint_sha256": net.artifact_sha256, "worker": ctx.name},
+        )  # fmt: skip
+    except Exception as exc:
+        log.exception("latency table %s failed", table_id)
+        error = _error(exc)
+        _persist(ctx.settings, lambda: ctx.repo.fail_latency_table(table_id, ctx.name, error))
+        return "failed"
+    ok = _persist(ctx.settings, lambda: ctx.repo.complete_latency_table(table_id, ctx.name, table))
+    return "complete" if ok else "lost"
+
+
 # ---------------------------------------------------------------------------- reference statistics
 def compute_reference_stats(stats_id: int) -> str:
     ctx = context()
@@ -423,6 +490,7 @@ def register(app: Celery) -> None:
         INSPECT_SUPERNET: inspect_supernet,
         TRAIN_SUPERNET: train_supernet,
         COMPUTE_REFERENCE_STATS: compute_reference_stats,
+        MEASURE_LATENCY: measure_latency,
     }
     for name, body in tasks.items():
         app.task(name=name, acks_late=True, reject_on_worker_lost=True)(body)

@@ -67,6 +67,29 @@ class ReferenceStats(Base):
     created_at: Mapped[datetime]
 
 
+class LatencyTable(Base):
+    """A supernet's latency table measured by a worker (``ddsm_core.latency.LatencyTable`` as JSON in
+    ``table``), keyed by supernet, device name, dtype and batch sizes. PENDING (requested) -> RUNNING
+    (claimed by ``worker``) -> COMPLETE | FAILED; ``device`` and ``threads`` are the measuring worker's."""
+
+    __tablename__ = "latency_tables"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    supernet_id: Mapped[int] = mapped_column(ForeignKey("supernets.id", ondelete="CASCADE"), index=True)
+    status: Mapped[JobStatus] = mapped_column(_enum(JobStatus, "latency_status"))
+    dtype: Mapped[str] = mapped_column(String(16))
+    batch_sizes: Mapped[list[Any]] = mapped_column(default=list)
+    repeats: Mapped[int]
+    warmup: Mapped[int]
+    device: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
+    threads: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    table: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime]
+    started_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    ended_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
 class TrainingRun(Base):
     __tablename__ = "training_runs"
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -95,6 +118,9 @@ class Search(Base):
     name: Mapped[str] = mapped_column(String(200))
     supernet_id: Mapped[int] = mapped_column(ForeignKey("supernets.id"))
     reference_stats_id: Mapped[int] = mapped_column(ForeignKey("reference_stats.id"))
+    # the latency table whose predictions are the search's latencies (objective latency, and the
+    # predicted latency every report shows); None: GFLOPs only
+    latency_table_id: Mapped[int | None] = mapped_column(ForeignKey("latency_tables.id"), nullable=True)
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)
     status: Mapped[JobStatus] = mapped_column(_enum(JobStatus, "search_status"), index=True)
     generation: Mapped[int] = mapped_column(default=0)

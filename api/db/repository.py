@@ -28,6 +28,7 @@ from api.db.models import (
     Candidate,
     CandidateState,
     JobStatus,
+    LatencyTable,
     ReferenceStats,
     Search,
     SearchGeneration,
@@ -84,6 +85,25 @@ class ReferenceStatsRecord:
 
 
 @dataclass(frozen=True)
+class LatencyTableRecord:
+    id: int
+    supernet_id: int
+    status: JobStatus
+    dtype: str
+    batch_sizes: list[int]
+    repeats: int
+    warmup: int
+    device: str | None
+    threads: int | None
+    table: dict[str, Any] | None
+    worker: str | None
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    ended_at: datetime | None
+
+
+@dataclass(frozen=True)
 class TrainingRunRecord:
     id: int
     name: str
@@ -112,6 +132,7 @@ class SearchRecord:
     config: dict[str, Any]
     status: JobStatus
     generation: int
+    latency_table_id: int | None
     algorithm_state: dict[str, Any] | None
     result: dict[str, Any] | None
     error: str | None
@@ -329,6 +350,51 @@ class Repository:
 
     def list_supernets(self) -> list[SupernetRecord]:
         return self._list(Supernet, SupernetRecord)
+
+    # ------------------------------------------------------------------ latency tables
+    def create_latency_table(
+        self, supernet_id: int, dtype: str, batch_sizes: Sequence[int], repeats: int, warmup: int
+    ) -> int:
+        """A requested measurement (PENDING); the worker that claims it fills in device and table."""
+        return self._insert(
+            LatencyTable, supernet_id=supernet_id, status=JobStatus.PENDING, dtype=dtype,
+            batch_sizes=[int(b) for b in batch_sizes], repeats=repeats, warmup=warmup, created_at=_NOW,
+        )  # fmt: skip
+
+    def claim_latency_table(self, table_id: int, worker: str) -> bool:
+        """PENDING -> RUNNING for ``worker``: a redelivered message loses and is dropped."""
+        return self._transition(
+            LatencyTable, table_id, JobStatus.PENDING,
+            status=JobStatus.RUNNING, worker=worker, started_at=_NOW,
+        )  # fmt: skip
+
+    def complete_latency_table(self, table_id: int, worker: str, table: dict[str, Any]) -> bool:
+        """RUNNING (this worker's) -> COMPLETE with the table (a ``LatencyTable.to_dict()``)."""
+        return self._update(
+            LatencyTable, LatencyTable.id == table_id, LatencyTable.status == JobStatus.RUNNING,
+            LatencyTable.worker == worker, status=JobStatus.COMPLETE, table=table,
+            device=str(table["device"])[:200], threads=int(table["threads"]), ended_at=_NOW,
+        )  # fmt: skip
+
+    def fail_latency_table(self, table_id: int, worker: str, error: str) -> bool:
+        return self._update(
+            LatencyTable, LatencyTable.id == table_id, LatencyTable.status == JobStatus.RUNNING,
+            LatencyTable.worker == worker, status=JobStatus.FAILED, error=error[:4000], ended_at=_NOW,
+        )  # fmt: skip
+
+    def get_latency_table(self, table_id: int) -> LatencyTableRecord | None:
+        return self._get(LatencyTable, LatencyTableRecord, table_id)
+
+    def list_latency_tables(
+        self, supernet_id: int, *, status: JobStatus | None = None, dtype: str | None = None
+    ) -> list[LatencyTableRecord]:
+        """The tables of a supernet in id order (oldest first), optionally by status and dtype."""
+        where = [LatencyTable.supernet_id == supernet_id]
+        if status is not None:
+            where.append(LatencyTable.status == status)
+        if dtype is not None:
+            where.append(LatencyTable.dtype == dtype)
+        return self._list(LatencyTable, LatencyTableRecord, *where)
 
     # ------------------------------------------------------------------ reference statistics
     def create_reference_stats(
@@ -578,13 +644,19 @@ class Repository:
 
     # ------------------------------------------------------------------ searches
     def create_search(
-        self, name: str, supernet_id: int, reference_stats_id: int, config: dict[str, Any]
+        self,
+        name: str,
+        supernet_id: int,
+        reference_stats_id: int,
+        config: dict[str, Any],
+        latency_table_id: int | None = None,
     ) -> int:
         return self._insert(
             Search,
             name=name,
             supernet_id=supernet_id,
             reference_stats_id=reference_stats_id,
+            latency_table_id=latency_table_id,
             config=config,
             status=JobStatus.RUNNING,
             generation=0,
