@@ -385,6 +385,6 @@ class GenomeEvaluator:
         from ddsm_core.search import Evaluation
 
         result = self.evaluate(genome, n_images)
-        record = result.to_dict()
-        objectives = None if result.objectives() is None else (float(result.fid), self.spec.cost(record))  # type: ignore[arg-type]
-        return Evaluation(objectives, result.reason, record)
+        record = self.spec.costs(genome, result.to_dict())  # (the predicted latency is in it already)
+        ok = result.objectives() is not None and record["cost"] is not None
+        return Evaluation((float(result.fid), record["cost"]) if ok else None, result.reason, record)  # type: ignore[arg-type]

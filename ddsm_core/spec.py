@@ -285,6 +285,20 @@ class SearchSpec:
             raise ConfigError("objective latency: the evaluation has no predicted latency (no latency table)")
         return 1e3 * float(seconds)
 
+    def costs(
+        self, genome: Sequence[int], record: Mapping[str, Any], latency: LatencyTable | None = None
+    ) -> dict[str, Any]:
+        """``record`` (an evaluation's) with ``predicted_latency_s`` (given a table) and ``cost``, the
+        objective's value told to NSGA-II (None when it cannot be had): local and service records alike."""
+        out = dict(record)
+        if latency is not None:
+            out["predicted_latency_s"] = self.latency(genome, latency)
+        try:
+            out["cost"] = self.cost(out) if out.get("gflops") is not None else None
+        except ConfigError:
+            out["cost"] = None
+        return out
+
     @property
     def ladder(self) -> tuple[int, ...]:
         """The image counts a candidate may be evaluated with, the top rung (``n_images``) last."""

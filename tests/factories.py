@@ -118,8 +118,8 @@ def local_run(spec: SearchSpec, folder: Path, table: Mapping[str, Any] = TABLE) 
     costs = CostTable.from_dict(dict(table))
 
     def evaluate(genome: tuple[int, ...], n: int) -> Evaluation:
-        m = {**fast_metrics(spec, genome, costs, n_images=n), "n_images": n}
-        return Evaluation((m["fid"], m["gflops"]), None, m)
+        m = spec.costs(genome, {**fast_metrics(spec, genome, costs, n_images=n), "n_images": n})
+        return Evaluation((m["fid"], m["cost"]), None, m)
 
     return run_search(spec.search_config(), evaluate, folder, seed=spec.seed, n_images=spec.n_images,
                       final_images=spec.final_images, weight=spec.weight, progress=False,

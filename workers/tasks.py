@@ -314,15 +314,8 @@ def with_cost(
     spec: SearchSpec, genome: Any, metrics: dict[str, Any], latency: LatencyTable | None
 ) -> dict[str, Any]:
     """The metrics with the predicted latency (when the search has a table) and ``cost``, the search's
-    objective (``spec.cost``: GFLOPs, or predicted ms/image): the controller tells NSGA-II ``cost``."""
-    if latency is not None:
-        metrics["predicted_latency_s"] = spec.latency(genome, latency)
-    if metrics.get("gflops") is not None:
-        try:
-            metrics["cost"] = spec.cost(metrics)
-        except DDSMError:
-            metrics["cost"] = None
-    return metrics
+    objective (``SearchSpec.costs``, as ``ddsm search`` records it): the controller tells NSGA-II ``cost``."""
+    return spec.costs(genome, metrics, latency)
 
 
 # ---------------------------------------------------------------------------- supernets
