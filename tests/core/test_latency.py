@@ -150,3 +150,70 @@ def test_cli_latency_bad_input_is_a_one_line_error(argv, message, capsys):
     assert run_app(app, argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and message in err and err.count("\n") == 1
+
+
+def test_cli_latency_writes_into_the_checkpoint_folder_where_search_finds_it(tmp_path, capsys):
+    from ddsm_core import checkpoint as ck
+    from ddsm_core.latency import device_name, find_table, table_filename
+
+    cfg = UNetConfig.digits(model_channels=16, num_res_blocks=1, widths=(0.5, 1.0))
+    state = SlimmableUNet(cfg).state_dict()
+    ck.write_checkpoint(tmp_path / "run", step=2, model_config=cfg, schedule=NoiseSchedule.linear().to_dict(),
+                        model_state=state, ema_state=state)  # fmt: skip
+    argv = ["latency", "--checkpoint", str(tmp_path / "run"), "--batch-sizes", "2", "--repeats", "1",
+            "--warmup", "0"]  # fmt: skip
+    assert run_app(app, argv) == 0, capsys.readouterr().err
+    here = device_name("cpu")
+    path = tmp_path / "run" / table_filename(here, "float32")
+    assert path.name.startswith("latency-cpu-") and path.name.endswith("-float32.json")
+    assert str(path) in capsys.readouterr().out
+    found = find_table(tmp_path / "run", here)
+    assert found is not None and found.widths == (0.5, 1.0) and found.batch_sizes == (2,)
+    assert find_table(tmp_path / "run", here, "bfloat16") is None
+    ck.read_manifest(tmp_path / "run", verify=True)  # the checkpoint itself is unchanged
+
+
+def test_table_file_names_are_safe_slugs_of_the_device():
+    from ddsm_core.latency import table_filename
+
+    assert (
+        table_filename("cuda: NVIDIA H100 80GB HBM3", "bfloat16")
+        == "latency-cuda-nvidia-h100-80gb-hbm3-bfloat16.json"
+    )
+    assert "/" not in table_filename("cpu: ../../etc", "float32")
+
+
+def test_search_objective_round_trips_and_unknown_ones_are_refused():
+    from ddsm_core.spec import SearchSpec
+
+    spec = SearchSpec(objective="latency", widths=(0.5, 1.0), population=4)
+    assert SearchSpec.from_json(spec.to_json()) == spec and spec.to_dict()["objective"] == "latency"
+    assert (
+        SearchSpec.from_dict({k: v for k, v in spec.to_dict().items() if k != "objective"}).objective
+        == "gflops"
+    )
+    with pytest.raises(ConfigError, match="gflops, latency"):
+        SearchSpec(objective="seconds")
+
+
+def test_a_searchs_latency_is_per_image_at_its_batch_size_with_guidance_as_one_double_batch():
+    from ddsm_core.spec import SearchSpec
+
+    lat = table()  # widths 1/2, 1; batches 1 and 9; ddpm overhead 1 ms and 3 ms per step
+    spec = SearchSpec(steps=2, widths=(0.5, 1.0), population=4, batch_size=9)
+    assert spec.latency((0, 1), lat) == pytest.approx((0.050 + 0.140 + 2 * 0.003) / 9)
+    assert spec.latency((0, 1), lat) == pytest.approx(lat.per_image(spec.strategy((0, 1)), 9))
+    guided = spec.replace(guidance=2.0, batch_size=1)
+    # two passes: the calls at batch 2 (interpolated), the sampler's own work at batch 1
+    calls = (0.010 + 0.040 / 8) + (0.020 + 0.120 / 8)
+    assert guided.latency((0, 1), lat) == pytest.approx(calls + 2 * 0.001)
+    assert spec.cost({"gflops": 3.0, "predicted_latency_s": 0.002}) == 3.0
+    as_latency = spec.replace(objective="latency")
+    assert as_latency.cost({"gflops": 3.0, "predicted_latency_s": 0.002}) == pytest.approx(2.0)  # ms
+    with pytest.raises(ConfigError, match="no predicted latency"):
+        as_latency.cost({"gflops": 3.0})
+    with pytest.raises(ConfigError, match="needs a latency table"):
+        as_latency.check_latency_table(None)
+    spec.check_latency_table(None)  # GFLOPs: a table is optional
+    with pytest.raises(ConfigError, match=r"\[0.75\]"):
+        SearchSpec(widths=(0.5, 0.75, 1.0), population=4).check_latency_table(lat)
