@@ -136,7 +136,7 @@ def pick_so_far(
         final = (result.get("final") or {}).get("pick") or {}
         return {
             "genome": list(pick.genome),
-            "gflops": pick.cost,
+            "gflops": pick.record.get("gflops", pick.cost),  # (cost is ms/image with objective latency)
             "fid": pick.fid,
             "final_fid": final.get("fid"),
             "final_n_images": final.get("n_images"),
