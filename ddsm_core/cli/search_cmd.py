@@ -22,6 +22,7 @@ from ddsm_core.cli.checks import (
     check_writable_parent,
     write_text_atomic,
 )
+from ddsm_core.search import STATE_FILE
 from ddsm_core.spec import (
     DEFAULT_PROFILE,
     DEFAULT_SAMPLER,
@@ -261,7 +262,7 @@ def search_to_folder(
     from ddsm_core.flops import cost_table
     from ddsm_core.report import plot_samples, write_report_folder
     from ddsm_core.results import build_results
-    from ddsm_core.search import STATE_FILE, run_search
+    from ddsm_core.search import run_search
 
     start = time.perf_counter()
     # every input is checked before the folder is made: a failed start leaves no empty report folder
@@ -277,6 +278,8 @@ def search_to_folder(
         spec.check_model(model.config)  # --guidance / --class the supernet cannot run: before any stats
     latency = _latency_table(latency_table, Path(manifest["path"]), dev)
     spec.check_latency_table(latency)
+    if resume:
+        _check_resumed_costs(spec, out / STATE_FILE, latency)
     spec = _seeded(spec, warm_start, schedule, out / STATE_FILE if resume else None)
     data = _dataset_of(manifest, dataset) if stats is None else dataset
     size = check_data_args(data, image_size, model.config)
@@ -324,6 +327,26 @@ def search_to_folder(
     )
     write_report_folder(out, results)
     return results
+
+
+def _check_resumed_costs(spec: SearchSpec, state: Path, latency: Any) -> None:
+    """A search resumed from ``state`` must go on minimising the same cost: its first successful
+    candidate's cost must be what this spec (objective) and latency table give its record."""
+    import math
+
+    from ddsm_core.errors import ConfigError
+
+    try:
+        cands = json.loads(state.read_text())["candidates"]
+        first = next(c for c in cands if c.get("objectives") and isinstance(c.get("record"), dict))
+    except (OSError, ValueError, KeyError, TypeError, StopIteration):
+        return  # no state, or nothing evaluated yet (run_search reports an unreadable state)
+    cost = spec.costs(first["genome"], first["record"], latency)["cost"]
+    if cost is None or not math.isclose(cost, float(first["objectives"][1]), rel_tol=1e-9):
+        raise ConfigError(
+            f"{state} holds a search that minimised another cost (objective or latency table) than "
+            f"--objective {spec.objective} with this table: use --restart or another --out"
+        )
 
 
 def _latency_table(path: Path | None, checkpoint_dir: Path, device: Any) -> Any:

@@ -277,6 +277,11 @@ def test_objective_latency_picks_by_the_tables_predicted_time(checkpoint, stats,
     assert lat["final"]["pick"]["gflops"] < lat["final"]["full"]["gflops"]  # both shown
     report = (tmp_path / "l" / "report.md").read_text()
     assert "predicted ms/image" in report and "x predicted ms/image" in report and table.device in report
+    # a search resumed with another objective (or table) would mix costs: refused
+    capsys.readouterr()
+    assert run_app(app, [*base, "--out", str(tmp_path / "l")]) == 2
+    assert "minimised another cost" in capsys.readouterr().err
+    assert run_app(app, [*base, "--out", str(tmp_path / "l"), "--objective", "latency"]) == 0  # same: fine
     # an explicit --latency-table wins over the one in the folder; a bad one is a one-line error
     other = LatencyTable.from_dict({**table.to_dict(), "widths": [0.5, 1.0], "seconds": [[1, 1], [2, 2]]})
     other.save(tmp_path / "two.json")
