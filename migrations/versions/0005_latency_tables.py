@@ -1,7 +1,10 @@
 """latency tables measured by workers, and the table a search predicts its latency with
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0005
+Revises: 0004
+
+(Planned as 0003 on 0002; 0004 landed on 0002 first, so this one follows it: a database already at
+0004 upgrades to it without a branch.)
 Create Date: 2026-11-26 15:00:00
 """
 
@@ -10,8 +13,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003"
-down_revision = "0002"
+revision = "0005"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
