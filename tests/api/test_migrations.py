@@ -38,3 +38,39 @@ def test_a_model_change_without_a_migration_is_seen(tmp_path: Path) -> None:
     changed.tables["candidates"].append_column(Column("priority", Integer, nullable=True))
     diff = schema_diff(url, changed)
     assert [(op[0], op[2], op[3].name) for op in diff] == [("add_column", "candidates", "priority")]
+
+
+def test_latency_tables_upgrade_a_database_with_searches_and_downgrade_again(db_url: str) -> None:
+    from api.db.engine import downgrade
+    from api.db.repository import Repository
+
+    upgrade(db_url, "0004")
+    engine = make_engine(db_url)
+    try:
+        with engine.begin() as conn:  # a search made before latency tables existed
+            conn.exec_driver_sql(
+                "INSERT INTO supernets (id, name, status, artifact_sha256, config, created_at) "
+                "VALUES (1, 'n', 'COMPLETE', 'a', '{}', CURRENT_TIMESTAMP)"
+            )
+            conn.exec_driver_sql(
+                "INSERT INTO reference_stats (id, name, dataset, extractor, status, created_at) "
+                "VALUES (1, 's', 'digits', 'domain', 'COMPLETE', CURRENT_TIMESTAMP)"
+            )
+            conn.exec_driver_sql(
+                "INSERT INTO searches (id, name, supernet_id, reference_stats_id, config, status, "
+                "generation, created_at, updated_at) "
+                "VALUES (1, 's', 1, 1, '{}', 'RUNNING', 0, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+            )
+        upgrade(db_url)
+        assert schema_diff(db_url, Base.metadata) == []
+        repo = Repository(engine)
+        assert repo.get_search(1).latency_table_id is None  # type: ignore[union-attr]
+        table = repo.create_latency_table(1, "float32", [1, 64], 3, 1)
+        assert repo.list_latency_tables(1)[0].batch_sizes == [1, 64]
+        assert repo.claim_latency_table(table, "w") and not repo.claim_latency_table(table, "w2")
+        engine.dispose()
+        downgrade(db_url, "0004")
+        upgrade(db_url)  # and back: the downgrade left a clean 0004
+        assert schema_diff(db_url, Base.metadata) == []
+    finally:
+        engine.dispose()
