@@ -48,6 +48,12 @@ def check_file(path: Path | None, option: str, what: str) -> None:
         raise ConfigError(f"{option}: {what} {str(path)!r} not found")
 
 
+def check_suffix(path: Path | None, option: str, suffix: str, what: str) -> None:
+    """An output named for what is written into it: ``--out x.txt`` would get a PNG under a text name."""
+    if path is not None and Path(path).suffix.lower() != suffix:
+        raise ConfigError(f"{option}: {str(path)!r} must end in {suffix} (it is written as {what})")
+
+
 def check_writable_parent(path: Path, option: str) -> None:
     """The output's parent is (or can become) a folder: not a file in the way."""
     for parent in Path(path).absolute().parents:
@@ -107,7 +113,8 @@ def spec_errors_as_options(options: dict[str, str] | None = None) -> Iterator[No
         first = text.split(" ", 1)[0]
         if first in _LEADING_ONLY:
             text = _LEADING_ONLY[first] + text[len(first) :]
-        text = re.sub(r"(?<![\w-])(" + "|".join(names) + r")\b", lambda m: names[m.group(1)], text)
+        pattern = r"(?<![\w-])(" + "|".join(map(re.escape, names)) + r")\b"
+        text = re.sub(pattern, lambda m: names[m.group(1)], text)
         if text == str(exc):
             raise
         raise ConfigError(text) from None

@@ -7,6 +7,7 @@ from ddsm_core.checks import (
     check_file,
     check_min,
     check_steps,
+    check_suffix,
     check_writable_parent,
     new_output,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "check_file",
     "check_min",
     "check_steps",
+    "check_suffix",
     "check_writable_parent",
     "new_output",
     "write_text_atomic",

@@ -68,7 +68,13 @@ def sample(
     import torch
 
     from ddsm_core.checkpoint import load_checkpoint
-    from ddsm_core.cli.checks import check_checkpoint, check_min, check_steps, check_writable_parent
+    from ddsm_core.cli.checks import (
+        check_checkpoint,
+        check_min,
+        check_steps,
+        check_suffix,
+        check_writable_parent,
+    )
     from ddsm_core.data import save_image_grid
     from ddsm_core.device import pick_device
     from ddsm_core.errors import ConfigError
@@ -82,6 +88,8 @@ def sample(
     check_min("--batch-size", batch_size, 1)
     check_steps("--steps", steps)
     fixed = _class_arg(label)
+    check_suffix(out, "--out", ".png", "a PNG grid")
+    check_suffix(npz, "--npz", ".npz", "an .npz archive")
     check_checkpoint(checkpoint)
     for path, option in ((out, "--out"), (npz, "--npz"), (png_dir, "--png-dir")):
         if path is not None:

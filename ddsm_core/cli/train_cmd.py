@@ -45,6 +45,7 @@ def main_train(
     import dataclasses
 
     from ddsm_core import checkpoint as ckpt_io
+    from ddsm_core.checks import spec_errors_as_options
     from ddsm_core.cli.checks import check_writable_parent
     from ddsm_core.data import check_dataset
     from ddsm_core.recipes import resolve_recipe
@@ -53,7 +54,10 @@ def main_train(
     out_dir = Path(out_dir)
     existing = ckpt_io.find_resumable(out_dir) if resume and out_dir.exists() else None
     saved = ckpt_io.read_manifest(existing, verify=False).get("train_config") if existing else None
-    model_config, config = resolve_recipe(preset, overrides, class_cond=class_cond, saved=saved)
+    # "TrainConfig.steps must be >= 1" reads "--steps must be >= 1" to whoever typed --steps 0
+    options = {f"TrainConfig.{name}": "--" + name.replace("_", "-") for name in overrides}
+    with spec_errors_as_options(options):
+        model_config, config = resolve_recipe(preset, overrides, class_cond=class_cond, saved=saved)
     # before the plan is printed or the run folder made (the trainer makes it after loading the data)
     check_dataset(config.dataset, image_size if image_size is not None else model_config.image_size)
     check_writable_parent(out_dir, "--out")

@@ -271,3 +271,40 @@ def test_search_settings_are_named_as_the_options_typed(extra, message, checkpoi
     out = tmp_path / "X"
     err = fails(["search", "--checkpoint", str(checkpoint), "--out", str(out), *extra], capsys, message)
     assert "n_images" not in err and not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "name", "message"),
+    [
+        ("--out", "grid.txt", "--out: '{}' must end in .png (it is written as a PNG grid)"),
+        ("--npz", "images.bin", "--npz: '{}' must end in .npz (it is written as an .npz archive)"),
+    ],
+)
+def test_sample_refuses_an_output_named_for_another_format(option, name, message, tmp_path, capsys) -> None:
+    path = tmp_path / name
+    # a checkpoint that is not there: the name is checked before anything is read
+    fails(["sample", "--checkpoint", str(tmp_path / "none"), option, str(path)], capsys,
+          message.format(path))  # fmt: skip
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sample_takes_an_upper_case_png_name(checkpoint, tmp_path, capsys) -> None:
+    out = tmp_path / "GRID.PNG"
+    assert run_app(app, ["sample", "--checkpoint", str(checkpoint), "--steps", "2", "--n", "1",
+                         "--no-progress", "--out", str(out)]) == 0  # fmt: skip
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--steps", "0"], "--steps must be >= 1, got 0"),
+        (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+        (["--warmup-steps", "-1"], "--warmup-steps must be >= 0, got -1"),
+        (["--ema-decay", "1"], "--ema-decay must be in [0, 1), got 1.0"),
+    ],
+)
+def test_train_names_the_option_typed_not_the_config_field(extra, message, tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    err = fails(["train", "--out", str(out), *extra], capsys, message)
+    assert "TrainConfig" not in err and not out.exists()
