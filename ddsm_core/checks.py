@@ -102,7 +102,11 @@ _LEADING_ONLY = {"steps": "--steps", "seed": "--seed", "guidance": "--guidance",
 @contextlib.contextmanager
 def spec_errors_as_options(options: dict[str, str] | None = None) -> Iterator[None]:
     """A ConfigError of the search settings names the command's options: ``n_images must be in [2, ...]``
-    reads ``--images must be in [2, ...]`` to whoever typed ``--images 0``."""
+    reads ``--images must be in [2, ...]`` to whoever typed ``--images 0``.
+
+    :param options: names to rename instead of the search settings' (``SPEC_OPTIONS``, and the
+        ``_LEADING_ONLY`` words where they lead a message), e.g. ``{"TrainConfig.steps": "--steps"}``.
+    """
     import re
 
     names = SPEC_OPTIONS if options is None else options
@@ -111,10 +115,11 @@ def spec_errors_as_options(options: dict[str, str] | None = None) -> Iterator[No
     except ConfigError as exc:
         text = str(exc)
         first = text.split(" ", 1)[0]
-        if first in _LEADING_ONLY:
+        if options is None and first in _LEADING_ONLY:
             text = _LEADING_ONLY[first] + text[len(first) :]
-        pattern = r"(?<![\w-])(" + "|".join(map(re.escape, names)) + r")\b"
-        text = re.sub(pattern, lambda m: names[m.group(1)], text)
+        if names:  # an empty alternation would match everywhere
+            pattern = r"(?<![\w-])(" + "|".join(map(re.escape, names)) + r")\b"
+            text = re.sub(pattern, lambda m: names[m.group(1)], text)
         if text == str(exc):
             raise
         raise ConfigError(text) from None
