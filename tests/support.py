@@ -1,18 +1,31 @@
-"""Test support: which services are reachable, fresh Postgres databases (used by the tests and bench/)."""
+"""Test support: which services are reachable, fresh Postgres databases (used by the tests and bench/),
+the settings of an in-process app, the ``ddsm`` commands run in-process, waiting for a condition."""
 
 from __future__ import annotations
 
 import os
 import random
 import socket
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    import pytest
+
+    from api.settings import Settings
+
+T = TypeVar("T")
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "DDSM_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 REDIS_URL = os.environ.get("DDSM_TEST_REDIS", "redis://127.0.0.1:6379")
+KEY = {"X-API-Key": "secret"}
+"""The header of the API key that the apps of :func:`local_settings` are given (``api_key="secret"``)."""
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -110,3 +123,37 @@ def empty_redis_database(url: str) -> None:
     for key in client.scan_iter():
         if key != REDIS_OWNER_KEY.encode():
             client.delete(key)
+
+
+def local_settings(home: Path, **kw: Any) -> Settings:
+    """Settings of an in-process app in ``home``: its SQLite database, artifact store and broker there
+    unless ``kw`` says otherwise, whatever DATABASE_URL etc. the environment holds."""
+    from api.settings import Settings
+
+    values: dict[str, Any] = {
+        "database_url": f"sqlite:///{home}/ddsm.sqlite",
+        "artifact_store": str(home / "artifacts"),
+        "celery_broker_url": f"sqla+sqlite:///{home}/broker.sqlite",
+        **kw,
+    }
+    return Settings(home=home, **values)
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """``ddsm argv`` in this process: its exit status, stdout and stderr."""
+    from ddsm_core.cli import app, run_app
+
+    code = run_app(app, argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def poll(check: Callable[[], T], timeout: float, interval: float = 0.2) -> T | None:
+    """Call ``check`` until it returns something true (returned) or ``timeout`` seconds pass (None)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    return None

@@ -11,28 +11,14 @@ import torch
 from PIL import Image
 
 from ddsm_core.checkpoint import read_manifest, write_checkpoint
-from ddsm_core.cli import app, run_app
 from ddsm_core.config import UNetConfig
 from ddsm_core.fid import FeatureStats, quantize, to_uint8
 from ddsm_core.schedules import NoiseSchedule
 from ddsm_core.unet import SlimmableUNet
+from tests.support import run_cli
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 QUICK = ["--batch-size", "8", "--sample-n", "0", "--eval-images", "8", "--log-every", "1", "--no-progress"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def run(argv, capsys):
-    code = run_app(app, argv)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture(scope="module")
@@ -78,18 +64,18 @@ def checkpoint(tmp_path_factory):
 
 def test_ref_stats_of_a_folder_needs_and_uses_image_size(folder, tiny_extractor, tmp_path, capsys):
     out = tmp_path / "s.npz"
-    code, _, err = run(
+    code, _, err = run_cli(
         ["ref-stats", "--dataset", str(folder), "--extractor", tiny_extractor, "--out", str(out)], capsys
     )
     assert code == 2 and err.startswith("error: ") and "--image-size" in err and err.count("\n") == 1
     assert not out.exists()
-    code, _, err = run(
+    code, _, err = run_cli(
         ["ref-stats", "--dataset", str(folder), "--image-size", "0", "--out", str(out)], capsys
     )
     assert code == 2 and "--image-size must be >= 1" in err
     argv = ["ref-stats", "--dataset", str(folder), "--image-size", "8", "--channels", "1",
             "--extractor", tiny_extractor, "--out", str(out)]  # fmt: skip
-    code, text, err = run(argv, capsys)
+    code, text, err = run_cli(argv, capsys)
     assert code == 0, err
     assert "60 images" in text and "real-data floor: none" in text
     stats = FeatureStats.load(out)
@@ -99,28 +85,30 @@ def test_ref_stats_of_a_folder_needs_and_uses_image_size(folder, tiny_extractor,
 def test_eval_and_search_on_a_folder(folder, tiny_extractor, checkpoint, tmp_path, capsys):
     base = ["--checkpoint", str(checkpoint), "--dataset", str(folder), "--extractor", tiny_extractor,
             "--steps", "2"]  # fmt: skip
-    code, _, err = run(["eval", *base, "--image-size", "16", "--images", "4"], capsys)
+    code, _, err = run_cli(["eval", *base, "--image-size", "16", "--images", "4"], capsys)
     assert code == 2 and "--image-size 16 differs from the checkpoint's image size 8" in err
     assert err.count("\n") == 1
-    code, _, err = run(["eval", *base, "--images", "4", "--dataset", str(tmp_path / "nope")], capsys)
+    code, _, err = run_cli(["eval", *base, "--images", "4", "--dataset", str(tmp_path / "nope")], capsys)
     assert code == 2 and "does not exist" in err
     res = tmp_path / "r.json"
-    code, text, err = run(["eval", *base, "--image-size", "8", "--images", "8", "--json", str(res)], capsys)
+    code, text, err = run_cli(
+        ["eval", *base, "--image-size", "8", "--images", "8", "--json", str(res)], capsys
+    )
     assert code == 0, err
     assert f"FID ({tiny_extractor})" in text and json.loads(res.read_text())["fid"] > 0
     out = tmp_path / "search"
     argv = ["search", *base, "--out", str(out), "--population", "2", "--generations", "1", "--images", "4",
             "--final-images", "4", "--no-progress"]  # fmt: skip
-    code, _, err = run(argv, capsys)
+    code, _, err = run_cli(argv, capsys)
     assert code == 0, err
     assert FeatureStats.load(out / "ref_stats.npz").n == 60
 
 
 def test_train_on_a_folder_with_image_size(folder, tmp_path, capsys):
-    code, _, err = run(["train", "--dataset", str(folder), "--image-size", "7", "--steps", "1",
+    code, _, err = run_cli(["train", "--dataset", str(folder), "--image-size", "7", "--steps", "1",
                         "--out", str(tmp_path / "bad"), *QUICK], capsys)  # fmt: skip
     assert code == 2 and "image_size 7" in err and err.count("\n") == 1
-    code, _, err = run(["train", "--dataset", str(folder), "--image-size", "16", "--steps", "1",
+    code, _, err = run_cli(["train", "--dataset", str(folder), "--image-size", "16", "--steps", "1",
                         "--out", str(tmp_path / "r"), *QUICK], capsys)  # fmt: skip
     assert code == 0, err
     assert read_manifest(tmp_path / "r")["model_config"]["image_size"] == 16
@@ -162,7 +150,7 @@ def test_sample_files_hold_what_the_fid_measures(checkpoint, tmp_path, capsys):
     argv = ["sample", "--checkpoint", str(checkpoint), "--sampler", "ddim", "--steps", "3", "--n", "4",
             "--seed", "5", "--out", str(tmp_path / "g.png"), "--npz", str(tmp_path / "s.npz"),
             "--png-dir", str(tmp_path / "png"), "--no-progress", "--device", "cpu"]  # fmt: skip
-    code, _, err = run(argv, capsys)
+    code, _, err = run_cli(argv, capsys)
     assert code == 0, err
     model, schedule, _ = load_checkpoint(checkpoint)
     strat = parse_strategy_spec("uniform:8/8", "ddim", 3, model.config.widths)

@@ -10,20 +10,11 @@ import re
 
 import numpy as np
 import pytest
-import torch
 
 from ddsm_core.cli import app, run_app
 from ddsm_core.spec import SAMPLER_HELP
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

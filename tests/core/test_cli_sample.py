@@ -9,19 +9,11 @@ import pytest
 import torch
 
 from ddsm_core import checkpoint as ck
-from ddsm_core.cli import app, run_app
 from ddsm_core.config import UNetConfig
 from ddsm_core.schedules import NoiseSchedule
 from ddsm_core.strategy import Strategy
 from ddsm_core.unet import SlimmableUNet
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tests.support import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -43,18 +35,12 @@ def sha(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def run(argv, capsys):
-    code = run_app(app, argv)
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def test_same_seed_writes_identical_files(checkpoint, tmp_path, capsys):
     for k in ("a", "b"):
         argv = ["sample", "--checkpoint", str(checkpoint), "--sampler", "ddim", "--steps", "3", "--n", "6"]
         argv += ["--seed", "7", "--out", str(tmp_path / f"{k}.png"), "--npz", str(tmp_path / f"{k}.npz")]
         argv += ["--png-dir", str(tmp_path / k), "--no-progress", "--batch-size", "4" if k == "a" else "6"]
-        code, out, err = run(argv, capsys)
+        code, out, err = run_cli(argv, capsys)
         assert code == 0, err
     assert sha(tmp_path / "a.png") == sha(tmp_path / "b.png")
     assert sha(tmp_path / "a.npz") == sha(tmp_path / "b.npz")  # also independent of --batch-size
@@ -68,7 +54,7 @@ def test_same_seed_writes_identical_files(checkpoint, tmp_path, capsys):
 def test_other_seed_gives_other_images(checkpoint, tmp_path, capsys):
     for seed in ("0", "1"):
         argv = ["sample", "--checkpoint", str(checkpoint), "--steps", "2", "--n", "4", "--seed", seed]
-        assert run([*argv, "--out", str(tmp_path / f"{seed}.png"), "--no-progress"], capsys)[0] == 0
+        assert run_cli([*argv, "--out", str(tmp_path / f"{seed}.png"), "--no-progress"], capsys)[0] == 0
     assert sha(tmp_path / "0.png") != sha(tmp_path / "1.png")
 
 
@@ -85,11 +71,11 @@ def test_strategy_file_and_every_sampler(checkpoint, tmp_path, capsys):
         str(tmp_path / "e.png"),
         "--no-progress",
     ]
-    code, out, err = run(argv, capsys)
+    code, out, err = run_cli(argv, capsys)
     assert code == 0 and "edm/3" in out, err
     for sampler in ("ddpm", "dpmpp", "dpm-solver++"):
         argv = ["sample", "--checkpoint", str(checkpoint), "--sampler", sampler, "--steps", "2", "--n", "2"]
-        code, _, err = run(
+        code, _, err = run_cli(
             [*argv, "--strategy", "uniform:2/8", "--out", str(tmp_path / "x.png"), "--no-progress"], capsys
         )
         assert code == 0, err
@@ -116,19 +102,19 @@ def test_bad_arguments_are_one_line_errors(checkpoint, tmp_path, capsys, extra, 
         str(tmp_path / "x.png"),
         *extra,
     ]
-    code, _, err = run(argv, capsys)
+    code, _, err = run_cli(argv, capsys)
     assert code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1
 
 
 def test_strategy_file_for_other_steps_is_refused(checkpoint, tmp_path, capsys):
     (tmp_path / "s.json").write_text(Strategy.uniform("ddim", 10, 6).to_json())
     argv = ["sample", "--checkpoint", str(checkpoint), "--steps", "4", "--strategy", str(tmp_path / "s.json")]
-    code, _, err = run([*argv, "--out", str(tmp_path / "x.png")], capsys)
+    code, _, err = run_cli([*argv, "--out", str(tmp_path / "x.png")], capsys)
     assert code == 2 and "10 steps" in err
 
 
 def test_missing_or_corrupt_checkpoint_names_the_file(checkpoint, tmp_path, capsys):
-    code, _, err = run(
+    code, _, err = run_cli(
         ["sample", "--checkpoint", str(tmp_path / "none"), "--out", str(tmp_path / "x.png")], capsys
     )
     assert code == 2 and "not found" in err and err.count("\n") == 1
@@ -137,5 +123,5 @@ def test_missing_or_corrupt_checkpoint_names_the_file(checkpoint, tmp_path, caps
     data = bytearray((bad / "ema.safetensors").read_bytes())
     data[len(data) // 2] ^= 1
     (bad / "ema.safetensors").write_bytes(bytes(data))
-    code, _, err = run(["sample", "--checkpoint", str(bad), "--out", str(tmp_path / "x.png")], capsys)
+    code, _, err = run_cli(["sample", "--checkpoint", str(bad), "--out", str(tmp_path / "x.png")], capsys)
     assert code == 2 and "ema.safetensors is corrupt" in err and err.count("\n") == 1

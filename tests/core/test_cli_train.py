@@ -9,34 +9,18 @@ import subprocess
 import sys
 import time
 
-import pytest
-import torch
 from PIL import Image
 
 from ddsm_core.checkpoint import read_manifest
-from ddsm_core.cli import app, run_app
+from tests.support import run_cli
 
 # The digits preset, tiny batches, no sample grids, a small eval set: seconds, not minutes.
 QUICK = ["--batch-size", "8", "--sample-n", "0", "--eval-images", "8", "--log-every", "1", "--no-progress"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def run(argv, capsys):
-    code = run_app(app, argv)
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def test_train_then_resume_to_more_steps(tmp_path, capsys):
     out = tmp_path / "run"
-    code, stdout, err = run(
+    code, stdout, err = run_cli(
         ["train", "--preset", "digits", "--steps", "2", "--out", str(out), *QUICK], capsys
     )
     assert code == 0, err
@@ -45,10 +29,12 @@ def test_train_then_resume_to_more_steps(tmp_path, capsys):
     assert manifest["step"] == 2 and manifest["train_config"]["batch_size"] == 8
     assert manifest["model_config"]["image_size"] == 8 and manifest["eval"]["n_images"] == 8
 
-    code, _, err = run(["train", "--steps", "3", "--out", str(out), *QUICK], capsys)
+    code, _, err = run_cli(["train", "--steps", "3", "--out", str(out), *QUICK], capsys)
     assert code == 2 and "already holds a run" in err and "--resume" in err
 
-    code, stdout, err = run(["train", "--steps", "3", "--out", str(out), "--resume", "--no-progress"], capsys)
+    code, stdout, err = run_cli(
+        ["train", "--steps", "3", "--out", str(out), "--resume", "--no-progress"], capsys
+    )
     assert code == 0, err
     assert "resuming" in stdout and read_manifest(out)["step"] == 3
     steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
@@ -57,33 +43,33 @@ def test_train_then_resume_to_more_steps(tmp_path, capsys):
 
 def test_export_copies_the_checkpoint(tmp_path, capsys):
     argv = ["train", "--steps", "1", "--out", str(tmp_path / "r"), "--export", str(tmp_path / "x"), *QUICK]
-    assert run(argv, capsys)[0] == 0
+    assert run_cli(argv, capsys)[0] == 0
     assert read_manifest(tmp_path / "x")["step"] == 1
 
 
 def test_resume_with_another_recipe_or_preset_is_refused(tmp_path, capsys):
     out = str(tmp_path / "run")
-    assert run(["train", "--steps", "1", "--out", out, *QUICK], capsys)[0] == 0
-    code, _, err = run(["train", "--steps", "2", "--out", out, "--resume", "--lr", "0.5", *QUICK], capsys)
+    assert run_cli(["train", "--steps", "1", "--out", out, *QUICK], capsys)[0] == 0
+    code, _, err = run_cli(["train", "--steps", "2", "--out", out, "--resume", "--lr", "0.5", *QUICK], capsys)
     assert code == 2 and "different training recipe (lr: run 0.001 vs now 0.5" in err
-    code, _, err = run(["train", "--preset", "cifar10", "--steps", "2", "--out", out, "--resume"], capsys)
+    code, _, err = run_cli(["train", "--preset", "cifar10", "--steps", "2", "--out", out, "--resume"], capsys)
     assert code == 2 and "does not fit the preset" in err and "image_size: checkpoint 8 vs 32" in err
     assert err.count("\n") == 1
 
 
 def test_bad_dataset_input(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    code, _, err = run(
+    code, _, err = run_cli(
         ["train", "--dataset", str(tmp_path / "empty"), "--out", str(tmp_path / "r"), *QUICK], capsys
     )
     assert code == 2 and "no images found" in err
-    code, _, err = run(
+    code, _, err = run_cli(
         ["train", "--dataset", str(tmp_path / "nope"), "--out", str(tmp_path / "r"), *QUICK], capsys
     )
     assert code == 2 and "does not exist" in err
-    code, _, err = run(["train", "--preset", "mnist", "--out", str(tmp_path / "r")], capsys)
+    code, _, err = run_cli(["train", "--preset", "mnist", "--out", str(tmp_path / "r")], capsys)
     assert code == 2 and "unknown preset 'mnist'" in err
-    code, _, err = run(["train", "--preset", "celeba64", "--out", str(tmp_path / "r")], capsys)
+    code, _, err = run_cli(["train", "--preset", "celeba64", "--out", str(tmp_path / "r")], capsys)
     assert code == 2 and "--dataset FOLDER" in err
 
 
@@ -102,7 +88,7 @@ def test_folder_dataset_with_class_labels(tmp_path, capsys):
         "--out",
         str(tmp_path / "r"),
     ]
-    code, _, err = run([*argv, *QUICK], capsys)
+    code, _, err = run_cli([*argv, *QUICK], capsys)
     assert code == 0, err
     assert read_manifest(tmp_path / "r")["model_config"]["num_classes"] == 2
 
@@ -147,7 +133,7 @@ def test_sigterm_mid_training_checkpoints_exits_within_30_s_and_the_rerun_resume
     assert step >= 2 and not any(p.name.startswith(".tmp") for p in out.iterdir())
     assert os.path.isfile(out / "LATEST") and logged_steps(out)[-1] == step
 
-    code, stdout, err = run(
+    code, stdout, err = run_cli(
         ["train", "--steps", str(step + 2), "--out", str(out), "--resume", "--no-progress"], capsys
     )
     assert code == 0, err
@@ -168,7 +154,7 @@ def test_sigterm_during_the_final_evaluation_exits_within_30_s_and_the_rerun_fin
     assert not (out / "samples" / "step-0000003.png").exists()
 
     argv = ["train", "--steps", "3", "--out", str(out), "--resume", "--sample-steps", "2", "--no-progress"]
-    code, stdout, err = run(argv, capsys)
+    code, stdout, err = run_cli(argv, capsys)
     assert code == 0, err
     assert "resuming" in stdout and "done: step 3" in stdout and "per-width eval loss" in stdout
     assert (out / "samples" / "step-0000003.png").is_file() and read_manifest(out)["finished"] is True

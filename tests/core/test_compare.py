@@ -19,6 +19,7 @@ from ddsm_core.compare import (
 )
 from ddsm_core.errors import ConfigError
 from ddsm_core.search import Candidate, SearchConfig, SearchDriver
+from tests.support import run_cli
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -123,14 +124,6 @@ def test_load_front_names_a_search_by_its_folder(tmp_path) -> None:
         load_front(tmp_path / "nowhere.json")
 
 
-def run(argv, capsys):
-    from ddsm_core.cli import app, run_app
-
-    code = run_app(app, argv)
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def _two_searches(tmp_path):
     paths = []
     for name, pts in (("cold", [(1.0, 30.0), (4.0, 10.0)]), ("warm", [(2.0, 20.0), (8.0, 5.0)])):
@@ -143,7 +136,7 @@ def _two_searches(tmp_path):
 def test_cli_prints_a_table_writes_json_and_plots(tmp_path, capsys) -> None:
     paths = _two_searches(tmp_path)
     argv = ["compare", *paths, "--out", str(tmp_path / "fronts.png"), "--json", str(tmp_path / "c.json")]
-    code, out, err = run(argv, capsys)
+    code, out, err = run_cli(argv, capsys)
     assert code == 0, err
     expected = compare_fronts([load_front(p) for p in paths])
     table = json.loads((tmp_path / "c.json").read_text())
@@ -156,14 +149,14 @@ def test_cli_prints_a_table_writes_json_and_plots(tmp_path, capsys) -> None:
     assert f"{expected.rows[0].hypervolume:.4f}" in out and "warm" in out
     assert (tmp_path / "fronts.png").read_bytes()[:8] == PNG_MAGIC
     # a given reference point and names
-    code, out, err = run(["compare", *paths, "--ref", "10,40", "--name", "A", "--name", "B"], capsys)
+    code, out, err = run_cli(["compare", *paths, "--ref", "10,40", "--name", "A", "--name", "B"], capsys)
     assert code == 0, err
     assert "reference point: 10.0000 GFLOPs, FID 40.0000" in out and "\nA " in out and "\nB " in out
 
 
 def test_cli_repeated_names_are_made_unique(tmp_path, capsys) -> None:
     path = _two_searches(tmp_path)[0]
-    code, out, err = run(["compare", path, path, "--json", str(tmp_path / "c.json")], capsys)
+    code, out, err = run_cli(["compare", path, path, "--json", str(tmp_path / "c.json")], capsys)
     assert code == 0, err
     assert [r["name"] for r in json.loads((tmp_path / "c.json").read_text())["searches"]] == [
         "cold",
@@ -190,7 +183,7 @@ def test_cli_bad_input_is_one_line_with_exit_2(extra, message, tmp_path, capsys)
     (tmp_path / "other.json").write_text(json.dumps(_results([(1.0, 2.0)], extractor="inception")))
     subst = {"{cold}": cold, "{other}": str(tmp_path / "other.json")}
     argv = ["compare", *[subst.get(a, a.replace("{tmp}", str(tmp_path))) for a in extra]]
-    code, out, err = run(argv, capsys)
+    code, out, err = run_cli(argv, capsys)
     assert code == 2
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
 

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from ddsm_core import checkpoint as ck
-from ddsm_core.cli import app, run_app
 from ddsm_core.cli.sample_cmd import to_uint8
 from ddsm_core.config import UNetConfig
 from ddsm_core.costs import strategy_gflops
@@ -29,17 +28,10 @@ from ddsm_core.strategy import Strategy
 from ddsm_core.train import train
 from ddsm_core.train_step import drop_labels, step_draws
 from ddsm_core.unet import SlimmableUNet
+from tests.support import run_cli
 
 CFG = UNetConfig.digits(model_channels=16, num_res_blocks=1, num_classes=10, null_label=True)
 SCHEDULE = NoiseSchedule.linear()
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def random_state(config: UNetConfig, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -204,16 +196,12 @@ def checkpoint(tmp_path_factory) -> object:
     return path
 
 
-def cli(argv, capsys):
-    code = run_app(app, argv)
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def test_sample_with_guidance_and_class_through_the_cli(checkpoint, model, tmp_path, capsys):
     argv = ["sample", "--checkpoint", str(checkpoint), "--sampler", "ddim", "--steps", "3", "--n", "4",
             "--seed", "2", "--no-progress", "--out", str(tmp_path / "g.png")]  # fmt: skip
-    code, out, err = cli([*argv, "--guidance", "2", "--class", "3", "--npz", str(tmp_path / "g.npz")], capsys)
+    code, out, err = run_cli(
+        [*argv, "--guidance", "2", "--class", "3", "--npz", str(tmp_path / "g.npz")], capsys
+    )
     assert code == 0, err
     assert "guidance 2" in out
     strategy = Strategy.uniform("ddim", 3, 6, CFG.widths)
@@ -222,14 +210,14 @@ def test_sample_with_guidance_and_class_through_the_cli(checkpoint, model, tmp_p
     assert np.array_equal(np.load(tmp_path / "g.npz")["arr_0"], to_uint8(expect))
     # W = 1 is the conditional model; 'random' is the seed-derived default
     extra = ["--guidance", "1", "--class", "random", "--npz", str(tmp_path / "c.npz")]
-    code, _, err = cli([*argv, *extra], capsys)
+    code, _, err = run_cli([*argv, *extra], capsys)
     assert code == 0, err
-    assert cli([*argv, "--npz", str(tmp_path / "d.npz")], capsys)[0] == 0
+    assert run_cli([*argv, "--npz", str(tmp_path / "d.npz")], capsys)[0] == 0
     assert np.array_equal(np.load(tmp_path / "c.npz")["arr_0"], np.load(tmp_path / "d.npz")["arr_0"])
     for bad, message in ((["--class", "10"], "class 10 is out of range: 0..9"),
                          (["--class", "three"], "--class must be an integer label or 'random'"),
                          (["--guidance", "-1"], "guidance must be a finite number >= 0")):  # fmt: skip
-        code, _, err = cli([*argv, *bad], capsys)
+        code, _, err = run_cli([*argv, *bad], capsys)
         assert code == 2 and err.startswith("error: ") and message in err, err
 
 
@@ -240,7 +228,7 @@ def test_guidance_on_a_model_without_null_label_is_a_one_line_error(tmp_path, ca
                         model_state=state, ema_state=state)  # fmt: skip
     argv = ["sample", "--checkpoint", str(tmp_path / "p"), "--steps", "2", "--n", "2", "--no-progress",
             "--out", str(tmp_path / "x.png"), "--guidance", "2"]  # fmt: skip
-    code, _, err = cli(argv, capsys)
+    code, _, err = run_cli(argv, capsys)
     assert code == 2 and "--label-dropout" in err and "Traceback" not in err
 
 
@@ -268,8 +256,9 @@ def test_a_guided_search_evaluates_and_counts_both_passes(model, tmp_path):
     assert g.gflops_per_call == pytest.approx(p.gflops_per_call)
     run = run_search(spec.search_config(), guided, tmp_path / "s", n_images=8, final_images=8, weight=1.0,
                      progress=False, finalists={"full": spec.full_width_genome()})  # fmt: skip
-    assert run.final["full"].record["gflops"] == pytest.approx(spec.gflops(spec.full_width_genome(),
-                                                                           cost_table(CFG)))
+    assert run.final["full"].record["gflops"] == pytest.approx(
+        spec.gflops(spec.full_width_genome(), cost_table(CFG))
+    )
     with pytest.raises(ConfigError, match="out of range"):
         GenomeEvaluator(model, SCHEDULE, ref, ext, spec.replace(class_label=10))
     plain_model = SlimmableUNet(UNetConfig.digits(model_channels=16, num_res_blocks=1, num_classes=10))
@@ -279,7 +268,7 @@ def test_a_guided_search_evaluates_and_counts_both_passes(model, tmp_path):
 
 def test_train_cli_label_dropout_without_class_cond_is_a_one_line_error(tmp_path, capsys):
     argv = ["train", "--out", str(tmp_path / "r"), "--label-dropout", "0.1", "--no-progress"]
-    code, _, err = cli(argv, capsys)
+    code, _, err = run_cli(argv, capsys)
     assert code == 2 and err.startswith("error: ") and "--class-cond" in err
     assert not (tmp_path / "r").exists()
 
@@ -289,5 +278,6 @@ def test_a_checkpoint_written_before_null_label_existed_still_fits_its_preset(tm
     manifest = {"model_config": {k: v for k, v in plain.to_dict().items() if k != "null_label"}}
     ck.check_compatible(manifest, plain)  # the missing field is its default, False
     with pytest.raises(ck.CheckpointError, match="null_label: checkpoint False vs True"):
-        ck.check_compatible(manifest, UNetConfig.digits(model_channels=16, num_res_blocks=1, num_classes=10,
-                                                        null_label=True))
+        ck.check_compatible(
+            manifest, UNetConfig.digits(model_channels=16, num_res_blocks=1, num_classes=10, null_label=True)
+        )

@@ -37,15 +37,6 @@ FAST = dict(
 )  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two cores shared by several jobs: more threads than free cores makes torch spin, not compute."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def small_digits(n: int = 32) -> ImageDataset:
     ds = load_dataset("digits")
     return ImageDataset("digits-small", ds.images[:n], ds.labels[:n], ds.classes)

@@ -22,6 +22,7 @@ from ddsm_core.transfer import (
     transfer_strategy,
     width_share,
 )
+from tests.support import run_cli
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 GRIDS = [("ddpm", 20), ("ddim", 50), ("ddim", 7), ("edm", 10), ("edm", 26), ("dpmpp", 10), ("dpmpp", 31)]
@@ -188,21 +189,13 @@ def checkpoint(tmp_path_factory):
     return path
 
 
-def run(argv, capsys):
-    from ddsm_core.cli import app, run_app
-
-    code = run_app(app, argv)
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def test_cli_transfers_plots_and_the_file_samples(checkpoint, tmp_path, capsys) -> None:
     src = tmp_path / "ddpm20.json"
     source = Strategy.piecewise("ddpm", 20, [0, 1, 2], [0.3, 0.6], widths=(0.5, 0.75, 1.0))
     src.write_text(source.to_json())
     out, png = tmp_path / "dpm10.json", tmp_path / "transfer.png"
     argv = ["strategy", "transfer", "--strategy", str(src), "--sampler", "dpm-solver++", "--steps", "10"]
-    code, stdout, err = run(
+    code, stdout, err = run_cli(
         [*argv, "--out", str(out), "--plot", str(png), "--checkpoint", str(checkpoint)], capsys
     )
     assert code == 0, err
@@ -216,7 +209,7 @@ def test_cli_transfers_plots_and_the_file_samples(checkpoint, tmp_path, capsys) 
     argv = ["sample", "--checkpoint", str(checkpoint), "--sampler", "dpm-solver++", "--steps", "10"]
     argv += ["--strategy", str(out), "--n", "2", "--out", str(tmp_path / "s.png"), "--no-progress"]
     argv += ["--npz", str(tmp_path / "s.npz")]
-    code, stdout, err = run(argv, capsys)
+    code, stdout, err = run_cli(argv, capsys)
     assert code == 0, err
     assert got.describe() in stdout and np.load(tmp_path / "s.npz")["arr_0"].shape == (2, 8, 8, 1)
 
@@ -234,10 +227,10 @@ def test_cli_transferred_file_is_evaluated(checkpoint, tmp_path, capsys, monkeyp
     src.write_text(Strategy.piecewise("ddpm", 20, [0, 2], widths=(0.5, 0.75, 1.0)).to_json())
     out = tmp_path / "edm5.json"
     argv = ["strategy", "transfer", "--strategy", str(src), "--sampler", "edm-heun", "--steps", "5"]
-    assert run([*argv, "--out", str(out), "--schedule", "cosine", "--timesteps", "200"], capsys)[0] == 0
+    assert run_cli([*argv, "--out", str(out), "--schedule", "cosine", "--timesteps", "200"], capsys)[0] == 0
     argv = ["eval", "--checkpoint", str(checkpoint), "--dataset", "digits", "--strategy", str(out)]
     argv += ["--sampler", "edm", "--steps", "5", "--images", "8", "--json", str(tmp_path / "r.json")]
-    code, stdout, err = run(argv, capsys)
+    code, stdout, err = run_cli(argv, capsys)
     assert code == 0, err
     record = json.loads((tmp_path / "r.json").read_text())
     assert record["n_images"] == 8 and record["network_calls"] == 9  # Heun: 2 x 5 - 1 calls
@@ -264,7 +257,7 @@ def test_cli_bad_input_is_one_line_with_exit_2(extra, message, checkpoint, tmp_p
              "{ckpt}": str(checkpoint), "{nockpt}": str(tmp_path / "nowhere")}  # fmt: skip
     argv = ["strategy", "transfer", "--sampler", "dpmpp", "--steps", "10", "--out", str(tmp_path / "o.json")]
     argv += [subst.get(a, a) for a in extra]
-    code, stdout, err = run(argv, capsys)
+    code, stdout, err = run_cli(argv, capsys)
     assert code == 2
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
     assert "Traceback" not in err and not (tmp_path / "o.json").exists()
@@ -307,7 +300,7 @@ def test_read_strategies_from_a_strategy_file_or_a_search_results(tmp_path) -> N
 def test_cli_transfers_the_pick_of_a_results_json(tmp_path, capsys) -> None:
     path, _ = _results_json(tmp_path)
     argv = ["strategy", "transfer", "--strategy", str(path), "--sampler", "ddim", "--steps", "4"]
-    code, stdout, err = run([*argv, "--out", str(tmp_path / "o.json")], capsys)
+    code, stdout, err = run_cli([*argv, "--out", str(tmp_path / "o.json")], capsys)
     assert code == 0, err
     assert f"(pick of {path})" in stdout
     assert Strategy.from_json((tmp_path / "o.json").read_text()).genes == (0, 1, 2, 2)
