@@ -4,10 +4,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
+from api.app import create_app
 from api.db.engine import make_engine, upgrade
 from api.db.repository import Repository
-from tests.support import fresh_postgres_database, postgres_available, require
+from tests.factories import Outbox
+from tests.support import fresh_postgres_database, local_settings, postgres_available, require
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -27,3 +30,17 @@ def repo(db_url: str) -> Iterator[Repository]:
     engine = make_engine(db_url)
     yield Repository(engine)
     engine.dispose()
+
+
+@pytest.fixture
+def outbox() -> Outbox:
+    """What the controller and the routes send to the workers, kept (nothing runs them)."""
+    return Outbox()
+
+
+@pytest.fixture
+def client(tmp_path: Path, outbox: Outbox) -> Iterator[TestClient]:
+    """The in-process app on its own SQLite database, key ``secret``, no controller loop."""
+    settings = local_settings(tmp_path / "home", api_key="secret", run_controller=False)
+    with TestClient(create_app(settings, dispatcher=outbox)) as c:  # type: ignore[arg-type]
+        yield c

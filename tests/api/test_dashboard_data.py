@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from fastapi.testclient import TestClient
-from test_routes import KEY, local_settings
 
 from api.app import create_app
 from api.controller import SearchController
@@ -17,19 +14,7 @@ from api.db.models import JobStatus
 from api.settings import Settings
 from ddsm_core.compare import hypervolume_2d
 from tests.factories import TABLE, Outbox, complete_sent, ready, search_body
-
-
-@pytest.fixture
-def outbox() -> Outbox:
-    return Outbox()
-
-
-@pytest.fixture
-def client(tmp_path: Path, outbox: Outbox) -> Iterator[TestClient]:
-    settings = local_settings(tmp_path / "home", api_key="secret", run_controller=False)
-    with TestClient(create_app(settings, dispatcher=outbox)) as c:  # type: ignore[arg-type]
-        yield c
-
+from tests.support import KEY, local_settings
 
 PAGES = ["/", "/ui/searches/1", "/ui/training-runs/1", "/ui/compare", "/ui/searches/new"]
 

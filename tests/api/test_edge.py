@@ -29,6 +29,7 @@ from api.db.repository import MAX_ID, Repository
 from api.settings import Settings
 from ddsm_core.errors import ConfigError
 from tests.factories import Outbox, ready, search_body
+from tests.support import local_settings
 
 KEY = "secret"
 AUTH = {"X-API-Key": KEY}
@@ -45,18 +46,15 @@ def make_client(db_url: str, tmp_path: Path) -> Factory:
 
     @contextmanager
     def factory(**overrides: object) -> Iterator[TestClient]:
-        home = tmp_path / "home"
         values: dict[str, object] = {
-            "home": home,
             "database_url": db_url,
-            "artifact_store": str(home / "artifacts"),
-            "celery_broker_url": f"sqla+sqlite:///{home}/broker.sqlite",
             "run_controller": False,
             "api_key": KEY,
             "checkpoint_roots": str(tmp_path / "roots"),
+            **overrides,
         }
-        values.update(overrides)
-        with TestClient(create_app(Settings(**values), dispatcher=Outbox())) as client:  # type: ignore[arg-type]
+        settings = local_settings(tmp_path / "home", **values)
+        with TestClient(create_app(settings, dispatcher=Outbox())) as client:  # type: ignore[arg-type]
             yield client
 
     (tmp_path / "roots").mkdir()

@@ -9,10 +9,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from api.settings import Settings
 from ddsm_core.config import UNetConfig
 from ddsm_core.costs import CostTable
 from ddsm_core.spec import SearchSpec
+from tests.support import local_settings
 
 KEY = {"X-API-Key": "secret"}
 TABLE = {"widths": [0.25, 0.5, 0.75, 1.0], "gflops": [1.0, 2.0, 3.0, 4.0], "gflops_conv_linear": None}
@@ -33,10 +33,7 @@ class Outbox:
 
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
-    home = tmp_path / "home"
-    settings = Settings(home=home, database_url=f"sqlite:///{home}/ddsm.sqlite",
-                        artifact_store=str(home / "a"), celery_broker_url=f"sqla+sqlite:///{home}/broker.sqlite",
-                        api_key="secret", run_controller=False)  # fmt: skip
+    settings = local_settings(tmp_path / "home", api_key="secret", run_controller=False)
     with TestClient(create_app(settings, dispatcher=Outbox())) as c:  # type: ignore[arg-type]
         yield c
 

@@ -37,6 +37,7 @@ from api.controller import SearchController
 from api.db.engine import upgrade
 from api.db.repository import Repository
 from api.settings import Settings
+from tests.support import local_settings
 
 KEY = "secret"
 AUTH = {"X-API-Key": KEY}
@@ -58,18 +59,10 @@ class Outbox:
 @pytest.fixture
 def client(db_url: str, tmp_path: Path) -> Iterator[TestClient]:
     upgrade(db_url)
-    home = tmp_path / "home"
     (tmp_path / "roots").mkdir()
-    values: dict[str, Any] = {
-        "home": home,
-        "database_url": db_url,
-        "artifact_store": str(home / "artifacts"),
-        "celery_broker_url": f"sqla+sqlite:///{home}/broker.sqlite",
-        "run_controller": False,
-        "api_key": KEY,
-        "checkpoint_roots": str(tmp_path / "roots"),
-    }
-    with TestClient(create_app(Settings(**values), dispatcher=Outbox())) as c:  # type: ignore[arg-type]
+    settings = local_settings(tmp_path / "home", database_url=db_url, run_controller=False, api_key=KEY,
+                              checkpoint_roots=str(tmp_path / "roots"))  # fmt: skip
+    with TestClient(create_app(settings, dispatcher=Outbox())) as c:  # type: ignore[arg-type]
         _seed(c.app.state.repo)  # type: ignore[attr-defined]
         yield c
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,26 +16,7 @@ from api.settings import Settings
 from ddsm_core.search import SearchDriver
 from ddsm_core.spec import SearchSpec
 from tests.factories import Outbox, complete_sent, ready, search_body
-
-KEY = {"X-API-Key": "secret"}
-
-
-def local_settings(home: Path, **kw: object) -> Settings:
-    """Embedded settings in ``home`` whatever DATABASE_URL etc. the environment holds."""
-    return Settings(home=home, database_url=f"sqlite:///{home}/ddsm.sqlite", artifact_store=str(home / "a"),
-                    celery_broker_url=f"sqla+sqlite:///{home}/broker.sqlite", **kw)  # fmt: skip
-
-
-@pytest.fixture
-def outbox() -> Outbox:
-    return Outbox()
-
-
-@pytest.fixture
-def client(tmp_path: Path, outbox: Outbox) -> Iterator[TestClient]:
-    settings = local_settings(tmp_path / "home", api_key="secret", run_controller=False)
-    with TestClient(create_app(settings, dispatcher=outbox)) as c:  # type: ignore[arg-type]
-        yield c
+from tests.support import KEY, local_settings
 
 
 def repo_of(client: TestClient) -> Repository:

@@ -16,9 +16,9 @@ from api.app import create_app
 from api.db.engine import upgrade
 from api.db.repository import MAX_ID, Repository
 from api.schemas import ModelOverrides, SearchCreate, TrainOverrides
-from api.settings import Settings
 from ddsm_core.errors import ConfigError
 from ddsm_core.spec import MAX_CANDIDATES, MAX_WIDTHS, SEED_MAX, SearchSpec
+from tests.support import local_settings
 
 KEY = {"X-API-Key": "secret"}
 TABLE = {"widths": [0.25, 0.5, 0.75, 1.0], "gflops": [1.0, 2.0, 3.0, 4.0], "gflops_conv_linear": None}
@@ -35,17 +35,9 @@ class Outbox:
 @pytest.fixture
 def client(db_url: str, tmp_path: Path) -> Iterator[TestClient]:
     upgrade(db_url)
-    home = tmp_path / "home"
     (tmp_path / "roots").mkdir()
-    settings = Settings(
-        home=home,
-        database_url=db_url,
-        artifact_store=str(home / "artifacts"),
-        celery_broker_url=f"sqla+sqlite:///{home}/broker.sqlite",
-        run_controller=False,
-        api_key="secret",
-        checkpoint_roots=str(tmp_path / "roots"),
-    )
+    settings = local_settings(tmp_path / "home", database_url=db_url, run_controller=False, api_key="secret",
+                              checkpoint_roots=str(tmp_path / "roots"))  # fmt: skip
     with TestClient(create_app(settings, dispatcher=Outbox())) as c:  # type: ignore[arg-type]
         yield c
 

@@ -3,15 +3,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from fastapi.testclient import TestClient
-from test_routes import KEY, local_settings
 
 from api import services
-from api.app import create_app
 from api.controller import SearchController
 from api.db.models import JobStatus
 from api.db.repository import Repository
@@ -23,6 +19,7 @@ from ddsm_core.spec import SearchSpec, with_warm_start
 from ddsm_core.strategy import Strategy
 from ddsm_core.transfer import results_strategies, transfer_strategy
 from tests.factories import TABLE, Outbox, search_body, small_spec
+from tests.support import KEY
 from workers.fast_eval import fast_metrics
 
 WIDTHS = (0.25, 0.5, 0.75, 1.0)
@@ -88,18 +85,6 @@ def test_a_warm_started_search_asks_its_seeds_in_the_first_generation(repo: Repo
     done = repo.get_search(search_id)
     assert done is not None and done.status == JobStatus.COMPLETE
     assert [tuple(g) for g in done.result["config"]["initial"]] == list(seeds)  # type: ignore[index]
-
-
-@pytest.fixture
-def outbox() -> Outbox:
-    return Outbox()
-
-
-@pytest.fixture
-def client(tmp_path: Path, outbox: Outbox) -> Iterator[TestClient]:
-    settings = local_settings(tmp_path / "home", api_key="secret", run_controller=False)
-    with TestClient(create_app(settings, dispatcher=outbox)) as c:  # type: ignore[arg-type]
-        yield c
 
 
 def setup(client: TestClient, extractor: str = "domain") -> tuple[Repository, int, int]:
