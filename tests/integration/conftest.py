@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from api.processes import wait_healthy
 from tests.support import (
     fresh_postgres_database,
     fresh_redis_database,
+    poll,
     postgres_available,
     redis_available,
     require,
@@ -103,12 +103,9 @@ class Stack:
         wait_healthy(self.url, timeout=60, proc=self.api)
 
     def wait_for(self, what: str, check: Callable[[], Any], timeout: float = 120.0) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = check()
-            if value:
-                return value
-            time.sleep(0.2)
+        value = poll(check, timeout)
+        if value:
+            return value
         tails = {p.name: p.read_text()[-2000:] for p in self.logs.glob("*.log")}
         raise AssertionError(f"timed out waiting for {what}; logs: {tails}")
 

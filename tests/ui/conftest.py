@@ -25,7 +25,7 @@ import pytest
 from api.db.engine import make_engine
 from api.db.repository import Repository
 from api.processes import wait_healthy
-from tests.support import require
+from tests.support import poll, require
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("DDSM_CHROMIUM", "/usr/bin/chromium")
@@ -66,12 +66,9 @@ class Service:
         return reply.json()["id"]
 
     def wait_for(self, what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = check()
-            if value:
-                return value
-            time.sleep(0.2)
+        value = poll(check, timeout)
+        if value:
+            return value
         log = (self.home / "up.log").read_text()[-3000:]
         raise AssertionError(f"timed out waiting for {what}; ddsm up log: {log}")
 
