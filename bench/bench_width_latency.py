@@ -141,8 +141,7 @@ def to_markdown(rows: list[dict], command: str, repeats: int, clock: str = "thre
         f"- Machine: {machine()}",
         f"- Date: {now}; git commit {_commit()}",
         "- Method: `model(x, t, width)` under `torch.inference_mode()`, float32; every width of both",
-        "  variants timed round-robin, best of N rounds after a warm-up round (N <= "
-        f"{repeats}, fewer for",
+        f"  variants timed round-robin, best of N rounds after a warm-up round (N <= {repeats}, fewer for",
         "  the big calls). **before**: the model as training leaves it (NCHW; narrow weights packed on",
         "  first use); **after**: `prepare_for_inference` (channels_last, all packs built up front).",
         "  GFLOPs: conv/linear per image (the paper's count, `ddsm flops`); ratios relative to full",

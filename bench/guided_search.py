@@ -138,9 +138,16 @@ def write_markdown(args, size, checkpoint, manifest, rows, timings) -> None:
     lines = [
         "# Digits benchmark, guided row: classifier-free guidance on a step-aware search",
         "",
-        *(["**SMOKE RUN** (`--smoke`: a supernet trained for "
-           f"{recipe.get('steps')} steps, {size['images']} images per row): the numbers check that the "
-           "pipeline runs; they say nothing about quality.", ""] if args.smoke else []),  # fmt: skip
+        *(
+            [
+                "**SMOKE RUN** (`--smoke`: a supernet trained for "
+                f"{recipe.get('steps')} steps, {size['images']} images per row): the numbers check that the "
+                "pipeline runs; they say nothing about quality.",
+                "",
+            ]
+            if args.smoke
+            else []
+        ),
         f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         f"- machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared with other "
         f"jobs), torch {torch.__version__}, {args.threads} threads",

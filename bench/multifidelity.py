@@ -50,8 +50,12 @@ METRICS = ("fid", "fid_inf", "kid", "paired")
 def held_out_genomes(steps: int, n_widths: int, count: int, seed: int) -> list[tuple[int, ...]]:
     """Uniform widths, two-level switches, then seeded random genomes around several width levels."""
     genomes: dict[tuple[int, ...], None] = dict.fromkeys((i,) * steps for i in range(n_widths))
-    for lo, hi, switch in ((0, n_widths - 1, steps // 2), (0, n_widths - 1, steps // 4),
-                           (n_widths // 2, n_widths - 1, steps // 2), (n_widths - 1, 0, steps // 2)):
+    for lo, hi, switch in (
+        (0, n_widths - 1, steps // 2),
+        (0, n_widths - 1, steps // 4),
+        (n_widths // 2, n_widths - 1, steps // 2),
+        (n_widths - 1, 0, steps // 2),
+    ):
         genomes.setdefault((lo,) * switch + (hi,) * (steps - switch))  # fmt: skip
     rng = np.random.default_rng(seed)
     while len(genomes) < count:

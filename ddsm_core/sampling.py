@@ -269,8 +269,16 @@ def _step_start(
     denoised = _call(denoiser, x, sigma, width, y)
     if callback is not None:
         callback(
-            {"i": i, "steps": strategy.steps, "x": x, "sigma": sigma, "sigma_next": sigma_next,
-             "width": width, "denoised": denoised, "state": SamplerState(i, x, memory)}
+            {
+                "i": i,
+                "steps": strategy.steps,
+                "x": x,
+                "sigma": sigma,
+                "sigma_next": sigma_next,
+                "width": width,
+                "denoised": denoised,
+                "state": SamplerState(i, x, memory),
+            }
         )
     return sigma, sigma_next, width, denoised
 
@@ -454,7 +462,10 @@ class SeededNoise:
     """
 
     def __init__(
-        self, seeds: Sequence[int], shape: Sequence[int], device: torch.device | str = "cpu",
+        self,
+        seeds: Sequence[int],
+        shape: Sequence[int],
+        device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> None:
         self.seeds = [int(s) for s in seeds]

@@ -48,8 +48,6 @@ def register_all(target: typer.Typer, modules: tuple[str, ...] = _COMMAND_MODULE
         module.register(target)
 
 
-
-
 @app.callback()
 def _root() -> None:
     """Keeps ``ddsm CMD`` a group even while a single command is registered."""

@@ -155,8 +155,9 @@ def test_ddpm_step_is_the_ddpm_posterior() -> None:
         sigmas = SCHEDULE.sigmas[[t, t_prev]]
         denoiser = GaussianDenoiser()
         x0_hat = denoiser(x_vp / math.sqrt(abar), sigmas[:1].expand(4), 1.0)
-        out = sample_ddpm(denoiser, x_vp / math.sqrt(abar), sigmas, Strategy.uniform("ddpm", 1, -1),
-                          noise=lambda i, z=z: z)
+        out = sample_ddpm(
+            denoiser, x_vp / math.sqrt(abar), sigmas, Strategy.uniform("ddpm", 1, -1), noise=lambda i, z=z: z
+        )
         # posterior of the (respaced) step: beta = 1 - abar/abar', alpha = abar/abar'
         beta, alpha = 1 - abar / abar_prev, abar / abar_prev
         mean = (math.sqrt(abar_prev) * beta / (1 - abar)) * x0_hat + (
