@@ -20,10 +20,11 @@ def compare(
     as_json: Path | None = typer.Option(None, "--json", help="Also write the table as JSON here."),
 ) -> None:
     """Hypervolume of each search's front against one shared reference point, as a table."""
-    from ddsm_core.cli.checks import write_text_atomic
+    from ddsm_core.cli.checks import check_suffix, write_text_atomic
     from ddsm_core.compare import compare_fronts, format_table, load_front, unique_names
     from ddsm_core.errors import ConfigError
 
+    check_suffix(out, "--out", ".png", "a PNG plot")
     if names and len(names) != len(results):
         raise ConfigError(f"{len(names)} --name for {len(results)} results: give one per result or none")
     fronts = unique_names([load_front(p, names[k] if names else None) for k, p in enumerate(results)])

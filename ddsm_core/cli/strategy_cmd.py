@@ -42,10 +42,17 @@ def transfer(
     Each target step runs at the width that covers most of its stretch of log-SNR in the source
     strategy; the same sampler and steps give the same strategy back.
     """
-    from ddsm_core.cli.checks import check_file, check_steps, check_writable_parent, write_text_atomic
+    from ddsm_core.cli.checks import (
+        check_file,
+        check_steps,
+        check_suffix,
+        check_writable_parent,
+        write_text_atomic,
+    )
     from ddsm_core.errors import ConfigError
     from ddsm_core.transfer import read_strategies, transfer_strategy
 
+    check_suffix(plot, "--plot", ".png", "a PNG plot")
     check_file(strategy, "--strategy", "strategy file")
     check_steps("--steps", steps)
     check_writable_parent(out, "--out")

@@ -104,6 +104,11 @@ def test_strategy_transfer_checks_steps_and_its_file(tmp_path, capsys) -> None:
     fails(["strategy", "transfer", "--strategy", str(tmp_path / "none.json"), "--sampler", "ddim",
            "--steps", "10", "--out", str(out)], capsys, "none.json", "not found")  # fmt: skip
     assert not out.exists()
+    plot = tmp_path / "t.svg"
+    fails(["strategy", "transfer", "--strategy", str(tmp_path / "none.json"), "--sampler", "ddim",
+           "--steps", "10", "--out", str(out), "--plot", str(plot)], capsys,
+          f"--plot: '{plot}' must end in .png (it is written as a PNG plot)")  # fmt: skip
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_an_output_under_a_file_is_refused_before_any_work(tmp_path, capsys) -> None:

@@ -174,6 +174,7 @@ def test_cli_repeated_names_are_made_unique(tmp_path, capsys) -> None:
         (["{cold}", "--ref", "1,nan"], "two finite numbers"),
         (["{cold}", "--name", "a", "--name", "b"], "2 --name for 1 results"),
         (["{cold}", "{other}"], "different feature extractors"),
+        (["{cold}", "--out", "{tmp}/f.pdf"], "f.pdf' must end in .png (it is written as a PNG plot)"),
     ],
 )
 def test_cli_bad_input_is_one_line_with_exit_2(extra, message, tmp_path, capsys) -> None:
