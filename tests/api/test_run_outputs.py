@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from test_routes import KEY, local_settings
 
-from api.app import create_app
 from api.artifacts import SAMPLES_METRIC, ArtifactStore
 from api.controller import SearchController
 from api.db.models import JobStatus
@@ -22,20 +18,9 @@ from ddsm_core.costs import CostTable
 from ddsm_core.spec import SearchSpec
 from ddsm_core.train_log import loss_curves, read_log
 from tests.factories import Outbox, complete_sent, ready, search_body
+from tests.support import KEY
 from workers.fast_eval import fast_metrics
 from workers.history import RunHistory
-
-
-@pytest.fixture
-def outbox() -> Outbox:
-    return Outbox()
-
-
-@pytest.fixture
-def client(tmp_path: Path, outbox: Outbox) -> Iterator[TestClient]:
-    settings = local_settings(tmp_path / "home", api_key="secret", run_controller=False)
-    with TestClient(create_app(settings, dispatcher=outbox)) as c:  # type: ignore[arg-type]
-        yield c
 
 
 def png(shade: int) -> bytes:
