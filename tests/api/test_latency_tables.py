@@ -4,32 +4,16 @@ controller's NSGA-II minimises it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
 from api.controller import SearchController
 from api.db.models import JobStatus
 from api.db.repository import Repository
 from api.settings import Settings
 from ddsm_core.latency import LatencyTable
-from tests.api.test_routes import KEY, local_settings
 from tests.factories import TABLE, Outbox, complete_sent, ready, search_body
-
-
-@pytest.fixture
-def outbox() -> Outbox:
-    return Outbox()
-
-
-@pytest.fixture
-def client(tmp_path: Path, outbox: Outbox) -> Iterator[TestClient]:
-    settings = local_settings(tmp_path / "home", api_key="secret", run_controller=False)
-    with TestClient(create_app(settings, dispatcher=outbox)) as c:  # type: ignore[arg-type]
-        yield c
+from tests.support import KEY
 
 
 def repo_of(client: TestClient) -> Repository:
