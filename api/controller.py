@@ -29,9 +29,16 @@ adds the rows of the next rung's promoted genomes; once the top rung is finished
 same objectives and records the local executor tells it. Rung rows are claimed, heartbeaten, reaped,
 resent and deduplicated like any candidate.
 
-The driver (``ddsm_core.search.SearchDriver``) is rebuilt from its stored state only on the tick that
-tells a finished generation (or finishes the search), so an API restart resumes every running search
-where it stood, and a tick while a generation is being evaluated reads a few rows.
+The driver (``ddsm_core.search.SearchDriver``) is needed only on the tick that tells a finished
+generation (or finishes the search). The controller keeps the driver it last persisted in memory, keyed
+by the search's generation (and creation time) at that write: every state write is a compare-and-set
+that moves the generation forward (generation 0: the first write), so a stored generation equal to the
+cached one means the stored state is the one this process wrote and the cached driver equals it
+(``SearchDriver.from_state_dict`` restores a driver exactly). Otherwise (another replica advanced the
+search, an API restart) the driver is rebuilt from the stored state. A cached driver is taken out of the
+cache while a tick changes it and put back only once its state is written, so a failed write or an
+exception never leaves a driver ahead of the database. A tick while a generation is being evaluated
+reads a few rows and never the state column.
 
 Searches are independent: each tick runs on a small thread pool (``controller_threads``), so a slow
 search (a huge generation to tell, a database lock) or a failing one never holds up the others. A
@@ -106,7 +113,11 @@ class SearchController:
         settings: Settings,
         ident: str | None = None,
         store: ArtifactStore | None = None,
+        *,
+        cache_drivers: bool = True,
     ) -> None:
+        """``cache_drivers=False`` rebuilds the driver from the stored state on every tell (tests: the
+        cache must not change a result)."""
         self.repo = repo
         self.sender = sender
         self.settings = settings
@@ -121,6 +132,10 @@ class SearchController:
         self._inflight: dict[int, tuple[Future[None], float]] = {}  # search -> its tick, started at
         self._overran: set[int] = set()  # searches whose overrunning tick was logged
         self._lock = threading.Lock()
+        self._cache_drivers = cache_drivers
+        # search -> ((generation, created_at) when its state was written by this process, that driver)
+        self._drivers: dict[int, tuple[tuple[int, Any], SearchDriver]] = {}
+        self.rebuilds = 0  # drivers rebuilt from a stored state (tests, the benchmark)
 
     # ------------------------------------------------------------------ loop
     def start(self) -> None:
@@ -179,6 +194,8 @@ class SearchController:
             self.sender.train_supernet(run_id, attempt)
         search_ids = self.repo.active_search_ids()
         self._infrastructure_ok()
+        for gone in set(self._drivers) - set(search_ids):  # ended, cancelled or deleted searches
+            self._drivers.pop(gone, None)
         started = []
         now = time.monotonic()
         with self._lock:
@@ -231,8 +248,9 @@ class SearchController:
     def tick(self, search_id: int, reap: bool = True) -> None:
         if not self.repo.acquire_lease(search_id, self.id, self.settings.lease_ttl_s):
             return
-        search = self.repo.get_search(search_id)
+        search = self.repo.get_search(search_id, with_state=False)  # the state is read only if needed
         if search is None or search.status not in (JobStatus.RUNNING, JobStatus.FINISHING):
+            self._drivers.pop(search_id, None)
             return
         spec = SearchSpec.from_dict(search.config)
         if reap:
@@ -241,9 +259,8 @@ class SearchController:
         if search.status == JobStatus.FINISHING:
             self._finish(search, spec)
             return
-        generation = (
-            self.repo.get_generation(search_id, search.generation) if search.algorithm_state else None
-        )
+        # (a generation row is written with the state, in one transaction: no row, no state yet)
+        generation = self.repo.get_generation(search_id, search.generation)
         if generation is not None and not generation.told:
             if spec.rungs:
                 genomes, step = self._halving(search, spec, generation.generation, generation.genome_hashes)
@@ -261,13 +278,32 @@ class SearchController:
             told = (generation.generation, progress(driver.candidates, driver.history))
             self._ask(search, spec, driver, search.generation + 1, told)
             return
-        driver = self._driver(search, spec)
+        # the first generation, or one told without its successor asked (``Repository.tell_generation``
+        # rewrites the state at the same generation): never from the cache
+        driver = self._driver(search, spec, cached=False)
         self._ask(search, spec, driver, next_generation=0 if generation is None else search.generation + 1)
 
-    def _driver(self, search: SearchRecord, spec: SearchSpec) -> SearchDriver:
-        if search.algorithm_state:
-            return SearchDriver.from_state_dict(search.algorithm_state)
+    @staticmethod
+    def _version(search: SearchRecord, generation: int) -> tuple[int, Any]:
+        return generation, search.created_at  # (created_at: an id reused after a delete is another search)
+
+    def _driver(self, search: SearchRecord, spec: SearchSpec, cached: bool = True) -> SearchDriver:
+        """The search's driver as stored: the cached one if the stored state is still the one this
+        process wrote (taken out of the cache: :meth:`_keep` puts it back once its next state is
+        written), else rebuilt from the stored state (a new driver before the first generation)."""
+        entry = self._drivers.pop(search.id, None)
+        if cached and entry is not None and entry[0] == self._version(search, search.generation):
+            return entry[1]
+        state = self.repo.search_state(search.id)
+        if state:
+            self.rebuilds += 1
+            return SearchDriver.from_state_dict(state)
         return SearchDriver(spec.search_config(), seed=spec.seed)
+
+    def _keep(self, search: SearchRecord, generation: int, driver: SearchDriver, written: bool) -> None:
+        """Cache ``driver`` once its state was written as ``generation``'s (a lost write keeps nothing)."""
+        if written and self._cache_drivers:
+            self._drivers[search.id] = (self._version(search, generation), driver)
 
     def _members(self, search_id: int, phase: str, hashes: tuple[str, ...]) -> list[CandidateRecord]:
         by_hash = {c.genome_hash: c for c in self.repo.candidates(search_id, phase=phase, hashes=hashes)}
@@ -338,10 +374,11 @@ class SearchController:
         told_generation, result = told if told is not None else (None, None)
         if genomes:
             # a multi-fidelity generation starts at its lowest rung (the top one, n_images, when flat)
-            self.repo.start_generation(
+            written = self.repo.start_generation(
                 search.id, self.id, next_generation, genomes, driver.state_dict(), spec.ladder[0],
                 phase=rung_phases(spec)[0], told_generation=told_generation, result=result,
             )  # fmt: skip
+            self._keep(search, next_generation, driver, written)
             self._dispatch(search.id)
             return
         # NSGA-II is done: evaluate the finalists again with more images
@@ -349,7 +386,7 @@ class SearchController:
             self.repo.fail_search(search.id, "every candidate failed: no Pareto front (see candidate errors)")
             return
         finalists = spec.finalists(driver.front())
-        self.repo.start_generation(
+        written = self.repo.start_generation(
             search.id,
             self.id,
             next_generation,
@@ -361,6 +398,7 @@ class SearchController:
             told_generation=told_generation,
             result=result,
         )
+        self._keep(search, next_generation, driver, written)
         self._dispatch(search.id)
 
     def _dispatch(self, search_id: int) -> None:
@@ -392,8 +430,7 @@ class SearchController:
         final = {c.genome: c for c in self.repo.candidates(search.id, phase=FINAL)}
         if any(not c.finished for c in final.values()):
             return
-        assert search.algorithm_state is not None
-        driver = SearchDriver.from_state_dict(search.algorithm_state)
+        driver = self._driver(search, spec)
         self.repo.finish_search(search.id, self.id, self.results(search, spec, driver, final))
 
     def results(

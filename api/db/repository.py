@@ -22,7 +22,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, and_, exists, func, insert, or_, select, text, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, defer, sessionmaker
 
 from api.db.models import (
     Candidate,
@@ -664,8 +664,28 @@ class Repository:
             updated_at=_NOW,
         )
 
-    def get_search(self, search_id: int) -> SearchRecord | None:
-        return self._get(Search, SearchRecord, search_id)
+    def get_search(self, search_id: int, *, with_state: bool = True) -> SearchRecord | None:
+        """A search; ``with_state=False`` leaves its algorithm state (megabytes late in a large search)
+        unread: the record's ``algorithm_state`` is then None (see :meth:`search_state`)."""
+        if with_state:
+            return self._get(Search, SearchRecord, search_id)
+        if not valid_id(search_id):
+            return None
+        with self._tx() as s:
+            row = s.get(Search, search_id, options=[defer(Search.algorithm_state, raiseload=True)])
+            if row is None:
+                return None
+            values = {
+                f.name: getattr(row, f.name) for f in fields(SearchRecord) if f.name != "algorithm_state"
+            }
+            return SearchRecord(**values, algorithm_state=None)
+
+    def search_state(self, search_id: int) -> dict[str, Any] | None:
+        """A search's stored algorithm state alone (None before its first generation)."""
+        if not valid_id(search_id):
+            return None
+        with self._tx() as s:
+            return s.scalar(select(Search.algorithm_state).where(Search.id == search_id))
 
     def list_searches(self, status: JobStatus | None = None) -> list[SearchRecord]:
         where = [] if status is None else [Search.status == status]

@@ -334,3 +334,64 @@ def test_a_slow_or_failing_search_does_not_stall_another_and_no_search_ticks_twi
     finally:
         controller.release.set()
         controller.stop()
+
+
+def test_the_driver_cache_changes_no_result(repo: Repository) -> None:
+    """A controller keeping its driver in memory and one rebuilding it from the stored state on every
+    tell write the same results.json; the cached one rebuilds nothing."""
+    outcomes = []
+    for cache in (True, False):
+        search, outbox = make_search(repo, SPEC), Outbox()
+        controller = SearchController(repo, outbox, Settings(), cache_drivers=cache)
+        drive(repo, controller, outbox, search)
+        outcomes.append((comparable(repo.get_search(search).result), controller.rebuilds))  # type: ignore[union-attr]
+    (cached, cached_rebuilds), (rebuilt, rebuilds) = outcomes
+    assert cached == rebuilt
+    assert cached_rebuilds == 0 and rebuilds == SPEC.generations + 1  # each tell and the finish
+
+
+def test_a_cached_driver_is_dropped_once_another_replica_advanced_the_search(
+    repo: Repository, tmp_path: Path
+) -> None:
+    """Replica A caches its driver; B takes the lease over and tells a generation; when A gets the search
+    back its cache is stale (the stored generation moved on): it rebuilds from B's state and the front is
+    the local search's."""
+    search, outbox = make_search(repo, SPEC), Outbox()
+    a = SearchController(repo, outbox, Settings(lease_ttl_s=0.05), ident="a")
+    b = SearchController(repo, outbox, Settings(lease_ttl_s=0.05), ident="b")
+    a.tick(search)  # generation 0 asked: A caches its driver
+    complete_sent(repo, outbox)
+    a.tick(search)  # generation 0 told, 1 asked (from the cache)
+    complete_sent(repo, outbox)
+    assert a.rebuilds == 0 and search in a._drivers
+    time.sleep(0.1)  # A's lease expires
+    b.tick(search)  # B tells generation 1 and asks 2 (rebuilt: it never saw this search)
+    assert b.rebuilds == 1 and repo.get_search(search).generation == 2  # type: ignore[union-attr]
+    complete_sent(repo, outbox)
+    time.sleep(0.1)  # B's lease expires; A comes back with a driver of generation 1
+    a.tick(search)
+    assert a.rebuilds == 1  # the stale driver was not used
+    drive(repo, a, outbox, search)
+    assert a.rebuilds == 1
+    assert front(repo, search) == local_front(SPEC, tmp_path / "local")
+
+
+def test_an_idle_tick_never_reads_the_algorithm_state(repo: Repository) -> None:
+    from sqlalchemy import event
+
+    search, outbox = make_search(repo, SPEC), Outbox()
+    controller = SearchController(repo, outbox, Settings())
+    controller.tick(search)  # generation 0 asked and sent; nothing finished yet
+    reads: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "algorithm_state" in statement:
+            reads.append(statement)
+
+    event.listen(repo.engine, "before_cursor_execute", count)
+    try:
+        controller.tick(search)
+        controller.tick(search)
+    finally:
+        event.remove(repo.engine, "before_cursor_execute", count)
+    assert reads == []
