@@ -65,7 +65,7 @@ def controller_overhead(url: str, population: int, generations: int) -> dict[str
     tick_s: list[float] = []
     idle_s: list[float] = []  # ticks while a generation is still being evaluated (nothing to tell)
     ticks = 0
-    while repo.get_search(sid).status != JobStatus.COMPLETE:  # type: ignore[union-attr]
+    while repo.get_search(sid, with_state=False).status != JobStatus.COMPLETE:  # type: ignore[union-attr]
         t0 = time.perf_counter()
         controller.tick(sid)
         tick_s.append(time.perf_counter() - t0)
@@ -82,7 +82,8 @@ def controller_overhead(url: str, population: int, generations: int) -> dict[str
     return {**row, "controller_s": total, "per_generation_ms": 1000 * total / generations,
             "per_candidate_ms": 1000 * total / n_cands, "ticks": ticks,
             "max_tick_ms": 1000 * max(tick_s),
-            "median_idle_tick_ms": 1000 * statistics.median(idle_s)}  # fmt: skip
+            "median_idle_tick_ms": 1000 * statistics.median(idle_s),
+            "rebuilds": controller.rebuilds}  # fmt: skip
 
 
 def throughput(
@@ -166,6 +167,7 @@ def main() -> None:
 def controller_only(args: argparse.Namespace) -> None:
     if not postgres_available():
         raise SystemExit("error: --controller-only needs Postgres at 127.0.0.1:5432")
+    load0 = os.getloadavg()[0]
     with fresh_postgres_database("ddsm_bench") as url:
         row = controller_overhead(url, args.population, args.generations)
     print(row, flush=True)
@@ -179,18 +181,18 @@ def controller_only(args: argparse.Namespace) -> None:
         f"- Command: `python bench/service_bench.py --controller-only --population {args.population} "
         f"--generations {args.generations}`",
         f"- Machine: {platform.machine()}, {os.cpu_count()} logical CPUs, "
-        f"load average {os.getloadavg()[0]:.1f}"
+        f"load average {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
         f" (shared with other jobs); date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
         f"commit {commit.stdout.strip()}",
         "- Tick: the controller's work for one search (a generation's tell + ask + persist + dispatch on the "
         "tick that completes it); idle tick: a tick while the generation is still being evaluated.",
         "",
         "| population | generations | candidates | per generation (ms) | longest tick (ms) "
-        "| median idle tick (ms) |",
-        "|---|---|---|---|---|---|",
+        "| median idle tick (ms) | driver rebuilds |",
+        "|---|---|---|---|---|---|---|",
         f"| {row['population']} | {row['generations']} | {row['candidates']} "
         f"| {row['per_generation_ms']:.0f} "
-        f"| {row['max_tick_ms']:.0f} | {row['median_idle_tick_ms']:.1f} |",
+        f"| {row['max_tick_ms']:.0f} | {row['median_idle_tick_ms']:.1f} | {row['rebuilds']} |",
     ]
     with open(args.md, "a") as f:
         f.write("\n".join(lines) + "\n")
