@@ -255,7 +255,11 @@ def main() -> None:
             save()
     for sampler, steps, (seed,) in _items(args.warm):
         key = f"{sampler}{steps}"
-        files = [Path(v["file"]) for v in bench["transfer"][key]["strategies"].values()]
+        if args.transfer_from:  # the source search's results.json: its pick, knee and front, transferred
+            src_s, src_n, (src_seed,) = _items(args.transfer_from)[0]
+            files = [args.out / f"{src_s}{src_n}_s{src_seed}" / "results.json"]
+        else:
+            files = [Path(v["file"]) for v in bench["transfer"][key]["strategies"].values()]
         res = _search(
             args,
             spec0.replace(sampler=sampler, steps=steps, seed=seed),
@@ -461,7 +465,8 @@ def write_markdown(bench: dict[str, Any], md: Path, notes: Path | None = None, q
         "- **pick** (finalist protocol of this benchmark): the cheapest front member that is equal quality, "
         "found by bisection over the search's front sorted by GFLOPs (about log2(front size) members "
         f"measured on {n} images; full width is the top end). The search's own weighted pick (argmin FID + "
-        f"{prof['weight']} x GFLOPs on 200-image FIDs) and knee are measured the same way beside it.",
+        f"{prof['weight']} x GFLOPs on {prof['n_images']}-image FIDs) and knee are measured the same way "
+        "beside it.",
         f"- search: `ddsm search` code path (`search_to_folder`), profile `{prof['name']}` (population "
         f"{prof['population']}, {prof['generations']} generations, {prof['n_images']} images per candidate, "
         f"its own finalists re-measured on {prof['final_images']} images: results.json in each folder)",
@@ -631,29 +636,39 @@ def write_markdown(bench: dict[str, Any], md: Path, notes: Path | None = None, q
                 if vp:
                     t13.append(
                         (
-                            f"transfer {t['source']} {name} -> {key} vs its own search's pick",
+                            f"transfer {t['source']} {name} -> {key} vs its own search (same seed)",
                             "measured",
-                            f"transferred {saved} saved, - full {_iv(r.get('paired'))}; own pick "
-                            f"`{vp['own']['strategy']}`; transferred - own pick {_iv(vp.get('paired'))}",
+                            f"transferred `{r['strategy']}` {saved} saved, - full {_iv(r.get('paired'))}; "
+                            + "; ".join(
+                                f"- own {mine} `{v['own']['strategy']}` "
+                                + (_iv(v.get("paired")) if v.get("paired") else "(same strategy)")
+                                for mine, v in (("pick", vp), ("knee", vk))
+                                if v
+                            ),
                         )
                     )
             lines.append("")
         lines.append("")
     if bench.get("warm"):
         lines += [
-            "## Warm start (issue 13): the search rerun with `--warm-start` (the transferred strategies)",
+            "## Warm start (issue 13): the search rerun with `--warm-start` (another search's results)",
             "",
-            "Generations until the search holds a candidate with search FID (200 images, same seeds) <= the "
+            "`--warm-start` takes the files below (a results.json: its pick, knee and front, each "
+            "transferred by log-SNR to this sampler and step count; uniform and repeated seeds dropped). "
+            "Generations until "
+            f"the search holds a candidate with search FID ({prof['n_images']} images, same seeds) <= the "
             "cold search's target at <= its GFLOPs (generation 1 = the first; none = never).",
             "",
-            "| search | seeded genomes | target | target FID@200 / GFLOPs | cold: generation "
+            "| search | seeds (files) | target | target search FID / GFLOPs | cold: generation "
             "| warm: generation | warm pick (protocol): saved, - full [95%] |",
             "|---|---|---|---|---|---|---|",
         ]
         for key, w in bench["warm"].items():
             for name, r in w["reach"].items():
                 lines.append(
-                    f"| {key} seed {w['seed']} | {len(w['seeded'])} | cold {name} | {_f(r['target'][0])} / "
+                    f"| {key} seed {w['seed']} | {len(w['seeded'])} ({', '.join(w['files'])}) | "
+                    f"cold {name} | "
+                    f"{_f(r['target'][0])} / "
                     f"{_f(r['target'][1], 4)} | {r['cold'] or 'none'} | {r['warm'] or 'none'} | "
                     f"`{w['pick']['strategy']}`: {100 * w['saved']:.0f}%, {_iv(w['pick'].get('paired'))} |"
                 )
