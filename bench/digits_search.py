@@ -647,7 +647,6 @@ def write_markdown(bench: dict[str, Any], md: Path, notes: Path | None = None, q
                             ),
                         )
                     )
-            lines.append("")
         lines.append("")
     if bench.get("warm"):
         lines += [
@@ -660,8 +659,9 @@ def write_markdown(bench: dict[str, Any], md: Path, notes: Path | None = None, q
             "cold search's target at <= its GFLOPs (generation 1 = the first; none = never).",
             "",
             "| search | seeds (files) | target | target search FID / GFLOPs | cold: generation "
-            "| warm: generation | warm pick (protocol): saved, - full [95%] |",
-            "|---|---|---|---|---|---|---|",
+            "| warm: generation | warm pick (protocol): saved, - full [95%] | warm knee: saved, - full [95%] "
+            "| cold knee: saved, - full [95%] |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for key, w in bench["warm"].items():
             for name, r in w["reach"].items():
@@ -670,7 +670,13 @@ def write_markdown(bench: dict[str, Any], md: Path, notes: Path | None = None, q
                     f"cold {name} | "
                     f"{_f(r['target'][0])} / "
                     f"{_f(r['target'][1], 4)} | {r['cold'] or 'none'} | {r['warm'] or 'none'} | "
-                    f"`{w['pick']['strategy']}`: {100 * w['saved']:.0f}%, {_iv(w['pick'].get('paired'))} |"
+                    f"`{w['pick']['strategy']}`: {100 * w['saved']:.0f}%, {_iv(w['pick'].get('paired'))} | "
+                    + " | ".join(
+                        f"`{k['strategy']}`: {100 * (1 - k['gflops'] / w['full']['gflops']):.0f}%, "
+                        f"{_iv(k.get('paired'))}"
+                        for k in (w["knee"], bench["samplers"][key]["searches"][str(w["seed"])]["knee"])
+                    )
+                    + " |"
                 )
                 t13.append(
                     (
