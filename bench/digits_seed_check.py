@@ -1,0 +1,71 @@
+"""Is a 2000-image paired FID difference stable across seed sets? (bench/digits_search/notes.md)
+
+    PYTHONPATH=$PWD OMP_NUM_THREADS=1 .venv/bin/python bench/digits_seed_check.py 4000
+
+Samples full width, uniform 7/8 and the DDPM-20 knee ``2/8 x13, 8/8 x7`` of the benchmark supernet on
+seeds 0..N-1 (one thread), prints each one's FID on consecutive 1000- and 2000-image seed sets and on
+all N, and the paired interval vs full width on the first 500, 1000, 2000 and 4000 images.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ddsm_core.checkpoint import load_checkpoint  # noqa: E402
+from ddsm_core.evaluate import evaluate  # noqa: E402
+from ddsm_core.features import get_extractor  # noqa: E402
+from ddsm_core.fid import FeatureStats, frechet_distance  # noqa: E402
+from ddsm_core.flops import cost_table  # noqa: E402
+from ddsm_core.paired import paired_fid_diff  # noqa: E402
+from ddsm_core.strategy import Strategy  # noqa: E402
+from ddsm_core.threads import set_threads  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 4000
+    set_threads(1)
+    model, schedule, _ = load_checkpoint(ROOT / "bench/digits-supernet")
+    widths, costs = tuple(model.config.widths), cost_table(model)
+    ext = get_extractor("domain", dataset="digits")
+    ref = FeatureStats.load(ROOT / "bench/digits_ref_stats.npz")
+    top = len(widths) - 1
+    strategies = {
+        "full": Strategy.uniform("ddpm", 20, top, widths),
+        "knee": Strategy("ddpm", 20, widths, (0,) * 13 + (top,) * 7),
+        "7/8": Strategy.uniform("ddpm", 20, top - 1, widths),
+    }
+    feats = {}
+    for name, s in strategies.items():
+        t = time.perf_counter()
+        r = evaluate(model, schedule, s, ref, ext, n, 0, 250, costs=costs, keep_features=True)
+        feats[name] = r.features
+        print(
+            f"{name} {s.describe()}: FID@{n} {r.fid:.2f}, {r.gflops:.4f} GFLOPs, "
+            f"{time.perf_counter() - t:.0f} s"
+        )
+
+    def fid(x: np.ndarray) -> float:
+        return frechet_distance(x.mean(0), np.cov(x, rowvar=False), ref.mu, ref.sigma)
+
+    for name, x in feats.items():
+        for size in (1000, 2000):
+            sets = [f"{fid(x[i : i + size]):.2f}" for i in range(0, n - size + 1, size)]
+            print(f"{name}: FID on consecutive {size}-image seed sets {', '.join(sets)}")
+    for size in (500, 1000, 2000, 4000):
+        if size > n:
+            break
+        for name in ("knee", "7/8"):
+            d = paired_fid_diff(feats["full"][:size], feats[name][:size], ref, seed=0)
+            print(f"{size} images, {name} - full: {d.describe()}")
+
+
+if __name__ == "__main__":
+    main()
