@@ -269,9 +269,11 @@ class SearchController:
                 driver = self._driver(search, spec)
                 self._tell_outcome(driver, genomes, step.outcome)
             else:
+                if self.repo.any_unfinished(search_id, SEARCH, generation.genome_hashes):
+                    return  # (rows are read, and the driver rebuilt, only when there is something to tell)
                 members = self._members(search_id, SEARCH, generation.genome_hashes)
                 if any(not c.finished for c in members):
-                    return  # (the driver is rebuilt only when there is something to tell)
+                    return  # (a row made WAITING again between the two reads, e.g. a resume)
                 driver = self._driver(search, spec)
                 self._tell(driver, members)
             # told and asked in one transaction: the state is written once per generation

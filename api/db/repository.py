@@ -963,7 +963,9 @@ class Repository:
         offset: int = 0,
         limit: int | None = None,
     ) -> list[CandidateRecord]:
-        query = select(Candidate).where(Candidate.search_id == search_id).order_by(Candidate.id)
+        # plain rows of the record's columns, no ORM objects (a generation of 1,000 is read per tell)
+        columns = [getattr(Candidate, f.name) for f in fields(CandidateRecord)]
+        query = select(*columns).where(Candidate.search_id == search_id).order_by(Candidate.id)
         if phase is not None:
             query = query.where(Candidate.phase == phase)
         if hashes is not None:
@@ -973,7 +975,21 @@ class Repository:
         query = query.offset(offset)
         if limit is not None:
             query = query.limit(limit)
-        return self._records(CandidateRecord, query)
+        with self._tx() as s:
+            return [_record(CandidateRecord, row) for row in s.execute(query).all()]
+
+    def any_unfinished(self, search_id: int, phase: str, hashes: Sequence[str]) -> bool:
+        """Whether a candidate of ``phase`` among ``hashes`` is neither COMPLETE nor FAILED (one id read
+        at most: the controller asks this on every tick while a generation of 1,000 is evaluated)."""
+        finished = (CandidateState.COMPLETE, CandidateState.FAILED)
+        query = select(Candidate.id).where(
+            Candidate.search_id == search_id,
+            Candidate.phase == phase,
+            Candidate.genome_hash.in_(list(hashes)),
+            Candidate.state.not_in(finished),
+        )
+        with self._tx() as s:
+            return s.execute(query.limit(1)).first() is not None
 
     def count_candidates(self, search_id: int, phase: str | None = None) -> dict[str, int]:
         with self._tx() as s:
