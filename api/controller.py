@@ -452,17 +452,16 @@ class SearchController:
             name: _final_record(spec, genome, final.get(genome), table)
             for name, genome in spec.finalists(driver.front()).items()
         }
-        phases = set(rung_phases(spec))
-        search_cands = [c for c in self.repo.candidates(search.id) if c.phase in phases]
+        retried, workers = self.repo.attempt_summary(search.id, rung_phases(spec))
         results = build_results(
             spec, driver.candidates, driver.history, records, extractor=stats.extractor,
             checkpoint=f"supernet {net.id} '{net.name}' (sha256 {net.artifact_sha256[:12]})",
             stats=f"reference statistics {stats.id} '{stats.name}' ({stats.dataset})",
-            retried_attempts=sum(c.attempt - 1 for c in search_cands),
+            retried_attempts=retried,
             search_wall_s=(self.repo.now() - search.created_at).total_seconds(),
             run={"where": "service", "service_search_id": search.id,
                  "checkpoint_step": (net.config or {}).get("step"),
-                 "workers": len({c.worker for c in search_cands if c.worker})},
+                 "workers": workers},
             floors=stats.floors or (),  # every FID next to the real-data floor
             latency=latency,
         )  # fmt: skip

@@ -978,6 +978,18 @@ class Repository:
         with self._tx() as s:
             return [_record(CandidateRecord, row) for row in s.execute(query).all()]
 
+    def attempt_summary(self, search_id: int, phases: Sequence[str]) -> tuple[int, int]:
+        """(retried attempts, distinct workers) over the search's candidates of ``phases``, counted in
+        the database (the final tick of a search of 10,000 candidates reads no rows for them)."""
+        query = select(
+            func.coalesce(func.sum(Candidate.attempt - 1), 0),
+            func.count(func.nullif(Candidate.worker, "").distinct()),
+        )
+        query = query.where(Candidate.search_id == search_id, Candidate.phase.in_(list(phases)))
+        with self._tx() as s:
+            retried, workers = s.execute(query).one()
+            return int(retried), int(workers)
+
     def any_unfinished(self, search_id: int, phase: str, hashes: Sequence[str]) -> bool:
         """Whether a candidate of ``phase`` among ``hashes`` is neither COMPLETE nor FAILED (one id read
         at most: the controller asks this on every tick while a generation of 1,000 is evaluated)."""

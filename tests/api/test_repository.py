@@ -200,3 +200,27 @@ def test_mark_sent_many_marks_only_waiting_candidates_at_their_attempt(repo: Rep
     assert repo.mark_sent_many([(waiting, 1), (claimed, 1), (stale, 2)]) == 1  # attempt 2 is not current
     assert [c.id for c in repo.candidates_to_send(search, 600)] == [stale]
     assert repo.get_candidate(waiting).sent_attempt == 1  # type: ignore[union-attr]
+
+
+def test_any_unfinished_and_attempt_summary_count_in_the_database(repo: Repository) -> None:
+    search = make_search(repo)
+    start(repo, search, [(0, 1), (1, 1), (1, 0)])
+    first, second, third = repo.candidates(search)
+    hashes = [first.genome_hash, second.genome_hash]
+    assert repo.any_unfinished(search, "search", hashes)
+    assert repo.attempt_summary(search, ["search"]) == (0, 0)  # nobody claimed anything yet
+    for cand in (first, second):
+        assert repo.claim_candidate(cand.id, 1, "w1")
+    assert repo.any_unfinished(search, "search", hashes)  # RUNNING is not finished
+    assert repo.complete_candidate(first.id, 1, "w1", {"fid": 1.0})
+    assert repo.fail_candidate(second.id, 1, "w1", "boom")
+    assert not repo.any_unfinished(search, "search", hashes)  # COMPLETE and FAILED are
+    assert repo.any_unfinished(search, "search", [*hashes, third.genome_hash])
+    assert not repo.any_unfinished(search, "final", [*hashes, third.genome_hash])  # another phase
+    assert repo.claim_candidate(third.id, 1, "dead")
+    time.sleep(0.05)
+    assert repo.reap_candidates(search, stale_after_s=0.01, max_attempts=3) == (1, 0)
+    assert repo.claim_candidate(third.id, 2, "w2")
+    # one retried attempt; workers w1 and w2 (the reaped attempt's worker was replaced by w2)
+    assert repo.attempt_summary(search, ["search"]) == (1, 2)
+    assert repo.attempt_summary(search, ["final"]) == (0, 0)
