@@ -3,11 +3,12 @@
     PYTHONPATH=. .venv/bin/python bench/profile_tick.py --population 1000 --generations 4 [--cprofile N]
 
 One search (the ``service_bench.py`` spec) in a fresh Postgres database (created and dropped here): the
-controller ticks it, candidates are completed directly in the repository by the simulated worker of
-``tests/factories.py`` (not timed), until it completes. Every tick's phases are timed by wrapping the
-controller's steps (inclusive times: ``tell`` holds ``members``, ``ask`` holds ``start_generation``...),
-and printed per tick kind (tell: a generation told and the next asked; idle: nothing to tell; final:
-the results). ``--cprofile N`` prints the N hottest functions (cumulative) of the tell ticks.
+controller ticks it, candidates are completed directly in the database with the simulated worker's
+metrics (``tests.factories.complete_sent``'s, in bulk; not timed), until it completes. Every tick's
+phases are timed by wrapping the controller's steps (inclusive times: ``tell`` holds ``members``,
+``ask`` holds ``start_generation``...), and printed per tick kind (tell: a generation told and the
+next asked; idle: nothing to tell; final: the results). ``--cprofile N`` prints the N hottest
+functions (cumulative) of the tell ticks.
 """
 
 from __future__ import annotations
@@ -24,19 +25,25 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import bindparam, func, update
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import api.controller as controller_mod  # noqa: E402
 from api.controller import SearchController  # noqa: E402
 from api.db.engine import make_engine, upgrade  # noqa: E402
-from api.db.models import JobStatus  # noqa: E402
-from api.db.repository import Repository  # noqa: E402
+from api.db.models import Candidate, CandidateState, JobStatus  # noqa: E402
+from api.db.repository import Repository, encode_metrics  # noqa: E402
 from api.settings import Settings  # noqa: E402
 from bench.service_bench import TABLE, spec  # noqa: E402
+from ddsm_core.costs import CostTable  # noqa: E402
 from ddsm_core.search import SearchDriver  # noqa: E402
-from tests.factories import Outbox, complete_sent, make_search  # noqa: E402
+from ddsm_core.spec import SearchSpec  # noqa: E402
+from tests.factories import Outbox, make_search  # noqa: E402
 from tests.support import fresh_postgres_database  # noqa: E402
+from workers.fast_eval import fast_metrics  # noqa: E402
+from workers.tasks import with_cost  # noqa: E402
 
 TIMES: dict[str, float] = defaultdict(float)
 REPO_STEPS = ("acquire_lease", "get_search", "reap_candidates", "candidates_to_send", "mark_sent_many",
@@ -71,6 +78,32 @@ def instrument() -> None:
     timed(controller_mod, "progress", "progress")
 
 
+def complete_all(repo: Repository, outbox: Outbox, search_id: int, s: SearchSpec) -> None:
+    """The simulated worker of ``tests.factories.complete_sent`` (the same fast metrics), in one bulk
+    UPDATE per generation instead of five round trips per candidate: not timed, only quicker to wait for."""
+    sent = dict(outbox.take_evaluations())
+    table = CostTable.from_dict(TABLE)
+    rows = []
+    for cand in repo.candidates(search_id, state=CandidateState.WAITING):
+        if sent.get(cand.id) != cand.attempt:
+            continue
+        metrics = fast_metrics(s, cand.genome, table, 0.0, cand.n_images)
+        metrics = with_cost(s, cand.genome, metrics, None)
+        rows.append({"b_id": cand.id, "b_metrics": encode_metrics(metrics), "b_fid": metrics["fid"],
+                     "b_gflops": metrics["gflops"]})  # fmt: skip
+    c = Candidate.__table__.c
+    stmt = (
+        update(Candidate.__table__)
+        .where(c.id == bindparam("b_id"), c.state == CandidateState.WAITING)
+        .values(state=CandidateState.COMPLETE, worker="w", metrics=bindparam("b_metrics"),
+                fid=bindparam("b_fid"), gflops=bindparam("b_gflops"), started_at=func.now(),
+                heartbeat_at=func.now(), ended_at=func.now())
+    )  # fmt: skip
+    if rows:
+        with repo.engine.begin() as conn:
+            conn.execute(stmt, rows)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--population", type=int, default=1000)
@@ -83,7 +116,8 @@ def main() -> None:
     with fresh_postgres_database("ddsm_profile") as url:
         upgrade(url)
         repo = Repository(make_engine(url))
-        sid = make_search(repo, spec(args.population, args.generations), TABLE)
+        s = spec(args.population, args.generations)
+        sid = make_search(repo, s, TABLE)
         sender = Outbox()
         ctl = SearchController(repo, sender, Settings(), ident="profile")
         while (search := repo.get_search(sid, with_state=False)) and search.status != JobStatus.COMPLETE:
@@ -99,7 +133,7 @@ def main() -> None:
                     profile.disable()
                 kind = "idle" if tick == "idle" else ("final" if status == JobStatus.FINISHING else "tell")
                 kinds[kind].append({"total": total, **TIMES})
-            complete_sent(repo, sender)
+            complete_all(repo, sender, sid, s)
         repo.engine.dispose()
     for kind, ticks in kinds.items():
         labels = sorted({k for t in ticks for k in t}, key=lambda k: -sum(t.get(k, 0) for t in ticks))
