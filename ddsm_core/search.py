@@ -312,6 +312,9 @@ class SearchDriver:
         self.config = config
         self.seed = int(seed)
         self._candidates: dict[Genome, Candidate] = {}
+        # genome -> (candidate, its to_dict()): state_dict() encodes each candidate once, not per
+        # generation (10,000 at population 1,000); keyed on the object, so a reloaded one is re-encoded
+        self._encoded: dict[Genome, tuple[Candidate, dict[str, Any]]] = {}
         self._generation = 0  # completed generations
         self._exhausted = False  # pymoo could not produce a new unique offspring
         self._pending_pop: Population | None = None
@@ -464,9 +467,15 @@ class SearchDriver:
             "rank": rank,
             "crowding": crowding,
             "rng": _rng_to_json(self._algorithm.random_state),
-            "candidates": [c.to_dict() for c in self.candidates],
+            "candidates": [self._encode(c) for c in self.candidates],
             "history": self.history,
         }
+
+    def _encode(self, cand: Candidate) -> dict[str, Any]:
+        entry = self._encoded.get(cand.genome)
+        if entry is None or entry[0] is not cand:
+            entry = self._encoded[cand.genome] = (cand, cand.to_dict())
+        return entry[1]
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Rebuild the driver from ``state_dict()`` output; a malformed state raises ConfigError and
