@@ -120,27 +120,3 @@ def test_migrate_with_a_bad_database_is_one_line_without_the_password(url: str, 
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
     assert message in result.stderr and "hunter2" not in result.stderr
-
-
-def test_demo_with_a_corrupt_checkpoint_fails_before_starting_the_service(tmp_path: Path) -> None:
-    import shutil
-
-    pytest.importorskip("torch", reason="writing the checkpoint needs torch (the torch-blocked run skips it)")
-
-    from ddsm_core.checkpoint import write_checkpoint
-    from ddsm_core.config import UNetConfig
-    from ddsm_core.schedules import NoiseSchedule
-    from ddsm_core.unet import SlimmableUNet
-
-    cfg = UNetConfig.digits(model_channels=16, num_res_blocks=1)
-    ckpt = tmp_path / "c"
-    write_checkpoint(ckpt, step=1, model_config=cfg, schedule=NoiseSchedule.linear().to_dict(),
-                     model_state=SlimmableUNet(cfg).state_dict(), train_config={})  # fmt: skip
-    weights = ckpt / "model.safetensors"
-    shutil.copyfile(weights, tmp_path / "w")
-    weights.write_bytes((tmp_path / "w").read_bytes()[:1000])  # a cut copy
-    home = tmp_path / "home"
-    res = run("demo", "--checkpoint", str(ckpt), "--home", str(home), "--out", str(tmp_path / "r"))
-    assert res.returncode == 2, res.stderr
-    assert res.stderr.startswith("error: ") and res.stderr.count("\n") == 1, res.stderr
-    assert "model.safetensors is corrupt" in res.stderr and not home.exists()
