@@ -15,15 +15,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from api.db.models import JobStatus
 from api.db.repository import Repository
 from ddsm_core.costs import CostTable
 from ddsm_core.latency import LatencyTable
+from ddsm_core.results import front_points
 from ddsm_core.search import Evaluation, SearchRun, run_search
 from ddsm_core.spec import SearchSpec
 from workers.fast_eval import fast_metrics
 from workers.tasks import with_cost
+
+if TYPE_CHECKING:
+    from api.controller import SearchController
 
 TABLE: dict[str, Any] = {
     "widths": [0.25, 0.5, 0.75, 1.0],
@@ -135,3 +140,20 @@ def front_of(points: Iterable[Mapping[str, Any]]) -> Front:
     """Front points (GET /searches/{id}'s ``front``, or ``ddsm_core.results.front_points``) in
     local_front's form."""
     return [(list(p["genome"]), p["fid"], p["gflops"]) for p in points]
+
+
+def drive(
+    repo: Repository, controller: SearchController, outbox: Outbox, search: int, ticks: int = 300, **kw: Any
+) -> None:
+    """Tick ``search`` and complete what it sent (``complete_sent``'s options in ``kw``) until COMPLETE."""
+    for _ in range(ticks):
+        controller.tick(search)
+        complete_sent(repo, outbox, **kw)
+        if repo.get_search(search).status == JobStatus.COMPLETE:  # type: ignore[union-attr]
+            return
+    raise AssertionError("search did not complete")
+
+
+def stored_front(repo: Repository, search: int) -> Front:
+    """The front the service stored for ``search``, in local_front's form."""
+    return front_of(front_points(repo.get_search(search).result))  # type: ignore[union-attr]

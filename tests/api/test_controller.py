@@ -18,34 +18,21 @@ from ddsm_core.costs import CostTable
 from ddsm_core.fid import FeatureStats
 from ddsm_core.floor import compute_floors, floors_of, with_floors
 from ddsm_core.paired import paired_vs_full
-from ddsm_core.results import build_results, front_points
+from ddsm_core.results import build_results
 from tests.factories import (
     TABLE,
-    Front,
     Outbox,
     complete_sent,
-    front_of,
+    drive,
     local_front,
     local_run,
     make_search,
     small_spec,
+    stored_front,
 )
 from workers.fast_eval import fast_metrics
 
 SPEC = small_spec(population=8, generations=3, seed=3)
-
-
-def drive(repo: Repository, controller: SearchController, outbox: Outbox, search: int, **kw: bool) -> None:
-    for _ in range(200):
-        controller.tick(search)
-        complete_sent(repo, outbox, **kw)
-        if repo.get_search(search).status == JobStatus.COMPLETE:  # type: ignore[union-attr]
-            return
-    raise AssertionError("search did not complete")
-
-
-def front(repo: Repository, search: int) -> Front:
-    return front_of(front_points(repo.get_search(search).result))  # type: ignore[union-attr]
 
 
 def comparable(results: dict[str, Any]) -> dict[str, Any]:
@@ -62,7 +49,7 @@ def comparable(results: dict[str, Any]) -> dict[str, Any]:
 def test_controller_gives_the_same_front_as_the_local_search(repo: Repository, tmp_path: Path) -> None:
     search, outbox = make_search(repo, SPEC), Outbox()
     drive(repo, SearchController(repo, outbox, Settings()), outbox, search)
-    assert front(repo, search) == local_front(SPEC, tmp_path / "local")
+    assert stored_front(repo, search) == local_front(SPEC, tmp_path / "local")
     result = repo.get_search(search).result  # type: ignore[union-attr]
     assert result["final"]["pick"]["fid"] is not None and result["final"]["pick"]["n_images"] == 8
     assert 0 < result["saving"] < 1
@@ -85,7 +72,7 @@ def test_the_service_and_a_local_search_write_the_same_results(repo: Repository,
 def test_every_candidate_delivered_twice_is_recorded_once(repo: Repository, tmp_path: Path) -> None:
     search, outbox = make_search(repo, SPEC), Outbox()
     drive(repo, SearchController(repo, outbox, Settings()), outbox, search, duplicate=True)
-    assert front(repo, search) == local_front(SPEC, tmp_path / "local")
+    assert stored_front(repo, search) == local_front(SPEC, tmp_path / "local")
     hashes = [c.genome_hash for c in repo.candidates(search, phase="search")]
     assert len(hashes) == len(set(hashes))
 
@@ -100,7 +87,7 @@ def test_a_new_controller_resumes_where_a_dead_one_stopped(repo: Repository, tmp
     second = SearchController(repo, outbox, Settings())
     first.tick(search)  # a zombie tick would steal nothing once the second holds the lease
     drive(repo, second, outbox, search)
-    assert front(repo, search) == local_front(SPEC, tmp_path / "local")
+    assert stored_front(repo, search) == local_front(SPEC, tmp_path / "local")
 
 
 def test_dead_worker_candidate_runs_again_then_fails_with_penalty(repo: Repository) -> None:
@@ -135,7 +122,7 @@ def test_cancel_stops_dispatch_and_resume_continues(repo: Repository, tmp_path: 
     assert outbox.evaluations() == []
     assert repo.resume_search(search)
     drive(repo, controller, outbox, search)
-    assert front(repo, search) == local_front(SPEC, tmp_path / "local")
+    assert stored_front(repo, search) == local_front(SPEC, tmp_path / "local")
 
 
 DIM = 6
@@ -373,7 +360,7 @@ def test_a_cached_driver_is_dropped_once_another_replica_advanced_the_search(
     assert a.rebuilds == 1  # the stale driver was not used
     drive(repo, a, outbox, search)
     assert a.rebuilds == 1
-    assert front(repo, search) == local_front(SPEC, tmp_path / "local")
+    assert stored_front(repo, search) == local_front(SPEC, tmp_path / "local")
 
 
 def test_an_idle_tick_never_reads_the_algorithm_state(repo: Repository) -> None:

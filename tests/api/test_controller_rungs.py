@@ -14,33 +14,25 @@ from pathlib import Path
 from typing import Any
 
 from api.controller import SearchController, _evaluation, rung_phases
-from api.db.models import CandidateState, JobStatus
+from api.db.models import CandidateState
 from api.db.repository import Repository
 from api.settings import Settings
-from ddsm_core.results import build_results, front_points
+from ddsm_core.results import build_results
 from ddsm_core.search import halving_step
-from tests.factories import Front, Outbox, complete_sent, front_of, local_run, make_search, small_spec
+from tests.factories import (
+    Outbox,
+    complete_sent,
+    drive,
+    local_front,
+    local_run,
+    make_search,
+    small_spec,
+    stored_front,
+)
 
 SPEC = small_spec(
     population=8, generations=3, seed=3, n_images=64, final_images=128, rungs=(8, 16), promote=0.25
 )
-
-
-def drive(repo: Repository, controller: SearchController, outbox: Outbox, search: int, **kw: bool) -> None:
-    for _ in range(300):
-        controller.tick(search)
-        complete_sent(repo, outbox, **kw)
-        if repo.get_search(search).status == JobStatus.COMPLETE:  # type: ignore[union-attr]
-            return
-    raise AssertionError("search did not complete")
-
-
-def front(repo: Repository, search: int) -> Front:
-    return front_of(front_points(repo.get_search(search).result))  # type: ignore[union-attr]
-
-
-def local_front(path: Path) -> Front:
-    return [(list(c.genome), c.fid, c.cost) for c in local_run(SPEC, path).driver.front()]
 
 
 def comparable(results: dict[str, Any]) -> dict[str, Any]:
@@ -68,7 +60,7 @@ def test_a_rungs_search_writes_the_results_of_the_local_search(repo: Repository,
         extractor="domain", checkpoint="here", stats="there", search_wall_s=run.wall_s,
     )  # fmt: skip
     assert comparable(service) == comparable(local)  # candidates, front, pick, finalists, cost per rung
-    assert front(repo, search) == local_front(tmp_path / "again")
+    assert stored_front(repo, search) == local_front(SPEC, tmp_path / "again")
     assert [r["n_images"] for r in service["cost"]["rungs"]] == [8, 16, 64]
     assert any(not c["record"]["fidelity"]["top"] for c in service["candidates"])  # some stopped early
 
@@ -98,7 +90,7 @@ def test_each_rung_is_a_row_of_its_phase_with_its_own_images_and_metrics(repo: R
 def test_duplicates_a_dead_controller_and_a_dead_worker_change_nothing(
     repo: Repository, tmp_path: Path
 ) -> None:
-    expected = local_front(tmp_path / "local")
+    expected = local_front(SPEC, tmp_path / "local")
     search, outbox = make_search(repo, SPEC), Outbox()
     first = SearchController(repo, outbox, Settings(lease_ttl_s=0.05, stale_after_s=0.05))
     first.tick(search)
@@ -112,7 +104,7 @@ def test_duplicates_a_dead_controller_and_a_dead_worker_change_nothing(
     second = SearchController(repo, outbox, Settings(stale_after_s=0.05))
     first.tick(search)
     drive(repo, second, outbox, search, duplicate=True)
-    assert front(repo, search) == expected
+    assert stored_front(repo, search) == expected
     again = repo.get_candidate(victim)
     assert again is not None and again.state == CandidateState.COMPLETE and again.attempt == 2
 
