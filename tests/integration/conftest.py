@@ -109,6 +109,16 @@ class Stack:
         tails = {p.name: p.read_text()[-2000:] for p in self.logs.glob("*.log")}
         raise AssertionError(f"timed out waiting for {what}; logs: {tails}")
 
+    def wait_status(self, http: httpx.Client, path: str, timeout: float = 240) -> dict[str, Any]:
+        """GET ``path`` until its ``status`` is COMPLETE (returned); FAILED or CANCELLED fails at once."""
+
+        def check() -> dict[str, Any] | None:
+            row = http.get(path).json()
+            assert row["status"] not in ("FAILED", "CANCELLED"), row.get("error")
+            return row if row["status"] == "COMPLETE" else None
+
+        return self.wait_for(f"{path} to complete", check, timeout=timeout)
+
 
 @pytest.fixture
 def stack_factory(pg_url: str, redis_url: str, tmp_path: Path) -> Iterator[Callable[..., Stack]]:

@@ -6,24 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 
 from .conftest import Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-def wait_status(stack: Stack, http: httpx.Client, path: str, timeout: float = 240) -> dict[str, Any]:
-    def check() -> dict[str, Any] | None:
-        row = http.get(path).json()
-        assert row["status"] not in ("FAILED", "CANCELLED"), row.get("error")
-        return row if row["status"] == "COMPLETE" else None
-
-    return stack.wait_for(f"{path} to complete", check, timeout=timeout)
 
 
 def tiny_checkpoint(folder: Path) -> Path:
@@ -54,11 +43,11 @@ def test_a_worker_measures_a_latency_table_and_a_latency_search_uses_it(
     stack = stack_factory(n_workers=1, device="cpu", checkpoint_roots=str(roots), evaluator="fast")
     with stack.client() as http:
         net = http.post("/supernets", json={"name": "tiny", "checkpoint_path": str(checkpoint)}).json()
-        net = wait_status(stack, http, f"/supernets/{net['id']}")
+        net = stack.wait_status(http, f"/supernets/{net['id']}")
         reply = http.post(f"/supernets/{net['id']}/latency-tables",
                           json={"batch_sizes": [1, 4], "repeats": 2, "warmup": 1})  # fmt: skip
         assert reply.status_code == 202, reply.text
-        row = wait_status(stack, http, f"/supernets/{net['id']}/latency-tables/{reply.json()['id']}")
+        row = stack.wait_status(http, f"/supernets/{net['id']}/latency-tables/{reply.json()['id']}")
         table = LatencyTable.from_dict(row["table"])
         assert row["device"] == table.device and table.device.startswith("cpu: ")
         assert row["threads"] == table.threads == 1  # the worker's default: one torch thread
@@ -75,7 +64,7 @@ def test_a_worker_measures_a_latency_table_and_a_latency_search_uses_it(
         search = http.post("/searches", json=body)
         assert search.status_code == 201, search.text
         assert search.json()["latency_table_id"] == row["id"]
-        done = wait_status(stack, http, f"/searches/{search.json()['id']}")
+        done = stack.wait_status(http, f"/searches/{search.json()['id']}")
         report = http.get(f"/searches/{done['id']}/report").json()
     fields = SearchSpec.__dataclass_fields__
     spec = SearchSpec.from_dict({k: v for k, v in report["config"].items() if k in fields})

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from PIL import Image
 
@@ -45,15 +44,6 @@ TRAIN = {"steps": 6, "batch_size": 16, "checkpoint_every": 3, "sample_every": 0,
 TINY = {"model_channels": 32, "num_groups": 8, "num_res_blocks": 1}  # seconds per step on a busy CPU
 
 
-def wait_status(stack: Stack, http: httpx.Client, path: str, timeout: float = 240) -> dict[str, Any]:
-    def check() -> dict[str, Any] | None:
-        row = http.get(path).json()
-        assert row["status"] not in ("FAILED", "CANCELLED"), row.get("error")
-        return row if row["status"] == "COMPLETE" else None
-
-    return stack.wait_for(f"{path} to complete", check, timeout=timeout)
-
-
 def test_search_over_rest_gives_the_same_front_as_ddsm_search_locally(
     stack_factory: Callable[..., Stack], tmp_path: Path
 ) -> None:
@@ -64,22 +54,22 @@ def test_search_over_rest_gives_the_same_front_as_ddsm_search_locally(
         )
         assert run.status_code == 202, run.text
         stats = http.post("/reference-stats", json={"name": "digits", "dataset": "digits"}).json()
-        run = wait_status(stack, http, f"/training-runs/{run.json()['id']}")
+        run = stack.wait_status(http, f"/training-runs/{run.json()['id']}")
         assert run["step"] == TRAIN["steps"] and run["progress"] == 100
-        net = wait_status(stack, http, f"/supernets/{run['supernet_id']}")
-        stats = wait_status(stack, http, f"/reference-stats/{stats['id']}")
+        net = stack.wait_status(http, f"/supernets/{run['supernet_id']}")
+        stats = stack.wait_status(http, f"/reference-stats/{stats['id']}")
         search = http.post(
             "/searches", json={"supernet_id": net["id"], "reference_stats_id": stats["id"], **SEARCH}
         )
         assert search.status_code == 201, search.text
-        done = wait_status(stack, http, f"/searches/{search.json()['id']}", timeout=300)
+        done = stack.wait_status(http, f"/searches/{search.json()['id']}", timeout=300)
 
         report = http.get(f"/searches/{done['id']}/report").json()
         rungs = http.post(
             "/searches", json={"supernet_id": net["id"], "reference_stats_id": stats["id"], **RUNGS}
         )
         assert rungs.status_code == 201, rungs.text
-        rungs_done = wait_status(stack, http, f"/searches/{rungs.json()['id']}", timeout=300)
+        rungs_done = stack.wait_status(http, f"/searches/{rungs.json()['id']}", timeout=300)
         rungs_report = http.get(f"/searches/{rungs_done['id']}/report").json()
         grids = {w: http.get(f"/searches/{done['id']}/samples/{w}.png") for w in ("pick", "knee", "full")}
         curves = http.get(f"/training-runs/{run['id']}/losses").json()
