@@ -15,7 +15,7 @@ The model's numbers do not change beyond float rounding (tests/core/test_inferen
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -79,7 +79,7 @@ class GraphedWidths:
         self._pool: object = None  # one memory pool for all graphs: their intermediates can overlap
         self.fallback_reason: str | None = None
 
-    def parameters(self):  # noqa: ANN201 -- like nn.Module.parameters (dtype/device lookups)
+    def parameters(self) -> Iterator[nn.Parameter]:  # like nn.Module's: dtype/device lookups
         return self.model.parameters()
 
     def __call__(

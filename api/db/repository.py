@@ -238,6 +238,19 @@ def _finite_or_none(value: Any) -> float | None:
 
 
 # ----------------------------------------------------------------------------- repository
+def _mark_told(search_id: int, generation: int) -> Any:
+    """The compare-and-set that marks a generation told: it matches only while the generation is untold."""
+    return (
+        update(SearchGeneration)
+        .where(
+            SearchGeneration.search_id == search_id,
+            SearchGeneration.generation == generation,
+            SearchGeneration.told.is_(False),
+        )
+        .values(told=True)
+    )
+
+
 class Repository:
     """Every read and write of the service's state. Safe to share between threads."""
 
@@ -751,16 +764,7 @@ class Repository:
         extra = {} if result is None else {"result": result}
         with self._tx() as s:
             now = self.now(s)
-            if told_generation is not None and not self._cas(
-                s,
-                update(SearchGeneration)
-                .where(
-                    SearchGeneration.search_id == search_id,
-                    SearchGeneration.generation == told_generation,
-                    SearchGeneration.told.is_(False),
-                )
-                .values(told=True),
-            ):
+            if told_generation is not None and not self._cas(s, _mark_told(search_id, told_generation)):
                 return False
             stmt = (
                 update(Search)
@@ -854,16 +858,7 @@ class Repository:
         search's result so far (its front: read paths never rebuild the algorithm) in one transaction."""
         extra = {} if result is None else {"result": result}
         with self._tx() as s:
-            ok = self._cas(
-                s,
-                update(SearchGeneration)
-                .where(
-                    SearchGeneration.search_id == search_id,
-                    SearchGeneration.generation == generation,
-                    SearchGeneration.told.is_(False),
-                )
-                .values(told=True),
-            )
+            ok = self._cas(s, _mark_told(search_id, generation))
             ok = ok and self._cas(
                 s,
                 update(Search)
