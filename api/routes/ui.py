@@ -1,16 +1,19 @@
 """The dashboard: static pages (vanilla JS + inline SVG, no CDN) and the read endpoints they poll.
 
-The pages are plain files under ``api/templates``; their scripts read the REST API (with the API key
-kept in the browser's sessionStorage) and the few summaries below, which no REST resource gives.
+The pages are Jinja templates under ``api/templates`` extending ``base.html`` (head, header, scripts);
+they take no data, so each is rendered once. Their scripts read the REST API (with the API key kept in
+the browser's sessionStorage) and the few summaries below, which no REST resource gives.
 """
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import FileResponse
+from fastapi.responses import HTMLResponse
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from api import dashboard
 from api.deps import Read, RepoDep, StoreDep, not_found
@@ -22,32 +25,41 @@ pages = APIRouter(include_in_schema=False)
 router = APIRouter(prefix="/ui/data", tags=["dashboard"])
 
 
-def _page(name: str) -> FileResponse:
-    return FileResponse(TEMPLATES / f"{name}.html", media_type="text/html")
+@cache
+def render_page(name: str) -> str:
+    """The HTML of page ``name`` (a template in ``api/templates``)."""
+    # trim_blocks: a block tag's own line break is not output, so the pages keep their plain layout
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, trim_blocks=True,
+                      keep_trailing_newline=True, undefined=StrictUndefined)  # fmt: skip
+    return env.get_template(f"{name}.html").render()
+
+
+def _page(name: str) -> HTMLResponse:
+    return HTMLResponse(render_page(name))
 
 
 @pages.get("/")
-def index_page() -> FileResponse:
+def index_page() -> HTMLResponse:
     return _page("index")
 
 
 @pages.get("/ui/searches/new")
-def new_search_page() -> FileResponse:
+def new_search_page() -> HTMLResponse:
     return _page("new_search")
 
 
 @pages.get("/ui/searches/{search_id}")
-def search_page(search_id: int) -> FileResponse:
+def search_page(search_id: int) -> HTMLResponse:
     return _page("search")
 
 
 @pages.get("/ui/training-runs/{run_id}")
-def training_page(run_id: int) -> FileResponse:
+def training_page(run_id: int) -> HTMLResponse:
     return _page("training")
 
 
 @pages.get("/ui/compare")
-def compare_page() -> FileResponse:
+def compare_page() -> HTMLResponse:
     return _page("compare")
 
 

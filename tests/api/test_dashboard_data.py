@@ -97,6 +97,20 @@ def test_pages_and_their_assets_come_from_the_api_itself(client: TestClient) -> 
     assert "/ui/data/overview" in client.get("/openapi.json").json()["paths"]
 
 
+def test_every_page_has_the_one_frame_of_base_html(client: TestClient) -> None:
+    from api.routes.ui import TEMPLATES
+
+    for path in PAGES:
+        page = client.get(path).text
+        assert page.startswith("<!doctype html>") and page.endswith("</body>\n</html>\n")
+        for once in ('<header id="top"></header>', '<script src="/ui/static/ddsm.js"></script>', "<main>"):
+            assert page.count(once) == 1, (path, once)
+    for template in TEMPLATES.glob("*.html"):  # the frame is written once, in base.html
+        if template.name != "base.html":
+            text = template.read_text()
+            assert text.startswith('{% extends "base.html" %}') and "<head>" not in text, template
+
+
 def test_dashboard_data_need_the_key_when_reads_do(tmp_path: Path) -> None:
     settings = local_settings(tmp_path, api_key="secret", reads_need_key=True, run_controller=False)
     with TestClient(create_app(settings, dispatcher=Outbox())) as c:  # type: ignore[arg-type]
