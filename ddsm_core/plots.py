@@ -125,18 +125,20 @@ def plot_fronts(
     reference: tuple[float, float] | None = None,
     hypervolumes: Mapping[str, float] | None = None,
     fid_label: str = "FID",
+    cost_label: str = "GFLOPs per image",
     title: str | None = None,
     dpi: int = 120,
 ) -> Path | IO[bytes]:
-    """Write a PNG of several searches' Pareto fronts on one axis (FID against GFLOPs per image).
+    """Write a PNG of several searches' Pareto fronts on one axis (FID against their one cost unit).
 
     Each front is drawn as its attainment staircase (the boundary of the region it dominates, the
     area a hypervolume measures) with its points marked.
 
-    :param fronts: :class:`ddsm_core.compare.Front` values (``name``, ``points`` as (GFLOPs, FID)).
+    :param fronts: :class:`ddsm_core.compare.Front` values (``name``, ``points`` as (cost, FID)).
     :param reference: the shared reference point, drawn as a cross and closing each staircase.
     :param hypervolumes: ``{name: value}`` shown in the legend.
     :param fid_label: the y label (say which extractor measured the FID).
+    :param cost_label: the x label: the fronts' cost unit (``Comparison.unit``).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -164,7 +166,7 @@ def plot_fronts(
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o", ms=4, c=line.get_color())
     if reference is not None:
         ax.plot([reference[0]], [reference[1]], "x", c="k", ms=8, label="reference point")
-    ax.set_xlabel("GFLOPs per image")
+    ax.set_xlabel(cost_label)
     ax.set_ylabel(fid_label)
     ax.grid(True, alpha=0.3)
     ax.set_title(title or "Pareto fronts (lower left is better)")

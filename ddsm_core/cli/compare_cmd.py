@@ -15,20 +15,39 @@ def compare(
         None, "--name", help="Label of each search, in order (default: its folder's name)."
     ),
     ref: str | None = typer.Option(
-        None, "--ref", help="Reference point 'GFLOPS,FID' (default: 1.1 x the max over all fronts)."
+        None,
+        "--ref",
+        help="Reference point 'COST,FID' in the axis' unit (default: 1.1 x the max over all fronts).",
+    ),
+    axis: str | None = typer.Option(
+        None,
+        "--axis",
+        help="Cost axis: gflops (GFLOPs/image) or latency (predicted ms/image; every search needs a latency "
+        "table, the same device's). Default: the searches' own objective; GFLOPs when they differ.",
     ),
     as_json: Path | None = typer.Option(None, "--json", help="Also write the table as JSON here."),
 ) -> None:
     """Hypervolume of each search's front against one shared reference point, as a table."""
     from ddsm_core.cli.checks import check_suffix, write_text_atomic
-    from ddsm_core.compare import compare_fronts, format_table, load_front, unique_names
-    from ddsm_core.errors import ConfigError
+    from ddsm_core.compare import (
+        AXES,
+        compare_fronts,
+        format_table,
+        fronts_on_one_axis,
+        read_results,
+        unique_names,
+    )
+    from ddsm_core.errors import ConfigError, choices_message
 
     check_suffix(out, "--out", ".png", "a PNG plot")
     if names and len(names) != len(results):
         raise ConfigError(f"{len(names)} --name for {len(results)} results: give one per result or none")
-    fronts = unique_names([load_front(p, names[k] if names else None) for k, p in enumerate(results)])
-    comparison = compare_fronts(fronts, _parse_ref(ref))
+    if axis is not None and axis not in AXES:
+        raise ConfigError(f"--axis: {choices_message('axis', axis, AXES)}")
+    read = [read_results(p, names[k] if names else None) for k, p in enumerate(results)]
+    fronts, note = fronts_on_one_axis(read, axis)
+    fronts = unique_names(fronts)
+    comparison = compare_fronts(fronts, _parse_ref(ref), note=note)
     typer.echo(format_table(comparison))
     if as_json is not None:
         write_text_atomic(as_json, json.dumps(comparison.to_dict(), indent=1) + "\n")
@@ -40,7 +59,7 @@ def compare(
         plot_fronts(
             fronts, out, reference=comparison.reference,
             hypervolumes={r.name: r.hypervolume for r in comparison.rows},
-            fid_label=f"FID ({extractor})" if extractor else "FID",
+            fid_label=f"FID ({extractor})" if extractor else "FID", cost_label=comparison.unit,
         )  # fmt: skip
         typer.echo(f"wrote {out}")
 

@@ -11,10 +11,12 @@ import pytest
 
 from ddsm_core.compare import (
     Front,
+    choose_axis,
     compare_fronts,
     front_from_results,
     hypervolume_2d,
     load_front,
+    objective_of,
     reference_point,
 )
 from ddsm_core.errors import ConfigError
@@ -144,7 +146,8 @@ def test_cli_prints_a_table_writes_json_and_plots(tmp_path, capsys) -> None:
     assert [r["hypervolume"] for r in table["searches"]] == pytest.approx(
         [r.hypervolume for r in expected.rows]
     )
-    assert table["reference"] == {"gflops": pytest.approx(8.8), "fid": pytest.approx(33.0)}
+    assert table["reference"] == {"cost": pytest.approx(8.8), "fid": pytest.approx(33.0)}
+    assert (table["axis"], table["unit"], table["note"]) == ("gflops", "GFLOPs/image", None)
     assert "reference point: 8.8000 GFLOPs, FID 33.0000" in out
     assert f"{expected.rows[0].hypervolume:.4f}" in out and "warm" in out
     assert (tmp_path / "fronts.png").read_bytes()[:8] == PNG_MAGIC
@@ -170,10 +173,12 @@ def test_cli_repeated_names_are_made_unique(tmp_path, capsys) -> None:
         (["{tmp}/nowhere.json"], "does not exist"),
         (["{tmp}/bad.json"], "cannot read"),
         (["{tmp}/nofront.json"], "has no 'front' list"),
-        (["{cold}", "--ref", "1;2"], "--ref: the reference point is 'GFLOPS,FID'"),
+        (["{cold}", "--ref", "1;2"], "--ref: the reference point is 'COST,FID'"),
         (["{cold}", "--ref", "1,nan"], "two finite numbers"),
         (["{cold}", "--name", "a", "--name", "b"], "2 --name for 1 results"),
         (["{cold}", "{other}"], "different feature extractors"),
+        (["{cold}", "--axis", "seconds"], "--axis: unknown axis 'seconds'; allowed: gflops, latency"),
+        (["{cold}", "--axis", "latency"], "has no predicted ms/image (front entry 0): its search had no"),
         (["{cold}", "--out", "{tmp}/f.pdf"], "f.pdf' must end in .png (it is written as a PNG plot)"),
     ],
 )
@@ -198,3 +203,98 @@ def test_compare_and_its_cli_need_no_torch(tmp_path) -> None:
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
     assert (tmp_path / "f.png").read_bytes()[:8] == PNG_MAGIC
+
+
+# ------------------------------------------------------------------ costs in other units than GFLOPs
+CPU = {"device": "cpu: test", "dtype": "float32", "threads": 1}
+
+
+def _costed(points: list[tuple[float, float, float]], objective: str, table: dict | None = CPU) -> dict:
+    """results.json of a search with ``objective`` as ``ddsm search`` writes it: each front entry's
+    record has GFLOPs and (with a latency ``table``) the predicted latency in seconds; the driver's
+    objectives are (FID, the objective's cost: GFLOPs, or ms/image)."""
+    front = []
+    for k, (gflops, ms, fid) in enumerate(points):
+        record = {"fid": fid, "gflops": gflops, **({"predicted_latency_s": ms / 1e3} if table else {})}
+        cost = ms if objective == "latency" else gflops
+        front.append({"genome": [k], "objectives": [fid, cost], "status": "ok", "reason": None,
+                      "generation": 0, "index": k, "record": record})  # fmt: skip
+    return {"config": {"objective": objective}, "extractor": "domain", "front": front, "latency_table": table}
+
+
+def test_a_latency_search_is_read_and_compared_in_predicted_ms_per_image() -> None:
+    # GFLOPs and time disagree: the 1-GFLOP point is the slowest
+    res = _costed([(1.0, 9.0, 30.0), (3.0, 2.0, 20.0), (4.0, 4.0, 10.0)], "latency")
+    assert objective_of(res) == "latency"
+    own = front_from_results(res, "lat")
+    assert (own.axis, own.objective, own.latency_source) == (
+        "latency",
+        "latency",
+        "cpu: test, float32, 1 threads",
+    )
+    assert own.points == ((2.0, 20.0), (4.0, 10.0), (9.0, 30.0))  # ms/image, not GFLOPs
+    assert front_from_results(res, "lat", axis="gflops").points == ((1.0, 30.0), (3.0, 20.0), (4.0, 10.0))
+    cmp = compare_fronts([own])
+    assert cmp.axis == "latency" and cmp.unit == "predicted ms/image"
+    assert cmp.reference == pytest.approx((9.9, 33.0))  # 1.1 x the worst ms/image, not GFLOPs
+    assert cmp.to_dict()["searches"][0]["min_cost"] == 2.0
+    # a driver-only entry (no record) has its cost in the search's own unit, so no GFLOPs
+    bare = {"config": {"objective": "latency"}, "front": [{"objectives": [5.0, 7.0]}]}
+    assert front_from_results(bare, "b").points == ((7.0, 5.0),)
+    with pytest.raises(ConfigError, match="no GFLOPs/image"):
+        front_from_results(bare, "b", axis="gflops")
+
+
+def test_the_axis_is_the_shared_objective_else_gflops_with_a_note() -> None:
+    assert choose_axis([("a", "latency"), ("b", "latency")]) == ("latency", None)
+    assert choose_axis([("a", "gflops")]) == ("gflops", None)
+    axis, note = choose_axis([("a", "latency"), ("b", "gflops")])
+    assert axis == "gflops" and "different costs (a: latency, b: gflops)" in note
+    assert choose_axis([("a", "latency"), ("b", "gflops")], "latency") == ("latency", None)
+    with pytest.raises(ConfigError, match="unknown axis"):
+        choose_axis([("a", "gflops")], "ms")
+    # fronts in different units, or latencies of different devices, are never put in one box
+    lat = Front("lat", ((2.0, 1.0),), axis="latency", latency_source="cpu: a, float32")
+    with pytest.raises(ConfigError, match="different units"):
+        compare_fronts([lat, Front("g", ((2.0, 1.0),))])
+    gpu = Front("gpu", ((0.1, 1.0),), axis="latency", latency_source="cuda: H100, float32")
+    with pytest.raises(ConfigError, match="different latency tables"):
+        compare_fronts([lat, gpu])
+
+
+def _write(tmp_path, name: str, results: dict) -> str:
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "results.json").write_text(json.dumps(results))
+    return str(tmp_path / name / "results.json")
+
+
+def test_cli_compares_latency_searches_in_ms_and_mixed_objectives_in_gflops(tmp_path, capsys) -> None:
+    lat = _write(tmp_path, "lat", _costed([(1.0, 9.0, 30.0), (3.0, 2.0, 20.0)], "latency"))
+    lat2 = _write(tmp_path, "lat2", _costed([(2.0, 3.0, 25.0)], "latency"))
+    flops = _write(tmp_path, "flops", _costed([(2.0, 5.0, 22.0)], "gflops"))  # with a table: both units
+    bare = _write(tmp_path, "bare", _costed([(2.0, 5.0, 22.0)], "gflops", table=None))
+    gpu = _write(
+        tmp_path, "gpu", _costed([(2.0, 0.5, 22.0)], "latency", table={"device": "cuda: x", "dtype": "bf16"})
+    )
+
+    def table(*argv: str) -> tuple[dict, str]:
+        code, out, err = run_cli(["compare", *argv, "--json", str(tmp_path / "c.json")], capsys)
+        assert code == 0, err
+        return json.loads((tmp_path / "c.json").read_text()), out
+
+    body, out = table(lat, lat2)  # both latency: their own unit
+    assert (body["axis"], body["unit"], body["note"]) == ("latency", "predicted ms/image", None)
+    assert body["reference"] == {"cost": pytest.approx(9.9), "fid": pytest.approx(33.0)}
+    assert "cost axis: predicted ms/image" in out and "min ms" in out and "reference point: 9.9000 ms" in out
+    body, out = table(lat, bare)  # mixed objectives: GFLOPs, which both have, and a note saying so
+    assert body["axis"] == "gflops" and body["reference"]["cost"] == pytest.approx(3.3)
+    assert "note: the searches minimise different costs (lat: latency, bare: gflops)" in out
+    assert [r["objective"] for r in body["searches"]] == ["latency", "gflops"]
+    body, _ = table(lat, flops, "--axis", "latency")  # a GFLOPs search with a table has ms too
+    assert body["axis"] == "latency" and body["reference"]["cost"] == pytest.approx(9.9)
+    for argv, message in (([lat, bare, "--axis", "latency"], f"{bare} has no predicted ms/image"),
+                          ([lat, gpu], "different latency tables are not comparable")):  # fmt: skip
+        code, out, err = run_cli(["compare", *argv], capsys)
+        assert code == 2 and err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    code, _, err = run_cli(["compare", lat, "--out", str(tmp_path / "f.png")], capsys)
+    assert code == 0 and (tmp_path / "f.png").read_bytes()[:8] == PNG_MAGIC
