@@ -2,7 +2,9 @@
 
 Every number here is derived from the candidates table and the stored search result, so a page shows
 the same front and pick as the REST API and the report: the front is the non-dominated set of the
-completed search-phase candidates, the pick the controller's argmin FID + weight * GFLOPs. In a
+completed search-phase candidates in the search's own objective (GFLOPs/image, or predicted ms/image
+for ``objective: latency``), the pick the controller's argmin FID + weight * that cost. Both units are
+given wherever both are known (GFLOPs always; predicted latency with a latency table). In a
 multi-fidelity search the search phase is the top rung (the lower rungs' rows, phases ``rung0``, ...,
 are listed with their own image counts but never enter the front, as in ``ddsm search --rungs``).
 """
@@ -23,12 +25,13 @@ from api.schemas import utc
 from api.services import NotFound
 from ddsm_core.compare import hypervolume_2d
 from ddsm_core.costs import CostTable
+from ddsm_core.latency import LatencyTable
 from ddsm_core.search import Candidate
-from ddsm_core.spec import SearchSpec
+from ddsm_core.spec import COST_UNITS, SearchSpec
 
 GRID_IMAGES = 16  # a finalist's sample grid shows its first 16 images (workers.compute.GRID_IMAGES)
 
-Point = tuple[float, float]  # (GFLOPs, FID): both minimised
+Point = tuple[float, float]  # (cost, FID): both minimised
 
 
 def front_indices(points: Sequence[Point]) -> list[int]:
@@ -43,21 +46,25 @@ def front_indices(points: Sequence[Point]) -> list[int]:
     return front
 
 
-def hypervolume_per_generation(cands: Sequence[CandidateRecord]) -> list[dict[str, Any]]:
-    """Normalised hypervolume of the front of all candidates evaluated up to each generation.
+def hypervolume_per_generation(
+    cands: Sequence[CandidateRecord], objective: str = "gflops"
+) -> list[dict[str, Any]]:
+    """Normalised hypervolume of the front of all candidates evaluated up to each generation, on the
+    search's ``objective``.
 
-    Reference point: the worst GFLOPs and FID seen in the whole search; the objectives are scaled by
+    Reference point: the worst cost and FID seen in the whole search; the objectives are scaled by
     the box between the best and worst values, so 1.0 would be a single point best in both. The area
     is ddsm_core.compare's (the same hypervolume as ``ddsm compare`` and ``GET /searches/compare``)."""
-    ok = [c for c in cands if c.state == CandidateState.COMPLETE and _finite(c.fid) and _finite(c.gflops)]
+    costed = [(c, candidate_cost(c, objective)) for c in cands if c.state == CandidateState.COMPLETE]
+    ok = [(c, cost) for c, cost in costed if _finite(c.fid) and cost is not None]
     if not ok:
         return []
-    costs, fids = [c.gflops for c in ok], [c.fid for c in ok]
-    lo, ref = (min(costs), min(fids)), (max(costs), max(fids))
-    span = (ref[0] - lo[0]) * (ref[1] - lo[1])
+    costs, fids = [cost for _, cost in ok], [c.fid for c, _ in ok]
+    lo, ref = (min(costs), min(fids)), (max(costs), max(fids))  # type: ignore[type-var]
+    span = (ref[0] - lo[0]) * (ref[1] - lo[1])  # type: ignore[operator]
     rows = []
-    for gen in sorted({c.generation for c in ok}):
-        pts = [(c.gflops, c.fid) for c in ok if c.generation <= gen]
+    for gen in sorted({c.generation for c, _ in ok}):
+        pts = [(cost, c.fid) for c, cost in ok if c.generation <= gen]
         front = [pts[i] for i in front_indices(pts)]  # type: ignore[index]
         hv = hypervolume_2d(front, ref) / span if span > 0 else 0.0  # type: ignore[arg-type]
         rows.append({"generation": gen, "hypervolume": hv, "front_size": len(front), "evaluated": len(pts)})
@@ -68,7 +75,22 @@ def _finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
 
 
-def _candidate(c: CandidateRecord) -> dict[str, Any]:
+def predicted_ms(metrics: dict[str, Any] | None) -> float | None:
+    """The predicted latency a worker recorded (``predicted_latency_s``), in ms/image; None without one."""
+    seconds = (metrics or {}).get("predicted_latency_s")
+    ok = isinstance(seconds, int | float) and not isinstance(seconds, bool) and math.isfinite(seconds)
+    return 1e3 * float(seconds) if ok else None
+
+
+def candidate_cost(c: CandidateRecord, objective: str) -> float | None:
+    """A finished candidate's cost in the search's ``objective``: GFLOPs/image or predicted ms/image
+    (as ``SearchSpec.cost``), None when it has none (never the other unit in its place)."""
+    if objective == "latency":
+        return predicted_ms(c.metrics)
+    return c.gflops if _finite(c.gflops) else None
+
+
+def _candidate(c: CandidateRecord, objective: str) -> dict[str, Any]:
     metrics = c.metrics or {}
     latency = metrics.get("latency_s")
     return {
@@ -82,6 +104,8 @@ def _candidate(c: CandidateRecord) -> dict[str, Any]:
         "n_images": c.n_images,
         "fid": c.fid if _finite(c.fid) else None,
         "gflops": c.gflops if _finite(c.gflops) else None,
+        "predicted_ms": predicted_ms(metrics),
+        "cost": candidate_cost(c, objective),
         "latency_s": latency
         if isinstance(latency, float) and math.isfinite(latency) and latency > 0
         else None,
@@ -112,6 +136,20 @@ def full_width_gflops(repo: Repository, search: SearchRecord, spec: SearchSpec) 
     return spec.gflops(spec.full_width_genome(), CostTable.from_dict(net.gflops))
 
 
+def full_width_costs(repo: Repository, search: SearchRecord, spec: SearchSpec) -> dict[str, float | None]:
+    """Full width's cost per axis: ``gflops`` (GFLOPs/image), ``latency`` (predicted ms/image from the
+    search's latency table; None without one), what the savings are relative to."""
+    row = repo.get_latency_table(search.latency_table_id) if search.latency_table_id is not None else None
+    ms = None
+    if row is not None and row.table:
+        ms = 1e3 * spec.latency(spec.full_width_genome(), LatencyTable.from_dict(row.table))
+    return {"gflops": full_width_gflops(repo, search, spec), "latency": ms}
+
+
+def _saving(value: float | None, full: float | None) -> float | None:
+    return 1.0 - value / full if value is not None and full else None
+
+
 def _marked(
     result: dict[str, Any] | None, by_genome: dict[tuple[int, ...], dict[str, Any]]
 ) -> dict[str, Any]:
@@ -126,22 +164,35 @@ def _marked(
 
 
 def pick_so_far(
-    search: SearchRecord, front: Sequence[dict[str, Any]], full: float | None
+    search: SearchRecord, front: Sequence[dict[str, Any]], full: dict[str, float | None] | None
 ) -> dict[str, Any] | None:
-    """The stored pick of a finished search (finalist FID), else argmin FID + w * GFLOPs of the front."""
+    """The stored pick of a finished search (finalist FID), else argmin FID + w * cost of the front, the
+    cost in the search's objective (``front`` entries: genome, fid, gflops, predicted_ms, cost).
+
+    ``saving`` is the GFLOPs saving, ``latency_saving`` the predicted-time saving (None without a latency
+    table), ``cost_saving`` the one of the search's objective; ``full``: full width's costs per axis."""
     result = search.result
+    objective = str(search.config.get("objective", "gflops"))
     weight = float(search.config.get("weight", 0.0))
+    full = full or {}
+    unit = {"objective": objective, "unit": COST_UNITS[objective]}
     if result and result.get("pick"):
         pick = Candidate.from_dict(result["pick"])  # results.json (ddsm_core.results)
         final = (result.get("final") or {}).get("pick") or {}
+        savings = {"gflops": result.get("saving"), "latency": result.get("latency_saving")}
         return {
+            **unit,
             "genome": list(pick.genome),
-            "gflops": pick.record.get("gflops", pick.cost),  # (cost is ms/image with objective latency)
+            "gflops": pick.record.get("gflops", pick.cost if objective == "gflops" else None),
+            "predicted_ms": predicted_ms(pick.record),
+            "cost": pick.cost,
             "fid": pick.fid,
             "final_fid": final.get("fid"),
             "final_n_images": final.get("n_images"),
             "intervals": {k: v for k, v in final.items() if _is_interval(k, v)},
-            "saving": result.get("saving"),
+            "saving": savings["gflops"],
+            "latency_saving": savings["latency"],
+            "cost_saving": savings[objective],
             "final": True,
             # vs full width on the same seeds (ddsm_core.paired) and the real-data floor of its count
             "paired": (result.get("paired") or {}).get("pick"),
@@ -149,15 +200,20 @@ def pick_so_far(
         }
     if not front:
         return None
-    best = min(front, key=lambda p: (p["fid"] + weight * p["gflops"], p["gflops"]))
+    best = min(front, key=lambda p: (p["fid"] + weight * p["cost"], p["cost"]))
     return {
+        **unit,
         "genome": best["genome"],
         "gflops": best["gflops"],
+        "predicted_ms": best.get("predicted_ms"),
+        "cost": best["cost"],
         "fid": best["fid"],
         "final_fid": None,
         "final_n_images": None,
         "intervals": best.get("intervals", {}),
-        "saving": 1.0 - best["gflops"] / full if full else None,
+        "saving": _saving(best["gflops"], full.get("gflops")),
+        "latency_saving": _saving(best.get("predicted_ms"), full.get("latency")),
+        "cost_saving": _saving(best["cost"], full.get(objective)),
         "final": False,
         "paired": None,
         "floor": None,
@@ -176,18 +232,18 @@ def search_detail(repo: Repository, search: SearchRecord) -> dict[str, Any]:
     spec = SearchSpec.from_dict(search.config)
     rows = repo.candidates(search.id)
     searched = [c for c in rows if c.phase == "search"]
-    cands = [_candidate(c) for c in rows]
+    cands = [_candidate(c, spec.objective) for c in rows]
     evaluated = [c for c in cands if c["phase"] == "search" and c["state"] == "COMPLETE"
-                 and c["fid"] is not None and c["gflops"] is not None]  # fmt: skip
+                 and c["fid"] is not None and c["cost"] is not None]  # fmt: skip
     by_genome = {tuple(c["genome"]): c for c in evaluated}
-    front = [evaluated[i] for i in front_indices([(c["gflops"], c["fid"]) for c in evaluated])]
+    front = [evaluated[i] for i in front_indices([(c["cost"], c["fid"]) for c in evaluated])]
     uniform = []
     for i, width in enumerate(spec.widths):
         cand = by_genome.get((i,) * spec.steps)
         if cand is not None:
-            uniform.append({"width": width, "candidate_id": cand["id"],
-                            "gflops": cand["gflops"], "fid": cand["fid"]})  # fmt: skip
-    full = full_width_gflops(repo, search, spec)
+            uniform.append({"width": width, "candidate_id": cand["id"], "gflops": cand["gflops"],
+                            "cost": cand["cost"], "fid": cand["fid"]})  # fmt: skip
+    full = full_width_costs(repo, search, spec)
     pick = pick_so_far(search, front, full)
     marked = _marked(search.result, by_genome)
     if pick is not None and "pick" not in marked and tuple(pick["genome"]) in by_genome:
@@ -198,15 +254,18 @@ def search_detail(repo: Repository, search: SearchRecord) -> dict[str, Any]:
         "steps": spec.steps,
         "widths": list(spec.widths),
         "weight": spec.weight,
+        "objective": spec.objective,
+        "unit": COST_UNITS[spec.objective],
         "extractor": extractor_of(repo, search, searched),
-        "full_gflops": full,
+        "full_gflops": full["gflops"],
+        "full_predicted_ms": full["latency"],
         "candidates": cands,
         "evaluated": len(evaluated),
         "front": [c["id"] for c in front],
         "uniform": uniform,
         "marked": marked,
         "pick": pick,
-        "hypervolume": hypervolume_per_generation(searched),
+        "hypervolume": hypervolume_per_generation(searched, spec.objective),
         "sample_grids": _search_grids(repo, search, spec),
     }
 
@@ -228,10 +287,11 @@ def search_summary(repo: Repository, search: SearchRecord) -> dict[str, Any]:
     spec = SearchSpec.from_dict(search.config)
     counts = repo.count_candidates(search.id, phase=rung_phases(spec)[0])  # one row per genome
     searched = repo.candidates(search.id, phase="search", state=CandidateState.COMPLETE)
-    points = [c for c in searched if _finite(c.fid) and _finite(c.gflops)]
-    front = [{"genome": list(points[i].genome), "gflops": points[i].gflops, "fid": points[i].fid}
-             for i in front_indices([(c.gflops, c.fid) for c in points])]  # type: ignore[misc]  # fmt: skip
-    full = full_width_gflops(repo, search, spec)
+    points = [{"genome": list(c.genome), "gflops": c.gflops, "predicted_ms": predicted_ms(c.metrics),
+               "cost": candidate_cost(c, spec.objective), "fid": c.fid} for c in searched]  # fmt: skip
+    points = [p for p in points if p["cost"] is not None and _finite(p["fid"])]
+    front = [points[i] for i in front_indices([(p["cost"], p["fid"]) for p in points])]
+    full = full_width_costs(repo, search, spec)
     state = search.algorithm_state or {}
     total = spec.generations * spec.population
     finished = counts["COMPLETE"] + counts["FAILED"]
@@ -242,6 +302,8 @@ def search_summary(repo: Repository, search: SearchRecord) -> dict[str, Any]:
         "status": search.status.value,
         "sampler": spec.sampler,
         "steps": spec.steps,
+        "objective": spec.objective,
+        "unit": COST_UNITS[spec.objective],
         "generation": search.generation,
         "generations_done": int(state.get("generation", 0)),
         "generations": spec.generations,

@@ -6,6 +6,7 @@ Raises :class:`NotFound` / :class:`Conflict` / ``ConfigError`` (all DDSMErrors);
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -20,7 +21,7 @@ from api.queue import Dispatcher
 from api.schemas import LatencyTableRequest, SearchCreate, StrategyTransfer, TrainingRunCreate
 from api.settings import Settings
 from ddsm_core.catalog import DATASETS
-from ddsm_core.compare import Comparison, Front, compare_fronts, front_from_results
+from ddsm_core.compare import Comparison, Front, Results, compare_fronts, fronts_on_one_axis, latency_source
 from ddsm_core.config import UNetConfig
 from ddsm_core.errors import CheckpointError, ConfigError, DDSMError, StatsError
 from ddsm_core.results import front_points, summary
@@ -256,32 +257,42 @@ def parse_ids(text: str) -> list[int]:
 
 
 def compare_searches(
-    repo: Repository, ids: list[int], reference: tuple[float, float] | None = None
+    repo: Repository, ids: list[int], reference: tuple[float, float] | None = None, axis: str | None = None
 ) -> tuple[list[Front], Comparison, dict[str, Any]]:
     """The stored fronts of several searches (the final one, or the latest generation's while running)
-    with a hypervolume each against one shared reference point (ddsm_core.compare).
+    with a hypervolume each against one shared reference point (ddsm_core.compare), all on one cost
+    axis: ``axis``, else the searches' shared objective, else GFLOPs (the body's ``note`` says why).
 
     NotFound for an unknown id, Conflict for a search with no front yet, ConfigError (422) for FIDs
-    from different feature extractors.
+    from different feature extractors, or the latency axis where a search has no predicted latency or
+    the searches' latency tables differ.
     """
-    fronts, rows = [], []
+    searches, stored, objectives = [], [], []
     for search_id in ids:
         search = repo.get_search(search_id) if 0 <= search_id <= MAX_ID else None
         if search is None:
             raise NotFound(f"search {search_id} not found")
         if not search.result or not search.result.get("front"):
             raise Conflict(f"search {search_id} is {search.status.value} and has no front yet")
+        searches.append(search)
+        stored.append(Results(f"{search_id}: {search.name}", f"search {search_id}", search.result))
+        objectives.append(str(search.config.get("objective", "gflops")))
+    fronts, note = fronts_on_one_axis(stored, axis, objectives)
+    rows = []
+    for k, (search, front) in enumerate(zip(searches, fronts, strict=True)):
         stats = repo.get_reference_stats(search.reference_stats_id)
-        front = front_from_results(search.result, f"{search_id}: {search.name}", source=f"search {search_id}")
         extractor = front.extractor or (stats.extractor if stats is not None else None)
-        fronts.append(Front(front.name, front.points, extractor))
+        # a running search's stored front does not name its latency table yet: the search row does
+        table = repo.get_latency_table(search.latency_table_id) if search.latency_table_id else None
+        source = front.latency_source or latency_source(table.table if table is not None else None)
+        fronts[k] = dataclasses.replace(front, extractor=extractor, latency_source=source)
         rows.append({"id": search.id, "name": search.name, "status": search.status.value,
                      "extractor": extractor})  # fmt: skip
-    comparison = compare_fronts(fronts, reference)
+    comparison = compare_fronts(fronts, reference, note=note)
     body = comparison.to_dict()
     body["extractor"] = next((f.extractor for f in fronts if f.extractor), None)
     body["searches"] = [
-        {**row, **summary_row, "front": [{"gflops": g, "fid": f} for g, f in front.points]}
+        {**row, **summary_row, "front": [{"cost": c, "fid": f} for c, f in front.points]}
         for row, summary_row, front in zip(rows, body["searches"], fronts, strict=True)
     ]
     return fronts, comparison, body

@@ -35,36 +35,44 @@ def list_searches(repo: RepoDep) -> list[SearchOut]:
     return [SearchOut.model_validate(services.search_view(repo, s)) for s in repo.list_searches()]
 
 
+Ids = Annotated[str, Query(description="Search ids, comma-separated: 1,2,3")]
+Ref = Annotated[
+    str | None,
+    Query(description="Reference point 'COST,FID', the cost in the axis' unit (default: 1.1 x the max "
+          "over all fronts)"),
+]  # fmt: skip
+Axis = Annotated[
+    Literal["gflops", "latency"] | None,
+    Query(description="Cost axis: gflops (GFLOPs/image, every search has it) or latency (predicted "
+          "ms/image: 422 unless every search has it from one device's latency table). Default: the "
+          "searches' own objective when they share it, else gflops (the reply's note says so)."),
+]  # fmt: skip
+
+
 # /compare before /{search_id}: a path route matches in declaration order
 @router.get("/compare", dependencies=[Read])
-def compare_searches(
-    ids: Annotated[str, Query(description="Search ids, comma-separated: 1,2,3")],
-    repo: RepoDep,
-    ref: Annotated[
-        str | None, Query(description="Reference point 'GFLOPS,FID' (default: 1.1 x the max over all fronts)")
-    ] = None,
-) -> dict[str, Any]:
-    """The Pareto fronts of several searches, with a hypervolume each against one shared reference
-    point (the box both objectives are measured in); 422 when their FIDs come from different extractors."""
-    _, _, body = services.compare_searches(repo, services.parse_ids(ids), parse_reference(ref))
+def compare_searches(ids: Ids, repo: RepoDep, ref: Ref = None, axis: Axis = None) -> dict[str, Any]:
+    """The Pareto fronts of several searches on one cost axis (``axis``, ``unit``; points are
+    ``{cost, fid}``), with a hypervolume each against one shared reference point in that unit (the box
+    both objectives are measured in); 422 when their FIDs come from different extractors."""
+    _, _, body = services.compare_searches(repo, services.parse_ids(ids), parse_reference(ref), axis)
     return body
 
 
 @router.get("/compare/plot.png", dependencies=[Read], responses=PNG)
-def compare_searches_png(
-    ids: Annotated[str, Query(description="Search ids, comma-separated: 1,2,3")],
-    repo: RepoDep,
-    ref: Annotated[str | None, Query(description="Reference point 'GFLOPS,FID'")] = None,
-) -> Response:
+def compare_searches_png(ids: Ids, repo: RepoDep, ref: Ref = None, axis: Axis = None) -> Response:
     """The fronts of several searches on one plot, the shared reference point and each hypervolume."""
     from ddsm_core.plots import plot_fronts
 
-    fronts, comparison, body = services.compare_searches(repo, services.parse_ids(ids), parse_reference(ref))
+    fronts, comparison, body = services.compare_searches(
+        repo, services.parse_ids(ids), parse_reference(ref), axis
+    )
     buf = io.BytesIO()
     plot_fronts(
         fronts, buf, reference=comparison.reference,
         hypervolumes={r.name: r.hypervolume for r in comparison.rows},
         fid_label=f"FID ({body['extractor']})" if body["extractor"] else "FID",
+        cost_label=comparison.unit,
     )  # fmt: skip
     return Response(buf.getvalue(), media_type="image/png")
 

@@ -130,16 +130,16 @@ def test_compare_returns_each_front_with_a_hypervolume_against_one_reference(
     fronts = []
     for row in body["searches"]:
         stored = client.get(f"/searches/{row['id']}/report").json()["front"]
-        assert sorted((p["gflops"], p["fid"]) for p in row["front"]) == sorted(
+        assert sorted((p["cost"], p["fid"]) for p in row["front"]) == sorted(
             (p["objectives"][1], p["objectives"][0]) for p in stored
         )
-        fronts.append(Front(row["name"], tuple((p["gflops"], p["fid"]) for p in row["front"])))
+        fronts.append(Front(row["name"], tuple((p["cost"], p["fid"]) for p in row["front"])))
     expected = compare_fronts(fronts)  # one reference point for both
-    assert body["reference"] == {"gflops": expected.reference[0], "fid": expected.reference[1]}
+    assert body["reference"] == {"cost": expected.reference[0], "fid": expected.reference[1]}
     assert [s["hypervolume"] for s in body["searches"]] == [r.hypervolume for r in expected.rows]
     assert all(0 < s["normalized"] <= 1 for s in body["searches"])
     fixed = client.get("/searches/compare", params={"ids": f"{a},{b}", "ref": "100,1000"}).json()
-    assert fixed["reference"] == {"gflops": 100.0, "fid": 1000.0}
+    assert fixed["reference"] == {"cost": 100.0, "fid": 1000.0} and fixed["axis"] == "gflops"
     png = client.get("/searches/compare/plot.png", params={"ids": f"{a},{b}"})
     assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
     assert png.headers["content-type"] == "image/png"
@@ -154,7 +154,7 @@ def test_compare_returns_each_front_with_a_hypervolume_against_one_reference(
         ({"ids": f"{a},{c}"}, 422, "different feature extractors"),
         ({"ids": "1,x"}, 422, "comma"),
         ({"ids": ""}, 422, "ids"),
-        ({"ids": f"{a}", "ref": "1;2"}, 422, "GFLOPS,FID"),
+        ({"ids": f"{a}", "ref": "1;2"}, 422, "COST,FID"),
     ]
     for params, code, words in cases:
         for path in ("/searches/compare", "/searches/compare/plot.png"):
