@@ -75,6 +75,21 @@ const ddsm = (() => {
   const bar = (p) => `<span class="bar" title="${p.toFixed(1)}%"><span style="width:${Math.min(100, p).toFixed(1)}%"></span></span> ${p.toFixed(0)}%`;
   const fidLabel = (extractor) => `FID (${extractor})`;
   const widthLabel = (w) => (Number.isInteger(w * 100) ? String(Number(w)) : w.toFixed(3));
+  // A search's cost in its own objective first, the other unit beside it where known: GFLOPs per image
+  // always, the latency table's predicted ms per image when the search has one. x: {gflops, predicted_ms}.
+  function costText(x, objective) {
+    const g = x.gflops !== null && x.gflops !== undefined ? `${num(x.gflops, 4)} GFLOPs` : null;
+    const ms = x.predicted_ms !== null && x.predicted_ms !== undefined ? `${num(x.predicted_ms, 4)} ms (predicted)` : null;
+    const [own, other] = objective === "latency" ? [ms, g] : [g, ms];
+    return own ? `${own} per image${other ? ` · ${other}` : ""}` : "–";
+  }
+  const costName = (objective) => (objective === "latency" ? "predicted time" : "GFLOPs");
+  // A pick's saving vs full width in its search's objective, the other unit's in brackets where known.
+  function savingText(p) {
+    const other = p.objective === "latency" ? ["GFLOPs", p.saving] : ["predicted time", p.latency_saving];
+    return `${pct(p.cost_saving)} ${costName(p.objective)}` +
+      (other[1] !== null && other[1] !== undefined ? ` <span class="muted">(${other[0]} ${pct(other[1])})</span>` : "");
+  }
   function intervalText(intervals) {
     const entries = Object.entries(intervals || {});
     return entries.map(([k, [lo, hi]]) => `${k} [${num(lo)}, ${num(hi)}]`).join(", ");
@@ -213,6 +228,7 @@ const ddsm = (() => {
 
   function showMessage(elm, text, kind = "error") { elm.className = `msg ${kind}`; elm.textContent = text; elm.dataset.source = "action"; }
 
-  return { api, showImage, key, header, esc, num, pct, statusBadge, bar, fidLabel, widthLabel, intervalText, el, chart,
+  return { api, showImage, key, header, esc, num, pct, statusBadge, bar, fidLabel, widthLabel, intervalText, costText,
+           costName, savingText, el, chart,
            legend, marker, seqColor, CATEGORICAL, niceTicks, strategyPlot, poll, showMessage, TERMINAL };
 })();

@@ -1,7 +1,7 @@
 /* The dashboard's front page: searches, training runs, reference statistics and supernets, polled. */
 "use strict";
 (() => {
-  const { api, esc, num, pct, statusBadge, bar, intervalText } = ddsm;
+  const { api, esc, num, statusBadge, bar, intervalText, savingText } = ddsm;
   ddsm.header("home");
   const selected = new Set();
   const empty = (cols, what) => `<tr><td colspan="${cols}" class="note">no ${what} yet</td></tr>`;
@@ -20,7 +20,7 @@
       <td>${bar(s.percent)}</td>
       <td class="generation">${s.generations_done} / ${s.generations}</td>
       <td class="num">${c.COMPLETE}</td><td class="num">${c.RUNNING}</td><td class="num">${c.FAILED}</td>
-      <td class="num saved">${when}${p ? pct(p.saving) : "–"}</td>
+      <td class="num saved" data-objective="${esc(s.objective)}">${when}${p ? savingText(p) : "–"}</td>
       <td class="num">${fid}${iv ? ` <span class="muted">${esc(iv)}</span>` : ""}</td>
       <td class="muted wrap">${esc(s.extractor)}</td></tr>`;
   }

@@ -1,18 +1,26 @@
 /* One search: Pareto scatter, strategy of the hovered/clicked candidate, hypervolume, candidate table. */
 "use strict";
 (() => {
-  const { api, esc, num, pct, statusBadge, bar, el, chart, legend, marker, seqColor, intervalText } = ddsm;
+  const { api, esc, num, pct, statusBadge, bar, el, chart, legend, marker, seqColor, intervalText, costText, savingText } = ddsm;
   ddsm.header("");
   const id = Number(location.pathname.split("/").filter(Boolean).pop());
   const PAGE = 15;
-  const st = { search: null, detail: null, sig: "", pinned: null, hover: null, sortKey: "id", sortDir: 1, page: 0, x: "gflops" };
+  const st = { search: null, detail: null, sig: "", pinned: null, hover: null, sortKey: "id", sortDir: 1, page: 0, x: null };
   const $ = (sel) => document.querySelector(sel);
   const errorBox = $("#error");
   const PICK = "#d62728", KNEE = "#ff7f0e", FRONT = "#1d2330", UNIFORM = "#7a8496", SELECTED = "#2458c6";
 
   const byId = () => Object.fromEntries(st.detail.candidates.map((c) => [c.id, c]));
-  const saved = (c) => (c.gflops !== null && st.detail.full_gflops ? 1 - c.gflops / st.detail.full_gflops : null);
-  const xLabel = () => (st.x === "gflops" ? "GFLOPs per generated image (sum over all sampler steps)" : "latency per image (s)");
+  // x axes of the scatter: the search's objective is its front's (GFLOPs, or predicted ms for objective
+  // latency); the others are shown where the candidates have them
+  const AXES = { gflops: ["GFLOPs", "GFLOPs per generated image (sum over all sampler steps)"],
+                 predicted_ms: ["predicted latency", "predicted latency per generated image (ms, latency table)"],
+                 latency_s: ["measured latency", "measured latency per image (s)"] };
+  const ownAxis = () => (st.detail.objective === "latency" ? "predicted_ms" : "gflops");
+  const fullCost = () => (st.detail.objective === "latency" ? st.detail.full_predicted_ms : st.detail.full_gflops);
+  // saved vs full width in the search's objective
+  const saved = (c) => (c.cost !== null && c.cost !== undefined && fullCost() ? 1 - c.cost / fullCost() : null);
+  const xLabel = () => AXES[st.x][1];
   const fidLabel = () => ddsm.fidLabel(st.detail.extractor);
   const signed = (v) => (v === null || v === undefined ? "–" : `${v >= 0 ? "+" : ""}${Number(v).toFixed(2)}`);
   const widthsText = (g) => g.map((i) => ddsm.widthLabel(st.detail.widths[i])).join(" ");
@@ -29,7 +37,8 @@
     $("#title").innerHTML = `Search #${s.id} ${esc(s.name)} ${statusBadge(s.status)}`;
     const pick = d.pick;
     const pickText = pick
-      ? `${pick.final ? "pick" : "pick so far"}: GFLOPs saved <b>${pct(pick.saving)}</b>, ${esc(fidLabel())} <b>${num(pick.fid, 4)}</b>` +
+      ? `<span id="pick-text">${pick.final ? "pick" : "pick so far"}: saves <b>${savingText(pick)}</b>
+         (${costText(pick, d.objective)}), ${esc(fidLabel())} <b>${num(pick.fid, 4)}</b></span>` +
         (pick.final_fid !== null && pick.final_fid !== undefined ? `, re-evaluated on ${pick.final_n_images} images: <b>${num(pick.final_fid, 4)}</b>` : "") +
         (intervalText(pick.intervals) ? ` (${esc(intervalText(pick.intervals))})` : "") +
         (pick.paired ? `<br><span id="pick-paired">vs full width on the same seeds: ΔFID <b>${signed(pick.paired.diff)}</b>
@@ -39,7 +48,8 @@
       : "no evaluated candidate yet";
     $("#summary").innerHTML =
       `${esc(d.sampler)}, ${d.steps} steps, widths ${d.widths.map(ddsm.widthLabel).join(" / ")}, population ${cfg.population},
-       ${cfg.generations} generations, ${imagesText(cfg)}; pick = argmin FID + ${d.weight} × GFLOPs.<br>
+       ${cfg.generations} generations, ${imagesText(cfg)}; objective <b id="objective">${esc(d.unit)}</b>:
+       pick = argmin FID + ${d.weight} × ${d.objective === "latency" ? "predicted ms/image" : "GFLOPs/image"}.<br>
        ${bar(p.percent)} &nbsp; generation ${p.generations_done} / ${p.generations} &nbsp;·&nbsp; candidates: ${c.COMPLETE} complete,
        ${c.RUNNING} running, ${c.WAITING} waiting, ${c.FAILED} failed &nbsp;·&nbsp; ${pickText}` +
       (s.error ? `<br><span style="color: var(--bad)">${esc(s.error)}</span>` : "");
@@ -53,10 +63,13 @@
   // ------------------------------------------------------------------ Pareto scatter
   function renderPareto() {
     const d = st.detail;
-    const all = d.candidates.filter((c) => c.phase === "search" && c.state === "COMPLETE" && c.fid !== null && c.gflops !== null);
-    const hasLatency = all.some((c) => c.latency_s !== null);
-    $("#x-choice").style.display = hasLatency ? "" : "none";
-    if (!hasLatency) st.x = "gflops";
+    const all = d.candidates.filter((c) => c.phase === "search" && c.state === "COMPLETE" && c.fid !== null && c.cost !== null);
+    const axes = Object.keys(AXES).filter((k) => k === ownAxis() || all.some((c) => c[k] !== null));
+    const options = axes.map((k) => `<option value="${k}">${AXES[k][0]}${k === ownAxis() ? " (objective)" : ""}</option>`).join("");
+    if ($("#x-axis").innerHTML !== options) $("#x-axis").innerHTML = options;
+    $("#x-choice").style.display = axes.length > 1 ? "" : "none";
+    if (!axes.includes(st.x)) st.x = ownAxis();
+    $("#x-axis").value = st.x;
     const pts = all.filter((c) => c[st.x] !== null);
     const svg = $("#pareto");
     const xsv = pts.map((c) => c[st.x]), ysv = pts.map((c) => c.fid);
@@ -82,9 +95,10 @@
         el("text", { x: c.sx(cand[st.x]) + 7, y: c.sy(cand.fid) - 7, fill: UNIFORM, "font-size": 11, "pointer-events": "none" }, c.data, `w ${ddsm.widthLabel(u.width)}`);
       });
     }
-    // the front as a staircase (a point dominates everything up and to the right of it)
+    // the front (non-dominated in the search's objective) as a staircase: a point dominates everything
+    // up and to the right of it, on its own axis only
     const front = d.front.map((i) => cands[i]).filter((f) => f && f[st.x] !== null).sort((a, b) => a[st.x] - b[st.x]);
-    if (front.length && st.x === "gflops") {
+    if (front.length && st.x === ownAxis()) {
       let path = `M${c.sx(front[0][st.x])} ${c.sy(front[0].fid)}`;
       for (const f of front.slice(1)) path += `H${c.sx(f[st.x])}V${c.sy(f.fid)}`;
       el("path", { class: "front-line", d: path, fill: "none", stroke: FRONT, "stroke-width": 1.5 }, c.data);
@@ -92,7 +106,7 @@
     for (const p of pts) {
       const dot = el("circle", { class: "cand", cx: c.sx(p[st.x]), cy: c.sy(p.fid), r: 5, fill: color(p.generation),
                                  "data-id": p.id, "data-generation": p.generation }, c.data);
-      el("title", {}, dot, `candidate ${p.id}, generation ${p.generation}: ${num(p.gflops, 4)} GFLOPs, FID ${num(p.fid, 4)}`);
+      el("title", {}, dot, `candidate ${p.id}, generation ${p.generation}: ${costText(p, d.objective)}, FID ${num(p.fid, 4)}`);
     }
     for (const [name, shape, col] of [["pick", "ring", PICK], ["knee", "diamond", KNEE]]) {
       const m = cands[d.marked[name]];
@@ -110,7 +124,7 @@
     const shown = gens.length <= 8 ? gens : [gens[0], ...gens.slice(1, -1).filter((_, i, a) => i % Math.ceil(a.length / 6) === 0), gens[gens.length - 1]];
     for (const g of shown) items.push({ label: `generation ${g}`, color: color(g) });
     items.push({ label: "uniform widths", color: UNIFORM, shape: "dash" });
-    if (st.x === "gflops") items.push({ label: "Pareto front", color: FRONT, shape: "line" });
+    if (st.x === ownAxis()) items.push({ label: "Pareto front", color: FRONT, shape: "line" });
     items.push({ label: d.pick && d.pick.final ? "pick" : "pick so far", color: PICK, shape: "ring" });
     items.push({ label: "knee", color: KNEE, shape: "diamond" });
     legend(c, items, "candidates");
@@ -135,7 +149,7 @@
     const label = cid === d.marked.pick ? " (pick)" : cid === d.marked.knee ? " (knee)" : "";
     ddsm.strategyPlot(svg, d.widths, cand.genome, { title: `candidate ${cand.id}${label}, generation ${cand.generation}` });
     info.dataset.candidate = cand.id;
-    info.innerHTML = `${num(cand.gflops, 4)} GFLOPs per image (saved ${pct(saved(cand))}), ${esc(fidLabel())} ${num(cand.fid, 4)}
+    info.innerHTML = `${costText(cand, d.objective)} (saved ${pct(saved(cand))}), ${esc(fidLabel())} ${num(cand.fid, 4)}
       · <a href="/candidates/${cand.id}/strategy" download="strategy-${cand.id}.json">strategy JSON</a>`;
     if (sel && st.scale && cand[st.x] !== null && cand.fid !== null && cand.state === "COMPLETE") {
       marker(sel, "ring", st.scale.sx(cand[st.x]), st.scale.sy(cand.fid), SELECTED, 4);
@@ -147,6 +161,7 @@
     const hv = st.detail.hypervolume, svg = $("#hypervolume");
     const gens = hv.map((h) => h.generation);
     const hi = Math.max(0.1, ...hv.map((h) => h.hypervolume));
+    $("#hv-cost").textContent = st.detail.objective === "latency" ? "predicted ms/image" : "GFLOPs/image";
     const c = chart(svg, { width: 440, height: 190,
       x: { label: "generation", lo: Math.min(0, ...gens) - 0.5, hi: Math.max(1, ...gens) + 0.5, ticks: gens.length ? gens : [0] },
       y: { label: "hypervolume", lo: 0, hi: hi * 1.1 } });
@@ -174,16 +189,16 @@
     const sig = JSON.stringify(g);
     if (box.dataset.shown === sig) return;
     box.dataset.shown = sig;
-    const cands = byId(), full = st.detail.full_gflops;
+    const cands = byId();
     const names = { pick: "pick", full: "full width", knee: "knee" };
     const order = ["pick", "full", "knee"].filter((n) => g.grids[n]);
     box.innerHTML = `<div class="muted">The first images of each finalist's final evaluation, seeds ${g.seeds[0]} to
       ${g.seeds[1]}: image <i>i</i> has the same seed, so the same noise, in every grid; only the widths differ.</div>
       <div class="row">${order.map((n) => {
         const c = cands[g.grids[n].candidate_id] || {};
-        const saved = full && c.gflops ? ` (saves ${pct(1 - c.gflops / full)})` : "";
+        const save = saved(c) !== null ? ` (saves ${pct(saved(c))})` : "";
         return `<figure class="sample-grid" data-which="${n}"><img alt="samples of the ${names[n]}">
-          <figcaption><b>${names[n]}</b>: ${num(c.gflops, 4)} GFLOPs${saved}, ${esc(fidLabel())} ${num(c.fid, 4)}
+          <figcaption><b>${names[n]}</b>: ${costText(c, st.detail.objective)}${save}, ${esc(fidLabel())} ${num(c.fid, 4)}
           (${c.n_images} images)<br><code>${widthsText(g.grids[n].genome)}</code></figcaption></figure>`;
       }).join("")}</div>`;
     for (const n of order) ddsm.showImage(box.querySelector(`figure[data-which='${n}'] img`), g.grids[n].url);
@@ -205,7 +220,8 @@
     const shown = rows.slice(st.page * PAGE, (st.page + 1) * PAGE);
     $("#candidates tbody").innerHTML = shown.map((c) => `<tr class="clickable${c.id === st.pinned ? " selected" : ""}" data-id="${c.id}">
       <td class="num">${c.id}</td><td class="num">${c.generation}</td><td>${esc(c.phase)}</td><td>${statusBadge(c.state)}</td>
-      <td class="num">${num(c.gflops, 4)}</td><td class="num">${pct(c.saved)}</td><td class="num">${num(c.fid, 4)}</td>
+      <td class="num">${num(c.gflops, 4)}</td><td class="num">${num(c.predicted_ms, 4)}</td><td class="num">${pct(c.saved)}</td>
+      <td class="num">${num(c.fid, 4)}</td>
       <td class="num">${c.n_images}</td><td>${esc(c.worker || "–")}</td><td class="num">${c.attempt}</td>
       <td><code>${widthsText(c.genome)}</code></td><td class="muted">${esc((c.error || "").slice(0, 60))}</td></tr>`).join("");
     $("#page-info").textContent = `page ${st.page + 1} of ${pages} (${rows.length} candidates)`;

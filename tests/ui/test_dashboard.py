@@ -244,3 +244,74 @@ def test_docs_render_every_operation_without_leaving_the_machine(ui: Browser, se
     assert page.locator(".opblock").count() == operations
     assert not ui.outside  # Swagger UI's assets came from the API itself
     ui.screenshot("docs")
+
+
+def latency_search(service: Service) -> int:
+    """A finished search with objective latency, on a supernet of its own whose latency table (as a worker
+    leaves it) makes the narrowest width, the fewest GFLOPs, the slowest."""
+    from ddsm_core.latency import LatencyTable
+
+    from .conftest import TABLE
+
+    if "latency" in service.searches:
+        return service.searches["latency"]
+    repo = service.repo
+    net = repo.create_supernet("digits-tiny-timed", "d" * 64, {})
+    repo.supernet_ready(net, TABLE, {})
+    seconds = [(0.005, 0.04), (0.0015, 0.012), (0.002, 0.018), (0.003, 0.024)]  # per call at batch 1, 8
+    table = LatencyTable(device="cpu: ui test", dtype="float32", threads=1, widths=tuple(TABLE["widths"]),
+                         batch_sizes=(1, 8), seconds=seconds, overhead={"ddim": (0.0, 0.0)})  # fmt: skip
+    table_id = repo.create_latency_table(net, "float32", [1, 8], 1, 0)
+    assert repo.claim_latency_table(table_id, "w") and repo.complete_latency_table(
+        table_id, "w", table.to_dict()
+    )
+    sid = service.start_search("latency search", supernet_id=net, objective="latency", batch_size=8)
+    service.wait_for(
+        "the latency search to complete", lambda: service.search(sid)["status"] == "COMPLETE", 90
+    )
+    service.searches["latency"] = sid
+    return sid
+
+
+def test_a_latency_search_is_shown_in_predicted_ms_per_image(ui: Browser, service: Service) -> None:
+    sid = latency_search(service)
+    report = service.search(sid)["result"]
+    page = ui.goto(f"/ui/searches/{sid}")
+    page.locator("#pareto circle.cand").first.wait_for()
+    assert page.locator("#objective").inner_text() == "predicted ms/image"
+    assert "predicted latency" in page.locator("#pareto .x-label").text_content()
+    assert "(ms" in page.locator("#pareto .x-label").text_content()
+    assert page.locator("#pareto .front-line").count() == 1  # the front is the one in ms/image
+    pick = page.locator("#pick-text").inner_text()
+    assert (
+        f"{100 * report['latency_saving']:.1f}% predicted time" in pick and "ms (predicted) per image" in pick
+    )
+    assert f"GFLOPs {100 * report['saving']:.1f}%" in pick  # the other unit beside it
+    assert page.locator("#hv-cost").inner_text() == "predicted ms/image"
+    ui.screenshot("search-latency")
+    # the GFLOPs axis is still there to look at, without a front line: the front is not GFLOPs'
+    page.locator("#x-axis").select_option("gflops")
+    page.wait_for_function("document.querySelector('#pareto .x-label').textContent.startsWith('GFLOPs')")
+    assert page.locator("#pareto .front-line").count() == 0
+
+    index = ui.goto("/")
+    saved = index.locator(f"#searches tr[data-id='{sid}'] td.saved")
+    saved.wait_for()
+    assert f"{100 * report['latency_saving']:.1f}% predicted time" in saved.inner_text()
+
+
+def test_compare_page_says_which_unit_it_compares_in(ui: Browser, service: Service) -> None:
+    sid, done = latency_search(service), service.searches["done"]
+    page = ui.goto(f"/ui/compare?ids={sid}")
+    page.locator("#fronts path.front").first.wait_for()
+    assert "predicted latency" in page.locator("#fronts .x-label").text_content()
+    assert page.locator("#min-cost").inner_text() == "min ms"
+    page = ui.goto(f"/ui/compare?ids={sid},{done}")  # a latency and a GFLOPs search: in GFLOPs, said so
+    page.locator("#axis-note.info").wait_for()
+    assert "different costs" in page.locator("#axis-note").inner_text()
+    assert page.locator("#fronts .x-label").text_content().startswith("GFLOPs")
+    assert page.locator("#fronts path.front").count() == 2
+    page.locator("#axis").select_option("latency")  # the GFLOPs search has no predicted latency: the 422
+    page.locator("#extractor-warning.error").wait_for()
+    assert "has no predicted ms/image" in page.locator("#extractor-warning").inner_text()
+    assert page.url.endswith("axis=latency")
