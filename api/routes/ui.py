@@ -65,7 +65,8 @@ def compare_page() -> HTMLResponse:
 
 @router.get("/overview", dependencies=[Read])
 def overview(repo: RepoDep) -> list[dict[str, Any]]:
-    """Every search with its progress and best pick so far (GFLOPs saved, FID and its extractor)."""
+    """Every search with its progress and best pick so far (its cost and savings in the search's objective
+    and in GFLOPs / predicted latency where known, FID and its extractor)."""
     return [dashboard.search_summary(repo, s) for s in repo.list_searches()]
 
 
