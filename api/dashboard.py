@@ -55,18 +55,21 @@ def hypervolume_per_generation(
     Reference point: the worst cost and FID seen in the whole search; the objectives are scaled by
     the box between the best and worst values, so 1.0 would be a single point best in both. The area
     is ddsm_core.compare's (the same hypervolume as ``ddsm compare`` and ``GET /searches/compare``)."""
-    costed = [(c, candidate_cost(c, objective)) for c in cands if c.state == CandidateState.COMPLETE]
-    ok = [(c, cost) for c, cost in costed if _finite(c.fid) and cost is not None]
+    ok: list[tuple[int, Point]] = []  # (generation, (cost, FID))
+    for c in cands:
+        cost = candidate_cost(c, objective) if c.state == CandidateState.COMPLETE else None
+        if cost is not None and c.fid is not None and math.isfinite(c.fid):
+            ok.append((c.generation, (cost, c.fid)))
     if not ok:
         return []
-    costs, fids = [cost for _, cost in ok], [c.fid for c, _ in ok]
-    lo, ref = (min(costs), min(fids)), (max(costs), max(fids))  # type: ignore[type-var]
-    span = (ref[0] - lo[0]) * (ref[1] - lo[1])  # type: ignore[operator]
+    costs, fids = [p[0] for _, p in ok], [p[1] for _, p in ok]
+    lo, ref = (min(costs), min(fids)), (max(costs), max(fids))
+    span = (ref[0] - lo[0]) * (ref[1] - lo[1])
     rows = []
-    for gen in sorted({c.generation for c, _ in ok}):
-        pts = [(cost, c.fid) for c, cost in ok if c.generation <= gen]
-        front = [pts[i] for i in front_indices(pts)]  # type: ignore[index]
-        hv = hypervolume_2d(front, ref) / span if span > 0 else 0.0  # type: ignore[arg-type]
+    for gen in sorted({g for g, _ in ok}):
+        pts = [p for g, p in ok if g <= gen]
+        front = [pts[i] for i in front_indices(pts)]
+        hv = hypervolume_2d(front, ref) / span if span > 0 else 0.0
         rows.append({"generation": gen, "hypervolume": hv, "front_size": len(front), "evaluated": len(pts)})
     return rows
 
