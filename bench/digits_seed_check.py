@@ -1,10 +1,11 @@
 """Is a 2000-image paired FID difference stable across seed sets? (bench/digits_search/notes.md)
 
-    PYTHONPATH=$PWD OMP_NUM_THREADS=1 .venv/bin/python bench/digits_seed_check.py 4000
+    PYTHONPATH=$PWD OMP_NUM_THREADS=1 .venv/bin/python bench/digits_seed_check.py 4000 ["2/8x11 8/8x9" ...]
 
-Samples full width, uniform 7/8 and the DDPM-20 knee ``2/8 x13, 8/8 x7`` of the benchmark supernet on
-seeds 0..N-1 (one thread), prints each one's FID on consecutive 1000- and 2000-image seed sets and on
-all N, and the paired interval vs full width on the first 500, 1000, 2000 and 4000 images.
+Samples full width, uniform 7/8 and the DDPM-20 strategies given (default: ``2/8 x13, 8/8 x7``; each
+as width x count runs) of the benchmark supernet on seeds 0..N-1 (one thread), prints each one's FID on
+consecutive 1000- and 2000-image seed sets and on all N, and the paired interval vs full width on the
+first 500, 1000, 2000, 4000 and 8000 images (those up to N).
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ from ddsm_core.flops import cost_table  # noqa: E402
 from ddsm_core.paired import paired_fid_diff  # noqa: E402
 from ddsm_core.strategy import Strategy  # noqa: E402
 from ddsm_core.threads import set_threads  # noqa: E402
+from ddsm_core.widths import format_width  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 4000
+    runs = sys.argv[2:] or ["2/8x13 8/8x7"]
     set_threads(1)
     model, schedule, _ = load_checkpoint(ROOT / "bench/digits-supernet")
     widths, costs = tuple(model.config.widths), cost_table(model)
@@ -39,9 +42,12 @@ def main() -> None:
     top = len(widths) - 1
     strategies = {
         "full": Strategy.uniform("ddpm", 20, top, widths),
-        "knee": Strategy("ddpm", 20, widths, (0,) * 13 + (top,) * 7),
         "7/8": Strategy.uniform("ddpm", 20, top - 1, widths),
     }
+    names = [format_width(w) for w in widths]
+    for text in runs:  # "2/8x13 8/8x7": width x count, in sampling order
+        genes = [names.index(w) for run in text.split() for w, k in [run.split("x")] for _ in range(int(k))]
+        strategies[text] = Strategy("ddpm", 20, widths, tuple(genes))
     feats = {}
     for name, s in strategies.items():
         t = time.perf_counter()
@@ -59,10 +65,10 @@ def main() -> None:
         for size in (1000, 2000):
             sets = [f"{fid(x[i : i + size]):.2f}" for i in range(0, n - size + 1, size)]
             print(f"{name}: FID on consecutive {size}-image seed sets {', '.join(sets)}")
-    for size in (500, 1000, 2000, 4000):
+    for size in (500, 1000, 2000, 4000, 8000):
         if size > n:
             break
-        for name in ("knee", "7/8"):
+        for name in [k for k in strategies if k != "full"]:
             d = paired_fid_diff(feats["full"][:size], feats[name][:size], ref, seed=0)
             print(f"{size} images, {name} - full: {d.describe()}")
 
