@@ -11,14 +11,17 @@ the algorithm state is persisted with the rows it belongs to):
    front so far as the search's result (``ddsm_core.results.progress``; read paths show it as stored);
 5. ``ask`` the next generation and persist its genomes and the state after ``ask`` in one transaction
    (a genome already evaluated in this search is answered from the database, never recomputed);
-6. after the last generation: the finalists (weighted pick, knee, full-width baseline) are evaluated
-   again with ``final_images`` images, then ``results.json`` (``ddsm_core.results.build_results``,
+6. after the last generation: the finalists (knee, full-width baseline and the weighted pick) are
+   evaluated again with ``final_images`` images, then ``results.json`` (``ddsm_core.results.build_results``,
    the same builder as ``ddsm search``) is stored as the search's result and the search ends. Each
    finalist's worker stores its per-image features and a sample grid of its first images as artifacts
    (``FEATURES_METRIC`` and ``SAMPLES_METRIC`` in its metrics, kept out of the results); once all
    are COMPLETE, the controller computes every finalist's paired bootstrap interval vs full width
    (``ddsm_core.paired``, numpy only) and the results carry it with the real-data floors of the
-   reference statistics, as ``ddsm search``'s results.json does.
+   reference statistics, as ``ddsm search``'s results.json does. With the tolerance pick rule (the
+   default) the pick is found by bisection over the front (``ddsm_core.pick``): the first probe is
+   sent with the finalists, then each tick whose finalist rows are all finished replays the bisection
+   from their stored features and adds the next probe as one more finalist row, until it is decided.
 
 Multi-fidelity searches (``rungs``): rungs are tasks. Each rung's evaluations are candidate rows of their
 own phase (:func:`rung_phases`: ``rung0``, ``rung1``, ... and ``search`` for the top rung, ``n_images``),
@@ -68,6 +71,7 @@ from api.settings import Settings
 from ddsm_core.costs import CostTable
 from ddsm_core.errors import DDSMError
 from ddsm_core.latency import LatencyTable
+from ddsm_core.pick import BisectionStep, bisect_front, bisection_members, bisection_summary, probe_verdict
 from ddsm_core.results import build_results, progress
 from ddsm_core.search import Evaluation, Genome, HalvingStep, SearchDriver, halving_step
 from ddsm_core.spec import SearchSpec
@@ -135,6 +139,9 @@ class SearchController:
         self._cache_drivers = cache_drivers
         # search -> ((generation, created_at) when its state was written by this process, that driver)
         self._drivers: dict[int, tuple[tuple[int, Any], SearchDriver]] = {}
+        # search -> (created_at, probe genome -> its paired interval or None): a bootstrap is computed
+        # once per probe, not on every tick (it is deterministic: a restart recomputes the same)
+        self._probe_paired: dict[int, tuple[Any, dict[Genome, dict[str, Any] | None]]] = {}
         self.rebuilds = 0  # drivers rebuilt from a stored state (tests, the benchmark)
 
     # ------------------------------------------------------------------ loop
@@ -196,6 +203,8 @@ class SearchController:
         self._infrastructure_ok()
         for gone in set(self._drivers) - set(search_ids):  # ended, cancelled or deleted searches
             self._drivers.pop(gone, None)
+        for gone in set(self._probe_paired) - set(search_ids):
+            self._probe_paired.pop(gone, None)
         started = []
         now = time.monotonic()
         with self._lock:
@@ -387,12 +396,17 @@ class SearchController:
         if not driver.front():
             self.repo.fail_search(search.id, "every candidate failed: no Pareto front (see candidate errors)")
             return
-        finalists = spec.finalists(driver.front())
+        front = driver.front()
+        genomes = list(dict.fromkeys(spec.finalists(front).values()))
+        if spec.pick_rule == "tolerance":  # the bisection's first probe needs no verdict: sent with them
+            full = spec.full_width_genome()
+            first = bisect_front(bisection_members(front, full), full, {}).probe
+            genomes += [first] if first is not None and first not in genomes else []
         written = self.repo.start_generation(
             search.id,
             self.id,
             next_generation,
-            list(dict.fromkeys(finalists.values())),
+            genomes,
             driver.state_dict(),
             spec.final_images,
             phase=FINAL,
@@ -433,7 +447,71 @@ class SearchController:
         if any(not c.finished for c in final.values()):
             return
         driver = self._driver(search, spec)
-        self.repo.finish_search(search.id, self.id, self.results(search, spec, driver, final))
+        step = None
+        if spec.pick_rule == "tolerance":
+            step = self._bisect(search, spec, driver, final)
+            if step is None:  # the next probe was just sent: its evaluation decides next
+                self._keep(search, search.generation, driver, True)
+                return
+        self.repo.finish_search(search.id, self.id, self.results(search, spec, driver, final, step))
+
+    def _bisect(
+        self,
+        search: SearchRecord,
+        spec: SearchSpec,
+        driver: SearchDriver,
+        final: Mapping[Genome, CandidateRecord],
+    ) -> BisectionStep | None:
+        """The tolerance rule's bisection replayed from the finished finalist rows (as ``ddsm search``
+        runs it in-process): the decided step, or None after adding and sending the next probe (a
+        finalist row at ``final_images`` images). Each verdict is the probe's paired interval vs full
+        width from the stored features (:func:`ddsm_core.pick.probe_verdict`)."""
+        full = spec.full_width_genome()
+        members = bisection_members(driver.front(), full)
+        paired = self._paired_so_far(search)
+        while not (step := bisect_front(members, full, {g: _passed(d) for g, d in paired.items()})).done:
+            probe = step.probe
+            assert probe is not None
+            cand = final.get(probe)
+            if cand is None:
+                self.repo.add_candidates(search.id, self.id, search.generation, [probe], spec.final_images,
+                                         phase=FINAL)  # fmt: skip
+                self._dispatch(search.id)
+                return None
+            paired[probe] = self._probe_interval(search, spec, final, probe)
+        return step
+
+    def _paired_so_far(self, search: SearchRecord) -> dict[Genome, dict[str, Any] | None]:
+        entry = self._probe_paired.get(search.id)
+        if entry is None or entry[0] != search.created_at:
+            entry = self._probe_paired[search.id] = (search.created_at, {})
+        return entry[1]
+
+    def _probe_interval(
+        self,
+        search: SearchRecord,
+        spec: SearchSpec,
+        final: Mapping[Genome, CandidateRecord],
+        probe: Genome,
+    ) -> dict[str, Any] | None:
+        """A probe's paired interval vs full width with its verdict, None when it has none (a failed
+        evaluation, no stored features, a lost artifact: not shown equal)."""
+        full = spec.full_width_genome()
+        rows = {g: final.get(g) for g in (full, probe)}
+        if any(c is None or c.state != CandidateState.COMPLETE or not c.metrics for c in rows.values()):
+            return None
+        records = {g: {"genome": list(g), **_record(c)} for g, c in rows.items() if c is not None}
+        stats = self.repo.get_reference_stats(search.reference_stats_id)
+        loaded = self._features(rows, None if stats is None else stats.artifact_sha256)
+        if loaded is None:
+            return None
+        features, ref = loaded
+        try:
+            return probe_verdict(records[full], records[probe], features, ref, seed=spec.eval_seed,
+                                 rel_tolerance=spec.tolerance)  # fmt: skip
+        except DDSMError:  # features that do not fit the statistics: not shown equal
+            log.warning("search %s: probe %s has no paired interval", search.id, list(probe), exc_info=True)
+            return None
 
     def results(
         self,
@@ -441,16 +519,26 @@ class SearchController:
         spec: SearchSpec,
         driver: SearchDriver,
         final: Mapping[tuple[int, ...], CandidateRecord],
+        step: BisectionStep | None = None,
     ) -> dict[str, Any]:
-        """``results.json`` of a search whose finalists are evaluated (stored as its result)."""
+        """``results.json`` of a search whose finalists are evaluated (stored as its result); ``step``:
+        the tolerance rule's decided bisection."""
         net = self.repo.get_supernet(search.supernet_id)
         stats = self.repo.get_reference_stats(search.reference_stats_id)
         assert net is not None and net.gflops is not None and stats is not None
         table = CostTable.from_dict(net.gflops)
         latency = self._latency_table(search)
+        front = driver.front()
+        bisection = None
+        if step is not None:
+            members = bisection_members(front, spec.full_width_genome())
+            records = {g: _final_record(spec, g, final.get(g), table)
+                       for g in (*step.probes, spec.full_width_genome())}  # fmt: skip
+            paired = self._paired_so_far(search)
+            bisection = bisection_summary(spec, members, step, records, paired, front)
         records = {
             name: _final_record(spec, genome, final.get(genome), table)
-            for name, genome in spec.finalists(driver.front()).items()
+            for name, genome in spec.finalists(front, None if step is None else step.pick).items()
         }
         retried, workers = self.repo.attempt_summary(search.id, rung_phases(spec))
         results = build_results(
@@ -463,7 +551,7 @@ class SearchController:
                  "checkpoint_step": (net.config or {}).get("step"),
                  "workers": workers},
             floors=stats.floors or (),  # every FID next to the real-data floor
-            latency=latency,
+            latency=latency, bisection=bisection,
         )  # fmt: skip
         # every finalist paired with full width on the same seeds (needs the final records built)
         results["paired"] = self._paired(spec, results["final"], final, stats.artifact_sha256)
@@ -485,10 +573,29 @@ class SearchController:
     ) -> dict[str, Any]:
         """Each finalist vs full width (``ddsm_core.paired.paired_vs_full``, as ``ddsm search``), from
         the features the finalists' workers stored; {} when they stored none (e.g. the fast evaluator)."""
-        shas = {g: (c.metrics or {}).get(FEATURES_METRIC) for g, c in final.items()}
-        full = shas.get(tuple(records["full"]["genome"]))
-        if not full or stats_sha is None:
+        from ddsm_core.paired import paired_vs_full
+        from ddsm_core.pick import tolerance_of
+
+        loaded = self._features({tuple(r["genome"]): final.get(tuple(r["genome"])) for r in records.values()},
+                                stats_sha)  # fmt: skip
+        if loaded is None:
             return {}
+        features, ref = loaded
+        tolerance = tolerance_of(spec.tolerance, records["full"])
+        try:
+            return paired_vs_full(records, features, ref, seed=spec.eval_seed, tolerance=tolerance)
+        except DDSMError:  # features that do not fit the statistics: the search still completes
+            log.warning("the finalists' paired intervals could not be computed", exc_info=True)
+            return {}
+
+    def _features(
+        self, rows: Mapping[Genome, CandidateRecord | None], stats_sha: str | None
+    ) -> tuple[dict[Genome, Any], Any] | None:
+        """The per-image features the finalists' workers stored (genome -> array) and the reference
+        statistics; None when no row stored features, or an artifact is missing or bad (logged)."""
+        shas = {g: (c.metrics or {}).get(FEATURES_METRIC) for g, c in rows.items() if c is not None}
+        if not any(shas.values()) or stats_sha is None:
+            return None
         import io
         import tempfile
         from pathlib import Path
@@ -496,17 +603,20 @@ class SearchController:
         import numpy as np
 
         from ddsm_core.fid import FeatureStats
-        from ddsm_core.paired import paired_vs_full
 
         try:
             features = {g: np.load(io.BytesIO(self.store.get_bytes(sha)), allow_pickle=False)
                         for g, sha in shas.items() if sha}  # fmt: skip
             with tempfile.TemporaryDirectory() as tmp:
                 ref = FeatureStats.load(self.store.get_file(stats_sha, Path(tmp) / "stats.npz"))
-            return paired_vs_full(records, features, ref, seed=spec.eval_seed)
         except (DDSMError, OSError, ValueError):  # a lost or bad artifact: the search still completes
-            log.warning("the finalists' paired intervals could not be computed", exc_info=True)
-            return {}
+            log.warning("the finalists' features could not be read: no paired intervals", exc_info=True)
+            return None
+        return features, ref
+
+
+def _passed(interval: Mapping[str, Any] | None) -> bool:
+    return bool(interval and interval.get("equal_quality"))
 
 
 def _record(cand: CandidateRecord) -> dict[str, Any]:

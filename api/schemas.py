@@ -33,6 +33,7 @@ from ddsm_core.spec import (
     LIMITS,
     MAX_WIDTHS,
     OBJECTIVES,
+    PICK_RULES,
     PROFILES,
     SAMPLER_HELP,
     SEED_MAX,
@@ -49,6 +50,7 @@ Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
 Sampler = Literal[SAMPLERS + tuple(SAMPLER_ALIASES)]  # type: ignore[valid-type]
 Crossover = Literal[CROSSOVERS]  # type: ignore[valid-type]
+PickRule = Literal[PICK_RULES]  # type: ignore[valid-type]
 Preset = Literal[tuple(TRAIN_PRESETS)]  # type: ignore[valid-type]
 
 
@@ -355,7 +357,17 @@ class SearchCreate(In):
     generations: int = _setting("generations")
     n_images: int = _setting("n_images", "Images per candidate.")
     final_images: int = _setting("final_images", "Images per finalist.")
-    weight: float = _setting("weight", "Pick: argmin FID + weight * cost (the objective's unit).")
+    weight: float = _setting("weight", "Weighted pick: argmin FID + weight * cost (the objective's unit).")
+    pick_rule: PickRule = Field(
+        default=DEFAULTS.pick_rule,
+        description="tolerance: the cheapest front member whose paired interval vs full width "
+        "(final_images images, the same seeds) ends within tolerance x full width's FID, found by "
+        "bisection over the front (each probe a finalist task); weighted: argmin FID + weight * cost on "
+        "the search's FIDs. The weighted pick is reported beside the tolerance pick.",
+    )
+    tolerance: float = _setting(
+        "tolerance", "Equal quality: the paired interval's upper end <= tolerance x full width's FID."
+    )
     objective: Objective = Field(
         default=DEFAULTS.objective,
         description="The cost beside FID: gflops (GFLOPs/image) or latency (predicted ms/image at "

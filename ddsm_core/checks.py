@@ -94,6 +94,8 @@ SPEC_OPTIONS = {
     "rungs": "--rungs",
     "promote": "--promote",
     "weight": "--weight",
+    "pick_rule": "--pick-rule",
+    "tolerance": "--tolerance",
 }
 _LEADING_ONLY = {"steps": "--steps", "seed": "--seed", "guidance": "--guidance", "sampler": "--sampler"}
 """Plain words elsewhere in a message ("image i uses seed ..."): renamed only where they lead it."""

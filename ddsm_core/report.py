@@ -177,9 +177,8 @@ def write_report(out_dir: str | os.PathLike[str], results: Mapping[str, Any]) ->
         "",
         f"NSGA-II: population {cfg['population']}, generations {cfg['generations']}, mutation rate "
         f"{cfg['mutation_rate']} per gene, {cfg['crossover']} crossover, seed {cfg['seed']}; "
-        f"{cfg['n_images']} images per candidate, {cfg['final_images']} for the finalists; pick = "
-        f"argmin FID + {cfg['weight']} x {COST_UNITS[cfg.get('objective', 'gflops')]}."
-        f"{_rungs_text(cfg, results.get('cost', {}))}",
+        f"{cfg['n_images']} images per candidate, {cfg['final_images']} for the finalists; "
+        f"{_pick_rule_text(results)}{_rungs_text(cfg, results.get('cost', {}))}",
         "",
         *_latency_lines(results),
         f"## Finalists ({cfg['final_images']} images, seeds from {cfg['eval_seed']})",
@@ -189,6 +188,7 @@ def write_report(out_dir: str | os.PathLike[str], results: Mapping[str, Any]) ->
         _floor_line(floors),
         "",
         *_paired_lines(results.get("paired") or {}),
+        *_bisection_lines(results.get("bisection")),
         f"## Uniform widths during the search ({cfg['n_images']} images)",
         "",
         rows_table(
@@ -301,6 +301,54 @@ def _floor_line(floors: Sequence[Mapping[str, Any]]) -> str:
         return "Real-data floor: not recorded with these reference statistics."
     text = ", ".join(RealDataFloor.from_dict(f).describe() for f in reversed(floors))
     return f"Real-data floor (held-out real images vs the reference statistics): FID {text}."
+
+
+def _pick_rule_text(results: Mapping[str, Any]) -> str:
+    """How the pick was chosen; results.json from before the tolerance rule has no ``pick_rule``."""
+    cfg = results["config"]
+    weighted = f"argmin FID + {cfg['weight']} x {COST_UNITS[cfg.get('objective', 'gflops')]}"
+    bisection = results.get("bisection")
+    if results.get("pick_rule", "weighted") != "tolerance" or not bisection:
+        return f"pick = {weighted}."
+    absolute = bisection.get("tolerance")
+    tol = f"{100 * bisection['rel_tolerance']:g}% of full width's FID" + (
+        "" if absolute is None else f" ({absolute:.2f})"
+    )
+    return (
+        f"pick = the cheapest front member of equal quality (paired interval's upper end vs full width "
+        f"<= {tol}), found by bisection over the front; the weighted pick ({weighted}) is shown beside it."
+    )
+
+
+def _bisection_lines(bisection: Mapping[str, Any] | None) -> list[str]:
+    """Every probe of the tolerance rule's bisection, in order, with its interval and verdict."""
+    if not bisection:
+        return []
+    lines = [
+        f"## Bisection over the front ({bisection['members']} members below full width)",
+        "",
+        "| probe | strategy | GFLOPs | search FID | FID | - full width [95%] | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for k, p in enumerate(bisection["probes"], 1):
+        d = p.get("paired")
+        interval = "-" if not d else f"{d['diff']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
+        verdict = (
+            "equal quality"
+            if p.get("equal_quality")
+            else f"not equal{'' if d else ': ' + str(p.get('reason'))}"
+        )
+        lines.append(
+            f"| {k} | `{p.get('strategy') or p['genome']}` | {_fmt(p.get('gflops'))} | "
+            f"{_fmt(p.get('search_fid'))} | {_fmt(p.get('fid'))} | {interval} | {verdict} |"
+        )
+    pick = bisection.get("pick")
+    lines += [
+        "",
+        f"Pick: genes {pick} ({len(bisection['probes'])} probe(s); full width when none passed).",
+        "",
+    ]
+    return lines
 
 
 def _paired_lines(paired: Mapping[str, Mapping[str, Any]]) -> list[str]:

@@ -116,6 +116,7 @@ def build_results(
     floors: Sequence[Mapping[str, Any]] = (),
     paired: Mapping[str, Mapping[str, Any]] | None = None,
     latency: LatencyTable | None = None,
+    bisection: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``results.json``: the config, every candidate, the front, pick, knee, the finalists re-evaluated
     (``final``, keyed by :data:`~ddsm_core.spec.FINALISTS`), uniform widths, saving and cost.
@@ -127,9 +128,13 @@ def build_results(
     :param latency: the supernet's latency table on the sampling device: every finalist and uniform
         record gets its ``predicted_latency_s`` (:meth:`~ddsm_core.spec.SearchSpec.latency`), whatever
         the objective, and ``latency_table`` / ``latency_saving`` say which table and how much.
+    :param bisection: the tolerance rule's ``bisection`` (:func:`ddsm_core.pick.bisection_summary`:
+        tolerance, probes with their intervals and verdicts, the pick); needed with that rule.
     """
     front = front_of(candidates)
-    genomes = spec.finalists(front)
+    if spec.pick_rule == "tolerance" and (not bisection or bisection.get("pick") is None):
+        raise ValueError("the tolerance rule's results need its bisection (the pick is not known yet)")
+    genomes = spec.finalists(front, None if spec.pick_rule == "weighted" else bisection["pick"])  # type: ignore[index]
     by_genome = {c.genome: c for c in candidates}
     finals = {name: {"genome": list(genomes[name]), **dict(final[name])} for name in genomes}
     uniform = {}
@@ -145,7 +150,8 @@ def build_results(
                 uniform[format_width(width)]["predicted_latency_s"] = spec.latency((i,) * spec.steps, latency)
     full_gflops = finals["full"].get("gflops")
     pick_gflops = finals["pick"].get("gflops")
-    distinct = list({tuple(f["genome"]): f for f in finals.values()}.values())
+    probes = list((bisection or {}).get("probes") or ())
+    distinct = list({tuple(f["genome"]): f for f in (*finals.values(), *probes)}.values())
     return {
         "config": {
             **spec.search_config().to_dict(),
@@ -156,7 +162,10 @@ def build_results(
         "extractor": extractor,
         "candidates": [c.to_dict() for c in sorted(candidates, key=lambda c: c.index)],
         "front": [c.to_dict() for c in front],
-        "pick": spec.pick(front).to_dict(),
+        "pick_rule": spec.pick_rule,
+        "pick": by_genome[genomes["pick"]].to_dict(),
+        "weighted_pick": spec.pick(front).to_dict(),
+        "bisection": None if bisection is None else dict(bisection),
         "knee": knee_point(front).to_dict(),
         "final": finals,
         "uniform": uniform,

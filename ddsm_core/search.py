@@ -42,6 +42,7 @@ from pymoo.problems.static import StaticProblem
 
 from ddsm_core.atomic import write_text_atomic
 from ddsm_core.errors import ConfigError, choices_message
+from ddsm_core.pick import BisectionStep, bisect_front, bisection_members
 
 Genome = tuple[int, ...]
 Objectives = tuple[float, float]
@@ -729,6 +730,10 @@ class SearchRun:
     final: dict[str, Evaluation]  # "pick", "knee" and extra finalists re-evaluated with more images
     wall_s: float
     resumed: bool
+    bisection: BisectionStep | None = None  # the tolerance rule's probes and pick (None: weighted)
+    members: tuple[Genome, ...] = ()  # what it bisected: the front cheapest first, full width left out
+    probes: dict[Genome, Evaluation] = field(default_factory=dict)  # each probe's final evaluation
+    paired: dict[Genome, dict[str, Any] | None] = field(default_factory=dict)  # each probe's interval
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
@@ -749,6 +754,9 @@ def run_search(
     finalists: Mapping[str, Sequence[int]] | None = None,
     rungs: Sequence[int] = (),
     promote: float = 0.25,
+    pick_rule: str = "weighted",
+    judge: Callable[[Genome, Evaluation], dict[str, Any] | None] | None = None,
+    evaluate_final: Callable[[Genome], Evaluation] | None = None,
 ) -> SearchRun:
     """Run a whole search in this process; ``out_dir/search_state.json`` makes it resumable.
 
@@ -760,6 +768,13 @@ def run_search(
     With ``rungs`` (image counts below ``n_images``) each generation goes through
     :func:`successive_halving` and is told at once; a search interrupted inside a generation evaluates
     that generation's rungs again when resumed (same seeds: the same values).
+
+    ``pick_rule="tolerance"``: the weighted pick becomes the finalist ``weighted``, and the pick is
+    found by bisection over the front (:func:`ddsm_core.pick.bisect_front`), each probe evaluated with
+    ``final_images`` images and decided by ``judge(genome, evaluation)`` (its paired interval vs full
+    width with ``equal_quality``, None when it has none: not equal). ``evaluate_final(genome)``
+    evaluates a finalist or probe (default ``evaluate(genome, final_images)``; ``ddsm search`` caches
+    them on disk so that an interrupted finalist stage resumes without redoing them).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -798,24 +813,54 @@ def run_search(
     finally:
         if bar is not None:
             bar.close()
-    pick, knee = driver.pick(weight), driver.knee()
-    named = {"pick": pick.genome, "knee": knee.genome}
+    weighted, knee = driver.pick(weight), driver.knee()
+    tolerance = pick_rule == "tolerance"
+    named = {"weighted" if tolerance else "pick": weighted.genome, "knee": knee.genome}
     named.update({k: config.check_genome(g) for k, g in (finalists or {}).items()})
+    final_eval = evaluate_final or (lambda g: evaluate(g, final_images))
     by_genome: dict[Genome, Evaluation] = {}
     final = {}
     # the finalists' re-evaluation (more images each) gets its own bar: the search bar ends before it
     bar = _progress(
         progress, total=len(set(named.values())), initial=0, desc=f"finalists x {final_images} images"
     )
-    for name, genome in named.items():
+
+    def measure(genome: Genome) -> Evaluation:
         if genome not in by_genome:
-            by_genome[genome] = evaluate(genome, final_images)
+            by_genome[genome] = final_eval(genome)
             if bar is not None:
                 bar.update(1)
-        final[name] = by_genome[genome]
+        return by_genome[genome]
+
+    for name, genome in named.items():
+        final[name] = measure(genome)
+    step, members, paired = None, (), {}
+    if tolerance:
+        full = named.setdefault("full", (config.n_widths - 1,) * config.steps)
+        final.setdefault("full", measure(full))
+        members = tuple(bisection_members(driver.front(), full))
+        while not (step := bisect_front(members, full, {g: _passed(d) for g, d in paired.items()})).done:
+            assert step.probe is not None
+            if bar is not None and step.probe not in by_genome:
+                bar.total += 1
+            ev = measure(step.probe)
+            paired[step.probe] = judge(step.probe, ev) if judge is not None else None
+        assert step.pick is not None
+        pick = driver.lookup(step.pick)  # a front member or full width: candidates of the search
+        if pick is None:
+            raise ValueError(f"the bisection picked {list(step.pick)}, which the search never evaluated")
+        final = {"pick": measure(step.pick), **final}
+    else:
+        pick = weighted
     if bar is not None:
         bar.close()
-    return SearchRun(driver, pick, knee, final, time.perf_counter() - start, resumed)
+    probes = {} if step is None else {g: by_genome[g] for g in step.probes}
+    return SearchRun(driver, pick, knee, final, time.perf_counter() - start, resumed, step, members,
+                     probes, paired)  # fmt: skip
+
+
+def _passed(interval: Mapping[str, Any] | None) -> bool:
+    return bool(interval and interval.get("equal_quality"))
 
 
 def _progress(enabled: bool, total: int, initial: int, desc: str = "search") -> Any:

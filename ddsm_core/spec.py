@@ -24,6 +24,7 @@ from ddsm_core.config import UNetConfig
 from ddsm_core.costs import CostTable, strategy_gflops
 from ddsm_core.errors import ConfigError, StrategyError, choices_message
 from ddsm_core.latency import LatencyTable
+from ddsm_core.paired import DEFAULT_REL_TOLERANCE
 from ddsm_core.search import CROSSOVERS, Candidate, Genome, SearchConfig, knee_point
 from ddsm_core.strategy import Strategy, canonical_sampler, parse_strategy_spec, width_index
 from ddsm_core.transfer import transfer_strategy
@@ -35,7 +36,15 @@ DEFAULT_STEPS = 20
 SAMPLER_HELP = "ddpm, ddim, edm (EDM's Heun; also edm-heun) or dpmpp (DPM-Solver++; also dpm-solver++)"
 """The one description of the sampler names in every help text, led by the names outputs print."""
 FINALISTS: tuple[str, ...] = ("pick", "knee", "full")
-"""The finalists re-evaluated with ``final_images``: weighted pick, knee of the front, full width."""
+"""The finalists re-evaluated with ``final_images`` and served as strategy files: the pick (by
+:attr:`SearchSpec.pick_rule`), knee of the front, full width. With the tolerance rule ``final`` also
+holds ``weighted``, the weighted pick beside it (results.json only)."""
+
+PICK_RULES: tuple[str, ...] = ("tolerance", "weighted")
+"""How the pick is chosen (``pick_rule``). ``tolerance``: the cheapest front member whose paired
+interval vs full width (``final_images`` images, the same seeds) ends within ``tolerance`` x full
+width's FID, found by bisection over the front (:mod:`ddsm_core.pick`); ``weighted``: argmin
+FID + weight x cost on the search's own FIDs (the paper's rule, which follows ``n_images``-image noise)."""
 
 OBJECTIVES: tuple[str, ...] = ("gflops", "latency")
 """The search's cost objective: GFLOPs per image (counted), or predicted milliseconds per image from
@@ -62,6 +71,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "batch_size": (1, 4096),
     "mutation_rate": (0.0, 1.0),
     "promote": (0.0, 1.0),
+    "tolerance": (0.0, 10.0),
 }
 """Inclusive (low, high) bounds of the numeric settings; the REST schema and the CLI use the same."""
 
@@ -116,6 +126,8 @@ class SearchSpec:
     guidance: float | None = None
     class_label: int | None = None
     objective: str = "gflops"
+    pick_rule: str = "tolerance"
+    tolerance: float = DEFAULT_REL_TOLERANCE
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -139,6 +151,8 @@ class SearchSpec:
             raise ConfigError(choices_message("objective", self.objective, OBJECTIVES))
         if self.crossover not in CROSSOVERS:
             raise ConfigError(choices_message("crossover", self.crossover, CROSSOVERS))
+        if self.pick_rule not in PICK_RULES:
+            raise ConfigError(choices_message("pick_rule", self.pick_rule, PICK_RULES))
         if isinstance(self.warm_start, (str, bytes, Mapping)) or not isinstance(self.warm_start, Sequence):
             raise ConfigError(f"warm_start must be a list of strategies, got {self.warm_start!r:.80}")
         seeds = []
@@ -310,12 +324,24 @@ class SearchSpec:
             raise ValueError("no successful evaluation: the front is empty")
         return min(front, key=lambda c: (c.fid + self.weight * c.cost, c.cost))
 
-    def finalists(self, front: Sequence[Candidate]) -> dict[str, Genome]:
-        """Genomes of :data:`FINALISTS` (pick, knee, full width) for a non-empty front."""
+    def finalists(self, front: Sequence[Candidate], pick: Sequence[int] | None = None) -> dict[str, Genome]:
+        """Genomes of the finalists for a non-empty front: ``pick``, ``knee`` and ``full`` (width),
+        and with the tolerance rule ``weighted`` (the weighted pick, shown beside the pick).
+
+        :param pick: the tolerance rule's pick (:func:`ddsm_core.pick.bisect_front`'s answer); until
+            it is known the tolerance rule's finalists have no ``pick`` (the weighted rule's always do).
+        """
         if not front:
             raise ValueError("no successful evaluation: the front is empty")
-        return {"pick": self.pick(front).genome, "knee": knee_point(front).genome,
-                "full": self.full_width_genome()}  # fmt: skip
+        weighted = self.pick(front).genome
+        out: dict[str, Genome] = {}
+        if pick is not None or self.pick_rule == "weighted":
+            out["pick"] = weighted if pick is None else tuple(int(g) for g in pick)
+        if self.pick_rule == "tolerance":
+            out["weighted"] = weighted
+        out["knee"] = knee_point(front).genome
+        out["full"] = self.full_width_genome()
+        return out
 
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:

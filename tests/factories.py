@@ -7,7 +7,8 @@
 - ``Outbox``: a fake dispatcher that remembers what was sent (nothing is delivered);
 - ``complete_sent(repo, outbox)``: a simulated worker (claim -> fast evaluation -> complete);
 - ``local_run(spec, tmp)`` / ``local_front(spec, tmp)``: the search ``ddsm search``'s driver runs locally
-  with the fast evaluator (multi-fidelity rungs included), and its front; ``front_of(points)`` the
+  with the fast evaluator (multi-fidelity rungs included, the pick by the spec's rule: no features, so
+  no probe is shown equal), and its front; ``front_of(points)`` the
   service's front in the same form.
 """
 
@@ -118,8 +119,11 @@ def complete_sent(
     return recorded
 
 
-def local_run(spec: SearchSpec, folder: Path, table: Mapping[str, Any] = TABLE) -> SearchRun:
-    """The search ``ddsm search``'s driver runs locally for ``spec`` with the fast evaluator."""
+def local_run(
+    spec: SearchSpec, folder: Path, table: Mapping[str, Any] = TABLE, judge: Any = None
+) -> SearchRun:
+    """The search ``ddsm search``'s driver runs locally for ``spec`` with the fast evaluator
+    (``judge``: the tolerance rule's probe verdicts, see ``run_search``; default none shown equal)."""
     costs = CostTable.from_dict(dict(table))
 
     def evaluate(genome: tuple[int, ...], n: int) -> Evaluation:
@@ -129,7 +133,7 @@ def local_run(spec: SearchSpec, folder: Path, table: Mapping[str, Any] = TABLE) 
     return run_search(spec.search_config(), evaluate, folder, seed=spec.seed, n_images=spec.n_images,
                       final_images=spec.final_images, weight=spec.weight, progress=False,
                       finalists={"full": spec.full_width_genome()}, rungs=spec.rungs,
-                      promote=spec.promote)  # fmt: skip
+                      promote=spec.promote, pick_rule=spec.pick_rule, judge=judge)  # fmt: skip
 
 
 def local_front(spec: SearchSpec, folder: Path, table: Mapping[str, Any] = TABLE) -> Front:

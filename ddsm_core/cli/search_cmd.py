@@ -6,6 +6,7 @@ Torch is imported inside the command bodies only, so ``ddsm_core.cli`` imports w
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +30,7 @@ from ddsm_core.spec import (
     DEFAULT_STEPS,
     DEFAULTS,
     OBJECTIVES,
+    PICK_RULES,
     PROFILES,
     SAMPLER_HELP,
     SearchSpec,
@@ -260,6 +262,7 @@ def search_to_folder(
     from ddsm_core.evaluate import GenomeEvaluator, sample_images
     from ddsm_core.floor import floors_of
     from ddsm_core.flops import cost_table
+    from ddsm_core.pick import run_bisection
     from ddsm_core.report import plot_samples, write_report_folder
     from ddsm_core.results import build_results
     from ddsm_core.search import run_search
@@ -292,10 +295,32 @@ def search_to_folder(
         latency=latency,
     )  # fmt: skip
     full = spec.full_width_genome()
+    finals_dir = out / FINALS_DIR
+    if not resume:
+        shutil.rmtree(finals_dir, ignore_errors=True)  # --restart: nothing of the old run is reused
+    evaluate_final = _cached_finalists(
+        finals_dir, evaluator, {"spec": spec.to_dict(), "checkpoint": str(checkpoint), "extractor": ext.name}
+    )
+
+    def judge(genome: tuple[int, ...], ev: Any) -> dict[str, Any] | None:
+        from ddsm_core.pick import probe_verdict
+
+        features = _final_features(evaluator.kept_features, spec.final_images)
+        full_record = {"genome": list(full), **final_by_genome[full].record}
+        return probe_verdict(full_record, {"genome": list(genome), **ev.record}, features, ref,
+                             seed=spec.eval_seed, rel_tolerance=spec.tolerance)  # fmt: skip
+
+    final_by_genome: dict[tuple[int, ...], Any] = {}
+
+    def evaluate_and_keep(genome: tuple[int, ...]) -> Any:
+        final_by_genome[genome] = evaluate_final(genome)
+        return final_by_genome[genome]
+
     run = run_search(
         spec.search_config(), evaluator, out, seed=spec.seed, n_images=spec.n_images,
         final_images=spec.final_images, weight=spec.weight, progress=progress, resume=resume,
-        finalists={"full": full}, rungs=spec.rungs, promote=spec.promote,
+        finalists={"full": full}, rungs=spec.rungs, promote=spec.promote, pick_rule=spec.pick_rule,
+        judge=judge, evaluate_final=evaluate_and_keep,
     )  # fmt: skip
     driver = run.driver
     results = build_results(
@@ -306,7 +331,7 @@ def search_to_folder(
              "checkpoint_dir": str(manifest.get("path") or checkpoint),
              "resumed": run.resumed},
         floors=[f.to_dict() for f in floors_of(ref)],  # every FID next to the real-data floor
-        latency=latency,
+        latency=latency, bisection=run_bisection(spec, run),
     )  # fmt: skip
     final = results["final"]
     seeds = list(range(spec.eval_seed, spec.eval_seed + n_sample_images))
@@ -323,10 +348,69 @@ def search_to_folder(
     results["cost"]["total_wall_s"] = time.perf_counter() - start
     # every finalist paired with full width on the same seeds
     results["paired"] = paired_vs_full(
-        final, evaluator.kept_features, ref, spec.final_images, seed=spec.eval_seed
-    )
+        final, evaluator.kept_features, ref, spec.final_images, seed=spec.eval_seed,
+        tolerance=_tolerance(spec, final),
+    )  # fmt: skip
     write_report_folder(out, results)
+    shutil.rmtree(out / FINALS_DIR, ignore_errors=True)  # the report holds them now
     return results
+
+
+def _tolerance(spec: SearchSpec, final: dict[str, Any]) -> float | None:
+    from ddsm_core.pick import tolerance_of
+
+    return tolerance_of(spec.tolerance, final["full"])
+
+
+FINALS_DIR = "finalists"
+"""Where ``ddsm search`` keeps each finalist's and probe's evaluation (record and per-image features)
+until the report is written: an interrupted finalist stage resumes without redoing them."""
+
+
+def _final_features(kept: dict[Any, Any], n_images: int) -> dict[tuple[int, ...], Any]:
+    return {genome: f for (genome, n, offset), f in kept.items() if n == n_images and offset == 0}
+
+
+def _cached_finalists(folder: Path, evaluator: Any, key: dict[str, Any]) -> Any:
+    """``evaluate_final(genome)``: the evaluator at the spec's ``final_images``, each result kept in
+    ``folder`` (its record and per-image features) and read back, features included, when the same
+    search (``key``: settings, checkpoint, extractor) asks again."""
+    import numpy as np
+
+    from ddsm_core.atomic import atomic_path
+    from ddsm_core.search import Evaluation
+
+    n = evaluator.spec.final_images
+    stamp = json.dumps(key, sort_keys=True)
+
+    def evaluate_final(genome: tuple[int, ...]) -> Evaluation:
+        path = folder / f"{'-'.join(map(str, genome))}.npz"
+        if path.is_file():
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    meta = json.loads(str(z["meta"]))
+                    features = np.asarray(z["features"]) if "features" in z.files else None
+                if meta["key"] == stamp:
+                    if features is not None:
+                        evaluator.kept_features[(genome, n, 0)] = features
+                    obj = meta["objectives"]
+                    return Evaluation(
+                        None if obj is None else (obj[0], obj[1]), meta["reason"], meta["record"]
+                    )
+            except (OSError, ValueError, KeyError, TypeError):
+                pass  # unreadable or another search's: evaluated again
+        ev = evaluator(genome, n)
+        meta = {"key": stamp, "objectives": ev.objectives, "reason": ev.reason, "record": ev.record}
+        arrays = {"meta": np.array(json.dumps(meta))}
+        features = evaluator.kept_features.get((genome, n, 0))
+        if features is not None:
+            arrays["features"] = np.asarray(features)
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+        return ev
+
+    return evaluate_final
 
 
 def _check_resumed_costs(spec: SearchSpec, state: Path, latency: Any) -> None:
@@ -448,7 +532,20 @@ def search(
         None, "--final-images", help=f"Images per finalist ({_profiles_help('final_images')})."
     ),
     weight: float | None = typer.Option(
-        None, "--weight", help=f"Pick: min FID + w x cost ({_profiles_help('weight')})."
+        None, "--weight", help=f"Weighted pick: min FID + w x cost ({_profiles_help('weight')})."
+    ),
+    pick_rule: str | None = typer.Option(
+        None,
+        "--pick-rule",
+        help=f"{' or '.join(PICK_RULES)}: the cheapest front member whose paired interval vs full width "
+        "(--final-images, same seeds) ends within --tolerance, found by bisection; or min FID + "
+        f"--weight x cost on the search's FIDs. Default {DEFAULTS.pick_rule}.",
+    ),
+    tolerance: float | None = typer.Option(
+        None,
+        "--tolerance",
+        help="Equal quality: the paired interval's upper end <= this x full width's FID; "
+        f"default {DEFAULTS.tolerance}.",
     ),
     objective: str | None = typer.Option(
         None,
@@ -505,6 +602,7 @@ def search(
             mutation_rate=mutation_rate, crossover=crossover, n_images=images, final_images=final_images,
             weight=weight, seed=seed, eval_seed=eval_seed, batch_size=batch_size, guidance=guidance,
             class_label=label, rungs=_parse_rungs(rungs), promote=promote, objective=objective,
+            pick_rule=pick_rule, tolerance=tolerance,
         )  # fmt: skip
     res = search_to_folder(
         checkpoint, out, spec, stats=stats, dataset=dataset, image_size=image_size, extractor=extractor,
@@ -514,9 +612,14 @@ def search(
     pick, full = res["final"]["pick"], res["final"]["full"]
     saved = 1 - pick["gflops"] / full["gflops"]
     faster = res.get("latency_saving")
+    bisection = res.get("bisection")
+    rule = (
+        f"cheapest of equal quality, {len(bisection['probes'])} probe(s)"
+        if bisection else "weighted"
+    )  # fmt: skip
     typer.echo(
-        f"pick {pick['strategy']}: FID {_num(pick.get('fid'))} vs full width {_num(full.get('fid'))} "
-        f"({res['extractor']}), {100 * saved:.0f}% fewer GFLOPs"
+        f"pick ({rule}) {pick['strategy']}: FID {_num(pick.get('fid'))} vs full width "
+        f"{_num(full.get('fid'))} ({res['extractor']}), {100 * saved:.0f}% fewer GFLOPs"
         + ("" if faster is None else f", {100 * faster:.0f}% less predicted time")
         + f" -> {out / 'report.md'}"
     )

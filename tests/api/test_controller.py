@@ -18,7 +18,9 @@ from ddsm_core.costs import CostTable
 from ddsm_core.fid import FeatureStats
 from ddsm_core.floor import compute_floors, floors_of, with_floors
 from ddsm_core.paired import paired_vs_full
+from ddsm_core.pick import probe_verdict, run_bisection
 from ddsm_core.results import build_results
+from ddsm_core.spec import SearchSpec
 from tests.factories import (
     TABLE,
     Outbox,
@@ -33,6 +35,7 @@ from tests.factories import (
 from workers.fast_eval import fast_metrics
 
 SPEC = small_spec(population=8, generations=3, seed=3)
+WEIGHTED = SPEC.replace(pick_rule="weighted")
 
 
 def comparable(results: dict[str, Any]) -> dict[str, Any]:
@@ -52,7 +55,21 @@ def test_controller_gives_the_same_front_as_the_local_search(repo: Repository, t
     assert stored_front(repo, search) == local_front(SPEC, tmp_path / "local")
     result = repo.get_search(search).result  # type: ignore[union-attr]
     assert result["final"]["pick"]["fid"] is not None and result["final"]["pick"]["n_images"] == 8
-    assert 0 < result["saving"] < 1
+    # the fast evaluator keeps no features: no probe has a paired interval, none is shown equal, so the
+    # tolerance pick is full width; the weighted pick is measured beside it
+    assert result["pick_rule"] == "tolerance" and result["saving"] == 0
+    assert result["pick"]["genome"] == result["final"]["full"]["genome"] == list(SPEC.full_width_genome())
+    probes = result["bisection"]["probes"]
+    assert probes and all(not p["equal_quality"] and "no paired interval" in p["reason"] for p in probes)
+    assert result["weighted_pick"]["genome"] == result["final"]["weighted"]["genome"]
+    # the weighted rule picks from the search's FIDs alone
+    search, outbox = make_search(repo, WEIGHTED), Outbox()
+    drive(repo, SearchController(repo, outbox, Settings()), outbox, search)
+    weighted = repo.get_search(search).result  # type: ignore[union-attr]
+    assert (
+        0 < weighted["saving"] < 1 and weighted["bisection"] is None and "weighted" not in weighted["final"]
+    )
+    assert weighted["pick"] == weighted["weighted_pick"] == result["weighted_pick"]
 
 
 def test_the_service_and_a_local_search_write_the_same_results(repo: Repository, tmp_path: Path) -> None:
@@ -63,10 +80,12 @@ def test_the_service_and_a_local_search_write_the_same_results(repo: Repository,
     local = build_results(
         SPEC, run.driver.candidates, run.driver.history, {k: ev.record for k, ev in run.final.items()},
         extractor="domain", checkpoint="here", stats="there", search_wall_s=run.wall_s,
+        bisection=run_bisection(SPEC, run),
     )  # fmt: skip
     assert service["run"]["where"] == "service" and service["cost"]["search_wall_s"] > 0
     assert comparable(service) == comparable(local)
-    assert set(service["final"]) == {"pick", "knee", "full"} and service["cost"]["final_images_sampled"] > 0
+    assert set(service["final"]) == {"pick", "weighted", "knee", "full"}
+    assert service["cost"]["final_images_sampled"] > 0
 
 
 def test_every_candidate_delivered_twice_is_recorded_once(repo: Repository, tmp_path: Path) -> None:
@@ -136,7 +155,9 @@ def _features(genome: tuple[int, ...], n: int, dim: int) -> np.ndarray:
     return common + shift + 0.05 * np.random.default_rng(len(genome) + sum(genome)).normal(size=(n, dim))
 
 
-def _floored_search(repo: Repository, store: ArtifactStore, tmp_path: Path) -> tuple[int, FeatureStats]:
+def _floored_search(
+    repo: Repository, store: ArtifactStore, tmp_path: Path, spec: SearchSpec = WEIGHTED
+) -> tuple[int, FeatureStats]:
     """A search on statistics with real-data floors, stored in ``store`` and registered with them."""
     real = np.random.default_rng(1).normal(size=(400, DIM))
     stats = FeatureStats.from_features(real[:300], "domain:test")
@@ -147,7 +168,7 @@ def _floored_search(repo: Repository, store: ArtifactStore, tmp_path: Path) -> t
     repo.supernet_ready(net, dict(TABLE), {})
     sid = repo.create_reference_stats("s", "digits", stats.extractor, artifact_sha256=sha, floors=floors)
     assert repo.get_reference_stats(sid).floors == floors  # type: ignore[union-attr]
-    return repo.create_search("s", net, sid, SPEC.to_dict()), stats
+    return repo.create_search("s", net, sid, spec.to_dict()), stats
 
 
 def _drive_keeping_features(
@@ -193,7 +214,7 @@ def test_the_results_carry_the_floors_and_the_paired_intervals_of_the_finalists(
     assert final["pick"]["genome"] != final["full"]["genome"]
     # the numbers `ddsm search` computes from its in-process features of the same finalists
     local = paired_vs_full(final, kept, stats, seed=SPEC.eval_seed)
-    assert set(result["paired"]) == {"pick", "knee"} and result["paired"] == local
+    assert set(result["paired"]) == {"pick", "knee"} and result["paired"] == local  # (weighted rule)
     pick = result["paired"]["pick"]
     assert pick["low"] <= pick["diff"] <= pick["high"] and pick["n_images"] == SPEC.final_images
     full_fid = stats.fid(FeatureStats.from_features(kept[tuple(final["full"]["genome"])], stats.extractor))
@@ -210,6 +231,46 @@ def test_a_lost_features_artifact_leaves_the_search_complete_without_intervals(
     _drive_keeping_features(repo, controller, outbox, search, store, tmp_path, lose=True)
     result = repo.get_search(search).result  # type: ignore[union-attr]
     assert result["paired"] == {} and len(result["floors"]) == 3 and result["final"]["pick"]["fid"]
+
+
+def test_the_tolerance_pick_is_the_bisection_ddsm_search_runs_on_the_same_features(
+    repo: Repository, tmp_path: Path
+) -> None:
+    """The service's finalist stage bisects the front with one probe task per round and decides each
+    probe from the stored features; ``run_search`` deciding with the same features (as ``ddsm search``
+    does with its in-process ones) probes the same members in the same order and picks the same."""
+    spec = SPEC.replace(tolerance=1.0)  # (the fast scores' scale: some members pass, some do not)
+    store = ArtifactStore(str(tmp_path / "store"))
+    search, stats = _floored_search(repo, store, tmp_path, spec)
+    outbox = Outbox()
+    controller = SearchController(repo, outbox, Settings(), store=store, cache_drivers=False)
+    kept = _drive_keeping_features(repo, controller, outbox, search, store, tmp_path)
+    result = repo.get_search(search).result  # type: ignore[union-attr]
+    full = spec.full_width_genome()
+    local_full: dict[str, Any] = {}
+
+    def judge(genome: tuple[int, ...], ev: Any) -> dict[str, Any] | None:
+        features = {g: _features(g, spec.final_images, DIM) for g in (genome, full)}
+        return probe_verdict(local_full, {"genome": list(genome), **ev.record}, features, stats,
+                             seed=spec.eval_seed, rel_tolerance=spec.tolerance)  # fmt: skip
+
+    local_full.update(
+        {"genome": list(full), "fid": fast_metrics(spec, full, CostTable.from_dict(TABLE))["fid"]}
+    )
+    run = local_run(spec, tmp_path / "local", judge=judge)
+    local = run_bisection(spec, run)
+    assert local is not None and result["bisection"]["pick"] == local["pick"] == list(run.pick.genome)
+    verdicts = [(p["genome"], p["equal_quality"], p["paired"]["high"]) for p in result["bisection"]["probes"]]
+    assert verdicts == [(p["genome"], p["equal_quality"], p["paired"]["high"]) for p in local["probes"]]
+    # an answer inside the front, found on evidence both ways: a probe passed and a probe failed
+    assert {v for _, v, _ in verdicts} == {True, False} and result["pick"]["genome"] != list(full)
+    assert result["final"]["pick"]["genome"] == local["pick"] and result["saving"] > 0
+    assert result["bisection"]["tolerance"] == pytest.approx(spec.tolerance * result["final"]["full"]["fid"])
+    assert result["paired"]["pick"]["equal_quality"] and "weighted" in result["final"]
+    # every probe was a finalist task, evaluated once: the finalists and one probe per round
+    rows = repo.candidates(search, phase="final")
+    assert all(c.attempt == 1 for c in rows) and len({c.genome for c in rows}) == len(rows)
+    assert {tuple(p["genome"]) for p in local["probes"]} <= {c.genome for c in rows} == set(kept)
 
 
 class QueueOutbox(Outbox):
@@ -334,7 +395,9 @@ def test_the_driver_cache_changes_no_result(repo: Repository) -> None:
         outcomes.append((comparable(repo.get_search(search).result), controller.rebuilds))  # type: ignore[union-attr]
     (cached, cached_rebuilds), (rebuilt, rebuilds) = outcomes
     assert cached == rebuilt
-    assert cached_rebuilds == 0 and rebuilds == SPEC.generations + 1  # each tell and the finish
+    # each tell, each tick of the finalist stage that sends a probe, and the finish
+    probes = len(cached["bisection"]["probes"])
+    assert cached_rebuilds == 0 and SPEC.generations + 1 <= rebuilds <= SPEC.generations + probes + 1
 
 
 def test_a_cached_driver_is_dropped_once_another_replica_advanced_the_search(

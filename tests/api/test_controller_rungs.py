@@ -17,6 +17,7 @@ from api.controller import SearchController, _evaluation, rung_phases
 from api.db.models import CandidateState
 from api.db.repository import Repository
 from api.settings import Settings
+from ddsm_core.pick import run_bisection
 from ddsm_core.results import build_results
 from ddsm_core.search import halving_step
 from tests.factories import (
@@ -58,6 +59,7 @@ def test_a_rungs_search_writes_the_results_of_the_local_search(repo: Repository,
     local = build_results(
         SPEC, run.driver.candidates, run.driver.history, {k: ev.record for k, ev in run.final.items()},
         extractor="domain", checkpoint="here", stats="there", search_wall_s=run.wall_s,
+        bisection=run_bisection(SPEC, run),
     )  # fmt: skip
     assert comparable(service) == comparable(local)  # candidates, front, pick, finalists, cost per rung
     assert stored_front(repo, search) == local_front(SPEC, tmp_path / "again")

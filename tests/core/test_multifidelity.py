@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from ddsm_core.errors import ConfigError
+from ddsm_core.pick import run_bisection
 from ddsm_core.results import build_results, cost_summary
 from ddsm_core.search import (
     Evaluation,
@@ -154,7 +155,7 @@ def run(tmp: Path, s: SearchSpec, ev: ToyEvaluator | None = None):
     return run_search(
         s.search_config(), ev, tmp, seed=s.seed, n_images=s.n_images, final_images=s.final_images,
         weight=s.weight, progress=False, finalists={"full": s.full_width_genome()}, rungs=s.rungs,
-        promote=s.promote,
+        promote=s.promote, pick_rule=s.pick_rule,
     ), ev  # fmt: skip
 
 
@@ -171,7 +172,8 @@ def test_a_multifidelity_search_fronts_only_top_rung_candidates_and_costs_less(t
     stored = json.loads((tmp_path / "mf" / "search_state.json").read_text())
     assert [c.genome for c in state_front(stored)] == [c.genome for c in front]
     results = build_results(s, cands, mf.driver.history, {k: e.record for k, e in mf.final.items()},
-                            extractor="toy", checkpoint="c", stats="s")  # fmt: skip
+                            extractor="toy", checkpoint="c", stats="s",
+                            bisection=run_bisection(s, mf))  # fmt: skip
     rungs = results["cost"]["rungs"]
     assert [r["n_images"] for r in rungs] == [8, 16, 64]
     assert rungs[0]["evaluations"] == len(cands) > rungs[1]["evaluations"] > rungs[2]["evaluations"]

@@ -14,6 +14,7 @@ import pytest
 
 from api.db.models import CandidateState
 from api.db.repository import Repository
+from ddsm_core.pick import run_bisection
 from ddsm_core.results import build_results
 from ddsm_core.spec import SearchSpec
 from tests.factories import front_of, local_run, ready, search_body
@@ -65,6 +66,7 @@ def test_a_rungs_search_over_rest_ends_where_the_local_one_ends(
     local = build_results(
         spec, run.driver.candidates, run.driver.history, {k: ev.record for k, ev in run.final.items()},
         extractor="domain", checkpoint="here", stats="there", search_wall_s=run.wall_s,
+        bisection=run_bisection(spec, run),
     )  # fmt: skip
     assert front_of(done["front"]) == [(list(c.genome), c.fid, c.cost) for c in run.driver.front()]
     assert done["result"]["pick"]["genome"] == list(run.pick.genome)
