@@ -95,10 +95,11 @@ SPEC_OPTIONS = {
     "promote": "--promote",
     "weight": "--weight",
     "pick_rule": "--pick-rule",
-    "tolerance": "--tolerance",
 }
-_LEADING_ONLY = {"steps": "--steps", "seed": "--seed", "guidance": "--guidance", "sampler": "--sampler"}
-"""Plain words elsewhere in a message ("image i uses seed ..."): renamed only where they lead it."""
+_LEADING_ONLY = {"steps": "--steps", "seed": "--seed", "guidance": "--guidance", "sampler": "--sampler",
+                 "tolerance": "--tolerance"}  # fmt: skip
+"""Plain words elsewhere in a message ("image i uses seed ...", the pick rule "tolerance"): renamed
+only where they lead it."""
 
 
 @contextlib.contextmanager

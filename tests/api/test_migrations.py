@@ -74,3 +74,46 @@ def test_latency_tables_upgrade_a_database_with_searches_and_downgrade_again(db_
         assert schema_diff(db_url, Base.metadata) == []
     finally:
         engine.dispose()
+
+
+def test_searches_made_before_the_pick_rule_keep_the_weighted_pick(db_url: str) -> None:
+    """0006: a stored search config without ``pick_rule`` (made when the weighted pick was the only
+    rule) gets ``weighted``, so that a search running across the upgrade, or resumed later, is not
+    switched to the new default; a config that names a rule is left alone."""
+    from api.db.engine import downgrade
+    from api.db.repository import Repository
+    from ddsm_core.spec import SearchSpec
+
+    upgrade(db_url, "0005")
+    engine = make_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(
+                "INSERT INTO supernets (id, name, status, artifact_sha256, config, created_at) "
+                "VALUES (1, 'n', 'COMPLETE', 'a', '{}', CURRENT_TIMESTAMP)"
+            )
+            conn.exec_driver_sql(
+                "INSERT INTO reference_stats (id, name, dataset, extractor, status, created_at) "
+                "VALUES (1, 's', 'digits', 'domain', 'COMPLETE', CURRENT_TIMESTAMP)"
+            )
+            for sid, config in ((1, '{"weight": 2.0}'), (2, '{"pick_rule": "tolerance"}')):
+                conn.exec_driver_sql(
+                    "INSERT INTO searches (id, name, supernet_id, reference_stats_id, config, status, "
+                    f"generation, created_at, updated_at) VALUES ({sid}, 's', 1, 1, '{config}', 'RUNNING', "
+                    "0, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+                )
+        upgrade(db_url)
+        repo = Repository(engine)
+        old, new = repo.get_search(1), repo.get_search(2)
+        assert old is not None and new is not None
+        assert old.config == {"weight": 2.0, "pick_rule": "weighted"} and new.config == {
+            "pick_rule": "tolerance"
+        }
+        assert SearchSpec.from_dict(old.config).pick_rule == "weighted"
+        engine.dispose()
+        downgrade(db_url, "0005")
+        assert Repository(engine).get_search(1).config == {"weight": 2.0}  # type: ignore[union-attr]
+        upgrade(db_url)
+        assert schema_diff(db_url, Base.metadata) == []
+    finally:
+        engine.dispose()

@@ -43,7 +43,8 @@ def test_rest_defaults_and_bounds_are_the_specs() -> None:
 
     fields = SearchCreate.model_json_schema()["properties"]
     for name in ("sampler", "steps", "population", "generations", "n_images", "final_images", "weight",
-                 "seed", "eval_seed", "batch_size", "mutation_rate", "crossover"):  # fmt: skip
+                 "seed", "eval_seed", "batch_size", "mutation_rate", "crossover", "pick_rule",
+                 "tolerance"):  # fmt: skip
         assert fields[name]["default"] == getattr(DEFAULTS, name), name
     for name, (low, high) in LIMITS.items():
         assert fields[name].get("minimum") == low and fields[name].get("maximum") == high, name

@@ -90,6 +90,10 @@ def refused(reply: Any, field: str) -> str:
         ({"population": 2000, "generations": 50, "steps": 1000}, "body", "x steps"),
         ({"sampler": "euler"}, "sampler", "dpm-solver++"),
         ({"crossover": "magic"}, "crossover", "one_point"),
+        ({"pick_rule": "best"}, "pick_rule", "'tolerance' or 'weighted'"),
+        ({"tolerance": -0.01}, "tolerance", "greater than or equal to 0"),
+        ({"tolerance": 11}, "tolerance", "less than or equal to 10"),
+        ({"tolerance": "nan"}, "tolerance", "valid number"),
         ({"name": "a\x00b"}, "name", "pattern"),
         ({"name": "x" * 201}, "name", "at most 200"),
         ({"supernet_id": MAX_ID + 1}, "supernet_id", "less than or equal"),
@@ -130,6 +134,19 @@ def test_the_largest_accepted_settings_are_stored(client: TestClient) -> None:
     assert reply.status_code == 201, reply.text
     config = repo_of(client).get_search(reply.json()["id"]).config  # type: ignore[union-attr]
     assert (config["seed"], config["eval_seed"], config["weight"]) == (SEED_MAX, SEED_MAX - 7, 1e6)
+
+
+def test_the_pick_rule_and_tolerance_are_stored_with_the_search(client: TestClient) -> None:
+    net, stats = ready(client)
+    default = client.post("/searches", json=search_body(net, stats), headers=KEY)
+    chosen = client.post("/searches", json=search_body(net, stats, pick_rule="weighted", tolerance=0.1),
+                         headers=KEY)  # fmt: skip
+    assert default.status_code == chosen.status_code == 201, (default.text, chosen.text)
+    assert (default.json()["config"]["pick_rule"], default.json()["config"]["tolerance"]) == (
+        "tolerance",
+        0.05,
+    )
+    assert (chosen.json()["config"]["pick_rule"], chosen.json()["config"]["tolerance"]) == ("weighted", 0.1)
 
 
 def test_the_spec_refuses_what_rest_refuses_with_one_line_errors() -> None:

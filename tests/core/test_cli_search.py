@@ -222,10 +222,11 @@ def test_search_with_rungs_stops_most_candidates_early_and_counts_each_rung(
     assert rungs[0]["evaluations"] == len(res["candidates"]) > rungs[2]["evaluations"] >= 1
     assert all(c["record"]["fidelity"]["top"] and c["record"]["n_images"] == 16 for c in res["front"])
     assert f"evaluations: {rungs[0]['evaluations']} at 4," in (out / "report.md").read_text()
-    # a top-rung value is the plain FID on the first 16 seeds: the same as `ddsm eval` gives
-    pick = res["pick"]
+    # a top-rung value is the plain FID on the first 16 seeds: the same as `ddsm eval` gives (the
+    # weighted pick is a front member; the tolerance pick may be full width, stopped at a low rung)
+    pick = res["weighted_pick"]
     argv = ["eval", "--checkpoint", str(checkpoint), "--stats", str(stats), "--steps", "3", "--images",
-            "16", "--strategy", str(out / "pick.json"), "--json", str(tmp_path / "e.json")]  # fmt: skip
+            "16", "--strategy", str(out / "weighted.json"), "--json", str(tmp_path / "e.json")]  # fmt: skip
     assert run_app(app, argv) == 0
     assert json.loads((tmp_path / "e.json").read_text())["fid"] == pytest.approx(pick["objectives"][0])
     capsys.readouterr()
@@ -259,7 +260,7 @@ def test_objective_latency_picks_by_the_tables_predicted_time(checkpoint, stats,
     table.save(own / table_filename(table.device, "float32"))
     base = ["search", "--checkpoint", str(own), "--stats", str(stats), "--steps", "3", "--population", "4",
             "--generations", "1", "--images", "8", "--final-images", "8", "--batch-size", "8",
-            "--weight", "1000000", "--no-progress"]  # fmt: skip
+            "--weight", "1000000", "--pick-rule", "weighted", "--no-progress"]  # fmt: skip
     # GFLOPs (the default): with a huge weight the pick is the cheapest: uniform 1/2; the table found
     # in the checkpoint folder still gives every finalist its predicted latency
     assert run_app(app, [*base, "--out", str(tmp_path / "g")]) == 0, capsys.readouterr().err
@@ -301,3 +302,128 @@ def test_objective_latency_without_a_table_is_a_one_line_error(checkpoint, stats
     assert "ddsm latency --checkpoint" in err and err.count("\n") == 1
     assert run_app(app, [*argv[:-3], "--objective", "seconds"]) == 2
     assert "gflops, latency" in capsys.readouterr().err
+
+
+def test_a_bad_pick_rule_or_tolerance_is_a_one_line_error(checkpoint, stats, tmp_path, capsys) -> None:
+    base = ["search", "--checkpoint", str(checkpoint), "--stats", str(stats), "--out", str(tmp_path / "s"),
+            "--no-progress"]  # fmt: skip
+    bad = (
+        (["--pick-rule", "best"], "--pick-rule 'best'; allowed: tolerance, weighted"),
+        (["--tolerance", "-0.1"], "--tolerance must be in [0, 10]"),
+        (["--tolerance", "nan"], "--tolerance must be in [0, 10]"),
+        (["--tolerance", "11"], "--tolerance must be in [0, 10]"),
+    )
+    for options, message in bad:
+        capsys.readouterr()
+        assert run_app(app, [*base, *options]) == 2, options
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "s").exists()  # checked before any work
+
+
+def _final_calls(monkeypatch: pytest.MonkeyPatch, n_images: int) -> list[tuple[int, ...]]:
+    """The genomes the search's evaluator is asked for at ``n_images`` (the finalists' count)."""
+    from ddsm_core.evaluate import GenomeEvaluator
+
+    calls: list[tuple[int, ...]] = []
+    real = GenomeEvaluator.__call__
+
+    def counted(self, genome, n):  # type: ignore[no-untyped-def]
+        if n == n_images:
+            calls.append(tuple(genome))
+        return real(self, genome, n)
+
+    monkeypatch.setattr(GenomeEvaluator, "__call__", counted)
+    return calls
+
+
+def test_the_tolerance_pick_bisects_the_front_and_resumes_without_redoing_its_probes(
+    checkpoint, stats, tmp_path, monkeypatch
+) -> None:
+    import ddsm_core.pick as pick_module
+    from ddsm_core.cli.search_cmd import FINALS_DIR, search_to_folder
+    from ddsm_core.pick import bisect_front, bisection_members
+    from ddsm_core.search import Candidate
+    from ddsm_core.spec import SearchSpec
+
+    spec = SearchSpec(steps=3, population=6, generations=2, n_images=12, final_images=16, tolerance=2.0)
+    calls = _final_calls(monkeypatch, 16)
+    res = search_to_folder(checkpoint, tmp_path / "a", spec, stats=stats, progress=False, n_sample_images=4)
+    assert res["pick_rule"] == "tolerance" and res["config"]["tolerance"] == 2.0
+    bis, final, full = res["bisection"], res["final"], res["final"]["full"]
+    assert bis["rel_tolerance"] == 2.0 and bis["tolerance"] == pytest.approx(2.0 * full["fid"])
+    assert (
+        final["weighted"]["genome"] == res["weighted_pick"]["genome"]
+        and "weighted" in res["paired"]
+        or (final["weighted"]["genome"] == full["genome"])
+    )
+    # the probes are bisection's over the front cheapest first, each decided by its paired interval
+    members = bisection_members([Candidate.from_dict(c) for c in res["front"]], tuple(full["genome"]))
+    assert bis["probes"] and bis["members"] == len(members)
+    verdicts = {}
+    for probe in bis["probes"]:
+        d = probe["paired"]
+        assert d["n_images"] == 16 and probe["equal_quality"] == (d["high"] <= bis["tolerance"])
+        verdicts[tuple(probe["genome"])] = probe["equal_quality"]
+    step = bisect_front(members, tuple(full["genome"]), verdicts)
+    assert step.done and [list(g) for g in step.probes] == [p["genome"] for p in bis["probes"]]
+    assert bis["pick"] == list(step.pick) == final["pick"]["genome"] == res["pick"]["genome"]
+    # every genome measured once at the finalists' count: the finalists, then one per probe
+    measured = {tuple(f["genome"]) for f in final.values()} | {tuple(p["genome"]) for p in bis["probes"]}
+    assert len(calls) == len(set(calls)) == len(measured)
+    report = (tmp_path / "a" / "report.md").read_text()
+    assert "Bisection over the front" in report and "weighted pick" in report
+    assert (tmp_path / "a" / "weighted.json").is_file() and not (tmp_path / "a" / FINALS_DIR).exists()
+
+    # interrupted while deciding the first probe: no results.json, the measured finalists are kept
+    def interrupted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pick_module, "probe_verdict", interrupted)
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        search_to_folder(checkpoint, tmp_path / "b", spec, stats=stats, progress=False, n_sample_images=4)
+    assert not (tmp_path / "b" / "results.json").exists()
+    measured = set(calls)
+    assert len(list((tmp_path / "b" / FINALS_DIR).glob("*.npz"))) == len(measured) > 0
+    monkeypatch.undo()
+    calls = _final_calls(monkeypatch, 16)
+    again = search_to_folder(checkpoint, tmp_path / "b", spec, stats=stats, progress=False, n_sample_images=4)
+    assert not set(calls) & set(measured)  # read back, features included: nothing measured twice
+    assert again["run"]["resumed"] and again["bisection"] == bis and again["paired"] == res["paired"]
+    assert again["final"] == res["final"] or all(
+        again["final"][k]["fid"] == pytest.approx(res["final"][k]["fid"]) for k in res["final"]
+    )
+
+
+def test_old_results_without_a_pick_rule_still_render_and_seed(checkpoint, stats, tmp_path) -> None:
+    """results.json from before the pick rule (no pick_rule, bisection, weighted_pick, final.weighted):
+    the report is rendered again, and it still seeds a warm start / transfer (outputs are inputs)."""
+    from ddsm_core.report import write_report_folder
+    from ddsm_core.transfer import read_strategies
+
+    out = tmp_path / "new"
+    argv = ["search", "--checkpoint", str(checkpoint), "--stats", str(stats), "--out", str(out),
+            "--steps", "3", "--population", "4", "--generations", "1", "--images", "8",
+            "--final-images", "8", "--no-progress"]  # fmt: skip
+    assert run_app(app, argv) == 0
+    old = json.loads((out / "results.json").read_text())
+    for key in ("pick_rule", "bisection", "weighted_pick"):
+        old.pop(key)
+    old["final"].pop("weighted")
+    old["paired"].pop("weighted", None)
+    for key in ("pick_rule", "tolerance"):
+        old["config"].pop(key)
+    old["pick"] = old["knee"]  # (any front member)
+    write_report_folder(tmp_path / "old", old)
+    report = (tmp_path / "old" / "report.md").read_text()
+    assert "pick = argmin FID" in report and "Bisection" not in report
+    assert read_strategies(tmp_path / "old" / "results.json")[0][0] == "pick"
+    warm_argv = ["search", "--checkpoint", str(checkpoint), "--stats", str(stats), "--out",
+                   str(tmp_path / "warm"), "--steps", "3", "--population", "4", "--generations", "1",
+                   "--images", "8", "--final-images", "8", "--no-progress", "--pick-rule", "weighted",
+                   "--warm-start", str(tmp_path / "old" / "results.json")]  # fmt: skip
+    assert run_app(app, warm_argv) == 0
+    warm = json.loads((tmp_path / "warm" / "results.json").read_text())
+    assert warm["pick_rule"] == "weighted" and warm["bisection"] is None and "weighted" not in warm["final"]
+    assert warm["pick"] == warm["weighted_pick"]
