@@ -303,15 +303,27 @@ def print_summary(results: dict[str, Any]) -> None:
         typer.echo(f"  {gflops:12.4f}  {fid:28.3f}  {strategy.describe()}")
     pick, full = results["final"]["pick"], results["final"]["full"]
     saving = 1.0 - pick["gflops"] / full["gflops"]
-    typer.echo(
-        f"\nPick (argmin FID + {cfg['weight']} x GFLOPs), re-evaluated with {cfg['final_images']} images:"
-    )
+    bisection = results.get("bisection")
+    if bisection:
+        rule = (
+            f"the cheapest front member of equal quality: paired interval vs full width within "
+            f"{100 * bisection['rel_tolerance']:g}% of its FID, {len(bisection['probes'])} probe(s)"
+        )
+    else:
+        rule = f"argmin FID + {cfg['weight']} x GFLOPs"
+    typer.echo(f"\nPick ({rule}), re-evaluated with {cfg['final_images']} images:")
     typer.echo(f"  {pick['strategy']}")
     typer.echo(
         f"  GFLOPs/image {pick['gflops']:.4f} vs {full['gflops']:.4f} at full width: "
         f"{100 * saving:.1f}% saved"
     )
     typer.echo(f"  {label}: {_fid(pick)} (pick) vs {_fid(full)} (full width)")
+    weighted = results["final"].get("weighted")
+    if weighted:  # beside it, the weighted pick (which follows the search's small-sample noise)
+        typer.echo(
+            f"  weighted pick (argmin FID + {cfg['weight']} x GFLOPs): {weighted['strategy']}, "
+            f"{100 * (1.0 - weighted['gflops'] / full['gflops']):.1f}% saved, {label} {_fid(weighted)}"
+        )
 
 
 def _fid(record: dict[str, Any]) -> str:

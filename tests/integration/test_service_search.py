@@ -91,13 +91,21 @@ def test_search_over_rest_gives_the_same_front_as_ddsm_search_locally(
         assert math.isclose(fid_r, fid_l, rel_tol=1e-6) and math.isclose(cost_r, cost_l, rel_tol=1e-9)
     result = done["result"]
     assert result["pick"]["genome"] == local["pick"]["genome"]
+    assert result["weighted_pick"]["genome"] == local["weighted_pick"]["genome"]
     assert math.isclose(result["final"]["pick"]["fid"], local["final"]["pick"]["fid"], rel_tol=1e-6)
     assert result["final"]["pick"]["n_images"] == SEARCH["final_images"]
     # the worker recorded the real-data floors with the statistics; the finalists' workers kept their
     # features, so the report pairs pick and knee with full width, as `ddsm search` does
     assert stats["floors"] and report["floors"] == stats["floors"] and local["floors"]
-    assert set(report["paired"]) == set(local["paired"]) == {"pick", "knee"}
+    assert set(report["paired"]) == set(local["paired"]) == {"pick", "weighted", "knee"}
     assert result["paired"] == report["paired"] and result["floors"] == report["floors"]
+    # the tolerance pick (the default): the service sent the bisection's probes as finalist tasks and
+    # decided each on the features its workers stored, as `ddsm search` did on its own
+    assert result["pick_rule"] == local["pick_rule"] == "tolerance" and result["bisection"]["probes"]
+    assert [(p["genome"], p["equal_quality"]) for p in result["bisection"]["probes"]] == [
+        (p["genome"], p["equal_quality"]) for p in local["bisection"]["probes"]
+    ]
+    assert all(p["paired"] is not None for p in result["bisection"]["probes"])
     # the same results.json, apart from where it ran, timings, paths and float noise between processes
     assert comparable(report) == comparable(local)
     # multi-fidelity: the rungs ran as worker tasks and ended where `ddsm search --rungs` ends
