@@ -71,7 +71,14 @@ from api.settings import Settings
 from ddsm_core.costs import CostTable
 from ddsm_core.errors import DDSMError
 from ddsm_core.latency import LatencyTable
-from ddsm_core.pick import BisectionStep, bisect_front, bisection_members, bisection_summary, probe_verdict
+from ddsm_core.pick import (
+    BisectionStep,
+    bisect_front,
+    bisection_members,
+    bisection_summary,
+    passed,
+    probe_verdict,
+)
 from ddsm_core.results import build_results, progress
 from ddsm_core.search import Evaluation, Genome, HalvingStep, SearchDriver, halving_step
 from ddsm_core.spec import SearchSpec
@@ -469,7 +476,7 @@ class SearchController:
         full = spec.full_width_genome()
         members = bisection_members(driver.front(), full)
         paired = self._paired_so_far(search)
-        while not (step := bisect_front(members, full, {g: _passed(d) for g, d in paired.items()})).done:
+        while not (step := bisect_front(members, full, {g: passed(d) for g, d in paired.items()})).done:
             probe = step.probe
             assert probe is not None
             cand = final.get(probe)
@@ -613,10 +620,6 @@ class SearchController:
             log.warning("the finalists' features could not be read: no paired intervals", exc_info=True)
             return None
         return features, ref
-
-
-def _passed(interval: Mapping[str, Any] | None) -> bool:
-    return bool(interval and interval.get("equal_quality"))
 
 
 def _record(cand: CandidateRecord) -> dict[str, Any]:

@@ -72,6 +72,11 @@ def bisect_front(
     return BisectionStep(None, pick, tuple(probes))
 
 
+def passed(interval: Mapping[str, Any] | None) -> bool:
+    """A probe's verdict from its paired interval: equal quality shown; no interval is no evidence."""
+    return bool(interval and interval.get("equal_quality"))
+
+
 def probe_verdict(
     full: Mapping[str, Any],
     record: Mapping[str, Any],

@@ -42,7 +42,7 @@ from pymoo.problems.static import StaticProblem
 
 from ddsm_core.atomic import write_text_atomic
 from ddsm_core.errors import ConfigError, choices_message
-from ddsm_core.pick import BisectionStep, bisect_front, bisection_members
+from ddsm_core.pick import BisectionStep, bisect_front, bisection_members, passed
 
 Genome = tuple[int, ...]
 Objectives = tuple[float, float]
@@ -839,7 +839,7 @@ def run_search(
         full = named.setdefault("full", (config.n_widths - 1,) * config.steps)
         final.setdefault("full", measure(full))
         members = tuple(bisection_members(driver.front(), full))
-        while not (step := bisect_front(members, full, {g: _passed(d) for g, d in paired.items()})).done:
+        while not (step := bisect_front(members, full, {g: passed(d) for g, d in paired.items()})).done:
             assert step.probe is not None
             if bar is not None and step.probe not in by_genome:
                 bar.total += 1
@@ -857,10 +857,6 @@ def run_search(
     probes = {} if step is None else {g: by_genome[g] for g in step.probes}
     return SearchRun(driver, pick, knee, final, time.perf_counter() - start, resumed, step, members,
                      probes, paired)  # fmt: skip
-
-
-def _passed(interval: Mapping[str, Any] | None) -> bool:
-    return bool(interval and interval.get("equal_quality"))
 
 
 def _progress(enabled: bool, total: int, initial: int, desc: str = "search") -> Any:
