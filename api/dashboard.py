@@ -3,7 +3,8 @@
 Every number here is derived from the candidates table and the stored search result, so a page shows
 the same front and pick as the REST API and the report: the front is the non-dominated set of the
 completed search-phase candidates in the search's own objective (GFLOPs/image, or predicted ms/image
-for ``objective: latency``), the pick the controller's argmin FID + weight * that cost. Both units are
+for ``objective: latency``), the pick the stored result's (by its ``pick_rule``; while the search runs,
+the argmin FID + weight * that cost of the front so far, the weighted pick). Both units are
 given wherever both are known (GFLOPs always; predicted latency with a latency table). In a
 multi-fidelity search the search phase is the top rung (the lower rungs' rows, phases ``rung0``, ...,
 are listed with their own image counts but never enter the front, as in ``ddsm search --rungs``).
@@ -169,8 +170,9 @@ def _marked(
 def pick_so_far(
     search: SearchRecord, front: Sequence[dict[str, Any]], full: dict[str, float | None] | None
 ) -> dict[str, Any] | None:
-    """The stored pick of a finished search (finalist FID), else argmin FID + w * cost of the front, the
-    cost in the search's objective (``front`` entries: genome, fid, gflops, predicted_ms, cost).
+    """The stored pick of a finished search (finalist FID; ``rule``: its pick rule, ``weighted`` for
+    results from before the rule existed), else argmin FID + w * cost of the front, the cost in the
+    search's objective (``front`` entries: genome, fid, gflops, predicted_ms, cost).
 
     ``saving`` is the GFLOPs saving, ``latency_saving`` the predicted-time saving (None without a latency
     table), ``cost_saving`` the one of the search's objective; ``full``: full width's costs per axis."""
@@ -197,6 +199,7 @@ def pick_so_far(
             "latency_saving": savings["latency"],
             "cost_saving": savings[objective],
             "final": True,
+            "rule": result.get("pick_rule", "weighted"),
             # vs full width on the same seeds (ddsm_core.paired) and the real-data floor of its count
             "paired": (result.get("paired") or {}).get("pick"),
             "floor": _floor(result, final.get("n_images")),
@@ -218,6 +221,7 @@ def pick_so_far(
         "latency_saving": _saving(best.get("predicted_ms"), full.get("latency")),
         "cost_saving": _saving(best["cost"], full.get(objective)),
         "final": False,
+        "rule": "weighted",  # (the front so far: no finalist is measured yet)
         "paired": None,
         "floor": None,
     }
