@@ -105,6 +105,7 @@ def main() -> None:
         sampler=args.sampler, steps=args.steps, population=size["population"],
         generations=size["generations"], n_images=size["search_images"], final_images=size["final_images"],
         weight=args.weight, batch_size=args.batch_size, guidance=args.guidance,
+        pick_rule="weighted",  # as recorded in guided_search.md (made before the tolerance rule)
     )  # fmt: skip
     res = search_to_folder(checkpoint, args.out, spec, stats=args.out / "ref_stats.npz", progress=False)
     pick = Strategy(args.sampler, args.steps, widths, tuple(res["pick"]["genome"]))

@@ -145,6 +145,7 @@ def search(args: argparse.Namespace, rungs: tuple[int, ...]) -> dict:
         sampler=args.sampler, steps=args.steps, population=args.population, generations=args.generations,
         n_images=args.search_images, final_images=args.final_images, weight=args.weight, seed=args.seed,
         eval_seed=args.eval_seed, batch_size=args.batch_size, rungs=rungs, promote=args.promote,
+        pick_rule="weighted",  # as recorded in multifidelity.md (made before the tolerance rule)
     )  # fmt: skip
     out = args.out / ("multifidelity" if rungs else "flat")
     t0 = time.perf_counter()

@@ -65,8 +65,9 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    # pick_rule: as recorded in warm_start.md (made before the tolerance rule)
     common = dict(population=args.population, generations=args.generations, n_images=args.images,
-                  final_images=args.final_images, weight=args.weight)  # fmt: skip
+                  final_images=args.final_images, weight=args.weight, pick_rule="weighted")  # fmt: skip
     seeds = [int(v) for v in args.seeds.split(",")]
     wall: dict[str, float] = {}
 
