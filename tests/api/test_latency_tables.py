@@ -135,9 +135,9 @@ def test_a_latency_search_minimises_the_tables_prediction_and_reports_both(
     repo = repo_of(client)
     net, stats = ready(repo)
     table = measured(repo, net, slow_narrow())
-    # a huge weight makes the pick the cheapest point: GFLOPs favour the narrowest width, the table
-    # makes it the slowest
-    body = search_body(net, stats, weight=1e6, batch_size=8)
+    # a huge weight makes the weighted pick the cheapest point: GFLOPs favour the narrowest width, the
+    # table makes it the slowest
+    body = search_body(net, stats, weight=1e6, batch_size=8, pick_rule="weighted")
     flops = client.post("/searches", json=body, headers=KEY).json()
     lat = client.post("/searches", json={**body, "objective": "latency"}, headers=KEY).json()
     assert flops["latency_table_id"] == lat["latency_table_id"] == table  # the one device's table

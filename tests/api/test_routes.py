@@ -216,7 +216,8 @@ def test_search_over_rest_runs_to_a_front_with_progress_strategies_and_report(
     full = client.get(f"/searches/{search['id']}/strategies/full").json()
     assert full["genes"] == [len(spec.widths) - 1] * spec.steps == report["final"]["full"]["genome"]
     assert client.get(f"/searches/{search['id']}/strategies/best").status_code == 422
-    assert report["front"] and set(report["final"]) == {"pick", "knee", "full"}
+    assert report["front"] and set(report["final"]) == {"pick", "weighted", "knee", "full"}
+    assert report["pick_rule"] == "tolerance" and report["bisection"]["probes"]  # the default rule
     from api.report import write_search_report
 
     path = write_search_report(tmp_path / "report", report)
