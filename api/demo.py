@@ -377,7 +377,10 @@ def demo(
     generations: Annotated[int, typer.Option(help="Generations (paper: 10).")] = DEMO["generations"],
     images: Annotated[int, typer.Option(help="Images per candidate.")] = DEMO["images"],
     final_images: Annotated[int, typer.Option(help="Images per finalist.")] = DEMO["final_images"],
-    weight: Annotated[float, typer.Option(help="Pick = argmin FID + weight x GFLOPs.")] = DEMO["weight"],
+    weight: Annotated[
+        float,
+        typer.Option(help="Weighted pick, shown beside the tolerance pick: argmin FID + weight x GFLOPs."),
+    ] = DEMO["weight"],
     seed: Annotated[int, typer.Option(help="Seed of NSGA-II.")] = 0,
 ) -> None:
     """The main job: train (or reuse) a digits supernet, reference statistics, a search over REST with a
