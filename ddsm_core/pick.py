@@ -98,6 +98,25 @@ def probe_verdict(
     return out.get("probe")
 
 
+def resolution(interval: Mapping[str, Any] | None, n_images: int | None) -> dict[str, Any] | None:
+    """Why a probe that was not shown equal failed: ``worse`` (the whole interval is above the
+    tolerance), ``inconclusive`` (the point estimate is within it, the upper end is not: too few
+    images to tell) or ``not equal`` (the estimate is above it). For ``inconclusive``, ``images``
+    estimates the paired images that would resolve it, from the interval's upper half-width shrinking
+    as 1/sqrt(images): a planning figure, not a promise (the estimate itself moves with more images)."""
+    if not interval or interval.get("equal_quality") or interval.get("tolerance") is None:
+        return None
+    tol, diff, low, high = (float(interval[k]) for k in ("tolerance", "diff", "low", "high"))
+    if low > tol:
+        return {"verdict": "worse", "images": None}
+    if diff >= tol:
+        return {"verdict": "not equal", "images": None}
+    need = None
+    if n_images and high > diff:
+        need = int(n_images * ((high - diff) / (tol - diff)) ** 2) + 1
+    return {"verdict": "inconclusive", "images": need}
+
+
 def tolerance_of(rel_tolerance: float, full: Mapping[str, Any]) -> float | None:
     """The absolute tolerance (FID) for full width's finalist record, None if it failed."""
     return None if full.get("fid") is None else rel_tolerance * float(full["fid"])
@@ -130,6 +149,7 @@ def bisection_summary(
                 "network_calls": rec.get("network_calls"),
                 "paired": None if interval is None else dict(interval),
                 "equal_quality": bool(interval and interval.get("equal_quality")),
+                "resolution": resolution(interval, rec.get("n_images")),
                 "reason": None if interval is not None else _why_undecided(rec, full),
             }
         )

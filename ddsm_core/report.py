@@ -333,11 +333,16 @@ def _bisection_lines(bisection: Mapping[str, Any] | None) -> list[str]:
     for k, p in enumerate(bisection["probes"], 1):
         d = p.get("paired")
         interval = "-" if not d else f"{d['diff']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
-        verdict = (
-            "equal quality"
-            if p.get("equal_quality")
-            else f"not equal{'' if d else ': ' + str(p.get('reason'))}"
-        )
+        res = p.get("resolution") or {}
+        if p.get("equal_quality"):
+            verdict = "equal quality"
+        elif not d:
+            verdict = f"not equal: {p.get('reason')}"
+        elif res.get("verdict") == "inconclusive":
+            more = f"; about {res['images']} paired images would tell" if res.get("images") else ""
+            verdict = f"inconclusive (estimate within the tolerance, upper end not){more}"
+        else:
+            verdict = str(res.get("verdict") or "not equal")
         lines.append(
             f"| {k} | `{p.get('strategy') or p['genome']}` | {_fmt(p.get('gflops'))} | "
             f"{_fmt(p.get('search_fid'))} | {_fmt(p.get('fid'))} | {interval} | {verdict} |"

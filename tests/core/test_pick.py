@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from ddsm_core.pick import bisect_front, bisection_members, bisection_summary
+from ddsm_core.pick import bisect_front, bisection_members, bisection_summary, resolution
 from ddsm_core.search import Candidate, Evaluation, SearchConfig, run_search
 from ddsm_core.spec import SearchSpec
 
@@ -86,6 +86,38 @@ def test_the_summary_states_the_tolerance_every_probe_and_why_one_was_undecided(
     first, second = out["probes"]
     assert first["equal_quality"] and first["paired"] == interval and first["search_fid"] == 20.0
     assert not second["equal_quality"] and second["paired"] is None and "diverged" in second["reason"]
+
+
+def test_a_failed_probe_says_whether_it_is_worse_or_needs_more_images() -> None:
+    tol = {"tolerance": 0.28, "equal_quality": False}
+    assert resolution({**tol, "diff": 0.96, "low": 0.46, "high": 1.55}, 8000) == {
+        "verdict": "worse",
+        "images": None,
+    }
+    assert resolution({**tol, "diff": 0.30, "low": -0.1, "high": 0.9}, 8000)["verdict"] == "not equal"
+    # the digits DDPM-20 51% strategy at 2000 images: +0.22 [-0.41, +0.92] against 0.35
+    out = resolution(
+        {"tolerance": 0.35, "equal_quality": False, "diff": 0.22, "low": -0.41, "high": 0.92}, 2000
+    )
+    assert out is not None and out["verdict"] == "inconclusive"
+    assert out["images"] == int(2000 * (0.70 / 0.13) ** 2) + 1  # half-width 0.70 must shrink to 0.13
+    assert resolution({**tol, "equal_quality": True, "diff": 0.0, "low": -0.2, "high": 0.2}, 8000) is None
+    assert resolution(None, 8000) is None
+
+
+def test_the_report_says_how_many_images_would_resolve_an_inconclusive_probe() -> None:
+    from ddsm_core.report import _bisection_lines
+
+    interval = {"diff": 0.22, "low": -0.41, "high": 0.92, "tolerance": 0.35, "equal_quality": False}
+    probe = {"genome": [0, 1], "strategy": "s", "gflops": 1.0, "search_fid": 7.0, "fid": 7.2,
+             "paired": interval, "equal_quality": False}  # fmt: skip
+    probe["resolution"] = resolution(interval, 2000)
+    text = "\n".join(_bisection_lines({"members": 1, "probes": [probe], "pick": [1, 1]}))
+    assert "inconclusive" in text and f"about {resolution(interval, 2000)['images']} paired images" in text
+    worse = {**interval, "diff": 2.0, "low": 1.0, "high": 3.0}
+    probe = {**probe, "paired": worse, "resolution": resolution(worse, 2000)}
+    text = "\n".join(_bisection_lines({"members": 1, "probes": [probe], "pick": [1, 1]}))
+    assert "| worse |" in text and "inconclusive" not in text
 
 
 CFG = SearchConfig(steps=4, n_widths=4, population=8, generations=3, mutation_rate=0.1, crossover="one_point")
