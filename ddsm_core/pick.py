@@ -18,11 +18,33 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:  # (ddsm_core.search runs the local bisection: no import cycle at run time)
-    from ddsm_core.search import Candidate, Genome, SearchRun
-    from ddsm_core.spec import SearchSpec
+# ddsm_core.search (and through it ddsm_core.spec) imports this module, so the types read here are
+# described as protocols, not imported: no import cycle.
+Genome = tuple[int, ...]
+
+
+class SearchSpec(Protocol):
+    """What the bisection reads of a search's spec (``ddsm_core.spec.SearchSpec``)."""
+
+    @property
+    def tolerance(self) -> float: ...
+
+    def full_width_genome(self) -> Genome: ...
+
+
+class Candidate(Protocol):
+    """What bisection reads of a front member (``ddsm_core.search.Candidate``)."""
+
+    @property
+    def genome(self) -> Genome: ...
+
+    @property
+    def cost(self) -> float: ...
+
+    @property
+    def fid(self) -> float: ...
 
 
 def bisection_members(front: Sequence[Candidate], full: Genome) -> list[Genome]:
@@ -163,7 +185,7 @@ def bisection_summary(
     }
 
 
-def run_bisection(spec: SearchSpec, run: SearchRun) -> dict[str, Any] | None:
+def run_bisection(spec: SearchSpec, run: Any) -> dict[str, Any] | None:
     """results.json's ``bisection`` of a local run (:func:`ddsm_core.search.run_search`); None with
     the weighted rule."""
     if run.bisection is None:
