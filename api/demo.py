@@ -40,7 +40,7 @@ DEMO_SAMPLE_EVERY = 400
 STATS_NAME = "digits"
 # A running training run's worker beats every few seconds: silence beyond this is worth a word on the bar.
 STALE_NOTICE_S = 20.0
-# The search uses `ddsm search`'s defaults (one source of truth); the supernet the digits recipe's steps.
+# The search uses `ddsm search`'s defaults (one source of truth); the supernet DEMO_TRAIN_STEPS above.
 DEMO = {**DEFAULTS.to_dict(), "images": DEFAULTS.n_images}
 # Rates measured on an idle 2-core machine (bench/service_demo.md): the overall estimate printed at the
 # start scales them by the requested work. Training: ~1.5 steps/s; search: ~2 min for the defaults.
@@ -410,7 +410,8 @@ def demo(
     svc = Service(url, home, workers, train_threads)
     try:
         stats = reference_stats(svc)
-        phase(2, "supernet" + (f" from {checkpoint}" if checkpoint else " (digits recipe)"))
+        recipe = f" ({DEMO_PRESET} recipe, {train_steps or DEMO_TRAIN_STEPS} steps)"
+        phase(2, "supernet" + (f" from {checkpoint}" if checkpoint else recipe))
         net = supernet(svc, train_steps, retrain, checkpoint)
         if url is None:
             where = local_checkpoint(home.resolve(), net["artifact_sha256"])
