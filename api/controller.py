@@ -27,7 +27,8 @@ Multi-fidelity searches (``rungs``): rungs are tasks. Each rung's evaluations ar
 own phase (:func:`rung_phases`: ``rung0``, ``rung1``, ... and ``search`` for the top rung, ``n_images``),
 with the rung's image count in ``n_images`` and its metrics in ``metrics``. A new generation's genomes
 start at the lowest rung; every tick replays the generation's successive halving from the finished rows
-(``ddsm_core.search.halving_step``, the function ``ddsm search --rungs`` evaluates in-process with) and
+(``ddsm_core.search.halving_step``, the function ``ddsm search --rungs`` evaluates in-process with,
+ranking each low rung by the spec's ``rung_metric``: the workers record ``paired_distance``) and
 adds the rows of the next rung's promoted genomes; once the top rung is finished, NSGA-II is told the
 same objectives and records the local executor tells it. Rung rows are claimed, heartbeaten, reaped,
 resent and deduplicated like any candidate.
@@ -339,7 +340,7 @@ class SearchController:
             {c.genome: _evaluation(c) for (p, _), c in rows.items() if p == phase and c.finished}
             for phase in phases
         ]
-        step = halving_step(genomes, spec.ladder, spec.promote, results)
+        step = halving_step(genomes, spec.ladder, spec.promote, results, spec.rung_metric)
         phase = phases[step.level]
         new = [g for g in step.todo if (phase, genome_hash(g)) not in rows]
         if new:

@@ -27,7 +27,7 @@ from ddsm_core.catalog import DATASETS, DOMAIN_DATASETS, Extractor, NoiseSchedul
 from ddsm_core.errors import ConfigError
 from ddsm_core.latency import DTYPES
 from ddsm_core.recipes import TRAIN_PRESETS
-from ddsm_core.search import CROSSOVERS
+from ddsm_core.search import CROSSOVERS, RUNG_METRICS
 from ddsm_core.spec import (
     DEFAULTS,
     LIMITS,
@@ -97,6 +97,7 @@ MAX_LATENCY_BATCHES = 8
 """At most this many batch sizes per latency table (each is a round of timed calls per width)."""
 Dtype = Literal[DTYPES]  # type: ignore[valid-type]
 Objective = Literal[OBJECTIVES]  # type: ignore[valid-type]
+RungMetric = Literal[RUNG_METRICS]  # type: ignore[valid-type]
 
 
 class LatencyTableRequest(In):
@@ -418,6 +419,13 @@ class SearchCreate(In):
         "seed. Empty: every candidate at n_images.",
     )
     promote: float = _setting("promote", "Fraction promoted per rung (multi-fidelity).")
+    rung_metric: RungMetric = Field(
+        default=DEFAULTS.rung_metric,
+        description="What ranks a rung's candidates for promotion (multi-fidelity; with no rungs it changes "
+        "nothing): paired, the mean squared distance of each image's features to the full width's image of "
+        "the same seed (ranks like the top-rung FID far better at few images, bench/multifidelity.md), or "
+        "fid, the FID at the rung's image count.",
+    )
 
     @field_validator("widths")
     @classmethod

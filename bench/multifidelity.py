@@ -15,9 +15,10 @@ what does a search with rungs cost and pick compared with the flat protocol?
    - ``kid``: unbiased KID (cubic polynomial kernel) on N images vs as many reference features;
    - ``paired``: mean squared feature distance to the full width's image of the same seed.
 2. Search: the flat protocol (every candidate at ``--search-images``) against the multi-fidelity one
-   (``--rungs`` below it, ``--promote`` promoted per rung) at equal population and generations, same
-   NSGA-II seed: the picks re-evaluated on ``--final-images`` images from the same seeds, and the
-   image-steps (images x network calls, prefix-cache reuse not subtracted) each search spent.
+   (``--rungs`` below it, ``--promote`` promoted per rung, ranked by ``--rung-metric``, default the
+   tool's) at equal population and generations, same NSGA-II seed: the picks re-evaluated on
+   ``--final-images`` images from the same seeds, and the image-steps (images x network calls,
+   prefix-cache reuse not subtracted) each search spent.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ from ddsm_core.checkpoint import load_checkpoint  # noqa: E402
 from ddsm_core.evaluate import sample_images  # noqa: E402
 from ddsm_core.features import get_extractor, reference_stats  # noqa: E402
 from ddsm_core.fid import FeatureStats, extract_features, frechet_distance  # noqa: E402
-from ddsm_core.spec import SearchSpec  # noqa: E402
+from ddsm_core.search import RUNG_METRICS  # noqa: E402
+from ddsm_core.spec import DEFAULTS, SearchSpec  # noqa: E402
 
 METRICS = ("fid", "fid_inf", "kid", "paired")
 
@@ -146,6 +148,7 @@ def search(args: argparse.Namespace, rungs: tuple[int, ...]) -> dict:
         n_images=args.search_images, final_images=args.final_images, weight=args.weight, seed=args.seed,
         eval_seed=args.eval_seed, batch_size=args.batch_size, rungs=rungs, promote=args.promote,
         pick_rule="weighted",  # as recorded in multifidelity.md (made before the tolerance rule)
+        rung_metric=args.rung_metric,
     )  # fmt: skip
     out = args.out / ("multifidelity" if rungs else "flat")
     t0 = time.perf_counter()
@@ -165,6 +168,8 @@ def main() -> None:
     p.add_argument("--images", type=int, default=2000, help="images of the reference ranking")
     p.add_argument("--rungs", type=lambda s: tuple(int(v) for v in s.split(",")), default=(64, 256))
     p.add_argument("--promote", type=float, default=0.25)
+    p.add_argument("--rung-metric", choices=RUNG_METRICS, default=DEFAULTS.rung_metric,
+                   help="what ranks a low rung in the search comparison (the tool's default)")  # fmt: skip
     p.add_argument("--search-images", type=int, default=1024)
     p.add_argument("--final-images", type=int, default=2000)
     p.add_argument("--population", type=int, default=16)
@@ -231,7 +236,8 @@ def write_md(args: argparse.Namespace, out: dict) -> None:
               "genomes answered from the cache cost nothing in either protocol."]  # fmt: skip
     if "flat" in out:
         lines += ["", f"## Search: flat ({args.search_images} images per candidate) vs rungs "
-                  f"{args.rungs} -> {args.search_images} (promote {args.promote})", "",
+                  f"{args.rungs} -> {args.search_images} (promote {args.promote}, rung metric "
+                  f"{args.rung_metric})", "",
                   f"population {args.population} x {args.generations} generations, seed {args.seed}; "
                   f"finalists on {args.final_images} images from the same seeds.", "",
                   "| protocol | pick FID | full-width FID | pick - full | pick GFLOPs | search image-steps |"

@@ -93,6 +93,7 @@ SPEC_OPTIONS = {
     "generations": "--generations",
     "rungs": "--rungs",
     "promote": "--promote",
+    "rung_metric": "--rung-metric",
     "weight": "--weight",
     "pick_rule": "--pick-rule",
 }

@@ -11,6 +11,7 @@ exception: the search gives it a penalty and goes on. Mismatched reference stati
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -42,6 +43,9 @@ class EvalResult:
         the steps actually run: ``reused_fraction`` of the sampler steps came from a :class:`PrefixCache`).
     :param predicted_latency_s: seconds per image that a latency table predicts for the strategy at
         the search's batch size (:meth:`ddsm_core.spec.SearchSpec.latency`); None without a table.
+    :param paired_distance: mean over images of the squared distance between this strategy's features
+        and the full width's features of the same seed (a multi-fidelity rung ranked by ``paired``,
+        :class:`FullWidthReference`); None otherwise.
     """
 
     fid: float | None
@@ -59,6 +63,7 @@ class EvalResult:
     seconds: float = 0.0
     reused_fraction: float = 0.0
     predicted_latency_s: float | None = None
+    paired_distance: float | None = None
     # [N x D] per-image features (``evaluate(keep_features=True)``), for paired comparisons between
     # strategies sampled from the same seeds (ddsm_core.paired); never serialised.
     features: Any = field(default=None, repr=False, compare=False)
@@ -312,6 +317,75 @@ def evaluate(
     return done(fid)
 
 
+def paired_distance(features: Any, full: Any) -> float:
+    """Mean over images of ``||features_i - full_i||^2`` (row ``i`` of both from the same seed)."""
+    import numpy as np
+
+    a, b = np.asarray(features, dtype=np.float64), np.asarray(full, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired features must have one shape, got {a.shape} and {b.shape}")
+    return float(((a - b) ** 2).sum(axis=1).mean())
+
+
+class FullWidthReference:
+    """The full-width strategy's per-image features of a search, per image count, computed once.
+
+    The rungs of a search ranked by ``paired`` (:data:`~ddsm_core.search.RUNG_METRICS`) compare each
+    candidate's features with these, image by image: the same seeds (``spec.eval_seed + i``), batch
+    size, guidance and labels as every candidate, so the numbers do not depend on which process
+    computed them (the local :class:`GenomeEvaluator` and a service worker use this one class). The
+    features are sampled and extracted as :func:`evaluate` does (clamped images), without a prefix
+    cache. Thread-safe: concurrent callers wait for one computation.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        schedule: NoiseSchedule,
+        extractor: FeatureExtractor,
+        spec: SearchSpec,
+        *,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.model, self.schedule, self.extractor, self.device = model, schedule, extractor, device
+        self.spec = spec.bind(model.config.widths)  # type: ignore[union-attr]
+        self.genome = self.spec.full_width_genome()
+        self._features: dict[int, Any] = {}
+        self._lock = threading.Lock()
+
+    def features(self, n_images: int) -> Any:
+        """[n_images x D] float64 features of the full width from seeds ``eval_seed + i``; None when its
+        images are not finite (the full width diverged: nothing to compare with)."""
+        with self._lock:
+            if n_images not in self._features:
+                seeds = resolve_seeds(self.spec.eval_seed, n_images)
+                images, _, _ = sample_images(
+                    self.model, self.schedule, self.spec.strategy(self.genome), seeds, self.spec.batch_size,
+                    device=self.device, guidance=self.spec.guidance, class_label=self.spec.class_label,
+                )  # fmt: skip
+                finite = bool(torch.isfinite(images).all())
+                self._features[n_images] = (
+                    extract_features(self.extractor, images.clamp(-1.0, 1.0), self.spec.batch_size)
+                    if finite else None
+                )  # fmt: skip
+            return self._features[n_images]
+
+    def add_distance(self, result: EvalResult, genome: Sequence[int]) -> EvalResult:
+        """``result`` (evaluated with ``keep_features``) with its ``paired_distance``: 0 for the full
+        width itself; a failed result stays as it is; an ok one whose full-width reference diverged
+        fails with that reason (it cannot be ranked)."""
+        if not result.ok:
+            return result
+        if tuple(int(g) for g in genome) == self.genome:
+            return replace(result, paired_distance=0.0)
+        full = self.features(result.n_images)
+        if full is None or result.features is None:
+            why = "the full width's images are not finite" if full is None else "no features were kept"
+            return replace(result, status="failed", fid=None,
+                           reason=f"no paired distance at {result.n_images} images: {why}")  # fmt: skip
+        return replace(result, paired_distance=paired_distance(result.features, full))
+
+
 class GenomeEvaluator:
     """Turns a search genome into an evaluation (``ddsm_core.search.EvaluateFn``), in-process.
 
@@ -320,7 +394,9 @@ class GenomeEvaluator:
     image ``i``; evaluations with ``cache_images`` images share sampler states through a
     :class:`PrefixCache`; the objectives told to the search are (FID, ``spec.cost``: GFLOPs per image,
     or predicted ms per image from ``latency`` with objective latency); the full :class:`EvalResult`
-    is kept as the record, with the predicted latency whenever a ``latency`` table is given.
+    is kept as the record, with the predicted latency whenever a ``latency`` table is given. A search
+    whose rungs are ranked by ``paired`` gets each low-rung record's ``paired_distance`` from a
+    :class:`FullWidthReference` (one extra full-width sampling per rung image count, made once).
     """
 
     def __init__(
@@ -359,6 +435,8 @@ class GenomeEvaluator:
         # per-image features of the finalists' evaluations (any count not in ``cache_images``), keyed by
         # (genome, n_images, seed_offset): paired comparisons with full width on the same seeds
         self.kept_features: dict[tuple[tuple[int, ...], int, int], Any] = {}
+        # a search whose low rungs are ranked by ``paired``: full-width features per rung, made once
+        self.reference = FullWidthReference(model, schedule, extractor, self.spec, device=device)
 
     def strategy(self, genome: Sequence[int]) -> Strategy:
         return self.spec.strategy(genome)
@@ -367,12 +445,16 @@ class GenomeEvaluator:
         strategy = self.strategy(genome)
         cache = self.cache if n_images in self.cache_images and seed_offset == 0 else None
         keep = n_images not in self.cache_images
+        paired = self.spec.paired_rung(n_images) and seed_offset == 0
         result = evaluate(
             self.model, self.schedule, strategy, self.ref, self.extractor, n_images,
             self.spec.eval_seed + seed_offset, self.spec.batch_size, costs=self.costs, device=self.device,
-            prefix_cache=cache, keep_features=keep, guidance=self.spec.guidance,
+            prefix_cache=cache, keep_features=keep or paired, guidance=self.spec.guidance,
             class_label=self.spec.class_label,
         )  # fmt: skip
+        if paired:
+            result = self.reference.add_distance(result, strategy.genes)
+            result = result if keep else replace(result, features=None)
         if self.latency is not None:
             result = replace(result, predicted_latency_s=self.spec.latency(strategy.genes, self.latency))
         if keep and result.features is not None:

@@ -149,9 +149,17 @@ def _rungs_text(cfg: Mapping[str, Any], cost: Mapping[str, Any]) -> str:
     spent = ", ".join(f"{r['evaluations']} at {r['n_images']}" for r in cost.get("rungs", []))
     return (
         f" Multi-fidelity: rungs {cfg['rungs']} images then {cfg['n_images']}, best {cfg['promote']} "
-        f"promoted per rung (evaluations: {spent}); only top-rung candidates enter the front. The "
-        f"uniform widths below show the rung each one reached."
+        f"promoted per rung by {_RUNG_METRIC_TEXT[cfg.get('rung_metric') or 'fid']} and cost (evaluations: "
+        f"{spent}); only top-rung candidates enter the front. The uniform widths below show the rung each "
+        f"one reached."
     )
+
+
+_RUNG_METRIC_TEXT = {
+    "paired": "paired distance (mean squared feature distance to the full width's image of the same seed)",
+    "fid": "the rung's FID",
+}
+"""How a report names a search's rung metric (results of searches from before it existed: ``fid``)."""
 
 
 def _ms(seconds: float | None) -> float | None:

@@ -133,7 +133,8 @@ def local_run(
     return run_search(spec.search_config(), evaluate, folder, seed=spec.seed, n_images=spec.n_images,
                       final_images=spec.final_images, weight=spec.weight, progress=False,
                       finalists={"full": spec.full_width_genome()}, rungs=spec.rungs,
-                      promote=spec.promote, pick_rule=spec.pick_rule, judge=judge)  # fmt: skip
+                      promote=spec.promote, rung_metric=spec.rung_metric, pick_rule=spec.pick_rule,
+                      judge=judge)  # fmt: skip
 
 
 def local_front(spec: SearchSpec, folder: Path, table: Mapping[str, Any] = TABLE) -> Front:

@@ -146,17 +146,23 @@ def evaluate_genome(
         ``eval_seed + i``) to this .npy file, for the paired comparison of finalists with full width.
     :param grid_out: also write a PNG grid of the first :data:`GRID_IMAGES` images (seeds
         ``eval_seed + i``: every finalist's grid shows the same noise), unless the sampler diverged.
+
+    A low rung of a search ranked by ``paired`` also gets ``paired_distance`` to the full width's
+    features on the same seeds, from this process's :class:`~ddsm_core.evaluate.FullWidthReference`
+    (the class ``ddsm search`` uses: the same numbers as a local search).
     """
     from ddsm_core.evaluate import evaluate
 
     model, schedule, _ = load_supernet(checkpoint, checkpoint_sha, device)
     dev = device_of(device)
+    grid = (checkpoint_sha, dev, spec.sampler, spec.steps, spec.widths, spec.eval_seed, spec.batch_size,
+            spec.guidance, spec.class_label)  # fmt: skip
+    paired = spec.paired_rung(n_images)
     cache = None
     if share_prefixes:  # same seeds, sampler and model: resume from states of earlier candidates
         # one cache serves every image count (a multi-fidelity search's rungs too, as a local search's
         # GenomeEvaluator does): its entries are keyed by each batch's first seed and length
-        cache = _prefix_cache((checkpoint_sha, dev, spec.sampler, spec.steps, spec.widths, spec.eval_seed,
-                               spec.batch_size, spec.guidance, spec.class_label))  # fmt: skip
+        cache = _prefix_cache(grid)
     result = evaluate(
         model,
         schedule,
@@ -171,9 +177,12 @@ def evaluate_genome(
         prefix_cache=cache,
         guidance=spec.guidance,
         class_label=spec.class_label,
-        keep_features=features_out is not None,
+        keep_features=features_out is not None or paired,
         keep_images=GRID_IMAGES if grid_out is not None else 0,
     )
+    if paired:
+        reference = _full_width_reference((*grid, extractor), model, schedule, extractor, spec, dev)
+        result = reference.add_distance(result, genome)
     if features_out is not None and result.features is not None:
         import numpy as np
 
@@ -201,6 +210,27 @@ def _prefix_cache(key: tuple[Any, ...]) -> Any:
                 _prefix_caches.popitem(last=False)
         _prefix_caches.move_to_end(key)
         return _prefix_caches[key]
+
+
+_references: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+
+
+def _full_width_reference(
+    key: tuple[Any, ...], model: Any, schedule: Any, extractor: str, spec: SearchSpec, device: str
+) -> Any:
+    """One :class:`~ddsm_core.evaluate.FullWidthReference` per model + sampler grid + seeds + extractor
+    (its features per rung are computed once per process), the most recent two kept."""
+    from ddsm_core.evaluate import FullWidthReference
+
+    with _lock:
+        if key not in _references:
+            _references[key] = FullWidthReference(
+                model, schedule, _extractor(extractor, device), spec, device=device
+            )
+            while len(_references) > 2:
+                _references.popitem(last=False)
+        _references.move_to_end(key)
+        return _references[key]
 
 
 def result_metrics(result: Any) -> dict[str, Any]:

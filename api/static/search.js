@@ -29,7 +29,9 @@
   function imagesText(cfg) {
     // multi-fidelity: each rung's rows are candidates of phase rung0, rung1, ... (the top one: search)
     if (!cfg.rungs || !cfg.rungs.length) return `${cfg.n_images} images per candidate`;
-    return `multi-fidelity rungs ${[...cfg.rungs, cfg.n_images].join(" → ")} images (best ${pct(cfg.promote, 0)} promoted per rung; only top-rung candidates enter the front)`;
+    // searches stored before rung_metric existed were ranked by the rung's FID
+    const metric = cfg.rung_metric === "paired" ? "paired distance to full width" : "the rung's FID";
+    return `multi-fidelity rungs ${[...cfg.rungs, cfg.n_images].join(" → ")} images (best ${pct(cfg.promote, 0)} promoted per rung by ${metric} and cost; only top-rung candidates enter the front)`;
   }
   function renderSummary() {
     const s = st.search, d = st.detail, p = s.progress, cfg = s.config, c = p.candidates;

@@ -23,7 +23,7 @@ from ddsm_core.cli.checks import (
     check_writable_parent,
     write_text_atomic,
 )
-from ddsm_core.search import STATE_FILE
+from ddsm_core.search import RUNG_METRICS, STATE_FILE
 from ddsm_core.spec import (
     DEFAULT_PROFILE,
     DEFAULT_SAMPLER,
@@ -319,8 +319,8 @@ def search_to_folder(
     run = run_search(
         spec.search_config(), evaluator, out, seed=spec.seed, n_images=spec.n_images,
         final_images=spec.final_images, weight=spec.weight, progress=progress, resume=resume,
-        finalists={"full": full}, rungs=spec.rungs, promote=spec.promote, pick_rule=spec.pick_rule,
-        judge=judge, evaluate_final=evaluate_and_keep,
+        finalists={"full": full}, rungs=spec.rungs, promote=spec.promote, rung_metric=spec.rung_metric,
+        pick_rule=spec.pick_rule, judge=judge, evaluate_final=evaluate_and_keep,
     )  # fmt: skip
     driver = run.driver
     results = build_results(
@@ -567,6 +567,12 @@ def search(
     promote: float | None = typer.Option(
         None, "--promote", help=f"Fraction promoted per rung; default {DEFAULTS.promote}."
     ),
+    rung_metric: str | None = typer.Option(
+        None,
+        "--rung-metric",
+        help=f"What ranks a low rung: {' or '.join(RUNG_METRICS)} (paired: mean squared feature distance "
+        f"to the full width's image of the same seed; fid: the rung's FID); default {DEFAULTS.rung_metric}.",
+    ),
     seed: int | None = typer.Option(None, "--seed", help=f"Seed of NSGA-II; default {DEFAULTS.seed}."),
     eval_seed: int | None = typer.Option(
         None,
@@ -601,8 +607,8 @@ def search(
             sampler=sampler, steps=steps, population=population, generations=generations,
             mutation_rate=mutation_rate, crossover=crossover, n_images=images, final_images=final_images,
             weight=weight, seed=seed, eval_seed=eval_seed, batch_size=batch_size, guidance=guidance,
-            class_label=label, rungs=_parse_rungs(rungs), promote=promote, objective=objective,
-            pick_rule=pick_rule, tolerance=tolerance,
+            class_label=label, rungs=_parse_rungs(rungs), promote=promote, rung_metric=rung_metric,
+            objective=objective, pick_rule=pick_rule, tolerance=tolerance,
         )  # fmt: skip
     res = search_to_folder(
         checkpoint, out, spec, stats=stats, dataset=dataset, image_size=image_size, extractor=extractor,

@@ -13,6 +13,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from api.controller import SearchController, _evaluation, rung_phases
 from api.db.models import CandidateState
 from api.db.repository import Repository
@@ -111,17 +113,24 @@ def test_duplicates_a_dead_controller_and_a_dead_worker_change_nothing(
     assert again is not None and again.state == CandidateState.COMPLETE and again.attempt == 2
 
 
-def test_the_controller_promotes_what_the_shared_halving_step_says(repo: Repository) -> None:
-    search, outbox = make_search(repo, SPEC), Outbox()
+@pytest.mark.parametrize("rung_metric", ["paired", "fid"])
+def test_the_controller_promotes_what_the_shared_halving_step_says(
+    repo: Repository, rung_metric: str
+) -> None:
+    spec = SPEC.replace(rung_metric=rung_metric)
+    search, outbox = make_search(repo, spec), Outbox()
     controller = SearchController(repo, outbox, Settings())
     controller.tick(search)  # generation 0 at rung 0
     gen0 = [c.genome for c in repo.candidates(search, phase="rung0")]
-    assert len(gen0) == SPEC.population and not repo.candidates(search, phase="rung1")
+    assert len(gen0) == spec.population and not repo.candidates(search, phase="rung1")
     complete_sent(repo, outbox)
     controller.tick(search)  # rung 0 finished: the promoted quarter goes on to rung 1
     results = [{c.genome: _evaluation(c) for c in repo.candidates(search, phase="rung0")}]
-    step = halving_step(gen0, SPEC.ladder, SPEC.promote, results)
+    step = halving_step(gen0, spec.ladder, spec.promote, results, rung_metric)
     assert step.level == 1 and len(step.todo) == 2
+    swapped = {"paired": "fid", "fid": "paired"}[rung_metric]
+    other = halving_step(gen0, spec.ladder, spec.promote, results, swapped)
+    assert set(other.todo) != set(step.todo)  # the metric decides (the fast evaluator's ranks disagree)
     assert [c.genome for c in repo.candidates(search, phase="rung1")] == step.todo
     rung1 = repo.candidates(search, phase="rung1")
     assert sorted(cid for cid, _ in outbox.evaluations()) == [c.id for c in rung1]

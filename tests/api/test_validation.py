@@ -94,6 +94,8 @@ def refused(reply: Any, field: str) -> str:
         ({"tolerance": -0.01}, "tolerance", "greater than or equal to 0"),
         ({"tolerance": 11}, "tolerance", "less than or equal to 10"),
         ({"tolerance": "nan"}, "tolerance", "valid number"),
+        ({"rung_metric": "kid", "rungs": [2]}, "rung_metric", "'paired' or 'fid'"),
+        ({"rung_metric": None}, "rung_metric", "'paired' or 'fid'"),
         ({"name": "a\x00b"}, "name", "pattern"),
         ({"name": "x" * 201}, "name", "at most 200"),
         ({"supernet_id": MAX_ID + 1}, "supernet_id", "less than or equal"),
@@ -124,6 +126,19 @@ def test_widths_in_any_order_are_stored_sorted(client: TestClient) -> None:
     reply = client.post("/searches", json=search_body(net, stats, widths=[1.0, 0.25, 0.5]), headers=KEY)
     assert reply.status_code == 201, reply.text
     assert reply.json()["config"]["widths"] == [0.25, 0.5, 1.0]
+
+
+def test_the_rung_metric_is_stored_paired_unless_asked_for_fid(client: TestClient) -> None:
+    net, stats = ready(client)
+    for extra, metric in (
+        ({}, "paired"),
+        ({"rung_metric": "fid"}, "fid"),
+        ({"rung_metric": "paired"}, "paired"),
+    ):
+        reply = client.post("/searches", json=search_body(net, stats, rungs=[2], **extra), headers=KEY)
+        assert reply.status_code == 201, reply.text
+        config = repo_of(client).get_search(reply.json()["id"]).config  # type: ignore[union-attr]
+        assert reply.json()["config"]["rung_metric"] == config["rung_metric"] == metric
 
 
 def test_the_largest_accepted_settings_are_stored(client: TestClient) -> None:

@@ -259,6 +259,7 @@ def test_search_checks_guidance_class_and_warm_start_before_reference_stats(
         (["--population", "1"], "--population must be in [2, 10000], got 1"),
         (["--seed", "-1"], "--seed must be in [0, "),
         (["--rungs", "500"], "--rungs must be increasing image counts >= 2 below --images 200"),
+        (["--rungs", "50", "--rung-metric", "kid"], "unknown --rung-metric 'kid'; allowed: paired, fid"),
         (["--population", "2"], "--population 2 cannot hold the 3 uniform strategies"),  # the width set's
     ],
 )

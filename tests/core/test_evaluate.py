@@ -185,3 +185,40 @@ def test_kept_features_give_the_fid_and_pair_strategies_on_seeds(setup) -> None:
     b = run(setup, small, keep_features=True)
     d = paired_fid_diff(a.features, b.features, ref, n_boot=50)
     assert d.fid_a == pytest.approx(a.fid) and d.fid_b == pytest.approx(b.fid)
+
+
+def test_paired_rungs_get_the_distance_to_full_width_on_the_same_seeds(setup) -> None:
+    """A low rung of a search ranked by ``paired``: mean squared feature distance to the full width's
+    image of the same seed, 0 for full width, the same in a second evaluator (the reference is sampled
+    from the spec's seeds, not from what ran before); none at the top rung or when ranked by FID."""
+    from ddsm_core.evaluate import GenomeEvaluator, paired_distance
+    from ddsm_core.spec import SearchSpec
+
+    model, schedule, ref, ext, costs = setup
+    spec = SearchSpec(sampler="ddim", steps=3, n_images=12, rungs=(6,), batch_size=6, eval_seed=50,
+                      rung_metric="paired").bind(CFG.widths)  # fmt: skip
+    full, half = spec.full_width_genome(), (0, 0, len(CFG.widths) - 1)
+    one = GenomeEvaluator(model, schedule, ref, ext, spec, costs=costs, cache_images=spec.ladder)
+    a = {g: one(g, 6).record for g in (half, full, (0, 0, 0))}
+    two = GenomeEvaluator(model, schedule, ref, ext, spec, costs=costs, cache_images=spec.ladder)
+    b = {g: two(g, 6).record for g in ((0, 0, 0), half)}  # another order, no full-width candidate first
+    assert a[full]["paired_distance"] == 0.0
+    assert a[half]["paired_distance"] > 0 and a[(0, 0, 0)]["paired_distance"] > 0
+    assert all(b[g]["paired_distance"] == a[g]["paired_distance"] for g in b)
+    # the definition, from features sampled here on seeds 50..55
+    seeds = list(range(50, 56))
+    kw = {"n_images": 6, "seeds": seeds, "batch_size": 6, "keep_features": True}
+    feats = {g: run(setup, spec.strategy(g), **kw).features for g in (half, full)}
+    assert a[half]["paired_distance"] == pytest.approx(paired_distance(feats[half], feats[full]), rel=1e-9)
+    assert one(half, 12).record["paired_distance"] is None  # the top rung is ranked by FID
+    fid_ranked = GenomeEvaluator(model, schedule, ref, ext, spec.replace(rung_metric="fid"), costs=costs)
+    assert fid_ranked(half, 6).record["paired_distance"] is None
+
+
+def test_paired_distance_is_the_mean_squared_row_distance() -> None:
+    from ddsm_core.evaluate import paired_distance
+
+    a, b = np.array([[0.0, 0.0], [1.0, 1.0]]), np.array([[3.0, 4.0], [1.0, 1.0]])
+    assert paired_distance(a, b) == 12.5 and paired_distance(a, a) == 0.0
+    with pytest.raises(ValueError, match="one shape"):
+        paired_distance(a, b[:1])

@@ -207,3 +207,105 @@ def test_flat_search_records_have_no_fidelity_and_the_same_front(tmp_path: Path)
     assert all("fidelity" not in c.record for c in r.driver.candidates)
     assert {n for _, n in ev.calls} == {s.n_images, s.final_images}
     assert not math.isnan(r.pick.fid)
+
+
+# ---------------------------------------------------------------------------- rung metric: paired
+class PairedToy(ToyEvaluator):
+    """ToyEvaluator plus a ``paired_distance`` whose order differs from the rung FID's: the quality
+    term alone (0 for full width) plus its own small-sample noise, unlike the FID's per-genome bias."""
+
+    def __call__(self, genome: tuple[int, ...], n: int) -> Evaluation:
+        ev = super().__call__(genome, n)
+        quality = sum((3 - g) ** 2 * (i + 1) for i, g in enumerate(genome)) / len(genome)
+        noise = 32 * (7 * sum(i * g for i, g in enumerate(genome)) % 11) / n
+        return Evaluation(ev.objectives, None, {**ev.record, "paired_distance": quality + noise})
+
+
+def evaluation(fid: float, cost: float, paired: float | None, n: int = 8) -> Evaluation:
+    record = {"n_images": n, "fid": fid} | ({} if paired is None else {"paired_distance": paired})
+    return Evaluation((fid, cost), None, record)
+
+
+def test_rung_metric_defaults_to_paired_for_new_searches_and_fid_for_stored_ones() -> None:
+    assert SearchSpec().rung_metric == "paired" and spec().rung_metric == "paired"
+    s = spec(rung_metric="fid")
+    assert SearchSpec.from_json(s.to_json()) == s and json.loads(s.to_json())["rung_metric"] == "fid"
+    assert SearchSpec.from_json(spec().to_json()).rung_metric == "paired"
+    stored = {k: v for k, v in spec().to_dict().items() if k != "rung_metric"}  # before the setting
+    assert SearchSpec.from_dict(stored) == spec(rung_metric="fid")
+    assert spec().paired_rung(8) and spec().paired_rung(16) and not spec().paired_rung(64)
+    assert not spec(rung_metric="fid").paired_rung(8) and not spec(rungs=()).paired_rung(64)
+
+
+@pytest.mark.parametrize("bad", ["kid", "", "PAIRED", None, 1])
+def test_a_bad_rung_metric_is_a_config_error_naming_the_choices(bad: object) -> None:
+    with pytest.raises(ConfigError, match="rung_metric .*allowed: paired, fid"):
+        spec(rung_metric=bad)
+    with pytest.raises(ConfigError, match="rung metric"):
+        halving_step([(0,) * STEPS], (8, 64), 1.0, [], metric=str(bad))
+
+
+def test_paired_promotion_follows_the_paired_distance_where_the_rung_fid_disagrees() -> None:
+    a, b, c = (0,) * STEPS, (1,) * STEPS, (2,) * STEPS
+    # equal cost: FID at the rung ranks a < b < c, the paired distance c < b < a
+    rung = {a: evaluation(10.0, 5.0, 3.0), b: evaluation(11.0, 5.0, 2.0), c: evaluation(12.0, 5.0, 1.0)}
+    by_fid = halving_step([a, b, c], (8, 64), 0.33, [rung], metric="fid")
+    by_paired = halving_step([a, b, c], (8, 64), 0.33, [rung], metric="paired")
+    assert (by_fid.level, by_fid.todo) == (1, [a])
+    assert (by_paired.level, by_paired.todo) == (1, [c])
+    top = {c: evaluation(20.0, 5.0, None, 64)}
+    out = halving_step([a, b, c], (8, 64), 0.33, [rung, top], metric="paired").outcome
+    assert out is not None and [e.record["fidelity"]["top"] for e in out] == [False, False, True]
+    # stand-ins: worst top FID + the paired distance above the rung's best, in the rung's FID units
+    # (FID span 2 over distance span 2 here): b +1, a +2; never better than the promoted c
+    assert [e.objectives for e in out] == [(22.0, 5.0), (21.0, 5.0), (20.0, 5.0)]
+    assert [x["paired_distance"] for x in out[0].record["fidelity"]["evaluations"]] == [3.0]
+
+
+def test_paired_halving_keeps_stand_ins_behind_promoted_ones_ordered_by_their_distance() -> None:
+    ev = PairedToy()
+    rng = np.random.default_rng(1)
+    genomes = list(dict.fromkeys(tuple(int(v) for v in rng.integers(0, 4, STEPS)) for _ in range(24)))
+    ladder = (8, 16, 64)
+    out = successive_halving(genomes, ev, ladder, 0.3, "paired")
+    by_fid = successive_halving(genomes, PairedToy(), ladder, 0.3, "fid")
+    promoted = lambda res: {g for g, e in zip(genomes, res, strict=True) if e.record["fidelity"]["top"]}  # noqa: E731
+    assert promoted(out) != promoted(by_fid)  # the metrics disagree on this generation
+    worst_top = max(e.objectives[0] for e in out if e.record["fidelity"]["top"])
+    for level in range(2):
+        stopped = [(g, e) for g, e in zip(genomes, out, strict=True)
+                   if e.record["fidelity"]["rung"] == level]  # fmt: skip
+        assert stopped
+        assert all(e.objectives[0] >= worst_top for _, e in stopped)  # conservative
+        ranked = sorted(stopped, key=lambda ge: ev(ge[0], ladder[level]).record["paired_distance"])
+        stand_ins = [e.objectives[0] for _, e in ranked]
+        assert stand_ins == sorted(stand_ins)  # ordered by the distance that stopped them
+    # replayed from results in any order: the same outcome (the service's path)
+    results: list[dict] = [{}, {}, {}]
+    while not (step := halving_step(genomes, ladder, 0.3, results, "paired")).done:
+        for g in reversed(step.todo):
+            results[step.level][g] = ev(g, ladder[step.level])
+    assert step.outcome == out
+
+
+def test_paired_metric_fails_a_rung_evaluation_without_a_distance_instead_of_ranking_it() -> None:
+    a, b = (0,) * STEPS, (3,) * STEPS
+    rung = {a: evaluation(10.0, 5.0, None), b: evaluation(12.0, 6.0, 0.0)}
+    step = halving_step([a, b], (8, 64), 1.0, [rung], metric="paired")
+    assert step.todo == [b]  # a cannot be ranked: never promoted
+    out = halving_step([a, b], (8, 64), 1.0, [rung, {b: evaluation(12.0, 6.0, None, 64)}], "paired").outcome
+    assert out is not None and out[0].objectives is None and "no paired distance" in out[0].reason
+    assert out[1].objectives == (12.0, 6.0)
+
+
+def test_a_paired_rungs_search_is_deterministic_and_differs_from_the_fid_ranked_one(tmp_path: Path) -> None:
+    def go(folder: str, metric: str):
+        return run_search(
+            spec().search_config(), PairedToy(), tmp_path / folder, seed=0, n_images=64, final_images=128,
+            weight=1.5, progress=False, rungs=(8, 16), promote=0.25, rung_metric=metric,
+        )  # fmt: skip
+
+    a, b, f = go("a", "paired"), go("b", "paired"), go("f", "fid")
+    assert [c.to_dict() for c in a.driver.candidates] == [c.to_dict() for c in b.driver.candidates]
+    assert [c.to_dict() for c in a.driver.candidates] != [c.to_dict() for c in f.driver.candidates]
+    assert all(c.record["fidelity"]["top"] for c in a.driver.front())

@@ -45,13 +45,16 @@ def comparable(results: dict[str, Any]) -> Any:
     return clean(out)
 
 
+@pytest.mark.parametrize("rung_metric", ["paired", "fid"])
 def test_a_rungs_search_over_rest_ends_where_the_local_one_ends(
-    stack_factory: Callable[..., Stack], repo: Repository, tmp_path: Path
+    stack_factory: Callable[..., Stack], repo: Repository, tmp_path: Path, rung_metric: str
 ) -> None:
+    """Both rung metrics: ``paired`` ranks the low rungs by the fast evaluator's stand-in
+    ``paired_distance`` (workers/fast_eval.py), recorded by the workers and replayed by the controller."""
     stack = stack_factory(n_workers=2, evaluator="fast", fast_eval_seconds="0.05")
     net, stats = ready(repo)
     with stack.client() as http:
-        reply = http.post("/searches", json=search_body(net, stats, **RUNGS))
+        reply = http.post("/searches", json=search_body(net, stats, **RUNGS, rung_metric=rung_metric))
         assert reply.status_code == 201, reply.text
         sid = reply.json()["id"]
         stack.wait_for(
@@ -62,6 +65,7 @@ def test_a_rungs_search_over_rest_ends_where_the_local_one_ends(
         done = http.get(f"/searches/{sid}").json()
         report = http.get(f"/searches/{sid}/report").json()
     spec = SearchSpec.from_dict(done["config"])
+    assert spec.rung_metric == rung_metric
     run = local_run(spec, tmp_path / "local")
     local = build_results(
         spec, run.driver.candidates, run.driver.history, {k: ev.record for k, ev in run.final.items()},
@@ -79,3 +83,6 @@ def test_a_rungs_search_over_rest_ends_where_the_local_one_ends(
     assert counts["rung0"] > counts["rung1"] > counts["search"]
     rungs = done["progress"]["rungs"]
     assert [r["candidates"]["COMPLETE"] for r in rungs] == [counts[p] for p in ("rung0", "rung1", "search")]
+    # the low rungs' rows carry the distance their promotion was ranked by (paired only)
+    paired = [c.metrics.get("paired_distance") is not None for c in rows if c.phase != "search"]
+    assert all(paired) if rung_metric == "paired" else not any(paired)

@@ -38,7 +38,7 @@ SEARCH = {
     "mutation_rate": 0.1,
     "crossover": "one_point",
 }
-RUNGS = {**SEARCH, "rungs": [8, 16], "promote": 0.5}
+RUNGS = {**SEARCH, "rungs": [8, 16], "promote": 0.5, "rung_metric": "paired"}  # (the default)
 TRAIN = {"steps": 6, "batch_size": 16, "checkpoint_every": 3, "sample_every": 0, "eval_every": 0,
          "log_every": 2, "eval_images": 16}  # fmt: skip
 TINY = {"model_channels": 32, "num_groups": 8, "num_res_blocks": 1}  # seconds per step on a busy CPU

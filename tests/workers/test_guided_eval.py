@@ -87,3 +87,31 @@ def test_a_finalists_grid_is_its_first_images_from_the_evaluation_seeds(setup, t
     images, _, _ = sample_images(model, schedule, spec.strategy((0, 1, 2)), [7, 8, 9, 10], 4)
     expected = save_image_grid(images.clamp(-1, 1), tmp_path / "expected.png", nrow=2)
     assert grid.read_bytes() == expected.read_bytes()
+
+
+def test_a_paired_rung_gets_the_local_evaluators_paired_distance(setup) -> None:
+    """The worker and ``ddsm search``'s GenomeEvaluator share FullWidthReference: a low rung of a search
+    ranked by ``paired`` records the same distance to full width in both (0 for full width itself); the
+    top rung and fid-ranked searches record none."""
+    from ddsm_core.evaluate import GenomeEvaluator
+    from ddsm_core.fid import FeatureStats
+
+    compute, checkpoint, stats, extractor = setup
+    spec = SearchSpec(sampler="ddim", steps=3, widths=CFG.widths, n_images=16, batch_size=8, rungs=(8,),
+                      rung_metric="paired")  # fmt: skip
+    sha = "paired-test-" + "0" * 52
+    common = {"checkpoint": checkpoint, "checkpoint_sha": sha, "stats_path": stats, "extractor": extractor,
+              "table": cost_table(CFG), "device": "cpu", "spec": spec}  # fmt: skip
+    worker = {g: compute.evaluate_genome(genome=g, n_images=8, share_prefixes=True, **common)
+              for g in ((0, 1, 2), (2, 2, 2), (0, 0, 0))}  # fmt: skip
+    model, schedule, _ = compute.load_supernet(checkpoint, sha, "cpu")
+    local = GenomeEvaluator(model, schedule, FeatureStats.load(stats), compute._extractor(extractor, "cpu"),
+                            spec, costs=cost_table(CFG), cache_images=spec.ladder)  # fmt: skip
+    for g, metrics in worker.items():
+        record = local(g, 8).record
+        assert metrics["paired_distance"] == record["paired_distance"] and metrics["fid"] == record["fid"]
+    assert worker[(2, 2, 2)]["paired_distance"] == 0.0
+    assert worker[(0, 0, 0)]["paired_distance"] > worker[(0, 1, 2)]["paired_distance"] > 0
+    assert compute.evaluate_genome(genome=(0, 1, 2), n_images=16, **common)["paired_distance"] is None
+    fid_ranked = {**common, "spec": spec.replace(rung_metric="fid")}
+    assert compute.evaluate_genome(genome=(0, 1, 2), n_images=8, **fid_ranked)["paired_distance"] is None
