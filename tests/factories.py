@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,8 @@ from api.db.models import JobStatus
 from api.db.repository import Repository
 from ddsm_core.costs import CostTable
 from ddsm_core.latency import LatencyTable
-from ddsm_core.results import front_points
+from ddsm_core.pick import run_bisection
+from ddsm_core.results import build_results, front_points
 from ddsm_core.search import Evaluation, SearchRun, run_search
 from ddsm_core.spec import SearchSpec
 from workers.fast_eval import fast_metrics
@@ -135,6 +137,39 @@ def local_run(
                       finalists={"full": spec.full_width_genome()}, rungs=spec.rungs,
                       promote=spec.promote, rung_metric=spec.rung_metric, pick_rule=spec.pick_rule,
                       judge=judge)  # fmt: skip
+
+
+def local_results(spec: SearchSpec, folder: Path) -> tuple[SearchRun, dict[str, Any]]:
+    """:func:`local_run` and the results.json ``ddsm search`` writes for it (paths stand-ins)."""
+    run = local_run(spec, folder)
+    results = build_results(
+        spec, run.driver.candidates, run.driver.history, {k: ev.record for k, ev in run.final.items()},
+        extractor="domain", checkpoint="here", stats="there", search_wall_s=run.wall_s,
+        bisection=run_bisection(spec, run),
+    )  # fmt: skip
+    return run, results
+
+
+# what differs by nature between the service's results and a local run's: wall times, and on real
+# workers the latency of the fast evaluator's sleeps (in-process controller tests keep it: IN_PROCESS)
+IN_PROCESS = ("search_wall_s", "total_wall_s")
+TIMINGS = ("latency_s", *IN_PROCESS)
+
+
+def comparable(results: Mapping[str, Any], timings: Iterable[str] = TIMINGS) -> Any:
+    """results.json without where it ran, its paths and the ``timings`` keys (at any depth), as JSON."""
+    out = json.loads(json.dumps(results))
+    out.pop("run")
+    for key in ("checkpoint", "stats"):
+        out["config"].pop(key)
+    drop = set(timings)
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items() if k not in drop}
+        return [clean(v) for v in value] if isinstance(value, list) else value
+
+    return clean(out)
 
 
 def local_front(spec: SearchSpec, folder: Path, table: Mapping[str, Any] = TABLE) -> Front:

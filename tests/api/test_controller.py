@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import json
 import threading
 import time
 from pathlib import Path
@@ -19,14 +18,16 @@ from ddsm_core.fid import FeatureStats
 from ddsm_core.floor import compute_floors, floors_of, with_floors
 from ddsm_core.paired import paired_vs_full
 from ddsm_core.pick import probe_verdict, run_bisection
-from ddsm_core.results import build_results
 from ddsm_core.spec import SearchSpec
 from tests.factories import (
+    IN_PROCESS,
     TABLE,
     Outbox,
+    comparable,
     complete_sent,
     drive,
     local_front,
+    local_results,
     local_run,
     make_search,
     small_spec,
@@ -36,17 +37,6 @@ from workers.fast_eval import fast_metrics
 
 SPEC = small_spec(population=8, generations=3, seed=3)
 WEIGHTED = SPEC.replace(pick_rule="weighted")
-
-
-def comparable(results: dict[str, Any]) -> dict[str, Any]:
-    """results.json without what differs by nature: where it ran, timings and paths."""
-    out = json.loads(json.dumps(results))
-    out.pop("run")
-    for key in ("checkpoint", "stats"):
-        out["config"].pop(key)
-    for key in ("search_wall_s", "total_wall_s"):
-        out["cost"].pop(key)
-    return out
 
 
 def test_controller_gives_the_same_front_as_the_local_search(repo: Repository, tmp_path: Path) -> None:
@@ -76,14 +66,9 @@ def test_the_service_and_a_local_search_write_the_same_results(repo: Repository,
     search, outbox = make_search(repo, SPEC), Outbox()
     drive(repo, SearchController(repo, outbox, Settings()), outbox, search)
     service = repo.get_search(search).result  # type: ignore[union-attr]
-    run = local_run(SPEC, tmp_path / "local")
-    local = build_results(
-        SPEC, run.driver.candidates, run.driver.history, {k: ev.record for k, ev in run.final.items()},
-        extractor="domain", checkpoint="here", stats="there", search_wall_s=run.wall_s,
-        bisection=run_bisection(SPEC, run),
-    )  # fmt: skip
+    run, local = local_results(SPEC, tmp_path / "local")
     assert service["run"]["where"] == "service" and service["cost"]["search_wall_s"] > 0
-    assert comparable(service) == comparable(local)
+    assert comparable(service, IN_PROCESS) == comparable(local, IN_PROCESS)
     assert set(service["final"]) == {"pick", "weighted", "knee", "full"}
     assert service["cost"]["final_images_sampled"] > 0
 
@@ -392,7 +377,8 @@ def test_the_driver_cache_changes_no_result(repo: Repository) -> None:
         search, outbox = make_search(repo, SPEC), Outbox()
         controller = SearchController(repo, outbox, Settings(), cache_drivers=cache)
         drive(repo, controller, outbox, search)
-        outcomes.append((comparable(repo.get_search(search).result), controller.rebuilds))  # type: ignore[union-attr]
+        result = repo.get_search(search).result  # type: ignore[union-attr]
+        outcomes.append((comparable(result, IN_PROCESS), controller.rebuilds))
     (cached, cached_rebuilds), (rebuilt, rebuilds) = outcomes
     assert cached == rebuilt
     # each tell, each tick of the finalist stage that sends a probe, and the finish

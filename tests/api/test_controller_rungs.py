@@ -7,11 +7,9 @@ worker processes run the same search in tests/integration/test_service_rungs.py.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -19,15 +17,15 @@ from api.controller import SearchController, _evaluation, rung_phases
 from api.db.models import CandidateState
 from api.db.repository import Repository
 from api.settings import Settings
-from ddsm_core.pick import run_bisection
-from ddsm_core.results import build_results
 from ddsm_core.search import halving_step
 from tests.factories import (
+    IN_PROCESS,
     Outbox,
+    comparable,
     complete_sent,
     drive,
     local_front,
-    local_run,
+    local_results,
     make_search,
     small_spec,
     stored_front,
@@ -36,16 +34,6 @@ from tests.factories import (
 SPEC = small_spec(
     population=8, generations=3, seed=3, n_images=64, final_images=128, rungs=(8, 16), promote=0.25
 )
-
-
-def comparable(results: dict[str, Any]) -> dict[str, Any]:
-    out = json.loads(json.dumps(results))
-    out.pop("run")
-    for key in ("checkpoint", "stats"):
-        out["config"].pop(key)
-    for key in ("search_wall_s", "total_wall_s"):
-        out["cost"].pop(key)
-    return out
 
 
 def test_phases_name_each_rung_and_the_top_is_the_search_phase() -> None:
@@ -57,13 +45,9 @@ def test_a_rungs_search_writes_the_results_of_the_local_search(repo: Repository,
     search, outbox = make_search(repo, SPEC), Outbox()
     drive(repo, SearchController(repo, outbox, Settings()), outbox, search)
     service = repo.get_search(search).result  # type: ignore[union-attr]
-    run = local_run(SPEC, tmp_path / "local")
-    local = build_results(
-        SPEC, run.driver.candidates, run.driver.history, {k: ev.record for k, ev in run.final.items()},
-        extractor="domain", checkpoint="here", stats="there", search_wall_s=run.wall_s,
-        bisection=run_bisection(SPEC, run),
-    )  # fmt: skip
-    assert comparable(service) == comparable(local)  # candidates, front, pick, finalists, cost per rung
+    run, local = local_results(SPEC, tmp_path / "local")
+    # candidates, front, pick, finalists, cost per rung
+    assert comparable(service, IN_PROCESS) == comparable(local, IN_PROCESS)
     assert stored_front(repo, search) == local_front(SPEC, tmp_path / "again")
     assert [r["n_images"] for r in service["cost"]["rungs"]] == [8, 16, 64]
     assert any(not c["record"]["fidelity"]["top"] for c in service["candidates"])  # some stopped early

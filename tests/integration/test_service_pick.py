@@ -10,41 +10,21 @@ tests/api/test_controller.py."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from api.db.models import CandidateState
 from api.db.repository import Repository
-from ddsm_core.pick import run_bisection
-from ddsm_core.results import build_results
 from ddsm_core.spec import SearchSpec
-from tests.factories import local_run, ready, search_body
+from tests.factories import comparable, local_results, ready, search_body
 
 from .conftest import Stack
 
 pytestmark = pytest.mark.integration
 
 PICK = {"seed": 5, "population": 8, "generations": 3, "n_images": 16, "final_images": 32}
-TIMINGS = ("latency_s", "search_wall_s", "total_wall_s")  # the workers' fast evaluator sleeps, locally not
-
-
-def comparable(results: dict[str, Any]) -> Any:
-    """results.json without where it ran, its paths and its timings."""
-    out = json.loads(json.dumps(results))
-    out.pop("run")
-    for key in ("checkpoint", "stats"):
-        out["config"].pop(key)
-
-    def clean(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items() if k not in TIMINGS}
-        return [clean(v) for v in value] if isinstance(value, list) else value
-
-    return clean(out)
 
 
 def test_the_service_bisects_the_front_as_ddsm_search_does(
@@ -60,12 +40,7 @@ def test_the_service_bisects_the_front_as_ddsm_search_does(
         report = http.get(f"/searches/{sid}/report").json()
     spec = SearchSpec.from_dict(done["config"])
     assert spec.pick_rule == "tolerance" and spec.tolerance == 0.05  # the defaults
-    run = local_run(spec, tmp_path / "local")
-    local = build_results(
-        spec, run.driver.candidates, run.driver.history, {k: ev.record for k, ev in run.final.items()},
-        extractor="domain", checkpoint="here", stats="there", search_wall_s=run.wall_s,
-        bisection=run_bisection(spec, run),
-    )  # fmt: skip
+    run, local = local_results(spec, tmp_path / "local")
     assert comparable(report) == comparable(local)  # the probes, their verdicts, pick and weighted pick
     result = done["result"]
     probes = [p["genome"] for p in result["bisection"]["probes"]]

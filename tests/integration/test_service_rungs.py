@@ -4,20 +4,16 @@ the same seed and spec (the fast evaluator is deterministic per genome and image
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from api.db.models import CandidateState
 from api.db.repository import Repository
-from ddsm_core.pick import run_bisection
-from ddsm_core.results import build_results
 from ddsm_core.spec import SearchSpec
-from tests.factories import front_of, local_run, ready, search_body
+from tests.factories import comparable, front_of, local_results, ready, search_body
 
 from .conftest import Stack
 
@@ -25,24 +21,6 @@ pytestmark = pytest.mark.integration
 
 RUNGS = {"seed": 7, "population": 8, "generations": 3, "n_images": 64, "final_images": 128,
          "rungs": [8, 16], "promote": 0.25}  # fmt: skip
-
-
-TIMINGS = ("latency_s", "search_wall_s", "total_wall_s")  # the workers' fast evaluator sleeps, locally not
-
-
-def comparable(results: dict[str, Any]) -> Any:
-    """results.json without where it ran, its paths and its timings."""
-    out = json.loads(json.dumps(results))
-    out.pop("run")
-    for key in ("checkpoint", "stats"):
-        out["config"].pop(key)
-
-    def clean(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items() if k not in TIMINGS}
-        return [clean(v) for v in value] if isinstance(value, list) else value
-
-    return clean(out)
 
 
 @pytest.mark.parametrize("rung_metric", ["paired", "fid"])
@@ -66,12 +44,7 @@ def test_a_rungs_search_over_rest_ends_where_the_local_one_ends(
         report = http.get(f"/searches/{sid}/report").json()
     spec = SearchSpec.from_dict(done["config"])
     assert spec.rung_metric == rung_metric
-    run = local_run(spec, tmp_path / "local")
-    local = build_results(
-        spec, run.driver.candidates, run.driver.history, {k: ev.record for k, ev in run.final.items()},
-        extractor="domain", checkpoint="here", stats="there", search_wall_s=run.wall_s,
-        bisection=run_bisection(spec, run),
-    )  # fmt: skip
+    run, local = local_results(spec, tmp_path / "local")
     assert front_of(done["front"]) == [(list(c.genome), c.fid, c.cost) for c in run.driver.front()]
     assert done["result"]["pick"]["genome"] == list(run.pick.genome)
     assert comparable(report) == comparable(local)  # every candidate's told objectives, cost per rung
