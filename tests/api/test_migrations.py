@@ -24,6 +24,19 @@ def schema_diff(url: str, metadata: MetaData) -> list[Any]:
         engine.dispose()
 
 
+def _supernet_and_stats(conn: Any) -> None:
+    """Rows 1 of supernets and reference_stats, in the columns every revision since 0001 has, for a
+    search row made at an older revision to point at."""
+    conn.exec_driver_sql(
+        "INSERT INTO supernets (id, name, status, artifact_sha256, config, created_at) "
+        "VALUES (1, 'n', 'COMPLETE', 'a', '{}', CURRENT_TIMESTAMP)"
+    )
+    conn.exec_driver_sql(
+        "INSERT INTO reference_stats (id, name, dataset, extractor, status, created_at) "
+        "VALUES (1, 's', 'digits', 'domain', 'COMPLETE', CURRENT_TIMESTAMP)"
+    )
+
+
 def test_a_freshly_upgraded_database_matches_the_models(db_url: str) -> None:
     upgrade(db_url)
     assert schema_diff(db_url, Base.metadata) == []
@@ -48,14 +61,7 @@ def test_latency_tables_upgrade_a_database_with_searches_and_downgrade_again(db_
     engine = make_engine(db_url)
     try:
         with engine.begin() as conn:  # a search made before latency tables existed
-            conn.exec_driver_sql(
-                "INSERT INTO supernets (id, name, status, artifact_sha256, config, created_at) "
-                "VALUES (1, 'n', 'COMPLETE', 'a', '{}', CURRENT_TIMESTAMP)"
-            )
-            conn.exec_driver_sql(
-                "INSERT INTO reference_stats (id, name, dataset, extractor, status, created_at) "
-                "VALUES (1, 's', 'digits', 'domain', 'COMPLETE', CURRENT_TIMESTAMP)"
-            )
+            _supernet_and_stats(conn)
             conn.exec_driver_sql(
                 "INSERT INTO searches (id, name, supernet_id, reference_stats_id, config, status, "
                 "generation, created_at, updated_at) "
@@ -88,14 +94,7 @@ def test_searches_made_before_the_pick_rule_keep_the_weighted_pick(db_url: str) 
     engine = make_engine(db_url)
     try:
         with engine.begin() as conn:
-            conn.exec_driver_sql(
-                "INSERT INTO supernets (id, name, status, artifact_sha256, config, created_at) "
-                "VALUES (1, 'n', 'COMPLETE', 'a', '{}', CURRENT_TIMESTAMP)"
-            )
-            conn.exec_driver_sql(
-                "INSERT INTO reference_stats (id, name, dataset, extractor, status, created_at) "
-                "VALUES (1, 's', 'digits', 'domain', 'COMPLETE', CURRENT_TIMESTAMP)"
-            )
+            _supernet_and_stats(conn)
             for sid, config in ((1, '{"weight": 2.0}'), (2, '{"pick_rule": "tolerance"}')):
                 conn.exec_driver_sql(
                     "INSERT INTO searches (id, name, supernet_id, reference_stats_id, config, status, "
