@@ -190,7 +190,7 @@ def supernet(svc: Service, train_steps: int | None, retrain: bool, checkpoint: P
             "train": {"steps": train_steps or DEMO_TRAIN_STEPS, "sample_every": DEMO_SAMPLE_EVERY},
         }
         run = svc.post("/training-runs", body)
-    bar = _bar(run["total_steps"] or train_steps or _recipe_steps(), "train supernet", "step")
+    bar = _bar(run["total_steps"] or train_steps or DEMO_TRAIN_STEPS, "train supernet", "step")
     while run["status"] not in ("COMPLETE", "FAILED", "CANCELLED"):
         svc._check_processes()
         time.sleep(1.0)
@@ -205,10 +205,6 @@ def supernet(svc: Service, train_steps: int | None, retrain: bool, checkpoint: P
     return svc.wait(f"/supernets/{run['supernet_id']}", "supernet check")
 
 
-def _recipe_steps() -> int:
-    return DEMO_TRAIN_STEPS
-
-
 def estimate_s(spec: SearchSpec, train_steps: int | None, training: bool) -> float:
     """Seconds the demo should take on 2 idle CPU cores: training (if any) plus the search, scaled
     from the measured defaults by steps x candidates x images (finalists included)."""
@@ -216,7 +212,7 @@ def estimate_s(spec: SearchSpec, train_steps: int | None, training: bool) -> flo
     default_work = DEFAULTS.steps * (
         DEFAULTS.population * DEFAULTS.generations * DEFAULTS.n_images + 3 * DEFAULTS.final_images
     )
-    train = (train_steps or _recipe_steps()) * TRAIN_S_PER_STEP if training else 0.0
+    train = (train_steps or DEMO_TRAIN_STEPS) * TRAIN_S_PER_STEP if training else 0.0
     return train + SEARCH_S_DEFAULT * work / default_work
 
 
