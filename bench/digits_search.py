@@ -86,24 +86,32 @@ class Bench:
         self.costs = cost_table(self.model)
         self.ext = get_extractor("domain", dataset="digits")
         self.ref = FeatureStats.load(args.stats)
+        self.guidance: float | None = args.guidance
+        if self.guidance is not None and self.model.config.null_class is None:
+            sys.exit(f"error: {args.checkpoint} has no null label: train with --class-cond --label-dropout")
         self.cache = args.out / "cache"
+        if self.guidance is not None:  # another supernet: its features must not meet the default one's
+            self.cache = self.cache / f"{args.checkpoint.name}-step{self.manifest.get('step')}"
         self.cache.mkdir(parents=True, exist_ok=True)
-        self.mem: dict[tuple[str, int, tuple[int, ...]], tuple[np.ndarray, dict[str, Any]]] = {}
+        self.mem: dict[tuple[Any, ...], tuple[np.ndarray, dict[str, Any]]] = {}
 
-    def measure(self, s: Strategy) -> tuple[np.ndarray, dict[str, Any]]:
-        """Per-image features of ``s`` on seeds 0..N-1 (N = --final-images) and its record."""
+    def measure(self, s: Strategy, guidance: float | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        """Per-image features of ``s`` on seeds 0..N-1 (N = --final-images) and its record, at
+        ``guidance`` (default --guidance; labels seed % 10 on a class-conditional supernet)."""
         n = self.args.final_images
-        key = (s.sampler, s.steps, s.genes)
+        g = self.guidance if guidance is None else guidance
+        key = (s.sampler, s.steps, s.genes, g)
         if key in self.mem:
             return self.mem[key]
-        path = self.cache / f"{s.sampler}{s.steps}_{'-'.join(map(str, s.genes))}_{n}.npz"
+        suffix = "" if g is None else f"_g{g:g}"
+        path = self.cache / f"{s.sampler}{s.steps}_{'-'.join(map(str, s.genes))}_{n}{suffix}.npz"
         if path.exists():
             z = np.load(path)
             rec = json.loads(str(z["record"]))
         else:
             r = evaluate(
                 self.model, self.schedule, s, self.ref, self.ext, n, 0, 250, costs=self.costs,
-                keep_features=True,
+                keep_features=True, guidance=g,
             )  # fmt: skip
             rec = {
                 "strategy": s.describe(),
@@ -111,6 +119,7 @@ class Bench:
                 "gflops": r.gflops,
                 "latency_ms": 1000 * r.latency_s,
                 "seconds": r.seconds,
+                "guidance": g,
             }
             np.savez(path, features=r.features, record=json.dumps(rec))
             print(f"  measured {s.describe()} on {n} images in {r.seconds:.0f} s", flush=True)
@@ -152,6 +161,14 @@ def main() -> None:
     p.add_argument("--transfer-to", default="", help="sampler:steps, comma separated")
     p.add_argument("--warm", default="", help="sampler:steps:seed searches to rerun warm-started")
     p.add_argument("--profile", default="cpu")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="FIELD=JSON",
+        help="override a field of the profile's search spec, e.g. --set rungs=[200] --set population=32",
+    )  # fmt: skip
+    p.add_argument(
+        "--guidance", type=float, default=None,
+        help="classifier-free guidance weight (a --class-cond supernet with label dropout as --checkpoint)",
+    )  # fmt: skip
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--render-only", action="store_true")
     p.add_argument(
@@ -171,6 +188,11 @@ def main() -> None:
     spec0 = profile(args.profile).replace(pick_rule="weighted")
     if args.smoke:
         spec0 = spec0.replace(population=8, generations=2, n_images=16, final_images=20)
+    if args.guidance is not None:
+        spec0 = spec0.replace(guidance=args.guidance)
+    for item in args.set:
+        field, _, value = item.partition("=")
+        spec0 = spec0.replace(**{field: json.loads(value)})
     old = json.loads(bench_path.read_text()) if bench_path.exists() else {}
     if old.get("final_images") != args.final_images or old.get("tolerance") != args.tolerance:
         old = {}  # another protocol: nothing of it is comparable
@@ -178,8 +200,9 @@ def main() -> None:
     bench: dict[str, Any] = {
         "runs": [*old.get("runs", []), {"command": command, "date": _now(), "git": _git()}],
         "machine": f"{platform.machine()}, {os.cpu_count()} cores shared with other jobs, one torch thread",
-        "checkpoint": os.path.relpath(args.checkpoint, ROOT),
-        "manifest": {k: b.manifest.get(k) for k in ("step", "created", "train_config")},
+        # a guided run adds its sections beside the default supernet's: the header keeps that one
+        "checkpoint": old.get("checkpoint") if args.guidance is not None and old else _rel(args.checkpoint),
+        "manifest": old.get("manifest") if args.guidance is not None and old else _manifest(b),
         "images": args.images,
         "final_images": args.final_images,
         "tolerance": args.tolerance,
@@ -201,9 +224,11 @@ def main() -> None:
     n_w = len(b.widths)
     for sampler, steps, own in _items(args.samplers):
         seeds = own or [int(s) for s in args.search_seeds.split(",") if s]
-        key = f"{sampler}{steps}"
+        key = f"{sampler}{steps}" + ("" if args.guidance is None else f"_g{args.guidance:g}")
         entry = bench["samplers"].setdefault(key, {"sampler": sampler, "steps": steps})
         entry.update(uniform={}, dominance={}, load_start=os.getloadavg())
+        if args.guidance is not None:
+            entry.update(guidance=args.guidance, checkpoint=_rel(args.checkpoint), manifest=_manifest(b))
         entry.setdefault("searches", {})
         t0 = time.perf_counter()
         full = Strategy.uniform(sampler, steps, n_w - 1, b.widths)
@@ -218,6 +243,14 @@ def main() -> None:
                 row["paired_small"] = d.to_dict()
             entry["uniform"][format_width(b.widths[i])] = row
             print(f"{key} uniform {format_width(b.widths[i])}: FID {row['fid']:.2f}", flush=True)
+        if args.guidance is not None:  # the same supernet without guidance: conditional and unconditional
+            entry["unguided"] = {}
+            for g, label in ((1.0, "guidance 1 (conditional)"), (0.0, "guidance 0 (unconditional)")):
+                feats, rec = b.measure(full, guidance=g)
+                entry["unguided"][label] = {
+                    **rec, "fid": b.fid(feats, args.final_images), "fid_small": b.fid(feats, args.images),
+                    "paired": paired_fid_diff(full_feats, feats, b.ref, seed=0).to_dict(),
+                }  # fmt: skip
         entry["uniform_wall_s"] = time.perf_counter() - t0
         save()
 
@@ -402,6 +435,14 @@ def _transfer(
     return out
 
 
+def _rel(path: Path) -> str:
+    return os.path.relpath(path, ROOT)
+
+
+def _manifest(b: Bench) -> dict[str, Any]:
+    return {k: b.manifest.get(k) for k in ("step", "created", "train_config")}
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
 
@@ -471,18 +512,38 @@ def write_markdown(bench: dict[str, Any], md: Path, notes: Path | None = None, q
         "beside it.",
         f"- search: `ddsm search` code path (`search_to_folder`), profile `{prof['name']}` (population "
         f"{prof['population']}, {prof['generations']} generations, {prof['n_images']} images per candidate, "
-        f"its own finalists re-measured on {prof['final_images']} images: results.json in each folder)",
+        f"its own finalists re-measured on {prof['final_images']} images: results.json in each folder)"
+        + (
+            f"; multi-fidelity: every new candidate first on {', '.join(map(str, prof['rungs']))} images "
+            f"ranked by the {prof.get('rung_metric', 'fid')} rung metric, the best {prof['promote']:g} "
+            f"promoted to {prof['n_images']}"
+            if prof.get("rungs")
+            else ""
+        ),
         "",
     ]
     targets: list[tuple[str, str, str]] = []
+    t13: list[tuple[str, str, str]] = []
     for key, e in bench["samplers"].items():
         title = f"{LABELS.get(e['sampler'], e['sampler'])}-{e['steps']}"
+        if e.get("guidance") is not None:
+            title += f", guidance {e['guidance']:g}"
         uni = e["uniform"]
         full = uni.get(format_width(1.0))
         ls, le = e.get("load_start") or [0], e.get("load_end") or [0]
+        lines += [f"## {title}", ""]
+        if e.get("guidance") is not None:
+            etc = (e.get("manifest") or {}).get("train_config") or {}
+            lines += [
+                f"Classifier-free guidance {e['guidance']:g} (issue 13): supernet `{e['checkpoint']}` (step "
+                f"{e['manifest'].get('step')}, the same recipe class-conditional, label dropout "
+                f"{etc.get('label_dropout')}); image i has label i % 10, as many of each digit as the "
+                "reference statistics. Every call runs the conditional and the unconditional pass at the "
+                "step's width (batched); GFLOPs count both. Searches run on the guided sampler "
+                "(`ddsm search --guidance`).",
+                "",
+            ]
         lines += [
-            f"## {title}",
-            "",
             f"### Uniform widths (load average {ls[0]:.1f} -> {le[0]:.1f})",
             "",
             f"| width | FID@{bench['images']} | x floor | ratio@{bench['images']} [95%] | GFLOPs/image "
@@ -500,6 +561,21 @@ def write_markdown(bench: dict[str, Any], md: Path, notes: Path | None = None, q
                 f"{_iv(r.get('paired'))} | {_pct(r.get('paired'))} | {_f(r['latency_ms'], 1)} |"
             )
         lines += ["", f"Uniform rows: {e.get('uniform_wall_s', 0):.0f} s (features cached between runs).", ""]
+        if e.get("unguided") and full:
+            lines += [
+                f"The same supernet at full width without guidance 2 (paired with guidance {e['guidance']:g} "
+                "full width; GFLOPs count the passes actually needed: guidance 1 and 0 still run two "
+                "batched passes in this code path):",
+                "",
+                f"| full width at | FID@{bench['images']} | x floor | FID@{n} | - guided full @{n} [95%] |",
+                "|---|---|---|---|---|",
+            ]
+            for label, r in e["unguided"].items():
+                lines.append(
+                    f"| {label} | {_f(r['fid_small'])} | {_f(r['fid_small'] / ffid if ffid else None)} | "
+                    f"{_f(r['fid'])} | {_iv(r.get('paired'))} |"
+                )
+            lines.append("")
         smallest = uni.get(format_width(min(float(w.split("/")[0]) / 8 for w in uni))) if uni else None
         if full and ffid:
             targets.append(
@@ -556,6 +632,18 @@ def write_markdown(bench: dict[str, Any], md: Path, notes: Path | None = None, q
                 lines.append(f"- seed {seed}: {steps_txt or 'front has no member below full width'}")
             lines.append("")
             ok = all(r["saved"] >= 0.6 for r in s.values())
+            if e.get("guidance") is not None:
+                t13.append(
+                    (
+                        f"guided row: {title}, {len(s)} search seeds",
+                        "measured",
+                        "; ".join(
+                            f"seed {k}: pick `{r['pick']['strategy']}` {100 * r['saved']:.0f}% saved, "
+                            f"{_iv(r['pick'].get('paired'))} ({_eq(r['pick'].get('paired'))})"
+                            for k, r in s.items()
+                        ),
+                    )
+                )
             targets.append(
                 (
                     f"{title}: pick saves >= 60% GFLOPs at equal quality ({100 * tol:.0f}%), every seed "
@@ -611,7 +699,6 @@ def write_markdown(bench: dict[str, Any], md: Path, notes: Path | None = None, q
                     f"({len(uni) - 1} below full)",
                 )
             )
-    t13: list[tuple[str, str, str]] = []
     if bench.get("transfer"):
         lines += [
             "## Strategy transfer (issue 13): a search's pick and knee mapped by log-SNR "
