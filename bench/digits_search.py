@@ -190,9 +190,8 @@ def main() -> None:
         spec0 = spec0.replace(population=8, generations=2, n_images=16, final_images=20)
     if args.guidance is not None:
         spec0 = spec0.replace(guidance=args.guidance)
-    for item in args.set:
-        field, _, value = item.partition("=")
-        spec0 = spec0.replace(**{field: json.loads(value)})
+    overrides = {k: json.loads(v) for k, _, v in (item.partition("=") for item in args.set)}
+    spec0 = spec0.replace(**overrides)  # at once: rungs and n_images are checked against each other
     old = json.loads(bench_path.read_text()) if bench_path.exists() else {}
     if old.get("final_images") != args.final_images or old.get("tolerance") != args.tolerance:
         old = {}  # another protocol: nothing of it is comparable
