@@ -139,11 +139,14 @@ class ErrorRedaction:
 
 
 def _redacted(body: bytes) -> bytes:
+    """``body`` with its ``error`` / ``reason`` strings redacted; unchanged, byte for byte, when there
+    is nothing to redact (a strategy file downloads as the file ``ddsm search`` writes)."""
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return body
-    return json.dumps(redact(data), separators=(",", ":")).encode()
+    redacted = redact(data)
+    return body if redacted == data else json.dumps(redacted, separators=(",", ":")).encode()
 
 
 def redact(value: Any) -> Any:

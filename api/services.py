@@ -24,8 +24,8 @@ from ddsm_core.catalog import DATASETS
 from ddsm_core.compare import Comparison, Front, Results, compare_fronts, fronts_on_one_axis, latency_source
 from ddsm_core.config import UNetConfig
 from ddsm_core.errors import CheckpointError, ConfigError, DDSMError, StatsError
-from ddsm_core.results import front_points, summary
-from ddsm_core.spec import FINALISTS, SearchSpec, with_warm_start
+from ddsm_core.results import finalist_strategies, front_points, summary
+from ddsm_core.spec import SearchSpec, with_warm_start
 from ddsm_core.strategy import Strategy, strategy_of_document
 from ddsm_core.transfer import check_widths, named_schedule, results_strategies, transfer_strategy
 
@@ -308,14 +308,30 @@ def candidate_strategy(repo: Repository, candidate_id: int) -> Strategy:
 
 
 def search_strategy(repo: Repository, search_id: int, which: str) -> Strategy:
+    """The strategy file of a finished search's finalist ``which``: any name of its results.json's
+    ``final`` (pick, knee, full and, with the tolerance rule, weighted), the same file ``ddsm search``
+    writes as ``<which>.json``. 404 for a name the search has not (listing those it has), 409 for a
+    name it will have once it is COMPLETE."""
     search = repo.get_search(search_id)
     if search is None:
         raise NotFound(f"search {search_id} not found")
-    if which not in FINALISTS:
-        raise ConfigError(f"unknown strategy {which!r}; allowed: {', '.join(FINALISTS)}")
-    if search.status != JobStatus.COMPLETE or not search.result:
+    spec = SearchSpec.from_dict(search.config)
+    final = (search.result or {}).get("final") or {}
+    done = search.status == JobStatus.COMPLETE and bool(final)
+    names = tuple(final) if done else spec.finalist_names()
+    if which not in names:
+        why = (
+            " (its pick rule is weighted: the weighted pick is its pick)"
+            if which == "weighted" and spec.pick_rule == "weighted"
+            else ""
+        )
+        raise NotFound(
+            f"search {search_id} has no strategy {which[:80]!r}{why}; "
+            f"{'available' if done else 'once it is COMPLETE'}: {', '.join(names)}"
+        )
+    if not done:
         raise Conflict(f"search {search_id} is {search.status.value}: its {which} exists once it is COMPLETE")
-    return SearchSpec.from_dict(search.config).strategy(search.result["final"][which]["genome"])
+    return finalist_strategies(search.result)[which]  # type: ignore[arg-type]
 
 
 def check_training(settings: Settings, body: TrainingRunCreate) -> dict[str, Any]:

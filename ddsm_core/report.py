@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ddsm_core.atomic import atomic_path, write_text_atomic
+from ddsm_core.results import finalist_strategies
 from ddsm_core.search import Candidate, reached_top
 from ddsm_core.spec import COST_UNITS, SearchSpec
 
@@ -288,17 +289,12 @@ def write_report_folder(out_dir: str | os.PathLike[str], results: Mapping[str, A
 
 
 def write_strategy_files(out_dir: str | os.PathLike[str], results: Mapping[str, Any]) -> list[Path]:
-    """``pick.json``, ``knee.json``, ``full.json``: one strategy file per finalist, the format
-    ``ddsm sample --strategy``, ``ddsm eval`` and the REST API take as is (sampler and steps inside)."""
-    from ddsm_core.strategy import Strategy
-
-    cfg = results["config"]
+    """One strategy file per finalist, ``<name>.json`` (``pick``, ``knee``, ``full`` and, with the
+    tolerance rule, ``weighted``), the format ``ddsm sample --strategy``, ``ddsm eval`` and the REST API
+    take as is (sampler and steps inside); ``GET /searches/{id}/strategies/{name}`` serves the same."""
     paths = []
-    for name, record in results["final"].items():
-        strategy = Strategy(cfg["sampler"], cfg["steps"], tuple(cfg["widths"]), tuple(record["genome"]))
-        path = Path(out_dir) / f"{name}.json"
-        write_text_atomic(path, strategy.to_json(indent=1) + "\n")
-        paths.append(path)
+    for name, strategy in finalist_strategies(results).items():
+        paths.append(write_text_atomic(Path(out_dir) / f"{name}.json", strategy.file_text()))
     return paths
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from ddsm_core.latency import LatencyTable
 from ddsm_core.search import Candidate, knee_point, non_dominated, reached_top
 from ddsm_core.spec import SearchSpec
+from ddsm_core.strategy import Strategy
 from ddsm_core.widths import format_width
 
 FinalRecords = Mapping[str, Mapping[str, Any]]
@@ -119,7 +120,8 @@ def build_results(
     bisection: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``results.json``: the config, every candidate, the front, pick, knee, the finalists re-evaluated
-    (``final``, keyed by :data:`~ddsm_core.spec.FINALISTS`), uniform widths, saving and cost.
+    (``final``, keyed by :meth:`~ddsm_core.spec.SearchSpec.finalist_names`), uniform widths, saving
+    and cost.
 
     :param floors: the reference statistics' real-data floors (``RealDataFloor`` dicts, ``floors``).
     :param paired: finalist name -> its paired interval vs full width (``paired``; see
@@ -198,6 +200,16 @@ def latency_summary(table: LatencyTable, batch_size: int) -> dict[str, Any]:
 def _latency_saving(finals: Mapping[str, Mapping[str, Any]]) -> float | None:
     full, pick = finals["full"].get("predicted_latency_s"), finals["pick"].get("predicted_latency_s")
     return 1.0 - pick / full if full and pick is not None else None
+
+
+def finalist_strategies(results: Mapping[str, Any]) -> dict[str, Strategy]:
+    """Every finalist of a results.json as a strategy, keyed by its name in ``final`` (pick, knee,
+    full and, with the tolerance rule, weighted): the one source of the report folder's ``<name>.json``
+    files and of ``GET /searches/{id}/strategies/{name}``, so both give the same file."""
+    cfg = results["config"]
+    widths = tuple(cfg["widths"])
+    return {name: Strategy(cfg["sampler"], cfg["steps"], widths, tuple(record["genome"]))
+            for name, record in results["final"].items()}  # fmt: skip
 
 
 def summary(results: Mapping[str, Any]) -> dict[str, Any]:

@@ -36,9 +36,10 @@ DEFAULT_STEPS = 20
 SAMPLER_HELP = "ddpm, ddim, edm (EDM's Heun; also edm-heun) or dpmpp (DPM-Solver++; also dpm-solver++)"
 """The one description of the sampler names in every help text, led by the names outputs print."""
 FINALISTS: tuple[str, ...] = ("pick", "knee", "full")
-"""The finalists re-evaluated with ``final_images`` and served as strategy files: the pick (by
-:attr:`SearchSpec.pick_rule`), knee of the front, full width. With the tolerance rule ``final`` also
-holds ``weighted``, the weighted pick beside it (results.json only)."""
+"""The finalists of every search, re-evaluated with ``final_images`` (and given a sample grid): the
+pick (by :attr:`SearchSpec.pick_rule`), knee of the front, full width. With the tolerance rule there
+is a fourth, ``weighted`` (the weighted pick, shown beside the pick): :meth:`SearchSpec.finalist_names`.
+Every finalist is a strategy file (``<name>.json`` in a report folder, and over REST)."""
 
 PICK_RULES: tuple[str, ...] = ("tolerance", "weighted")
 """How the pick is chosen (``pick_rule``). ``tolerance``: the cheapest front member whose paired
@@ -84,7 +85,10 @@ class SearchSpec:
     on 2 CPU cores (bench/digits_search.md). ``widths`` is the width set the genomes index into; empty
     means "not bound yet" (:meth:`bind` sets the supernet's). ``seed`` seeds NSGA-II; ``eval_seed`` is
     the first of the fixed per-image noise seeds every candidate shares (common random numbers): image
-    i uses seed ``eval_seed + i``. ``weight`` chooses the pick: argmin FID + weight x GFLOPs/image.
+    i uses seed ``eval_seed + i``. ``pick_rule`` chooses the pick (:data:`PICK_RULES`; default
+    ``tolerance``: the cheapest front member within ``tolerance`` of full width's FID on a paired
+    interval, by bisection); ``weight`` gives the weighted pick, argmin FID + weight x cost (the
+    objective's unit), which is the pick with ``pick_rule="weighted"`` and shown beside it otherwise.
     ``warm_start``: strategy dicts seeding the first generation after the uniform strategies; in a
     bound spec they are on its own grid (sampler, steps, widths), as :func:`with_warm_start` makes
     them from strategies of any sampler and step count. They are stored with the search, so a resume
@@ -338,6 +342,11 @@ class SearchSpec:
         if not front:
             raise ValueError("no successful evaluation: the front is empty")
         return min(front, key=lambda c: (c.fid + self.weight * c.cost, c.cost))
+
+    def finalist_names(self) -> tuple[str, ...]:
+        """The names :meth:`finalists` gives once the pick is known, in its order (results.json's
+        ``final``, the report folder's strategy files)."""
+        return ("pick", "weighted", "knee", "full") if self.pick_rule == "tolerance" else FINALISTS
 
     def finalists(self, front: Sequence[Candidate], pick: Sequence[int] | None = None) -> dict[str, Genome]:
         """Genomes of the finalists for a non-empty front: ``pick``, ``knee`` and ``full`` (width),

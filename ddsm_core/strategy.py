@@ -291,6 +291,12 @@ class Strategy:
         """JSON text of :meth:`to_dict`."""
         return json.dumps(self.to_dict(), indent=indent)
 
+    def file_text(self) -> str:
+        """The text of a strategy file, as every writer of one writes it (``ddsm search``'s report
+        folder, ``ddsm strategy transfer --out``, ``GET /searches/{id}/strategies/{name}``): the same
+        strategy gives the same bytes wherever it was downloaded or written."""
+        return self.to_json(indent=1) + "\n"
+
     @classmethod
     def from_json(cls, text: str | bytes) -> Strategy:
         """Parse JSON text (never ``eval``); :class:`StrategyError` on invalid JSON."""

@@ -33,14 +33,35 @@ def candidate_strategy_png(candidate_id: int, repo: RepoDep) -> Response:
     return _png(services.candidate_strategy(repo, candidate_id), f"candidate {candidate_id}")
 
 
-@router.get("/searches/{search_id}/strategies/{which}", dependencies=[Read])
-def search_strategy(search_id: int, which: str, repo: RepoDep) -> dict[str, Any]:
-    """``pick`` (FID + w * GFLOPs) or ``knee`` of a finished search, as JSON."""
-    return services.search_strategy(repo, search_id, which).to_dict()
+SEARCH_STRATEGY = {
+    404: {"description": "No such search, or no finalist of that name (the message lists the search's)"},
+    409: {"description": "The search is not COMPLETE yet"},
+}
 
 
-@router.get("/searches/{search_id}/strategies/{which}/plot.png", dependencies=[Read], responses=PNG)
+@router.get(
+    "/searches/{search_id}/strategies/{which}",
+    dependencies=[Read],
+    response_class=Response,
+    responses={200: {"content": {"application/json": {"schema": {"type": "object"}}}}, **SEARCH_STRATEGY},
+)
+def search_strategy(search_id: int, which: str, repo: RepoDep) -> Response:
+    """A finished search's finalist as a strategy file, byte for byte the ``<which>.json`` that
+    ``ddsm search`` writes in its report folder (use it with ``ddsm sample --strategy``, ``ddsm eval``,
+    ``ddsm strategy transfer`` or as a warm start): ``pick`` (chosen by the search's ``pick_rule``),
+    ``knee``, ``full`` (width) and, with the tolerance rule, ``weighted`` (the weighted pick, argmin
+    FID + weight x cost, shown beside the pick): the names of the report's ``final``."""
+    strategy = services.search_strategy(repo, search_id, which)
+    return Response(strategy.file_text(), media_type="application/json")
+
+
+@router.get(
+    "/searches/{search_id}/strategies/{which}/plot.png",
+    dependencies=[Read],
+    responses={**PNG, **SEARCH_STRATEGY},
+)
 def search_strategy_png(search_id: int, which: str, repo: RepoDep) -> Response:
+    """The line plot of that finalist's strategy (width per sampler step)."""
     return _png(services.search_strategy(repo, search_id, which), f"search {search_id}: {which}")
 
 

@@ -63,7 +63,7 @@ def transfer(
         raise ConfigError("give --checkpoint or --schedule, not both (the checkpoint has its schedule)")
     sched = _schedule(checkpoint, source, schedule or "linear", timesteps)
     target = transfer_strategy(source, sampler, steps, sched)
-    write_text_atomic(out, target.to_json(indent=1) + "\n")
+    write_text_atomic(out, target.file_text())
     what = "" if label == strategy.stem else f" ({label} of {strategy})"
     typer.echo(f"{source.describe()}{what}  ->  {target.describe()}  -> {out}")
     if plot is not None:

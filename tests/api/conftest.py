@@ -44,3 +44,12 @@ def client(tmp_path: Path, outbox: Outbox) -> Iterator[TestClient]:
     settings = local_settings(tmp_path / "home", api_key="secret", run_controller=False)
     with TestClient(create_app(settings, dispatcher=outbox)) as c:  # type: ignore[arg-type]
         yield c
+
+
+@pytest.fixture
+def db_client(db_url: str, tmp_path: Path, outbox: Outbox) -> Iterator[TestClient]:
+    """``client`` on each backend of ``db_url`` (SQLite, and Postgres where it runs)."""
+    upgrade(db_url)
+    settings = local_settings(tmp_path / "home", database_url=db_url, api_key="secret", run_controller=False)
+    with TestClient(create_app(settings, dispatcher=outbox)) as c:  # type: ignore[arg-type]
+        yield c

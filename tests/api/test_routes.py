@@ -15,7 +15,7 @@ from api.db.repository import Repository
 from api.settings import Settings
 from ddsm_core.search import SearchDriver
 from ddsm_core.spec import SearchSpec
-from tests.factories import Outbox, complete_sent, ready, search_body
+from tests.factories import Outbox, complete_sent, drive, ready, search_body
 from tests.support import KEY, local_settings
 
 
@@ -215,7 +215,7 @@ def test_search_over_rest_runs_to_a_front_with_progress_strategies_and_report(
     assert "candidates" not in done["result"] and done["result"]["front"] == report["front"]
     full = client.get(f"/searches/{search['id']}/strategies/full").json()
     assert full["genes"] == [len(spec.widths) - 1] * spec.steps == report["final"]["full"]["genome"]
-    assert client.get(f"/searches/{search['id']}/strategies/best").status_code == 422
+    assert client.get(f"/searches/{search['id']}/strategies/best").status_code == 404
     assert report["front"] and set(report["final"]) == {"pick", "weighted", "knee", "full"}
     assert report["pick_rule"] == "tolerance" and report["bisection"]["probes"]  # the default rule
     from api.report import write_search_report
@@ -233,6 +233,61 @@ def test_search_over_rest_runs_to_a_front_with_progress_strategies_and_report(
     assert bad.status_code == 422 and "gene" in bad.json()["detail"]
     assert client.post(f"/searches/{search['id']}/cancel", headers=KEY).status_code == 409
     assert client.post(f"/searches/{search['id']}/resume", headers=KEY).status_code == 409
+
+
+@pytest.mark.parametrize("rule", ["tolerance", "weighted"])
+def test_every_finalist_of_the_report_downloads_as_the_file_ddsm_search_writes(
+    db_client: TestClient, outbox: Outbox, tmp_path: Path, rule: str
+) -> None:
+    from ddsm_core.cli import app, run_app
+    from ddsm_core.report import write_strategy_files
+    from ddsm_core.strategy import Strategy, parse_strategy_spec
+
+    client = db_client  # on SQLite and Postgres
+    repo = repo_of(client)
+    net, stats = ready(repo)
+    sid = client.post("/searches", json=search_body(net, stats, pick_rule=rule), headers=KEY).json()["id"]
+    controller = SearchController(repo, outbox, Settings())  # type: ignore[arg-type]
+    controller.tick(sid)
+    early = client.get(f"/searches/{sid}/strategies/knee")
+    assert early.status_code == 409 and "COMPLETE" in early.json()["detail"]
+    unknown = client.get(f"/searches/{sid}/strategies/best")  # unknown whatever the status
+    assert unknown.status_code == 404 and "knee" in unknown.json()["detail"]
+    drive(repo, controller, outbox, sid)
+    report = client.get(f"/searches/{sid}/report").json()
+    names = ["pick", "weighted", "knee", "full"] if rule == "tolerance" else ["pick", "knee", "full"]
+    assert list(report["final"]) == names
+
+    folder = tmp_path / "report"  # what `ddsm search --out` writes for these results
+    written = {path.stem: path for path in write_strategy_files(folder, report)}
+    assert sorted(written) == sorted(names)
+    for name, path in written.items():
+        reply = client.get(f"/searches/{sid}/strategies/{name}")
+        assert reply.status_code == 200 and reply.headers["content-type"] == "application/json"
+        assert reply.content == path.read_bytes(), name  # byte for byte
+        assert reply.json()["genes"] == report["final"][name]["genome"]
+        png = client.get(f"/searches/{sid}/strategies/{name}/plot.png")
+        assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
+        # outputs are inputs: `ddsm sample --strategy FILE` and `ddsm strategy transfer` take it
+        downloaded = tmp_path / f"downloaded-{name}.json"
+        downloaded.write_bytes(reply.content)
+        assert parse_strategy_spec(downloaded, None, None) == Strategy.from_dict(reply.json())
+        moved = tmp_path / f"moved-{name}.json"
+        args = ["--sampler", "ddpm", "--steps", "8", "--out", str(moved)]
+        assert run_app(app, ["strategy", "transfer", "--strategy", str(downloaded), *args]) == 0
+        assert Strategy.from_json(moved.read_text()).steps == 8
+    if rule == "tolerance":  # the weighted pick is a finalist of its own, beside the pick
+        assert report["final"]["weighted"]["genome"] == report["weighted_pick"]["genome"]
+    else:  # the weighted pick is the pick: no second file, and the 404 says so
+        assert report["pick"]["genome"] == report["weighted_pick"]["genome"]
+        reply = client.get(f"/searches/{sid}/strategies/weighted")
+        assert reply.status_code == 404 and "the weighted pick is its pick" in reply.json()["detail"]
+    for which in ("best", "weighted" if rule == "weighted" else "front", "pick.json"):
+        reply = client.get(f"/searches/{sid}/strategies/{which}")
+        assert reply.status_code == 404, which
+        assert f"available: {', '.join(names)}" in reply.json()["detail"], reply.text
+        assert client.get(f"/searches/{sid}/strategies/{which}/plot.png").status_code == 404
+    assert client.get("/searches/999999/strategies/pick").status_code == 404
 
 
 def test_strategy_line_plot_is_a_png(client: TestClient) -> None:
