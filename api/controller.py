@@ -11,10 +11,12 @@ the algorithm state is persisted with the rows it belongs to):
    front so far as the search's result (``ddsm_core.results.progress``; read paths show it as stored);
 5. ``ask`` the next generation and persist its genomes and the state after ``ask`` in one transaction
    (a genome already evaluated in this search is answered from the database, never recomputed);
-6. after the last generation: the finalists (knee, full-width baseline and the weighted pick) are
-   evaluated again with ``final_images`` images, then ``results.json`` (``ddsm_core.results.build_results``,
-   the same builder as ``ddsm search``) is stored as the search's result and the search ends. Each
-   finalist's worker stores its per-image features and a sample grid of its first images as artifacts
+6. after the last generation: the finalists (knee, full-width baseline and the weighted pick, which is
+   the pick under the weighted rule and the finalist ``weighted`` under the tolerance rule) are
+   evaluated again with ``final_images`` images, then ``results.json``
+   (``ddsm_core.results.build_results``, the same builder as ``ddsm search``) is stored as the search's
+   result and the search ends. Each finalist's worker stores its per-image features and a sample grid
+   of its first images as artifacts
    (``FEATURES_METRIC`` and ``SAMPLES_METRIC`` in its metrics, kept out of the results); once all
    are COMPLETE, the controller computes every finalist's paired bootstrap interval vs full width
    (``ddsm_core.paired``, numpy only) and the results carry it with the real-data floors of the

@@ -261,6 +261,8 @@ def search_detail(repo: Repository, search: SearchRecord) -> dict[str, Any]:
         "steps": spec.steps,
         "widths": list(spec.widths),
         "weight": spec.weight,
+        "pick_rule": spec.pick_rule,
+        "tolerance": spec.tolerance,
         "objective": spec.objective,
         "unit": COST_UNITS[spec.objective],
         "extractor": extractor_of(repo, search, searched),

@@ -358,7 +358,11 @@ class SearchCreate(In):
     generations: int = _setting("generations")
     n_images: int = _setting("n_images", "Images per candidate.")
     final_images: int = _setting("final_images", "Images per finalist.")
-    weight: float = _setting("weight", "Weighted pick: argmin FID + weight * cost (the objective's unit).")
+    weight: float = _setting(
+        "weight",
+        "Weighted pick: argmin FID + weight * cost (the objective's unit); the pick with pick_rule "
+        "weighted, else measured and reported beside the pick (finalist weighted).",
+    )
     pick_rule: PickRule = Field(
         default=DEFAULTS.pick_rule,
         description="tolerance: the cheapest front member whose paired interval vs full width "

@@ -767,9 +767,11 @@ def run_search(
     """Run a whole search in this process; ``out_dir/search_state.json`` makes it resumable.
 
     ``evaluate(genome, n_images)`` must be deterministic for a genome (fixed seeds) so that a resumed
-    search ends where an uninterrupted one ends. The pick (FID + weight * cost) and the knee are
-    re-evaluated with ``final_images`` images at the end, with any extra ``finalists`` (e.g. the full
-    width baseline, so that the pick is compared at equal image counts).
+    search ends where an uninterrupted one ends. The weighted pick (argmin FID + weight * cost; the pick
+    with ``pick_rule="weighted"``, this function's default, while ``ddsm search`` passes its spec's
+    rule, ``tolerance`` unless told) and the knee are re-evaluated with ``final_images`` images at the
+    end, with any extra ``finalists`` (e.g. the full width baseline, so that the pick is compared at
+    equal image counts).
 
     With ``rungs`` (image counts below ``n_images``) each generation goes through
     :func:`successive_halving` (promoting by ``rung_metric``, :data:`RUNG_METRICS`) and is told at

@@ -33,6 +33,23 @@
     const metric = cfg.rung_metric === "paired" ? "paired distance to full width" : "the rung's FID";
     return `multi-fidelity rungs ${[...cfg.rungs, cfg.n_images].join(" → ")} images (best ${pct(cfg.promote, 0)} promoted per rung by ${metric} and cost; only top-rung candidates enter the front)`;
   }
+  // how the pick is chosen (the search's pick_rule); until a tolerance search's finalists are measured
+  // the pick so far is the weighted one (argmin FID + weight × cost of the front so far)
+  function pickRuleText(d, pick) {
+    const weighted = `argmin FID + ${d.weight} × ${d.objective === "latency" ? "predicted ms/image" : "GFLOPs/image"}`;
+    if (d.pick_rule !== "tolerance") return `pick = ${weighted}`;
+    const rule = `pick = the cheapest front member of equal quality (paired interval vs full width within
+      ${+(100 * d.tolerance).toFixed(2)}% of its FID, found by bisection)`;
+    return pick && !pick.final ? `${rule}; pick so far = ${weighted}` : `${rule}; weighted pick = ${weighted}`;
+  }
+  // a finished search's finalists as the strategy files `ddsm search` writes (the report's `final`)
+  function strategyFiles(s) {
+    const names = s.status === "COMPLETE" && s.result && s.result.final ? Object.keys(s.result.final) : [];
+    if (!names.length) return "";
+    const links = names.map((n) => `<a href="/searches/${id}/strategies/${encodeURIComponent(n)}"
+      download="search-${id}-${esc(n)}.json">${esc(n)}.json</a>`);
+    return `<br><span id="strategy-files">strategy files: ${links.join(" · ")}</span>`;
+  }
   function renderSummary() {
     const s = st.search, d = st.detail, p = s.progress, cfg = s.config, c = p.candidates;
     document.title = `ddsm search #${s.id} ${s.name}`;
@@ -51,10 +68,10 @@
     $("#summary").innerHTML =
       `${esc(d.sampler)}, ${d.steps} steps, widths ${d.widths.map(ddsm.widthLabel).join(" / ")}, population ${cfg.population},
        ${cfg.generations} generations, ${imagesText(cfg)}; objective <b id="objective">${esc(d.unit)}</b>:
-       pick = argmin FID + ${d.weight} × ${d.objective === "latency" ? "predicted ms/image" : "GFLOPs/image"}.<br>
+       <span id="pick-rule">${pickRuleText(d, pick)}</span>.<br>
        ${bar(p.percent)} &nbsp; generation ${p.generations_done} / ${p.generations} &nbsp;·&nbsp; candidates: ${c.COMPLETE} complete,
        ${c.RUNNING} running, ${c.WAITING} waiting, ${c.FAILED} failed &nbsp;·&nbsp; ${pickText}` +
-      (s.error ? `<br><span style="color: var(--bad)">${esc(s.error)}</span>` : "");
+      (s.error ? `<br><span style="color: var(--bad)">${esc(s.error)}</span>` : "") + strategyFiles(s);
     $("#cancel").disabled = ddsm.TERMINAL.includes(s.status);
     $("#resume").disabled = !["CANCELLED", "FAILED"].includes(s.status);
     $("#report-link").href = `/searches/${id}/report`;

@@ -532,7 +532,10 @@ def search(
         None, "--final-images", help=f"Images per finalist ({_profiles_help('final_images')})."
     ),
     weight: float | None = typer.Option(
-        None, "--weight", help=f"Weighted pick: min FID + w x cost ({_profiles_help('weight')})."
+        None,
+        "--weight",
+        help="Weighted pick: min FID + w x cost, the pick with --pick-rule weighted, else measured and "
+        f"shown beside the pick ({_profiles_help('weight')}).",
     ),
     pick_rule: str | None = typer.Option(
         None,

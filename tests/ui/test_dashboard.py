@@ -71,6 +71,33 @@ def test_search_page_draws_one_point_per_evaluated_candidate(ui: Browser, servic
     ui.screenshot("search")
 
 
+def test_search_page_says_its_pick_rule_and_links_every_finalists_strategy_file(
+    ui: Browser, service: Service
+) -> None:
+    search_id = service.searches["done"]
+    final = service.search(search_id)["result"]["final"]
+    assert list(final) == ["pick", "weighted", "knee", "full"]  # the default rule: tolerance
+    page = ui.goto(f"/ui/searches/{search_id}")
+    links = page.locator("#strategy-files a")
+    links.first.wait_for()
+    assert links.evaluate_all("els => els.map(e => e.textContent)") == [f"{n}.json" for n in final]
+    rule = page.locator("#pick-rule").inner_text()
+    assert "cheapest front member of equal quality" in rule and "5% of its FID" in rule
+    assert "weighted pick = argmin FID + 3 × GFLOPs/image" in rule
+    with page.expect_download() as download:
+        links.filter(has_text="weighted.json").click()
+    with service.http() as http:  # the file the REST API serves, which is the report folder's
+        served = http.get(f"/searches/{search_id}/strategies/weighted").content
+    assert Path(download.value.path()).read_bytes() == served
+    assert json.loads(served)["genes"] == final["weighted"]["genome"]
+    running = service.start_search("pick so far", **LONG)
+    page = ui.goto(f"/ui/searches/{running}")
+    page.wait_for_function("document.querySelector('#pick-rule')?.innerText.includes('pick so far = argmin')")
+    assert page.locator("#strategy-files").count() == 0  # none before COMPLETE
+    with service.http() as http:
+        assert http.post(f"/searches/{running}/cancel").status_code == 200
+
+
 LOADED = "els => els.map(e => e.complete && e.naturalWidth > 0)"
 
 
