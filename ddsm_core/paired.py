@@ -9,17 +9,20 @@ mostly measure how easy a seed set is (bench/digits_search.md).
 
 The reference covariance is fixed, so every replicate's trace term uses one precomputed square root:
 Tr sqrt(S_ref S) = sum of sqrt(eigenvalues of R S R) with R = sqrt(S_ref), a symmetric eigenproblem
-instead of a general ``sqrtm`` (the same value to ~1e-9 relative; tested against
+instead of a general ``sqrtm`` (the same value to ~1e-9 relative for a full-rank S; tested against
 :func:`~ddsm_core.fid.frechet_distance`).
 
-With fewer images than feature dimensions (N < D, e.g. 500 images of 2048-d Inception features) a
-D x D eigenproblem per replicate is wasted work (~3 s per replicate at D = 2048 on one core):
-R S R = M^T M / (n-1) with M = Y[I] - mean(Y[I]), Y = X R, and its nonzero eigenvalues are those of
-the Gram M M^T / (n-1). So :class:`_GramDistance` precomputes K = Y Y^T (N x N) once and solves, per
-replicate, an eigenproblem over the DISTINCT drawn images only (about 0.63 N of them: a repeated image
-is one row weighted by its count), e.g. ~5 ms instead of ~3 s per replicate at N = 300, D = 2048
-(bench/paired_bootstrap.md). The rule is :func:`_use_gram`; low-dimensional features (the digits'
-64-d) keep the D-space path unchanged, bit for bit. Torch-free: numpy and scipy only.
+With fewer images than feature dimensions (N < D, e.g. 500 images of 2048-d Inception features) this
+D-space work is wasted: a replicate (two FIDs) costs 4-5 s at D = 2048 on one core, mostly R S R and
+its 2048 x 2048 eigenproblem. R S R = M^T M / (n-1) with M = Y[I] - mean(Y[I]), Y = X R, and its
+nonzero eigenvalues are those of the Gram M M^T / (n-1). So :class:`_GramDistance` precomputes
+K = Y Y^T (N x N) once per feature set and solves, per replicate, an eigenproblem over the DISTINCT
+drawn images only (about 0.63 N of them: a repeated image is one row weighted by its count): ~8 ms
+instead of ~4.2 s per replicate at N = 300, D = 2048 (bench/paired_bootstrap.md). It is exact: the
+nonzero spectra agree to ~1e-11, and the values to ~1e-8 relative, the sqrt of the D - N rounding-level
+eigenvalues the D path sums (tests/core/test_paired.py). The rule is :func:`_use_gram`;
+low-dimensional features (the digits' 64-d) keep the D path unchanged, bit for bit. Torch-free: numpy
+and scipy only.
 """
 
 from __future__ import annotations
@@ -114,10 +117,11 @@ def _use_gram(n: int, dim: int) -> bool:
 
     Per replicate the D path costs n D^2 (covariance) + 2 D^3 (R S R) + an eigenproblem of size D,
     the Gram path an eigenproblem of size ~0.63 n (the distinct images drawn) plus O(n^2) gathers, so
-    it wins whenever n < D (measured: up to ~600x at n = 300, D = 2048; bench/paired_bootstrap.md);
-    around n ~ D it still wins by the D path's matrix products, which this rule leaves on the table
-    to stay simple. Memory: the Gram path holds two n x n and two n x D arrays, which with n < D is
-    no more than the D x D arrays (R, S, R S R) the D path holds anyway.
+    it wins whenever n < D (measured at D = 2048: 530x at n = 300, 8x at n = 2000;
+    bench/paired_bootstrap.md). Around n ~ D it would still win by the D path's matrix products,
+    which this rule leaves on the table to stay simple. Memory: the Gram path holds two n x n and
+    two n x D arrays, which with n < D is no more than the D x D arrays (R, S, R S R) the D path
+    holds anyway.
     """
     return dim >= _GRAM_MIN_DIM and n < dim
 
@@ -184,11 +188,13 @@ def paired_fid_diff(
 
     :param features_a, features_b: [N x D] per-image features; row ``i`` of both comes from seed ``i``.
     :param ref: the reference statistics both FIDs are measured against (same extractor, same D).
-    :param n_boot: replicates; each costs two eigenproblems, of size D (D >= N or small D: under a
-        millisecond at D = 64, ~3 s per replicate at D = 2048 on one core) or of the ~0.63 N distinct
-        images drawn (N < D, D >= 256: ~5 ms at N = 300, ~0.1 s at N = 2000): see :func:`_use_gram`.
-        On that Gram path the point estimates ``fid_a``, ``fid_b`` are computed the same way (equal
-        to :func:`~ddsm_core.fid.frechet_distance` to ~1e-9 relative, which costs ~25 s at D = 2048).
+    :param n_boot: replicates; each costs two eigenproblems (one per strategy), of size D on the D
+        path (~2 ms per replicate at D = 64, 4-5 s at D = 2048, one core) or of the ~0.63 N distinct
+        images drawn on the Gram path (N < D, D >= 256; see :func:`_use_gram`): ~8 ms at N = 300,
+        ~0.6 s at N = 2000 (bench/paired_bootstrap.md). On the Gram path the point estimates
+        ``fid_a``, ``fid_b`` come from it too, instead of :func:`~ddsm_core.fid.frechet_distance`'s
+        ``sqrtm`` (~25 s per strategy at D = 2048): they differ by ~3e-8 relative, the rounding noise
+        that ``sqrtm`` and the D path add for a singular S (N < D) and the Gram path does not.
     :param level: two-sided coverage of the percentile interval.
     :param seed: seed of the index draws; the same inputs and seed give the same interval.
     :raises StatsError: the arrays are not paired [N x D] features of ``ref``'s dimension.
