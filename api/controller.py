@@ -49,9 +49,19 @@ reads a few rows and never the state column.
 Searches are independent: each tick runs on a small thread pool (``controller_threads``), so a slow
 search (a huge generation to tell, a database lock) or a failing one never holds up the others. A
 search whose tick is still running is skipped, so it never ticks twice at once in this process (and
-the lease keeps other replicas off it). A tick is bounded by the lease: one still running after
-``lease_ttl_s`` is logged, another replica may take the search over, and the slow tick's writes then
-lose their compare-and-set.
+the lease keeps other replicas off it).
+
+A tick is not bounded by the lease: while it runs, a heartbeat thread (:class:`LeaseHeartbeat`) renews
+the lease every ``lease_ttl_s / 3``, so a long tick (the finalists' paired bootstraps at CIFAR scale,
+minutes) keeps its search. The heartbeat stops when the tick ends (normally or not), when a renewal is
+refused (another controller took the lease: logged; the search ended: quietly) and once the lease may
+have lapsed (no renewal for ``lease_ttl_s``, e.g. the database unreachable: it never takes back a lease
+it may have lost meanwhile). A database error in a renewal is logged and retried at the next beat. A
+tick whose lease was not renewed for ``lease_ttl_s`` is logged once (``_overrun``): another replica
+may take the search over. Nothing else changes for the tick: every write of a tick is a compare-and-set
+on the search row naming this controller (``Repository._lease_held``), so once another controller holds
+the lease the tick's writes are refused, and the next tick takes the lease again as usual (once the
+other controller's lease lapses).
 """
 
 from __future__ import annotations
@@ -119,6 +129,81 @@ def objectives(cand: CandidateRecord) -> tuple[float, float] | None:
     return float(cand.metrics["fid"]), float(cand.metrics["gflops"] if cost is None else cost)
 
 
+class LeaseHeartbeat:
+    """Keeps a search's lease renewed while a tick of it runs: a thread that renews it every ``ttl_s / 3``
+    (``Repository.acquire_lease``) until :meth:`stop`.
+
+    It stops by itself when a renewal is refused: another controller holds the lease (logged) or the
+    search is no longer active (it ended or was cancelled: quietly); either way :attr:`reported` is set.
+    It also stops, without renewing, once the lease may have lapsed (``ttl_s`` since the start of the last
+    successful renewal, e.g. renewals failing while the database is unreachable): a lapsed lease may have
+    been taken and given back by another controller meanwhile, and renewing it would let this tick write
+    over that controller's progress. The controller logs that case (``SearchController._overrun``). A
+    failed renewal (any exception) is logged and retried at the next beat: it never reaches the tick.
+
+    The tick needs no check of its own: its writes are compare-and-sets on the search row naming this
+    controller, refused once another controller holds the lease."""
+
+    def __init__(self, repo: Repository, search_id: int, owner: str, ttl_s: float, held_since: float) -> None:
+        """``held_since``: the monotonic time just before the call that took or renewed the lease."""
+        self.repo = repo
+        self.search_id = search_id
+        self.owner = owner
+        self.ttl_s = ttl_s
+        self.interval_s = ttl_s / 3
+        self.renewed_at = held_since
+        self.reported = False  # stopped on a refused renewal, and said why
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"ddsm-lease-{search_id}", daemon=True)
+
+    def start(self) -> LeaseHeartbeat:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop renewing and wait for the thread (a renewal in flight ends first); idempotent."""
+        self._stopping.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def unrenewed_s(self) -> float:
+        """Seconds since the start of the last successful take or renewal of the lease."""
+        return time.monotonic() - self.renewed_at
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self.interval_s):
+            if self.unrenewed_s() >= self.ttl_s:
+                return  # it may have lapsed: never taken back (see the class docstring)
+            started = time.monotonic()
+            try:
+                held = self.repo.acquire_lease(self.search_id, self.owner, self.ttl_s)
+            except Exception as exc:  # the database: the tick's own calls meet it too
+                log.warning(
+                    "search %s: the lease could not be renewed, retrying in %.1f s (%s: %s)",
+                    self.search_id, self.interval_s, type(exc).__name__, exc,
+                )  # fmt: skip
+                continue
+            if not held:
+                self._refused()
+                return
+            self.renewed_at = started
+
+    def _refused(self) -> None:
+        self.reported = True
+        try:
+            search = self.repo.get_search(self.search_id, with_state=False)
+        except Exception:  # (the database again): say what is known
+            log.warning("search %s: lease renewal refused; this tick's writes may be refused", self.search_id)
+            return
+        if search is None or search.status not in (JobStatus.RUNNING, JobStatus.FINISHING):
+            return  # the search ended (this tick finished it, or it was cancelled): nothing lost
+        log.warning(
+            "search %s: lease lost to controller %s while this tick ran (%.0f s since its last "
+            "renewal): the tick's writes are refused, its next tick takes the lease again when free",
+            self.search_id, search.controller_id, self.unrenewed_s(),
+        )  # fmt: skip
+
+
 class SearchController:
     def __init__(
         self,
@@ -143,8 +228,9 @@ class SearchController:
         self._outage_since: float | None = None  # monotonic time of the first infrastructure error
         self._reap_after = 0.0  # no reaping until then: heartbeats missed during an outage are no death
         self._pool = ThreadPoolExecutor(max(settings.controller_threads, 1), thread_name_prefix="ddsm-tick")
-        self._inflight: dict[int, tuple[Future[None], float]] = {}  # search -> its tick, started at
-        self._overran: set[int] = set()  # searches whose overrunning tick was logged
+        self._inflight: dict[int, Future[None]] = {}  # search -> its tick
+        self._beats: dict[int, LeaseHeartbeat] = {}  # search -> the heartbeat of its tick holding the lease
+        self._overran: set[int] = set()  # searches whose tick was logged as not renewing its lease
         self._lock = threading.Lock()
         self._cache_drivers = cache_drivers
         # search -> ((generation, created_at) when its state was written by this process, that driver)
@@ -161,12 +247,17 @@ class SearchController:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop ticking; ticks in flight get ``timeout`` seconds to end (a stuck one is left behind: its
-        writes lose their compare-and-set once another controller takes the lease we give back)."""
+        heartbeat is stopped, so its writes lose their compare-and-set once another controller takes the
+        lease we give back)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=timeout)
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.wait_ticks(timeout)
+        with self._lock:
+            beats = list(self._beats.values())
+        for beat in beats:  # before the release: a renewal after it would take the lease back
+            beat.stop()
         for search_id in self.repo.active_search_ids():
             self.repo.release_lease(search_id, self.id)
 
@@ -216,29 +307,35 @@ class SearchController:
         for gone in set(self._probe_paired) - set(search_ids):
             self._probe_paired.pop(gone, None)
         started = []
-        now = time.monotonic()
         with self._lock:
             for search_id in search_ids:
                 if search_id in self._inflight:
-                    self._overrun(search_id, now - self._inflight[search_id][1])
+                    self._overrun(search_id)
                     continue
-                future = self._pool.submit(self._tick_one, search_id, reaping)
-                self._inflight[search_id] = (future, now)
+                self._inflight[search_id] = self._pool.submit(self._tick_one, search_id, reaping)
                 started.append(search_id)
         return started
 
     def wait_ticks(self, timeout: float | None = None) -> bool:
         """Wait until no tick is in flight (at most ``timeout`` seconds); whether none is left."""
         with self._lock:
-            futures = [future for future, _ in self._inflight.values()]
+            futures = list(self._inflight.values())
         return not wait(futures, timeout).not_done
 
-    def _overrun(self, search_id: int, running_s: float) -> None:
-        if running_s > self.settings.lease_ttl_s and search_id not in self._overran:
+    def _overrun(self, search_id: int) -> None:
+        """Log (once per tick) a running tick whose lease was not renewed for ``lease_ttl_s``: its
+        heartbeat's renewals fail or hang (the database), and another controller may take the search over
+        (a lease lost to one, or a search that ended, is logged by the heartbeat). Called under the lock."""
+        beat = self._beats.get(search_id)
+        if beat is None or beat.reported or search_id in self._overran:
+            return
+        unrenewed = beat.unrenewed_s()
+        if unrenewed > self.settings.lease_ttl_s:
             self._overran.add(search_id)
             log.warning(
-                "search %s: its tick has run for %.0f s (lease %.0f s): other searches go on, another "
-                "controller may take this one over", search_id, running_s, self.settings.lease_ttl_s,
+                "search %s: its tick still runs but its lease was not renewed for %.0f s (lease %.0f s): "
+                "another controller may take it over, and this tick's writes would then be refused",
+                search_id, unrenewed, self.settings.lease_ttl_s,
             )  # fmt: skip
 
     def _tick_one(self, search_id: int, reap: bool) -> None:
@@ -265,8 +362,24 @@ class SearchController:
 
     # ------------------------------------------------------------------ one search
     def tick(self, search_id: int, reap: bool = True) -> None:
-        if not self.repo.acquire_lease(search_id, self.id, self.settings.lease_ttl_s):
+        """One tick of a search, if this controller takes (or renews) its lease; a heartbeat keeps the
+        lease renewed until the tick ends."""
+        held_since = time.monotonic()  # (before the call: the lease lasts at least ttl from here)
+        ttl = self.settings.lease_ttl_s
+        if not self.repo.acquire_lease(search_id, self.id, ttl):
             return
+        beat = LeaseHeartbeat(self.repo, search_id, self.id, ttl, held_since).start()
+        with self._lock:
+            self._beats[search_id] = beat
+        try:
+            self._tick_held(search_id, reap)
+        finally:
+            beat.stop()
+            with self._lock:
+                if self._beats.get(search_id) is beat:
+                    del self._beats[search_id]
+
+    def _tick_held(self, search_id: int, reap: bool) -> None:
         search = self.repo.get_search(search_id, with_state=False)  # the state is read only if needed
         if search is None or search.status not in (JobStatus.RUNNING, JobStatus.FINISHING):
             self._drivers.pop(search_id, None)

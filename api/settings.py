@@ -102,7 +102,11 @@ class Settings(BaseSettings):
         description="Searches ticked at once (a thread pool in the API process): a slow or failing search "
         "never holds up the others, and a search is never ticked twice at once.",
     )
-    lease_ttl_s: float = 30.0
+    lease_ttl_s: float = Field(
+        default=30.0,
+        description="How long a controller's lease on a search lasts unrenewed: a restarted API takes its "
+        "searches over after it. A running tick renews it every lease_ttl_s / 3 (a heartbeat thread).",
+    )
     run_controller: bool = True
     visibility_timeout_s: int = 24 * 3600
 
