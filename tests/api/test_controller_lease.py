@@ -101,9 +101,13 @@ def test_a_heartbeat_that_finds_its_lease_taken_stops_and_the_next_tick_takes_it
         assert repo._update(
             Search, Search.id == search, controller_id="b", lease_until=repo.now() + timedelta(seconds=60)
         )
+        deadline = time.monotonic() + 10
+        while not warnings(caplog, "lease lost to controller b") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert search in controller._inflight  # the tick still computes: its heartbeat stopped alone
+        assert lease_threads() == []
         assert controller.wait_ticks(30)
         assert len(warnings(caplog, "lease lost to controller b")) == 1
-        assert lease_threads() == []  # the heartbeat stopped, and never took the lease back
         row = repo.get_search(search)  # the tick's finish was refused: b's search, still finishing
         assert row is not None and row.status == JobStatus.FINISHING and row.controller_id == "b"
         assert controller.tick_all() == [search] and controller.wait_ticks(30)
