@@ -247,8 +247,8 @@ class SearchController:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop ticking; ticks in flight get ``timeout`` seconds to end (a stuck one is left behind: its
-        heartbeat is stopped, so its writes lose their compare-and-set once another controller takes the
-        lease we give back)."""
+        heartbeat is stopped first, so the lease we give back stays given back and its writes lose their
+        compare-and-set)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=timeout)
