@@ -21,9 +21,9 @@ from api.settings import Settings
 from tests.factories import Outbox, complete_sent, make_search, small_spec
 
 WEIGHTED = small_spec(pick_rule="weighted")  # the finish is one tick: its bootstraps, then the results
-# (1.5 s, not less: the heartbeat has ttl - ttl/3 = 1 s of slack, which a starved test process needs)
-TTL_S = 1.5
-SLOW_S = 3.5  # the finish's compute time: more than twice the lease
+# (3 s: the heartbeat has ttl - ttl/3 = 2 s of slack, which a test process starved by its neighbours needs)
+TTL_S = 3.0
+SLOW_S = 6.5  # the finish's compute time: more than twice the lease
 
 
 def lease_threads() -> list[threading.Thread]:
