@@ -562,9 +562,9 @@ def write_markdown(bench: dict[str, Any], md: Path, notes: Path | None = None, q
         lines += ["", f"Uniform rows: {e.get('uniform_wall_s', 0):.0f} s (features cached between runs).", ""]
         if e.get("unguided") and full:
             lines += [
-                f"The same supernet at full width without guidance 2 (paired with guidance {e['guidance']:g} "
-                "full width; GFLOPs count the passes actually needed: guidance 1 and 0 still run two "
-                "batched passes in this code path):",
+                f"The same supernet at full width and other guidance weights, paired with guidance "
+                f"{e['guidance']:g} full width on the same seeds (W = 1 is the conditional model, W = 0 the "
+                "unconditional one, the null label):",
                 "",
                 f"| full width at | FID@{bench['images']} | x floor | FID@{n} | - guided full @{n} [95%] |",
                 "|---|---|---|---|---|",

@@ -5,11 +5,13 @@
 Samples full width, uniform 7/8 and the DDPM-20 strategies given (default: ``2/8 x13, 8/8 x7``; each
 as width x count runs) of the benchmark supernet on seeds 0..N-1 (one thread), prints each one's FID on
 consecutive 1000- and 2000-image seed sets and on all N, and the paired interval vs full width on the
-first 500, 1000, 2000, 4000 and 8000 images (those up to N).
+first 500, 1000, 2000, 4000 and 8000 images (those up to N). ``--checkpoint`` and ``--guidance`` run
+the same on a class-conditional supernet's guided sampler (labels seed % 10).
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -32,10 +34,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 4000
-    runs = sys.argv[2:] or ["2/8x13 8/8x7"]
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("n", type=int, nargs="?", default=4000, help="images (seeds 0..N-1)")
+    p.add_argument("runs", nargs="*", default=["2/8x13 8/8x7"], help='strategies, e.g. "2/8x11 8/8x9"')
+    p.add_argument("--checkpoint", type=Path, default=ROOT / "bench/digits-supernet")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance weight")
+    args = p.parse_args()
+    n, runs = args.n, args.runs
     set_threads(1)
-    model, schedule, _ = load_checkpoint(ROOT / "bench/digits-supernet")
+    model, schedule, _ = load_checkpoint(args.checkpoint)
     widths, costs = tuple(model.config.widths), cost_table(model)
     ext = get_extractor("domain", dataset="digits")
     ref = FeatureStats.load(ROOT / "bench/digits_ref_stats.npz")
@@ -51,7 +58,9 @@ def main() -> None:
     feats = {}
     for name, s in strategies.items():
         t = time.perf_counter()
-        r = evaluate(model, schedule, s, ref, ext, n, 0, 250, costs=costs, keep_features=True)
+        r = evaluate(
+            model, schedule, s, ref, ext, n, 0, 250, costs=costs, keep_features=True, guidance=args.guidance
+        )
         feats[name] = r.features
         print(
             f"{name} {s.describe()}: FID@{n} {r.fid:.2f}, {r.gflops:.4f} GFLOPs, "
