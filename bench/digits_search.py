@@ -414,7 +414,7 @@ def _transfer(
     for name in ("pick", "knee"):
         s_src = Strategy(src["sampler"], src["steps"], b.widths, tuple(src[name]["genes"]))
         src_file = folder / f"{name}_source.json"
-        src_file.write_text(s_src.to_json(indent=1) + "\n")
+        src_file.write_text(s_src.file_text())
         dst_file = folder / f"{name}.json"
         subprocess.run(
             [sys.executable, "-m", "api.cli", "strategy", "transfer", "--strategy", str(src_file),

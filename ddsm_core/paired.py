@@ -213,16 +213,16 @@ def paired_fid_diff(
     if n_boot < 1 or not 0.0 < level < 1.0:
         raise StatsError(f"need n_boot >= 1 and 0 < level < 1, got {n_boot} and {level}")
     dist = _RefDistance(ref)
+    everything = np.arange(n)
     if _use_gram(n, dim):
         gram_a, gram_b = _GramDistance(a, dist), _GramDistance(b, dist)
-        everything, once = np.arange(n), np.ones(n, dtype=np.int64)
+        once = np.ones(n, dtype=np.int64)
         fid_a, fid_b = gram_a(everything, once), gram_b(everything, once)
 
         def replicate(index: np.ndarray) -> tuple[float, float]:
             rows, counts = _multiset(index, n)
             return gram_a(rows, counts), gram_b(rows, counts)
     else:
-        everything = np.arange(n)
         fid_a = frechet_distance(*_moments(a, everything), ref.mu, ref.sigma)
         fid_b = frechet_distance(*_moments(b, everything), ref.mu, ref.sigma)
 
