@@ -6,7 +6,8 @@ Samples full width, uniform 7/8 and the DDPM-20 strategies given (default: ``2/8
 as width x count runs) of the benchmark supernet on seeds 0..N-1 (one thread), prints each one's FID on
 consecutive 1000- and 2000-image seed sets and on all N, and the paired interval vs full width on the
 first 500, 1000, 2000, 4000 and 8000 images (those up to N). ``--checkpoint`` and ``--guidance`` run
-the same on a class-conditional supernet's guided sampler (labels seed % 10).
+the same on a class-conditional supernet's guided sampler (labels seed % 10). ``--sampler dpmpp:10``
+runs another sampler and step count (default ``ddpm:20``; the strategies then give that many steps).
 """
 
 from __future__ import annotations
@@ -39,8 +40,10 @@ def main() -> None:
     p.add_argument("runs", nargs="*", default=["2/8x13 8/8x7"], help='strategies, e.g. "2/8x11 8/8x9"')
     p.add_argument("--checkpoint", type=Path, default=ROOT / "bench/digits-supernet")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance weight")
+    p.add_argument("--sampler", default="ddpm:20", help="SAMPLER:STEPS, e.g. dpmpp:10 (default ddpm:20)")
     args = p.parse_args()
     n, runs = args.n, args.runs
+    sampler, steps = args.sampler.split(":")[0], int(args.sampler.split(":")[1])
     set_threads(1)
     model, schedule, _ = load_checkpoint(args.checkpoint)
     widths, costs = tuple(model.config.widths), cost_table(model)
@@ -48,13 +51,15 @@ def main() -> None:
     ref = FeatureStats.load(ROOT / "bench/digits_ref_stats.npz")
     top = len(widths) - 1
     strategies = {
-        "full": Strategy.uniform("ddpm", 20, top, widths),
-        "7/8": Strategy.uniform("ddpm", 20, top - 1, widths),
+        "full": Strategy.uniform(sampler, steps, top, widths),
+        "7/8": Strategy.uniform(sampler, steps, top - 1, widths),
     }
     names = [format_width(w) for w in widths]
     for text in runs:  # "2/8x13 8/8x7": width x count, in sampling order
         genes = [names.index(w) for run in text.split() for w, k in [run.split("x")] for _ in range(int(k))]
-        strategies[text] = Strategy("ddpm", 20, widths, tuple(genes))
+        if len(genes) != steps:
+            p.error(f"{text!r} gives {len(genes)} steps, the sampler runs {steps}")
+        strategies[text] = Strategy(sampler, steps, widths, tuple(genes))
     feats = {}
     for name, s in strategies.items():
         t = time.perf_counter()
