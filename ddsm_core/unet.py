@@ -253,8 +253,19 @@ class SlimmableUNet(nn.Module):
         :return: an [N x out_channels x H x W] Tensor.
         """
         width = match_width(width, self.config.widths)
-        emb = self.time_embed(torch.as_tensor(t, device=x.device).expand(x.shape[0]), width)
-        emb = emb + self._label_embedding(y, width)
+        self.check_labels(y)
+        return self.forward_at(x, torch.as_tensor(t, device=x.device), width, y)
+
+    def forward_at(self, x: Tensor, t: Tensor, width: float, y: Tensor | None = None) -> Tensor:
+        """:meth:`forward` without its argument checks: ``width`` one of ``config.widths``, ``t`` a
+        tensor on ``x``'s device, labels iff the model is class-conditional.
+
+        Shared with the static per-width copies of :mod:`ddsm_core.static`, whose traced graphs must
+        not hold the label check's data-dependent indexing (nor ``t`` as a constant).
+        """
+        emb = self.time_embed(t.expand(x.shape[0]), width)
+        if self.label_embed is not None:
+            emb = emb + self.label_embed(y, width)
         h = self.head(x, width)
         skips = [h]
         for block in self.down:
@@ -265,11 +276,12 @@ class SlimmableUNet(nn.Module):
             h = block(torch.cat([h, skips.pop()], dim=1), emb, width)
         return self.out_conv(F.silu(self.out_norm(h, width)), width)
 
-    def _label_embedding(self, y: Tensor | None, width: float) -> Tensor | float:
+    def check_labels(self, y: Tensor | None) -> None:
+        """Raise ConfigError unless ``y`` suits the model: [N] long labels in range iff conditional."""
         if self.label_embed is None:
             if y is not None:
                 raise ConfigError("labels y given to an unconditional model (config.num_classes is None)")
-            return 0.0
+            return
         if y is None:
             raise ConfigError(f"class-conditional model ({self.config.num_classes} classes) needs labels y")
         rows = self.config.label_rows
@@ -281,4 +293,3 @@ class SlimmableUNet(nn.Module):
             if len(bad):
                 null = f" ({rows - 1} is the null label)" if self.config.null_label else ""
                 raise ConfigError(f"labels must be in 0..{rows - 1}{null}, got {bad.unique()[:5].tolist()}")
-        return self.label_embed(y, width)
