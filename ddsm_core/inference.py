@@ -10,17 +10,24 @@ Three things make narrow sub-networks run closer to their GFLOPs (bench/width_la
 - hardware-friendly widths: ``UNetConfig.channel_multiple`` (a property of the trained supernet, not
   of this step).
 
+Optional wrappers replace the per-op Python of the eager supernet, which dominates small calls:
+:class:`ScriptedWidths` (any device; a TorchScript graph per width, for the CPU) and
+:class:`GraphedWidths` (CUDA graphs).
+
 The model's numbers do not change beyond float rounding (tests/core/test_inference.py).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
 
 from ddsm_core.slimmable import SlimConv2d, SlimLinear
+from ddsm_core.static import materialize
+from ddsm_core.widths import match_width
 
 # Where NHWC pays off (bench/width_latency.md): on the CPU (oneDNN); on CUDA for half types only
 # (cuDNN's NHWC kernels are the tensor-core ones; float32 NCHW is as fast or faster there).
@@ -121,3 +128,58 @@ class GraphedWidths:
         with torch.cuda.graph(graph, pool=self._pool):
             out = self.model(static_x, static_t, width=width, y=static_y)
         return static_x, static_t, static_y, graph, out
+
+
+class ScriptedWidths:
+    """Runs each width as its own frozen TorchScript graph of the static sub-network.
+
+    For every new (width, input shapes, dtypes, device) key, the width's plain copy
+    (:func:`ddsm_core.static.materialize`, built once per width) is traced and frozen
+    (``torch.jit.trace`` + ``torch.jit.freeze``: weights become constants, no Python runs per
+    layer); later calls with the key run the graph. On the CPU this takes the Python module calls,
+    slicing and dispatch out of every layer (bench/width_latency.md, "scripted"). The first call with
+    a key pays the trace (well under a second for digits) and TorchScript's profiling runs: warm
+    up before timing. Numbers match the eager model up to float rounding, not bit for bit.
+    Inference only: each call runs under ``torch.no_grad``. Build it after the model's last weight
+    change (the copies do not follow it).
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.config = model.config  # type: ignore[attr-defined]
+        self.training = False
+        self._static: dict[float, nn.Module] = {}
+        self._graphs: dict[tuple, torch.jit.ScriptModule] = {}
+
+    def parameters(self) -> Iterator[nn.Parameter]:  # like nn.Module's: dtype/device lookups
+        return self.model.parameters()
+
+    def eval(self) -> ScriptedWidths:
+        return self
+
+    def __call__(
+        self, x: torch.Tensor, t: torch.Tensor, width: float = 1.0, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        width = match_width(width, self.config.widths)
+        self.model.check_labels(y)  # type: ignore[operator]
+        t = torch.as_tensor(t, device=x.device)
+        inputs = (x, t) if y is None else (x, t, y)
+        key = (width, x.device, *((tuple(a.shape), a.dtype) for a in inputs))
+        with torch.no_grad():
+            graph = self._graphs.get(key)
+            if graph is None:
+                graph = self._graphs[key] = self._trace(width, inputs)
+            return graph(*inputs)
+
+    def _trace(self, width: float, inputs: tuple[torch.Tensor, ...]) -> torch.jit.ScriptModule:
+        static = self._static.get(width)
+        if static is None:
+            static = self._static[width] = materialize(self.model, width)  # type: ignore[arg-type]
+        with warnings.catch_warnings():
+            # The tracer notes Python values it records as constants: shapes are fixed per key. torch
+            # 2.14 marks TorchScript deprecated (FutureWarning) but ships it; torch.compile is no
+            # replacement here yet (bench/width_latency.md: minutes per width, and no faster).
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            traced = torch.jit.trace(static, inputs, check_trace=False)
+            return torch.jit.freeze(traced.eval())
