@@ -125,3 +125,22 @@ def test_missing_or_corrupt_checkpoint_names_the_file(checkpoint, tmp_path, caps
     (bad / "ema.safetensors").write_bytes(bytes(data))
     code, _, err = run_cli(["sample", "--checkpoint", str(bad), "--out", str(tmp_path / "x.png")], capsys)
     assert code == 2 and "ema.safetensors is corrupt" in err and err.count("\n") == 1
+
+
+def test_scripted_writes_the_default_images(checkpoint, tmp_path, capsys, monkeypatch):
+    """--scripted runs frozen TorchScript graphs per width: the same images up to float rounding."""
+    from ddsm_core.inference import ScriptedWidths
+
+    traced: list[float] = []
+    trace = ScriptedWidths._trace
+    monkeypatch.setattr(ScriptedWidths, "_trace", lambda self, w, x: traced.append(w) or trace(self, w, x))
+    arrays = []
+    for flag in ("--no-scripted", "--scripted"):
+        npz = tmp_path / f"{flag}.npz"
+        argv = ["sample", "--checkpoint", str(checkpoint), "--sampler", "ddim", "--steps", "3", "--n", "3"]
+        argv += ["--strategy", "piecewise:2/8,8/8,5/8", flag, "--out", str(tmp_path / f"{flag}.png")]
+        code, out, err = run_cli([*argv, "--npz", str(npz), "--no-progress"], capsys)
+        assert code == 0, err
+        arrays.append(np.load(npz)["arr_0"].astype(int))
+    assert np.abs(arrays[1] - arrays[0]).max() <= 1
+    assert sorted(traced) == [2 / 8, 5 / 8, 8 / 8]  # one graph per width, for --scripted only
