@@ -1,11 +1,14 @@
 """Per-width forward latency of the supernet next to its GFLOPs ratio, before and after the fast path.
 
 How far does slimming turn into wall-clock savings on this machine? For each preset and batch size
-this times ``model(x, t, width)`` under ``torch.inference_mode`` at every width, in two variants timed
-round-robin in the same run (so their ratios share the machine's load):
+this times ``model(x, t, width)`` under ``torch.inference_mode`` at every width, in up to four variants
+timed round-robin in the same run (so their ratios share the machine's load):
 
 - ``before``: the model as training leaves it (NCHW, narrow weights packed lazily on first use);
-- ``after``: :func:`ddsm_core.inference.prepare_for_inference` (channels_last, packed weights).
+- ``after``: :func:`ddsm_core.inference.prepare_for_inference` (channels_last, packed weights);
+- ``static``: the prepared model's plain per-width copy (:func:`ddsm_core.static.materialize`), eager;
+- ``scripted``: :class:`ddsm_core.inference.ScriptedWidths` over the prepared model (each width's
+  static copy traced and frozen by TorchScript), warmed up before timing.
 
 The saving ratio is (1 - latency ratio) / (1 - GFLOPs ratio): 1.0 means every GFLOP saved is time
 saved. With ``--standalone`` it also times the golden tests' plain U-Net at each width
@@ -13,6 +16,7 @@ saved. With ``--standalone`` it also times the golden tests' plain U-Net at each
 
     .venv/bin/python bench/bench_width_latency.py                    # writes bench/width_latency.md
     .venv/bin/python bench/bench_width_latency.py --presets digits --batches 1 --repeats 3 --out -
+    .venv/bin/python bench/bench_width_latency.py --presets digits --variants after static scripted
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ import torch
 
 from ddsm_core.config import UNetConfig
 from ddsm_core.flops import count_gflops
-from ddsm_core.inference import prepare_for_inference
+from ddsm_core.inference import ScriptedWidths, prepare_for_inference
+from ddsm_core.static import materialize
 from ddsm_core.threads import passive_openmp
 from ddsm_core.unet import SlimmableUNet
 from ddsm_core.widths import format_width
@@ -77,23 +82,48 @@ def _rounds(full_gflops: float, batch: int, most: int) -> int:
     return max(2, min(most, int(300 / (full_gflops * batch))))
 
 
-VARIANTS = ("before", "after")
+VARIANTS = ("before", "after", "static", "scripted")
+LABELS = {
+    "before": "the model as training leaves it (NCHW; narrow weights packed on first use)",
+    "after": "`prepare_for_inference` (channels_last, all packs built up front)",
+    "static": "the prepared model's plain copy at each width (`ddsm_core.static.materialize`), eager",
+    "scripted": "`ScriptedWidths` (each width's static copy traced and frozen by TorchScript), warmed up",
+}
 
 
-def bench_preset(preset: str, batch: int, most_rounds: int, standalone: bool = False) -> list[dict]:
+def _calls(variant: str, cfg: UNetConfig, state: dict, x, t, widths) -> dict[float, Callable[[], object]]:
+    """One zero-argument call per width of ``variant``, all on the same weights ``state``."""
+    model = SlimmableUNet(cfg).eval()
+    model.load_state_dict(state)
+    if variant == "before":
+        return {w: (lambda w=w: model(x, t, w)) for w in widths}
+    prepare_for_inference(model, channels_last=True)
+    if variant == "after":
+        return {w: (lambda w=w: model(x, t, w)) for w in widths}
+    if variant == "static":
+        static = {w: materialize(model, w) for w in widths}
+        return {w: (lambda n=static[w]: n(x, t)) for w in widths}
+    scripted = ScriptedWidths(model)
+    with torch.inference_mode():
+        for w in widths:  # trace, freeze and TorchScript's profiling runs: not part of the latency
+            for _ in range(3):
+                scripted(x, t, w)
+    return {w: (lambda w=w: scripted(x, t, w)) for w in widths}
+
+
+def bench_preset(
+    preset: str, batch: int, most_rounds: int, standalone: bool = False, variants: tuple[str, ...] = VARIANTS
+) -> list[dict]:
     cfg = UNetConfig.from_preset(preset)
-    before = SlimmableUNet(cfg).eval()
-    after = prepare_for_inference(SlimmableUNet(cfg), channels_last=True)
-    after.load_state_dict(before.state_dict())  # same weights; the load drops and rebuilds the packs
-    prepare_for_inference(after, channels_last=True)
+    state = SlimmableUNet(cfg).state_dict()
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, cfg.in_channels, cfg.image_size, cfg.image_size, generator=gen)
     t = torch.full((batch,), 500.0)
     counts = count_gflops(cfg)
     full = counts[1.0]["gflops_conv_linear"]
     fns: dict[str, Callable[[], object]] = {}
-    for name, model in (("before", before), ("after", after)):
-        fns |= {f"{name}{w}": (lambda w=w, m=model: m(x, t, w)) for w in counts}
+    for v in variants:
+        fns |= {f"{v}{w}": fn for w, fn in _calls(v, cfg, state, x, t, list(counts)).items()}
     if standalone:  # standalone narrow nets (contiguous weights): the floor for a slimmed layer
         for w in counts:
             narrow = _plain_unet_factory()(cfg, round(w * 8)).eval()
@@ -106,7 +136,7 @@ def bench_preset(preset: str, batch: int, most_rounds: int, standalone: bool = F
         row = {"preset": preset, "batch": batch, "width": w, "gflops": c["gflops_conv_linear"],
                "gflops_ratio": c["gflops_conv_linear"] / full, "rounds": rounds,
                "plain_narrow_seconds": best.get(f"plain{w}")}  # fmt: skip
-        for v in VARIANTS:
+        for v in variants:
             seconds, t_full = best[f"{v}{w}"], best[f"{v}1.0"]
             row[v] = {"seconds": seconds, "latency_ratio": seconds / t_full, "speedup": t_full / seconds,
                       "saving_ratio": _saving_ratio(seconds / t_full, row["gflops_ratio"])}  # fmt: skip
@@ -132,48 +162,47 @@ def machine() -> str:
     )
 
 
-def to_markdown(rows: list[dict], command: str, repeats: int, clock: str = "thread") -> str:
+def to_markdown(
+    rows: list[dict], command: str, repeats: int, clock: str = "thread", load: str = "?",
+    variants: tuple[str, ...] = VARIANTS,
+) -> str:  # fmt: skip
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
-        "# Forward latency per width (CPU), before and after the fast inference path",
+        "# Forward latency per width (CPU), eager and fast inference paths",
         "",
         f"- Command: `{command}`",
-        f"- Machine: {machine()}",
+        f"- Machine: {machine()}; load average (1 min) {load}",
         f"- Date: {now}; git commit {_commit()}",
-        "- Method: `model(x, t, width)` under `torch.inference_mode()`, float32; every width of both",
-        f"  variants timed round-robin, best of N rounds after a warm-up round (N <= {repeats}, fewer for",
-        "  the big calls). **before**: the model as training leaves it (NCHW; narrow weights packed on",
-        "  first use); **after**: `prepare_for_inference` (channels_last, all packs built up front).",
+        "- Method: `model(x, t, width)` under `torch.inference_mode()`, float32; every width of every",
+        f"  variant timed round-robin, best of N rounds after a warm-up round (N <= {repeats}, fewer for",
+        "  the big calls). Variants:",
+        *(f"  **{v}**: {LABELS[v]};" for v in variants),
         "  GFLOPs: conv/linear per image (the paper's count, `ddsm flops`); ratios relative to full",
         "  width of the same variant; saving ratio = (1 - latency ratio) / (1 - GFLOPs ratio), 1.0 means",
         "  every GFLOP saved is time saved (targets: >= 0.95 at batch >= 64, >= 0.8 at batch 1).",
         *(_CLOCK_NOTE if clock == "thread" else _WALL_NOTE),
         "",
     ]
+    first = variants[0]
     for (preset, batch), group in _groups(rows).items():
-        lines += [
-            f"## {preset}, batch {batch}",
-            "",
-            "| width | GFLOPs/image | GFLOPs ratio | before (ms) | before latency ratio "
-            "| before saving ratio | after (ms) | after latency ratio | after saving ratio | after/before |"
-            + (" standalone narrow net (ms) |" if group[0]["plain_narrow_seconds"] is not None else ""),
-            "|---|---|---|---|---|---|---|---|---|---|"
-            + ("---|" if group[0]["plain_narrow_seconds"] is not None else ""),
-        ]
+        plain = group[0]["plain_narrow_seconds"] is not None
+        head = ["width", "GFLOPs/image", "GFLOPs ratio"]
+        for v in variants:
+            head += [f"{v} (ms)", f"{v} saving ratio"]
+        head += [f"{v}/{first}" for v in variants[1:]] + (["standalone narrow net (ms)"] if plain else [])
+        lines += [f"## {preset}, batch {batch}", "", _row(head), _row(["---"] * len(head))]
         for r in group:
-            b, a = r["before"], r["after"]
-            cells = [
-                format_width(r["width"]), f"{r['gflops']:.4f}", f"{r['gflops_ratio']:.3f}",
-                f"{b['seconds'] * 1e3:.1f}", f"{b['latency_ratio']:.3f}", _num(b["saving_ratio"]),
-                f"{a['seconds'] * 1e3:.1f}", f"{a['latency_ratio']:.3f}", _num(a["saving_ratio"]),
-                f"{a['seconds'] / b['seconds']:.2f}",
-            ]  # fmt: skip
-            if r["plain_narrow_seconds"] is not None:
-                cells.append(f"{r['plain_narrow_seconds'] * 1e3:.1f}")
-            lines.append("| " + " | ".join(cells) + " |")
+            cells = [format_width(r["width"]), f"{r['gflops']:.4f}", f"{r['gflops_ratio']:.3f}"]
+            for v in variants:
+                m = r[v]
+                cells += [f"{m['seconds'] * 1e3:.2f}", _num(m["saving_ratio"])]
+            cells += [f"{r[v]['seconds'] / r[first]['seconds']:.2f}" for v in variants[1:]]
+            if plain:
+                cells.append(f"{r['plain_narrow_seconds'] * 1e3:.2f}")
+            lines.append(_row(cells))
         narrow = [r for r in group if r["width"] < 1.0]
         lines += [""]
-        for v in VARIANTS:
+        for v in variants:
             ratios = [r[v]["saving_ratio"] for r in narrow]
             lines.append(
                 f"- {v}: saving ratio {min(ratios):.2f} to {max(ratios):.2f} over the narrow widths; "
@@ -185,11 +214,15 @@ def to_markdown(rows: list[dict], command: str, repeats: int, clock: str = "thre
     return "\n".join(lines)
 
 
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
 _CLOCK_NOTE = [
-    "- Clock: CPU time of the calling thread (`time.thread_time`), one torch thread. The machine's 2",
-    "  cores were shared with 4-6 other jobs (load average ~8): wall times then measure the neighbours",
-    "  (the same call took 1x-4x its idle time), while the thread's CPU time is the call's own work",
-    "  (cache sharing still adds a little). On an idle machine, wall time and CPU time agree.",
+    "- Clock: CPU time of the calling thread (`time.thread_time`), one torch thread. On a machine",
+    "  shared with other jobs (load average above its cores), wall times measure the neighbours, while",
+    "  the thread's CPU time is the call's own work (cache sharing still adds a little). On an idle",
+    "  machine, wall time and CPU time agree.",
 ]
 _WALL_NOTE = [
     "- Clock: wall time. Caveat: if the machine is shared with other jobs, absolute times are noisy",
@@ -243,6 +276,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=10, help="most timed rounds per width")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--standalone", action="store_true", help="also time standalone narrow nets")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument(
         "--clock", choices=sorted(CLOCKS), default="thread",
         help="thread: CPU time of this thread (needs --threads 1; robust on a shared machine); wall",
@@ -254,13 +288,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.clock == "thread" and args.threads != 1:
         parser.error("--clock thread measures one thread: use --threads 1 or --clock wall")
     _clock = CLOCKS[args.clock]
-    rows = []
+    variants = tuple(v for v in VARIANTS if v in args.variants)
+    rows, load_before = [], os.getloadavg()[0]
     for preset in args.presets:
         for batch in args.batches:
-            rows += bench_preset(preset, batch, args.repeats, args.standalone)
+            rows += bench_preset(preset, batch, args.repeats, args.standalone, variants)
             print(f"done {preset} batch {batch}", file=sys.stderr)
+    load = f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
     command = "python bench/bench_width_latency.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    report = to_markdown(rows, command.strip(), args.repeats, args.clock)
+    report = to_markdown(rows, command.strip(), args.repeats, args.clock, load, variants)
     print(report)
     if args.out != "-":
         Path(args.out).write_text(report + "\n")
