@@ -357,32 +357,51 @@ def _bisection_lines(bisection: Mapping[str, Any] | None) -> list[str]:
         f"Pick: genes {pick} ({len(bisection['probes'])} probe(s); full width when none passed).",
         "",
     ]
-    return lines
+    shown = [p["paired"] for p in bisection["probes"] if p.get("paired")]
+    return lines + ([_interval_note(shown[0]), ""] if shown else [])
 
 
 def _paired_lines(paired: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """Each finalist minus full width on the same seeds, with its bootstrap interval and verdict."""
+    """Each finalist minus full width on the same seeds, with its interval, how it was made, and verdict."""
     if not paired:
         return []
     lines = [
         "## Paired with full width (same seeds)",
         "",
-        "| finalist | FID - full width | 95% interval | ratio interval | equal quality (tolerance) |",
-        "|---|---|---|---|---|",
+        "| finalist | FID - full width | 95% interval | method | ratio interval | "
+        "equal quality (tolerance) |",
+        "|---|---|---|---|---|---|",
     ]
     for name, d in paired.items():
         verdict = "yes" if d["equal_quality"] else "no"
         lines.append(
-            f"| {name} | {d['diff']:+.2f} | [{d['low']:+.2f}, {d['high']:+.2f}] | "
+            f"| {name} | {d['diff']:+.2f} | [{d['low']:+.2f}, {d['high']:+.2f}] | {_method(d)} | "
             f"[{d['ratio_low']:.3f}, {d['ratio_high']:.3f}] | {verdict} (upper end <= {d['tolerance']:.2f}) |"
         )
-    lines += [
-        "",
-        f"Bootstrap over images ({next(iter(paired.values()))['n_boot']} replicates, indices resampled "
-        "jointly for both strategies); equal quality: the interval's upper end is within the tolerance.",
-        "",
-    ]
+    lines += ["", _interval_note(next(iter(paired.values()))), ""]
     return lines
+
+
+def _method(interval: Mapping[str, Any]) -> str:
+    """How a paired interval was made; results written before ``method`` existed are bootstraps."""
+    return str(interval.get("method", "bootstrap"))
+
+
+def _interval_note(d: Mapping[str, Any]) -> str:
+    """What the paired intervals of a report are (:func:`ddsm_core.paired.interval_method`)."""
+    from ddsm_core.paired import subsample_size
+
+    reps, n = d.get("n_boot", "?"), d.get("n_images")
+    if _method(d) == "subsample":
+        drawn = f"{subsample_size(n)} of {n} images" if n else "half the images"
+        how = (
+            f"Subsampling over images ({reps} replicates of {drawn} drawn without replacement, the same "
+            "for both strategies; used when there are fewer images than feature dimensions, where the "
+            "bootstrap is distorted)"
+        )
+    else:
+        how = f"Bootstrap over images ({reps} replicates, indices resampled jointly for both strategies)"
+    return f"{how}; equal quality: the interval's upper end is within the tolerance."
 
 
 def _json_default(obj: Any) -> Any:

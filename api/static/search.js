@@ -50,6 +50,12 @@
       download="search-${id}-${esc(n)}.json">${esc(n)}.json</a>`);
     return `<br><span id="strategy-files">strategy files: ${links.join(" · ")}</span>`;
   }
+  // How the paired interval was made (ddsm_core.paired.interval_method); older results are bootstraps.
+  function pairedHow(p) {
+    return p.method === "subsample"
+      ? `subsample, ${Math.floor(p.n_images / 2)} of ${p.n_images}`
+      : `bootstrap, ${p.n_images}`;
+  }
   function renderSummary() {
     const s = st.search, d = st.detail, p = s.progress, cfg = s.config, c = p.candidates;
     document.title = `ddsm search #${s.id} ${s.name}`;
@@ -61,7 +67,7 @@
         (pick.final_fid !== null && pick.final_fid !== undefined ? `, re-evaluated on ${pick.final_n_images} images: <b>${num(pick.final_fid, 4)}</b>` : "") +
         (intervalText(pick.intervals) ? ` (${esc(intervalText(pick.intervals))})` : "") +
         (pick.paired ? `<br><span id="pick-paired">vs full width on the same seeds: ΔFID <b>${signed(pick.paired.diff)}</b>
-          [${signed(pick.paired.low)}, ${signed(pick.paired.high)}] (${Math.round(100 * pick.paired.level)}%, ${pick.paired.n_images} images):
+          [${signed(pick.paired.low)}, ${signed(pick.paired.high)}] (${Math.round(100 * pick.paired.level)}% ${pairedHow(pick.paired)} images):
           ${pick.paired.equal_quality ? "equal quality" : "not equal"} at tolerance ${num(pick.paired.tolerance)}</span>` : "") +
         (pick.floor ? ` <span id="pick-floor" class="muted">· real-data floor ${num(pick.floor.fid, 4)} (${pick.floor.n_images} ${esc(pick.floor.split)} images)</span>` : "")
       : "no evaluated candidate yet";
