@@ -1,7 +1,7 @@
 """Coverage of the paired FID interval by simulation: the bootstrap vs the subsampling interval.
 
     nice -n 19 env OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 \\
-        PYTHONPATH=. .venv/bin/python bench/paired_coverage.py [--draws 150] [--boot 100]
+        PYTHONPATH=. .venv/bin/python bench/paired_coverage.py [--draws 100] [--boot 100] [--cifar]
 
 For each row, ``--draws`` independent sets of N paired images are drawn from known distributions (the
 same generator seeds for both methods), and :func:`ddsm_core.paired.paired_fid_diff` makes a 95%
@@ -48,7 +48,7 @@ Pair = tuple[np.ndarray, np.ndarray]
 # (D, N, scenario): N < D where the rule subsamples, then N >= D where it keeps the bootstrap
 ROWS = [
     (256, 150, "scale"), (256, 150, "mix"), (256, 150, "nonneg"), (256, 64, "scale"),
-    (64, 64, "scale"), (64, 128, "scale"), (64, 512, "scale"),
+    (64, 64, "scale"), (64, 128, "scale"), (64, 512, "scale"), (64, 2000, "scale"), (64, 2000, "mix"),
 ]  # fmt: skip
 
 
@@ -104,7 +104,7 @@ def cifar_example() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--draws", type=int, default=150, help="independent image sets per row")
+    parser.add_argument("--draws", type=int, default=100, help="independent image sets per row")
     parser.add_argument("--boot", type=int, default=100, help="replicates per interval")
     parser.add_argument("--rows", default="", help="comma-separated row numbers (0-based); default all")
     parser.add_argument("--cifar", action="store_true", help="also N = 500, D = 2048, both methods")
