@@ -18,7 +18,7 @@ the algorithm state is persisted with the rows it belongs to):
    result and the search ends. Each finalist's worker stores its per-image features and a sample grid
    of its first images as artifacts
    (``FEATURES_METRIC`` and ``SAMPLES_METRIC`` in its metrics, kept out of the results); once all
-   are COMPLETE, the controller computes every finalist's paired bootstrap interval vs full width
+   are COMPLETE, the controller computes every finalist's paired interval vs full width
    (``ddsm_core.paired``, numpy only) and the results carry it with the real-data floors of the
    reference statistics, as ``ddsm search``'s results.json does. With the tolerance pick rule (the
    default) the pick is found by bisection over the front (``ddsm_core.pick``): the first probe is

@@ -372,9 +372,13 @@ def _subsample_interval(
     What it covers: the difference this many images would show on average over seed sets, i.e. the
     same target the bootstrap had (both are centred on the N-image estimate). FID's bias at N (large
     at N < D) is part of both FIDs and of their difference and is not removed; the tolerance rule
-    compares FIDs at the same N, so that is the quantity it needs. Terms of FID that are not linear in
-    the images (the trace term at N < D) vary over half-samples more than the 1/m - 1/N above, so
-    the interval errs wide, not narrow (coverage ~96-99% at 95% in bench/paired_bootstrap.md).
+    compares FIDs at the same N, so that is the quantity it needs (at N < D it can differ from the
+    infinite-N difference even in sign: bench/paired_bootstrap.md). Terms of FID that are not linear
+    in the images (the trace term at N < D) vary over half-samples more than the 1/m - 1/N above, so
+    the interval errs wide, if at all (half-sample sd 4-18% above the true sd at D / N = 1.7-4).
+    Measured coverage at 95%: 0.90-0.98 for the difference, 0.89-1.00 for the ratio, over nine
+    simulated settings from D / N = 4 to D / N = 1/31 (bench/paired_bootstrap.md); the bootstrap's
+    0.00 at every N < D.
     """
     if not np.all(np.isfinite(replicates)):  # a ratio over a zero FID: no interval to give
         return -float("inf"), float("inf")

