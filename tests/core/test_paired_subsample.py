@@ -1,5 +1,5 @@
 """The subsampling interval of ddsm_core.paired for fewer images than feature dimensions (N < D), and
-the bootstrap left unchanged for N >= D. numpy only; ~5 CPU s in all."""
+the bootstrap left unchanged for N >= D. numpy only; ~8 CPU s in all, most of it the coverage simulation."""
 
 from __future__ import annotations
 
