@@ -280,12 +280,13 @@ def search_detail(repo: Repository, search: SearchRecord) -> dict[str, Any]:
 
 
 def _search_grids(repo: Repository, search: SearchRecord, spec: SearchSpec) -> dict[str, Any] | None:
-    """The finalists' sample grids (pick, knee, full width: the same seeds), None before there are any."""
+    """The finalists' sample grids (pick, knee, full width: the same seeds, the finalists'), None before
+    there are any."""
     grids = finalist_grids(repo, search)
     if not grids:
         return None
     return {
-        "seeds": [spec.eval_seed, spec.eval_seed + min(GRID_IMAGES, spec.final_images) - 1],
+        "seeds": [spec.final_first_seed, spec.final_first_seed + min(GRID_IMAGES, spec.final_images) - 1],
         "grids": {name: {"candidate_id": g["candidate_id"], "genome": g["genome"],
                          "url": f"/searches/{search.id}/samples/{name}.png"} for name, g in grids.items()},
     }  # fmt: skip

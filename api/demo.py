@@ -327,15 +327,18 @@ def _fid(record: dict[str, Any]) -> str:
 
 
 def sample_grid(svc_home: Path, results: dict[str, Any], supernet_sha: str, out: Path) -> None:
-    """64 samples at full width and with the pick, same seeds (needs torch and the local artifact store)."""
+    """64 samples at full width and with the pick, from the finalists' seeds (needs torch and the local
+    artifact store)."""
     from ddsm_core.checkpoint import load_checkpoint
     from ddsm_core.evaluate import sample_images
     from ddsm_core.report import plot_samples
+    from ddsm_core.results import final_seeds
     from ddsm_core.strategy import Strategy
 
     model, schedule, _ = load_checkpoint(local_checkpoint(svc_home, supernet_sha))
     cfg = results["config"]
-    seeds = list(range(cfg["eval_seed"], cfg["eval_seed"] + 64))
+    first = final_seeds(results)[0]
+    seeds = list(range(first, first + 64))
     panels = {}
     for name in ("full", "pick"):
         rec = results["final"][name]

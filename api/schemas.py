@@ -366,9 +366,9 @@ class SearchCreate(In):
     pick_rule: PickRule = Field(
         default=DEFAULTS.pick_rule,
         description="tolerance: the cheapest front member whose paired interval vs full width "
-        "(final_images images, the same seeds) ends within tolerance x full width's FID, found by "
-        "bisection over the front (each probe a finalist task); weighted: argmin FID + weight * cost on "
-        "the search's FIDs. The weighted pick is reported beside the tolerance pick.",
+        "(final_images images from final_seed, the same for both) ends within tolerance x full width's "
+        "FID, found by bisection over the front (each probe a finalist task); weighted: argmin FID + "
+        "weight * cost on the search's FIDs. The weighted pick is reported beside the tolerance pick.",
     )
     tolerance: float = _setting(
         "tolerance", "Equal quality: the paired interval's upper end <= tolerance x full width's FID."
@@ -387,6 +387,13 @@ class SearchCreate(In):
     )
     seed: int = _setting("seed", "Seed of NSGA-II.")
     eval_seed: int = _setting("eval_seed", "Image i of every candidate uses eval_seed + i.")
+    final_seed: Seed | None = Field(
+        default=DEFAULTS.final_seed,
+        description="Finalist image i uses final_seed + i (the finalists' FIDs, the tolerance pick's "
+        "paired intervals, their sample grids). Default: eval_seed + n_images, the first seed after the "
+        "search's, so the verdict comes from images the front was not chosen on. A value whose seeds "
+        "overlap the search's is allowed but flagged (results' seeds.held_out false).",
+    )
     batch_size: int = _setting("batch_size")
     mutation_rate: float = _setting("mutation_rate", "Per gene.")
     crossover: Crossover = Field(default=DEFAULTS.crossover, description=", ".join(CROSSOVERS))

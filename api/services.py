@@ -135,6 +135,9 @@ def create_search(repo: Repository, body: SearchCreate) -> int:
         spec, notes = with_warm_start(spec, seeds, (net.config or {}).get("schedule"))
         for note in notes:
             log.info("new search %r: %s", body.name, note)
+    note = spec.final_seeds_note()
+    if note is not None:  # allowed (it is how earlier searches were measured), but said: results' seeds too
+        log.warning("new search %r: %s", body.name, note)
     if (net.config or {}).get("model_config"):
         spec.check_model(UNetConfig.from_dict(net.config["model_config"]))
     latency_table_id = search_latency_table(repo, net.id, spec, body.latency_table_id)

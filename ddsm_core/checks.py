@@ -88,6 +88,7 @@ SPEC_OPTIONS = {
     "class_label": "--class",
     "mutation_rate": "--mutation-rate",
     "eval_seed": "--eval-seed",
+    "final_seed": "--final-seed",
     "batch_size": "--batch-size",
     "population": "--population",
     "generations": "--generations",

@@ -391,12 +391,14 @@ class GenomeEvaluator:
 
     ``spec`` (bound to the model's widths if it names none) gives the sampler, steps, width set, batch
     size, seeds, guidance and class label: every genome is sampled from ``spec.eval_seed + i`` for
-    image ``i``; evaluations with ``cache_images`` images share sampler states through a
-    :class:`PrefixCache`; the objectives told to the search are (FID, ``spec.cost``: GFLOPs per image,
-    or predicted ms per image from ``latency`` with objective latency); the full :class:`EvalResult`
-    is kept as the record, with the predicted latency whenever a ``latency`` table is given. A search
-    whose rungs are ranked by ``paired`` gets each low-rung record's ``paired_distance`` from a
-    :class:`FullWidthReference` (one extra full-width sampling per rung image count, made once).
+    image ``i``, and a finalist (:meth:`evaluate_final`) from ``spec.final_first_seed + i`` (held out
+    from the search's images by default); evaluations with ``cache_images`` images share sampler states
+    through a :class:`PrefixCache`; the objectives told to the search are (FID, ``spec.cost``: GFLOPs
+    per image, or predicted ms per image from ``latency`` with objective latency); the full
+    :class:`EvalResult` is kept as the record, with the predicted latency whenever a ``latency`` table
+    is given. A search whose rungs are ranked by ``paired`` gets each low-rung record's
+    ``paired_distance`` from a :class:`FullWidthReference` (one extra full-width sampling per rung
+    image count, made once).
     """
 
     def __init__(
@@ -432,8 +434,8 @@ class GenomeEvaluator:
         # (several counts with multi-fidelity rungs: the cache key holds the batch's first seed and length)
         self.cache_images = {cache_images} if isinstance(cache_images, int) else set(cache_images or ())
         self.cache = PrefixCache(cache_bytes)
-        # per-image features of the finalists' evaluations (any count not in ``cache_images``), keyed by
-        # (genome, n_images, seed_offset): paired comparisons with full width on the same seeds
+        # per-image features of the finalists' evaluations (and of any count not in ``cache_images``),
+        # keyed by (genome, n_images, first seed): paired comparisons with full width on the same seeds
         self.kept_features: dict[tuple[tuple[int, ...], int, int], Any] = {}
         # a search whose low rungs are ranked by ``paired``: full-width features per rung, made once
         self.reference = FullWidthReference(model, schedule, extractor, self.spec, device=device)
@@ -441,32 +443,48 @@ class GenomeEvaluator:
     def strategy(self, genome: Sequence[int]) -> Strategy:
         return self.spec.strategy(genome)
 
-    def evaluate(self, genome: Sequence[int], n_images: int, seed_offset: int = 0) -> EvalResult:
+    def evaluate(self, genome: Sequence[int], n_images: int, *, final: bool = False) -> EvalResult:
+        """``genome`` on ``n_images`` images: the search's seeds (``eval_seed + i``), or with ``final``
+        the finalists' (``final_first_seed + i``: no prefix cache, so the latency is measured whole,
+        and the features kept)."""
         strategy = self.strategy(genome)
-        cache = self.cache if n_images in self.cache_images and seed_offset == 0 else None
-        keep = n_images not in self.cache_images
-        paired = self.spec.paired_rung(n_images) and seed_offset == 0
+        first = self.spec.final_first_seed if final else self.spec.eval_seed
+        searching = n_images in self.cache_images and not final
+        paired = self.spec.paired_rung(n_images) and not final
         result = evaluate(
-            self.model, self.schedule, strategy, self.ref, self.extractor, n_images,
-            self.spec.eval_seed + seed_offset, self.spec.batch_size, costs=self.costs, device=self.device,
-            prefix_cache=cache, keep_features=keep or paired, guidance=self.spec.guidance,
-            class_label=self.spec.class_label,
+            self.model, self.schedule, strategy, self.ref, self.extractor, n_images, first,
+            self.spec.batch_size, costs=self.costs, device=self.device,
+            prefix_cache=self.cache if searching else None, keep_features=not searching or paired,
+            guidance=self.spec.guidance, class_label=self.spec.class_label,
         )  # fmt: skip
         if paired:
             result = self.reference.add_distance(result, strategy.genes)
-            result = result if keep else replace(result, features=None)
+            result = result if not searching else replace(result, features=None)
         if self.latency is not None:
             result = replace(result, predicted_latency_s=self.spec.latency(strategy.genes, self.latency))
-        if keep and result.features is not None:
-            self.kept_features[(strategy.genes, n_images, seed_offset)] = result.features
+        if not searching and result.features is not None:
+            self.kept_features[(strategy.genes, n_images, first)] = result.features
         self.images_sampled += n_images
         self.network_calls += round(n_images * result.network_calls * (1 - result.reused_fraction))
         return result
 
-    def __call__(self, genome: tuple[int, ...], n_images: int):  # -> ddsm_core.search.Evaluation
+    def final_features(self) -> dict[tuple[int, ...], Any]:
+        """genome -> [final_images x D] features of every finalist evaluated so far (seeds
+        ``final_first_seed + i``): what the paired intervals vs full width are computed from."""
+        key = (self.spec.final_images, self.spec.final_first_seed)
+        return {genome: f for (genome, n, first), f in self.kept_features.items() if (n, first) == key}
+
+    def _evaluation(self, genome: tuple[int, ...], result: EvalResult):  # -> ddsm_core.search.Evaluation
         from ddsm_core.search import Evaluation
 
-        result = self.evaluate(genome, n_images)
         record = self.spec.costs(genome, result.to_dict())  # (the predicted latency is in it already)
         ok = result.objectives() is not None and record["cost"] is not None
         return Evaluation((float(result.fid), record["cost"]) if ok else None, result.reason, record)  # type: ignore[arg-type]
+
+    def __call__(self, genome: tuple[int, ...], n_images: int):  # -> ddsm_core.search.Evaluation
+        """A search evaluation (``ddsm_core.search.EvaluateFn``): the search's seeds."""
+        return self._evaluation(genome, self.evaluate(genome, n_images))
+
+    def evaluate_final(self, genome: tuple[int, ...]):  # -> ddsm_core.search.Evaluation
+        """A finalist's or probe's evaluation: ``final_images`` images from the finalists' seeds."""
+        return self._evaluation(genome, self.evaluate(genome, self.spec.final_images, final=True))

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ddsm_core.atomic import atomic_path, write_text_atomic
-from ddsm_core.results import finalist_strategies
+from ddsm_core.results import final_seeds, finalist_strategies
 from ddsm_core.search import Candidate, reached_top
 from ddsm_core.spec import COST_UNITS, SearchSpec
 
@@ -190,7 +190,7 @@ def write_report(out_dir: str | os.PathLike[str], results: Mapping[str, Any]) ->
         f"{_pick_rule_text(results)}{_rungs_text(cfg, results.get('cost', {}))}",
         "",
         *_latency_lines(results),
-        f"## Finalists ({cfg['final_images']} images, seeds from {cfg['eval_seed']})",
+        f"## Finalists ({cfg['final_images']} images, {_seeds_text(results)})",
         "",
         rows_table([{"name": k, **v} for k, v in results["final"].items()], full, label, floors),
         "",
@@ -223,6 +223,18 @@ def write_report(out_dir: str | os.PathLike[str], results: Mapping[str, Any]) ->
     md += [f"- {k.replace('_', ' ')}: {_fmt(v)}" for k, v in cost.items()]
     md.append("")
     return write_text_atomic(out / "report.md", "\n".join(md))
+
+
+def _seeds_text(results: Mapping[str, Any]) -> str:
+    """Which seeds the finalists' verdict used, and whether the search saw them (``seeds``)."""
+    first, last = final_seeds(results)
+    cfg, seeds = results["config"], results.get("seeds")
+    # results from before held-out seeds: the finalists were measured on the search's own, from eval_seed
+    seeds = seeds or {"search": [cfg["eval_seed"], cfg["eval_seed"] + cfg["n_images"] - 1], "held_out": False}
+    a, b = seeds["search"]
+    if seeds["held_out"]:
+        return f"seeds {first}..{last}, held out: the search ranked on {a}..{b}"
+    return f"seeds {first}..{last}, overlapping the search's {a}..{b}: the verdict flatters the pick"
 
 
 def _inputs(results: Mapping[str, Any]) -> list[str]:

@@ -132,6 +132,9 @@ def build_results(
         the objective, and ``latency_table`` / ``latency_saving`` say which table and how much.
     :param bisection: the tolerance rule's ``bisection`` (:func:`ddsm_core.pick.bisection_summary`:
         tolerance, probes with their intervals and verdicts, the pick); needed with that rule.
+
+    ``seeds`` says which seeds ranked the candidates and which gave the finalists' verdict
+    (:meth:`~ddsm_core.spec.SearchSpec.seeds`: ``search``, ``final`` and ``held_out``).
     """
     front = front_of(candidates)
     if spec.pick_rule == "tolerance" and (not bisection or bisection.get("pick") is None):
@@ -186,7 +189,17 @@ def build_results(
         "run": dict(run or {}),
         "floors": [dict(f) for f in floors],
         "paired": {k: dict(v) for k, v in (paired or {}).items()},
+        "seeds": spec.seeds(),
     }
+
+
+def final_seeds(results: Mapping[str, Any]) -> list[int]:
+    """``[first, last]`` seed of a results.json's finalist images; results from before held-out seeds
+    (no ``seeds``) measured their finalists on the search's seeds, from ``eval_seed``."""
+    if results.get("seeds"):
+        return list(results["seeds"]["final"])
+    cfg = results["config"]
+    return [cfg["eval_seed"], cfg["eval_seed"] + cfg["final_images"] - 1]
 
 
 def latency_summary(table: LatencyTable, batch_size: int) -> dict[str, Any]:

@@ -85,7 +85,16 @@ class SearchSpec:
     on 2 CPU cores (bench/digits_search.md). ``widths`` is the width set the genomes index into; empty
     means "not bound yet" (:meth:`bind` sets the supernet's). ``seed`` seeds NSGA-II; ``eval_seed`` is
     the first of the fixed per-image noise seeds every candidate shares (common random numbers): image
-    i uses seed ``eval_seed + i``. ``pick_rule`` chooses the pick (:data:`PICK_RULES`; default
+    i uses seed ``eval_seed + i``. ``final_seed`` is the first seed of the finalists' images (finalist
+    image i uses ``final_seed + i``; the finalists share them, paired with full width): None (the
+    default) is the first seed after every image the search ranks on, ``eval_seed + n_images``, so the
+    verdict (the finalists' FIDs, the tolerance pick's paired intervals) comes from seeds the selection
+    never saw (:attr:`final_first_seed`). The front is chosen on ``eval_seed .. eval_seed + n_images -
+    1``; re-measured on the same images, a member that looked as good as full width owes part of that
+    to the draw (bench/digits_search/notes.md, "winner's curse"). An explicit value that overlaps the
+    search's seeds is allowed (``final_seed = eval_seed`` is how searches made before the setting were
+    measured, migration 0007) but flagged: :meth:`final_seeds_note`, results.json's ``seeds``.
+    ``pick_rule`` chooses the pick (:data:`PICK_RULES`; default
     ``tolerance``: the cheapest front member within ``tolerance`` of full width's FID on a paired
     interval, by bisection); ``weight`` gives the weighted pick, argmin FID + weight x cost (the
     objective's unit), which is the pick with ``pick_rule="weighted"`` and shown beside it otherwise.
@@ -128,6 +137,7 @@ class SearchSpec:
     weight: float = 1.5
     seed: int = 0
     eval_seed: int = 0
+    final_seed: int | None = None
     batch_size: int = 250
     mutation_rate: float = 0.001
     crossover: str = "one_point"
@@ -153,6 +163,11 @@ class SearchSpec:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
                 raise ConfigError(f"{name} must be in [{_num(low)}, {_num(high)}], got {value!r}")
+        if self.final_seed is not None and (
+            isinstance(self.final_seed, bool) or not isinstance(self.final_seed, int)
+            or not 0 <= self.final_seed <= SEED_MAX
+        ):  # fmt: skip
+            raise ConfigError(f"final_seed must be in [0, {SEED_MAX}] (or left out), got {self.final_seed!r}")
         if self.guidance is not None:
             object.__setattr__(self, "guidance", float(self.guidance))
             if not (math.isfinite(self.guidance) and self.guidance >= 0):
@@ -202,10 +217,18 @@ class SearchSpec:
                 f"population x generations x steps must be <= {MAX_GENES}, "
                 f"got {self.population} x {self.generations} x {self.steps}"
             )
-        last = self.eval_seed + max(self.n_images, self.final_images) - 1
+        last = self.eval_seed + self.n_images - 1
         if last > SEED_MAX:
             raise ConfigError(
-                f"eval_seed + images - 1 must be <= {SEED_MAX} (image i uses seed eval_seed + i), got {last}"
+                f"eval_seed + n_images - 1 must be <= {SEED_MAX} (image i uses seed eval_seed + i), "
+                f"got {last}"
+            )
+        last = self.final_first_seed + self.final_images - 1
+        if last > SEED_MAX:
+            first = "final_seed" if self.final_seed is not None else "eval_seed + n_images (its default)"
+            raise ConfigError(
+                f"{first} + final_images - 1 must be <= {SEED_MAX} (finalist image i uses seed final_seed + "
+                f"i), got {last}: give a smaller final_seed"
             )
 
     # ------------------------------------------------------------------ derived values
@@ -331,6 +354,37 @@ class SearchSpec:
         """Whether an evaluation with ``n_images`` images needs a ``paired_distance``: a low rung of a
         search whose rungs are ranked by ``paired`` (the top rung and the finalists are ranked by FID)."""
         return self.rung_metric == "paired" and n_images in self.rungs
+
+    @property
+    def final_first_seed(self) -> int:
+        """The seed of the finalists' first image: ``final_seed``, else the first seed after the
+        search's (``eval_seed + n_images``: every rung samples the first images of those)."""
+        return self.eval_seed + self.n_images if self.final_seed is None else self.final_seed
+
+    def final_seeds_overlap(self) -> bool:
+        """Whether the finalists' seeds share any with the search's (an explicit ``final_seed``)."""
+        first = self.final_first_seed
+        return first < self.eval_seed + self.n_images and self.eval_seed < first + self.final_images
+
+    def seeds(self) -> dict[str, Any]:
+        """Which seeds ranked the candidates and which gave the verdict (results.json's ``seeds``):
+        inclusive ``[first, last]`` ranges, and whether the verdict's are held out from the search's."""
+        return {
+            "search": [self.eval_seed, self.eval_seed + self.n_images - 1],
+            "final": [self.final_first_seed, self.final_first_seed + self.final_images - 1],
+            "held_out": not self.final_seeds_overlap(),
+        }
+
+    def final_seeds_note(self) -> str | None:
+        """A warning when the finalists' seeds overlap the search's (None when held out)."""
+        if not self.final_seeds_overlap():
+            return None
+        s = self.seeds()
+        return (
+            f"final_seed {self.final_first_seed}: the finalists' seeds {s['final'][0]}..{s['final'][1]} "
+            f"overlap the search's {s['search'][0]}..{s['search'][1]}, so the verdict re-reads images the "
+            "front was chosen on and flatters the pick (leave final_seed out for held-out seeds)"
+        )
 
     @property
     def ladder(self) -> tuple[int, ...]:

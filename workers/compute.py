@@ -136,16 +136,19 @@ def evaluate_genome(
     table: CostTable,
     device: str,
     share_prefixes: bool = False,
+    final: bool = False,
     features_out: Path | None = None,
     grid_out: Path | None = None,
 ) -> dict[str, Any]:
     """Sample ``n_images`` with the genome's strategy from the search's fixed seeds (guided when the
     spec says so); FID + GFLOPs.
 
-    :param features_out: also write the per-image features ([N x D] float64, row ``i`` from seed
-        ``eval_seed + i``) to this .npy file, for the paired comparison of finalists with full width.
-    :param grid_out: also write a PNG grid of the first :data:`GRID_IMAGES` images (seeds
-        ``eval_seed + i``: every finalist's grid shows the same noise), unless the sampler diverged.
+    :param final: a finalist or probe: image ``i`` from seed ``spec.final_first_seed + i`` (held out
+        from the search's by default), else ``spec.eval_seed + i``, as ``ddsm search`` samples them.
+    :param features_out: also write the per-image features ([N x D] float64, row ``i`` from the
+        ``i``-th seed) to this .npy file, for the paired comparison of finalists with full width.
+    :param grid_out: also write a PNG grid of the first :data:`GRID_IMAGES` images (the first seeds:
+        every finalist's grid shows the same noise), unless the sampler diverged.
 
     A low rung of a search ranked by ``paired`` also gets ``paired_distance`` to the full width's
     features on the same seeds, from this process's :class:`~ddsm_core.evaluate.FullWidthReference`
@@ -155,11 +158,12 @@ def evaluate_genome(
 
     model, schedule, _ = load_supernet(checkpoint, checkpoint_sha, device)
     dev = device_of(device)
+    first = spec.final_first_seed if final else spec.eval_seed
     grid = (checkpoint_sha, dev, spec.sampler, spec.steps, spec.widths, spec.eval_seed, spec.batch_size,
             spec.guidance, spec.class_label)  # fmt: skip
-    paired = spec.paired_rung(n_images)
+    paired = spec.paired_rung(n_images) and not final
     cache = None
-    if share_prefixes:  # same seeds, sampler and model: resume from states of earlier candidates
+    if share_prefixes and not final:  # same seeds, sampler, model: resume from earlier candidates' states
         # one cache serves every image count (a multi-fidelity search's rungs too, as a local search's
         # GenomeEvaluator does): its entries are keyed by each batch's first seed and length
         cache = _prefix_cache(grid)
@@ -170,7 +174,7 @@ def evaluate_genome(
         _stats(str(stats_path)),
         _extractor(extractor, dev),
         n_images=n_images,
-        seeds=spec.eval_seed,  # image i uses eval_seed + i, as `ddsm search` does
+        seeds=first,  # image i uses first + i, as `ddsm search` does
         batch_size=spec.batch_size,
         costs=table,
         device=dev,

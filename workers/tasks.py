@@ -273,7 +273,9 @@ def _evaluate(ctx: WorkerContext, candidate_id: int) -> dict[str, Any]:
         stats_path = local_stats(ctx, stats.artifact_sha256)
     except OSError as exc:
         raise ConnectionError(f"artifact store: {exc}") from exc
-    final = cand.phase == "final"  # a finalist keeps its per-image features for the paired interval
+    # a finalist: sampled from the finalists' (held-out) seeds, its per-image features kept for the paired
+    # interval
+    final = cand.phase == "final"
     ctx.settings.resolved_worker_cache().mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=ctx.settings.resolved_worker_cache()) as tmp:
         features, grid = Path(tmp) / "features.npy", Path(tmp) / "samples.png"
@@ -288,6 +290,7 @@ def _evaluate(ctx: WorkerContext, candidate_id: int) -> dict[str, Any]:
             table=CostTable.from_dict(net.gflops),
             device=ctx.settings.device,
             share_prefixes=not final,
+            final=final,
             features_out=features if final else None,
             grid_out=grid if final else None,
         )

@@ -122,9 +122,9 @@ def search_samples_png(
     search_id: int, which: Literal["pick", "knee", "full"], repo: RepoDep, store: StoreDep
 ) -> Response:
     """A 4 x 4 grid of the first 16 final-evaluation images of a finished search's pick, knee or full
-    width, each image from the same seed (``eval_seed + i``) for all three: the strategies differ, the
-    noise does not. Drawn by the worker that evaluated the finalist (404 where it drew none, e.g. the
-    fast evaluator)."""
+    width, each image from the same seed (``final_seed + i``, the finalists' seeds: held out from the
+    search's by default) for all three: the strategies differ, the noise does not. Drawn by the worker
+    that evaluated the finalist (404 where it drew none, e.g. the fast evaluator)."""
     return Response(run_outputs.search_grid(repo, store, search_id, which), media_type="image/png")
 
 

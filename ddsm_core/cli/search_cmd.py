@@ -262,6 +262,7 @@ def search_to_folder(
     from ddsm_core.evaluate import GenomeEvaluator, sample_images
     from ddsm_core.floor import floors_of
     from ddsm_core.flops import cost_table
+    from ddsm_core.paired import paired_vs_full
     from ddsm_core.pick import run_bisection
     from ddsm_core.report import plot_samples, write_report_folder
     from ddsm_core.results import build_results
@@ -298,14 +299,17 @@ def search_to_folder(
     finals_dir = out / FINALS_DIR
     if not resume:
         shutil.rmtree(finals_dir, ignore_errors=True)  # --restart: nothing of the old run is reused
-    evaluate_final = _cached_finalists(
-        finals_dir, evaluator, {"spec": spec.to_dict(), "checkpoint": str(checkpoint), "extractor": ext.name}
-    )
+    note = spec.final_seeds_note()
+    if note is not None:
+        typer.echo(f"warning: {note}", err=True)
+    key = {"spec": spec.to_dict(), "checkpoint": str(checkpoint), "extractor": ext.name,
+           "final_seeds": spec.seeds()["final"]}  # fmt: skip
+    evaluate_final = _cached_finalists(finals_dir, evaluator, key)
 
     def judge(genome: tuple[int, ...], ev: Any) -> dict[str, Any] | None:
         from ddsm_core.pick import probe_verdict
 
-        features = _final_features(evaluator.kept_features, spec.final_images)
+        features = evaluator.final_features()
         full_record = {"genome": list(full), **final_by_genome[full].record}
         return probe_verdict(full_record, {"genome": list(genome), **ev.record}, features, ref,
                              seed=spec.eval_seed, rel_tolerance=spec.tolerance)  # fmt: skip
@@ -334,7 +338,8 @@ def search_to_folder(
         latency=latency, bisection=run_bisection(spec, run),
     )  # fmt: skip
     final = results["final"]
-    seeds = list(range(spec.eval_seed, spec.eval_seed + n_sample_images))
+    # the finalists' own (held-out) seeds: samples.png shows the images their verdict was read on
+    seeds = list(range(spec.final_first_seed, spec.final_first_seed + n_sample_images))
     panels = {
         f"full width, FID {_num(final['full'].get('fid'))}": spec.strategy(full),
         f"pick, FID {_num(final['pick'].get('fid'))}": spec.strategy(run.pick.genome),
@@ -346,11 +351,10 @@ def search_to_folder(
          for k, s in panels.items()},
     )  # fmt: skip
     results["cost"]["total_wall_s"] = time.perf_counter() - start
-    # every finalist paired with full width on the same seeds
+    # every finalist paired with full width on the same (the finalists') seeds
     results["paired"] = paired_vs_full(
-        final, evaluator.kept_features, ref, spec.final_images, seed=spec.eval_seed,
-        tolerance=_tolerance(spec, final),
-    )  # fmt: skip
+        final, evaluator.final_features(), ref, seed=spec.eval_seed, tolerance=_tolerance(spec, final)
+    )
     write_report_folder(out, results)
     shutil.rmtree(out / FINALS_DIR, ignore_errors=True)  # the report holds them now
     return results
@@ -367,20 +371,18 @@ FINALS_DIR = "finalists"
 until the report is written: an interrupted finalist stage resumes without redoing them."""
 
 
-def _final_features(kept: dict[Any, Any], n_images: int) -> dict[tuple[int, ...], Any]:
-    return {genome: f for (genome, n, offset), f in kept.items() if n == n_images and offset == 0}
-
-
 def _cached_finalists(folder: Path, evaluator: Any, key: dict[str, Any]) -> Any:
-    """``evaluate_final(genome)``: the evaluator at the spec's ``final_images``, each result kept in
-    ``folder`` (its record and per-image features) and read back, features included, when the same
-    search (``key``: settings, checkpoint, extractor) asks again."""
+    """``evaluate_final(genome)``: the evaluator's finalist evaluation (``final_images`` images from
+    the finalists' seeds), each result kept in ``folder`` (its record and per-image features) and read
+    back, features included, when the same search (``key``: settings, checkpoint, extractor, the
+    finalists' seeds) asks again: a folder from another search, or from before held-out seeds, is
+    evaluated again."""
     import numpy as np
 
     from ddsm_core.atomic import atomic_path
     from ddsm_core.search import Evaluation
 
-    n = evaluator.spec.final_images
+    n, first = evaluator.spec.final_images, evaluator.spec.final_first_seed
     stamp = json.dumps(key, sort_keys=True)
 
     def evaluate_final(genome: tuple[int, ...]) -> Evaluation:
@@ -392,17 +394,17 @@ def _cached_finalists(folder: Path, evaluator: Any, key: dict[str, Any]) -> Any:
                     features = np.asarray(z["features"]) if "features" in z.files else None
                 if meta["key"] == stamp:
                     if features is not None:
-                        evaluator.kept_features[(genome, n, 0)] = features
+                        evaluator.kept_features[(genome, n, first)] = features
                     obj = meta["objectives"]
                     return Evaluation(
                         None if obj is None else (obj[0], obj[1]), meta["reason"], meta["record"]
                     )
             except (OSError, ValueError, KeyError, TypeError):
                 pass  # unreadable or another search's: evaluated again
-        ev = evaluator(genome, n)
+        ev = evaluator.evaluate_final(genome)
         meta = {"key": stamp, "objectives": ev.objectives, "reason": ev.reason, "record": ev.record}
         arrays = {"meta": np.array(json.dumps(meta))}
-        features = evaluator.kept_features.get((genome, n, 0))
+        features = evaluator.kept_features.get((genome, n, first))
         if features is not None:
             arrays["features"] = np.asarray(features)
         folder.mkdir(parents=True, exist_ok=True)
@@ -472,23 +474,6 @@ def _seeded(spec: SearchSpec, files: Sequence[Path], schedule: Any, state: Path 
     return spec.replace(warm_start=tuple(s.to_dict() for s in seeds))
 
 
-def paired_vs_full(
-    final: dict[str, dict[str, Any]],
-    features: dict[tuple[tuple[int, ...], int, int], Any],
-    ref: Any,
-    n_images: int,
-    *,
-    seed: int = 0,
-    tolerance: float | None = None,
-) -> dict[str, Any]:
-    """Each finalist vs full width on the same seeds (:func:`ddsm_core.paired.paired_vs_full`), from
-    the evaluator's kept features of the ``n_images``-image finalist evaluations."""
-    from ddsm_core.paired import paired_vs_full as paired
-
-    kept = {genome: f for (genome, n, offset), f in features.items() if n == n_images and offset == 0}
-    return paired(final, kept, ref, seed=seed, tolerance=tolerance)
-
-
 def _set_threads(threads: int | None) -> None:
     from ddsm_core.threads import set_threads  # one thread unless told otherwise (see its docstring)
 
@@ -541,7 +526,8 @@ def search(
         None,
         "--pick-rule",
         help=f"{' or '.join(PICK_RULES)}: the cheapest front member whose paired interval vs full width "
-        "(--final-images, same seeds) ends within --tolerance, found by bisection; or min FID + "
+        "(--final-images from --final-seed, the same for both) ends within --tolerance, found by "
+        "bisection; or min FID + "
         f"--weight x cost on the search's FIDs. Default {DEFAULTS.pick_rule}.",
     ),
     tolerance: float | None = typer.Option(
@@ -582,6 +568,13 @@ def search(
         "--eval-seed",
         help=f"Image i of every candidate uses eval_seed + i; default {DEFAULTS.eval_seed}.",
     ),
+    final_seed: int | None = typer.Option(
+        None,
+        "--final-seed",
+        help="Finalist image i uses final_seed + i (their FIDs, the pick's paired intervals, samples.png); "
+        "default eval_seed + --images, the first seed after the search's: a verdict on images the front "
+        "was not chosen on. Seeds overlapping the search's are allowed, with a warning.",
+    ),
     batch_size: int | None = typer.Option(
         None, "--batch-size", help=f"Images per batch (does not change them); default {DEFAULTS.batch_size}."
     ),
@@ -609,9 +602,9 @@ def search(
         spec = named_profile(profile).replace(
             sampler=sampler, steps=steps, population=population, generations=generations,
             mutation_rate=mutation_rate, crossover=crossover, n_images=images, final_images=final_images,
-            weight=weight, seed=seed, eval_seed=eval_seed, batch_size=batch_size, guidance=guidance,
-            class_label=label, rungs=_parse_rungs(rungs), promote=promote, rung_metric=rung_metric,
-            objective=objective, pick_rule=pick_rule, tolerance=tolerance,
+            weight=weight, seed=seed, eval_seed=eval_seed, final_seed=final_seed, batch_size=batch_size,
+            guidance=guidance, class_label=label, rungs=_parse_rungs(rungs), promote=promote,
+            rung_metric=rung_metric, objective=objective, pick_rule=pick_rule, tolerance=tolerance,
         )  # fmt: skip
     res = search_to_folder(
         checkpoint, out, spec, stats=stats, dataset=dataset, image_size=image_size, extractor=extractor,

@@ -101,7 +101,7 @@ def test_searches_made_before_the_pick_rule_keep_the_weighted_pick(db_url: str) 
                     f"generation, created_at, updated_at) VALUES ({sid}, 's', 1, 1, '{config}', 'RUNNING', "
                     "0, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
                 )
-        upgrade(db_url)
+        upgrade(db_url, "0006")
         repo = Repository(engine)
         old, new = repo.get_search(1), repo.get_search(2)
         assert old is not None and new is not None
@@ -112,6 +112,46 @@ def test_searches_made_before_the_pick_rule_keep_the_weighted_pick(db_url: str) 
         engine.dispose()
         downgrade(db_url, "0005")
         assert Repository(engine).get_search(1).config == {"weight": 2.0}  # type: ignore[union-attr]
+        upgrade(db_url)
+        assert schema_diff(db_url, Base.metadata) == []
+    finally:
+        engine.dispose()
+
+
+def test_searches_made_before_held_out_final_seeds_keep_measuring_finalists_from_eval_seed(
+    db_url: str,
+) -> None:
+    """0007: a stored search config without ``final_seed`` (made when the finalists were measured on
+    the search's seeds, from ``eval_seed``) gets ``final_seed = eval_seed`` (0 when it names none), so a
+    search running across the upgrade keeps one seed set for all its finalist rows; a config that
+    names a final seed (null included: the default) is left alone; the downgrade takes the key out."""
+    from api.db.engine import downgrade
+    from api.db.repository import Repository
+    from ddsm_core.spec import SearchSpec
+
+    upgrade(db_url, "0006")
+    engine = make_engine(db_url)
+    configs = {1: '{"eval_seed": 7, "n_images": 20}', 2: "{}", 3: '{"final_seed": null}'}
+    try:
+        with engine.begin() as conn:
+            _supernet_and_stats(conn)
+            for sid, config in configs.items():
+                conn.exec_driver_sql(
+                    "INSERT INTO searches (id, name, supernet_id, reference_stats_id, config, status, "
+                    f"generation, created_at, updated_at) VALUES ({sid}, 's', 1, 1, '{config}', 'FINISHING', "
+                    "0, CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+                )
+        upgrade(db_url)
+        repo = Repository(engine)
+        got = {sid: repo.get_search(sid).config for sid in configs}  # type: ignore[union-attr]
+        assert got == {1: {"eval_seed": 7, "n_images": 20, "final_seed": 7}, 2: {"final_seed": 0},
+                       3: {"final_seed": None}}  # fmt: skip
+        old = SearchSpec.from_dict(got[1])
+        assert old.final_first_seed == 7 and not old.seeds()["held_out"]
+        assert SearchSpec.from_dict(got[3]).final_first_seed == 200  # the default: after the search's 0..199
+        engine.dispose()
+        downgrade(db_url, "0006")
+        assert Repository(engine).get_search(1).config == {"eval_seed": 7, "n_images": 20}  # type: ignore[union-attr]
         upgrade(db_url)
         assert schema_diff(db_url, Base.metadata) == []
     finally:

@@ -77,7 +77,13 @@ def refused(reply: Any, field: str) -> str:
         ({"seed": -1}, "seed", "greater than or equal to 0"),
         ({"seed": SEED_MAX + 1}, "seed", "less than or equal"),
         ({"eval_seed": -5}, "eval_seed", "greater than or equal to 0"),
-        ({"eval_seed": SEED_MAX - 3}, "body", "eval_seed + images - 1"),
+        ({"eval_seed": SEED_MAX - 2}, "body", "eval_seed + n_images - 1"),
+        # the finalists' seeds follow the search's by default: they must fit too
+        ({"eval_seed": SEED_MAX - 8}, "body", "eval_seed + n_images (its default) + final_images - 1"),
+        ({"final_seed": SEED_MAX - 3}, "body", "final_seed + final_images - 1"),
+        ({"final_seed": SEED_MAX + 1}, "final_seed", "less than or equal"),
+        ({"final_seed": -1}, "final_seed", "greater than or equal to 0"),
+        ({"final_seed": "5"}, "final_seed", "integer"),
         ({"widths": [0.5, 0.5, 1.0]}, "widths", "duplicate"),
         ({"widths": [0.0, 1.0]}, "widths", "greater than 0"),
         ({"widths": [0.5, 1.5]}, "widths", "less than or equal to 1"),
@@ -143,12 +149,35 @@ def test_the_rung_metric_is_stored_paired_unless_asked_for_fid(client: TestClien
 
 def test_the_largest_accepted_settings_are_stored(client: TestClient) -> None:
     net, stats = ready(client)
-    body = search_body(net, stats, seed=SEED_MAX, eval_seed=SEED_MAX - 7, n_images=8, final_images=8,
+    body = search_body(net, stats, seed=SEED_MAX, eval_seed=SEED_MAX - 15, n_images=8, final_images=8,
                        weight=1e6, name="x" * 200)  # fmt: skip
     reply = client.post("/searches", json=body, headers=KEY)
     assert reply.status_code == 201, reply.text
     config = repo_of(client).get_search(reply.json()["id"]).config  # type: ignore[union-attr]
-    assert (config["seed"], config["eval_seed"], config["weight"]) == (SEED_MAX, SEED_MAX - 7, 1e6)
+    assert (config["seed"], config["eval_seed"], config["weight"]) == (SEED_MAX, SEED_MAX - 15, 1e6)
+    assert SearchSpec.from_dict(config).seeds()["final"] == [SEED_MAX - 7, SEED_MAX]  # held out, the last
+    # the search's seeds at the top leave the finalists none after them: an explicit final_seed fits
+    body.update(eval_seed=SEED_MAX - 7, final_seed=SEED_MAX - 15)
+    reply = client.post("/searches", json=body, headers=KEY)
+    assert reply.status_code == 201, reply.text
+    assert reply.json()["config"]["final_seed"] == SEED_MAX - 15
+
+
+def test_final_seed_is_stored_as_given_and_an_overlap_is_allowed_but_flagged(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    net, stats = ready(client)
+    default = client.post("/searches", json=search_body(net, stats), headers=KEY)
+    assert default.status_code == 201, default.text
+    assert default.json()["config"]["final_seed"] is None  # the default: after the search's seeds
+    spec = SearchSpec.from_dict(default.json()["config"])
+    assert spec.seeds() == {"search": [0, 3], "final": [4, 11], "held_out": True}  # search_body's 4 and 8
+    with caplog.at_level("WARNING", logger="api.services"):
+        same = client.post("/searches", json=search_body(net, stats, final_seed=3), headers=KEY)
+    assert same.status_code == 201, same.text
+    assert same.json()["config"]["final_seed"] == 3
+    assert not SearchSpec.from_dict(same.json()["config"]).seeds()["held_out"]
+    assert "overlap the search's 0..3" in caplog.text
 
 
 def test_the_pick_rule_and_tolerance_are_stored_with_the_search(client: TestClient) -> None:
@@ -170,6 +199,8 @@ def test_the_spec_refuses_what_rest_refuses_with_one_line_errors() -> None:
         {"seed": -1}, {"eval_seed": SEED_MAX}, {"weight": float("nan")}, {"weight": float("inf")},
         {"widths": (0.5, 0.5)}, {"widths": (0.5, 1.5)}, {"widths": tuple(i / 100 for i in range(1, 100))},
         {"population": MAX_CANDIDATES, "generations": 2}, {"batch_size": 10**6}, {"n_images": 10**7},
+        {"final_seed": -1}, {"final_seed": True}, {"final_seed": 1.5}, {"final_seed": SEED_MAX},
+        {"eval_seed": SEED_MAX - 300},
     ]  # fmt: skip
     for change in bad:
         with pytest.raises(ConfigError) as info:
