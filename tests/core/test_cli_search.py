@@ -322,18 +322,18 @@ def test_a_bad_pick_rule_or_tolerance_is_a_one_line_error(checkpoint, stats, tmp
 
 
 def _final_calls(monkeypatch: pytest.MonkeyPatch, n_images: int) -> list[tuple[int, ...]]:
-    """The genomes the search's evaluator is asked for at ``n_images`` (the finalists' count)."""
+    """The genomes the search's evaluator measures as finalists (``n_images`` each)."""
     from ddsm_core.evaluate import GenomeEvaluator
 
     calls: list[tuple[int, ...]] = []
-    real = GenomeEvaluator.__call__
+    real = GenomeEvaluator.evaluate_final
 
-    def counted(self, genome, n):  # type: ignore[no-untyped-def]
-        if n == n_images:
-            calls.append(tuple(genome))
-        return real(self, genome, n)
+    def counted(self, genome):  # type: ignore[no-untyped-def]
+        assert self.spec.final_images == n_images
+        calls.append(tuple(genome))
+        return real(self, genome)
 
-    monkeypatch.setattr(GenomeEvaluator, "__call__", counted)
+    monkeypatch.setattr(GenomeEvaluator, "evaluate_final", counted)
     return calls
 
 
@@ -396,6 +396,61 @@ def test_the_tolerance_pick_bisects_the_front_and_resumes_without_redoing_its_pr
     )
 
 
+def test_the_finalists_verdict_comes_from_seeds_the_search_never_ranked_on(
+    checkpoint, stats, tmp_path, monkeypatch, capsys
+) -> None:
+    """Winner's curse: the front is chosen on seeds eval_seed..eval_seed + n_images - 1, so by default
+    the finalists (and the bisection's probes, and samples.png) are sampled from the seeds after them.
+    Every seed list the sampler is given is one set or the other, never a mix; full width's finalist
+    FID is a direct evaluation on the held-out seeds; ``--final-seed`` at eval_seed (how searches were
+    measured before) re-reads the search's own images, with a warning."""
+    import ddsm_core.evaluate as evaluate_module
+    from ddsm_core.checkpoint import load_checkpoint
+    from ddsm_core.cli.search_cmd import search_to_folder
+    from ddsm_core.features import get_extractor
+    from ddsm_core.fid import FeatureStats
+    from ddsm_core.spec import SearchSpec
+
+    spec = SearchSpec(steps=3, population=4, generations=1, n_images=8, final_images=8, eval_seed=10,
+                      batch_size=4, tolerance=2.0)  # fmt: skip
+    sampled: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+    real = evaluate_module.sample_images
+
+    def spy(model, schedule, strategy, seeds, *args, **kwargs):  # type: ignore[no-untyped-def]
+        sampled.append((strategy.genes, tuple(seeds)))
+        return real(model, schedule, strategy, seeds, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "sample_images", spy)
+    res = search_to_folder(checkpoint, tmp_path / "a", spec, stats=stats, progress=False, n_sample_images=4)
+    assert res["seeds"] == {"search": [10, 17], "final": [18, 25], "held_out": True}
+    search, final = set(range(10, 18)), set(range(18, 26))
+    assert all(set(seeds) <= search or set(seeds) <= final for _, seeds in sampled), sampled
+    on_final = {genes for genes, seeds in sampled if set(seeds) <= final}
+    on_search = {genes for genes, seeds in sampled if set(seeds) <= search}
+    finalists = {tuple(f["genome"]) for f in res["final"].values()}
+    probes = {tuple(p["genome"]) for p in res["bisection"]["probes"]}
+    assert finalists | probes <= on_final and len(on_search) == spec.population
+    assert all(f["n_images"] == 8 for f in res["final"].values())
+    assert "seeds 18..25, held out: the search ranked on 10..17" in (tmp_path / "a" / "report.md").read_text()
+    assert "warning" not in capsys.readouterr().err
+    # full width's finalist FID is an evaluation on seeds 18..25; the search's full width read 10..17
+    monkeypatch.undo()
+    model, schedule, _ = load_checkpoint(checkpoint)
+    ref = FeatureStats.load(stats)
+    ext = get_extractor(ref.extractor, dataset="digits")
+    full = spec.bind(model.config.widths).strategy(res["final"]["full"]["genome"])
+    direct = evaluate_module.evaluate(model, schedule, full, ref, ext, 8, 18, 4)
+    assert res["final"]["full"]["fid"] == pytest.approx(direct.fid, rel=1e-9)
+    assert res["uniform"]["8/8"]["fid"] != pytest.approx(direct.fid, rel=1e-6)
+    # pinned at eval_seed: the verdict re-reads the search's images (full width's FID is the search's)
+    old = search_to_folder(checkpoint, tmp_path / "b", spec.replace(final_seed=10), stats=stats,
+                           progress=False, n_sample_images=4)  # fmt: skip
+    assert old["seeds"] == {"search": [10, 17], "final": [10, 17], "held_out": False}
+    assert old["final"]["full"]["fid"] == pytest.approx(old["uniform"]["8/8"]["fid"], rel=1e-9)
+    assert "overlap the search's 10..17" in capsys.readouterr().err
+    assert "overlapping the search's 10..17" in (tmp_path / "b" / "report.md").read_text()
+
+
 def test_old_results_without_a_pick_rule_still_render_and_seed(checkpoint, stats, tmp_path) -> None:
     """results.json from before the pick rule (no pick_rule, bisection, weighted_pick, final.weighted):
     the report is rendered again, and it still seeds a warm start / transfer (outputs are inputs)."""
@@ -412,12 +467,14 @@ def test_old_results_without_a_pick_rule_still_render_and_seed(checkpoint, stats
         old.pop(key)
     old["final"].pop("weighted")
     old["paired"].pop("weighted", None)
-    for key in ("pick_rule", "tolerance"):
+    for key in ("pick_rule", "tolerance", "final_seed"):
         old["config"].pop(key)
+    old.pop("seeds")  # (from before held-out finalist seeds: they were the search's, from eval_seed)
     old["pick"] = old["knee"]  # (any front member)
     write_report_folder(tmp_path / "old", old)
     report = (tmp_path / "old" / "report.md").read_text()
     assert "pick = argmin FID" in report and "Bisection" not in report
+    assert "seeds 0..7, overlapping the search's 0..7" in report
     assert read_strategies(tmp_path / "old" / "results.json")[0][0] == "pick"
     warm_argv = ["search", "--checkpoint", str(checkpoint), "--stats", str(stats), "--out",
                    str(tmp_path / "warm"), "--steps", "3", "--population", "4", "--generations", "1",

@@ -115,3 +115,40 @@ def test_a_paired_rung_gets_the_local_evaluators_paired_distance(setup) -> None:
     assert compute.evaluate_genome(genome=(0, 1, 2), n_images=16, **common)["paired_distance"] is None
     fid_ranked = {**common, "spec": spec.replace(rung_metric="fid")}
     assert compute.evaluate_genome(genome=(0, 1, 2), n_images=8, **fid_ranked)["paired_distance"] is None
+
+
+def test_a_finalist_is_sampled_from_the_held_out_seeds_as_ddsm_search_samples_it(setup, tmp_path) -> None:
+    """A finalist task (``final``) samples ``final_images`` from ``spec.final_first_seed + i`` (here
+    the default, 7 + 4 = 11: after the search's seeds 7..10), with the local evaluator's features and
+    FID; its grid is the first of those images; a search task of the same count reads other images."""
+    import numpy as np
+
+    from ddsm_core.data import save_image_grid
+    from ddsm_core.evaluate import GenomeEvaluator, sample_images
+    from ddsm_core.fid import FeatureStats
+
+    compute, checkpoint, stats, extractor = setup
+    spec = SearchSpec(sampler="ddim", steps=3, widths=CFG.widths, n_images=4, final_images=6, batch_size=4,
+                      eval_seed=7)  # fmt: skip
+    sha = "final-seeds-" + "0" * 52
+    common = {"checkpoint": checkpoint, "checkpoint_sha": sha, "stats_path": stats, "extractor": extractor,
+              "table": cost_table(CFG), "device": "cpu", "spec": spec, "genome": (0, 1, 2),
+              "n_images": 6}  # fmt: skip
+    features, grid = tmp_path / "features.npy", tmp_path / "grid.png"
+    final = compute.evaluate_genome(final=True, share_prefixes=True, features_out=features, grid_out=grid,
+                                    **common)  # fmt: skip
+    model, schedule, _ = compute.load_supernet(checkpoint, sha, "cpu")
+    local = GenomeEvaluator(model, schedule, FeatureStats.load(stats), compute._extractor(extractor, "cpu"),
+                            spec, costs=cost_table(CFG), cache_images=spec.ladder)  # fmt: skip
+    assert final["fid"] == local.evaluate_final((0, 1, 2)).record["fid"]
+    assert np.array_equal(np.load(features), local.final_features()[(0, 1, 2)])
+    images, _, _ = sample_images(model, schedule, spec.strategy((0, 1, 2)), list(range(11, 17)), 4)
+    expected = save_image_grid(images.clamp(-1, 1), tmp_path / "expected.png", nrow=3)
+    assert grid.read_bytes() == expected.read_bytes()
+    searched = compute.evaluate_genome(features_out=tmp_path / "search.npy", **common)  # seeds 7..12
+    assert searched["fid"] != final["fid"]
+    # image by image: the seeds they share (11, 12) give the same features (up to float32 batching),
+    # the others do not
+    search_rows, final_rows = np.load(tmp_path / "search.npy"), np.load(features)
+    assert np.allclose(search_rows[4:], final_rows[:2], rtol=1e-4, atol=1e-5)
+    assert not np.allclose(search_rows[:4], final_rows[2:], rtol=1e-2, atol=1e-3)
