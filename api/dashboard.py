@@ -287,6 +287,7 @@ def _search_grids(repo: Repository, search: SearchRecord, spec: SearchSpec) -> d
         return None
     return {
         "seeds": [spec.final_first_seed, spec.final_first_seed + min(GRID_IMAGES, spec.final_images) - 1],
+        "held_out": spec.seeds()["held_out"],
         "grids": {name: {"candidate_id": g["candidate_id"], "genome": g["genome"],
                          "url": f"/searches/{search.id}/samples/{name}.png"} for name, g in grids.items()},
     }  # fmt: skip

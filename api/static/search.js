@@ -218,7 +218,8 @@
     const names = { pick: "pick", full: "full width", knee: "knee" };
     const order = ["pick", "full", "knee"].filter((n) => g.grids[n]);
     box.innerHTML = `<div class="muted">The first images of each finalist's final evaluation, seeds ${g.seeds[0]} to
-      ${g.seeds[1]}: image <i>i</i> has the same seed, so the same noise, in every grid; only the widths differ.</div>
+      ${g.seeds[1]}${g.held_out ? " (held out: the search ranked its candidates on other seeds)" : ""}: image <i>i</i>
+      has the same seed, so the same noise, in every grid; only the widths differ.</div>
       <div class="row">${order.map((n) => {
         const c = cands[g.grids[n].candidate_id] || {};
         const save = saved(c) !== null ? ` (saves ${pct(saved(c))})` : "";

@@ -75,7 +75,8 @@ def test_the_finalists_grids_are_served_as_png_and_kept_out_of_the_results(
     assert SAMPLES_METRIC not in json.dumps(done["result"])
     data = client.get(f"/ui/data/searches/{sid}").json()["sample_grids"]
     assert data["grids"]["full"]["url"] == f"/searches/{sid}/samples/full.png"
-    assert data["seeds"] == [0, 7]  # eval_seed 0, 8 final images: all of them in the grid
+    assert data["seeds"] == [4, 11]  # the finalists' seeds (after the search's 0..3): all 8 in the grid
+    assert data["held_out"] is True
     assert client.get(f"/searches/{sid}/samples/best.png").status_code == 422
     assert client.get("/searches/999/samples/pick.png").status_code == 404
     assert client.get("/searches/abc/samples/pick.png").status_code == 422

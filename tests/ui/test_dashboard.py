@@ -109,7 +109,7 @@ def test_search_page_shows_the_finalists_sample_grids(ui: Browser, service: Serv
     assert grids.evaluate_all("els => els.map(e => e.dataset.which)") == ["pick", "full", "knee"]
     page.wait_for_function(f"({LOADED})([...document.querySelectorAll('#samples img')]).every(Boolean)")
     assert page.locator("#samples img").evaluate_all(LOADED) == [True] * 3
-    assert "seeds 0 to" in page.locator("#samples").inner_text()
+    assert "seeds 4 to 11 (held out" in page.locator("#samples").inner_text()  # after the search's 0..3
     page.locator("#samples").scroll_into_view_if_needed()
     ui.screenshot("search-samples")
     other = ui.goto(f"/ui/searches/{service.searches['other seed']}")  # the fast evaluator drew none
