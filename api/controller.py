@@ -13,7 +13,8 @@ the algorithm state is persisted with the rows it belongs to):
    (a genome already evaluated in this search is answered from the database, never recomputed);
 6. after the last generation: the finalists (knee, full-width baseline and the weighted pick, which is
    the pick under the weighted rule and the finalist ``weighted`` under the tolerance rule) are
-   evaluated again with ``final_images`` images, then ``results.json``
+   evaluated again with ``final_images`` images (their workers sample the finalists' seeds,
+   ``SearchSpec.final_first_seed``: held out from the search's by default), then ``results.json``
    (``ddsm_core.results.build_results``, the same builder as ``ddsm search``) is stored as the search's
    result and the search ends. Each finalist's worker stores its per-image features and a sample grid
    of its first images as artifacts

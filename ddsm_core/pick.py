@@ -1,10 +1,11 @@
 """The tolerance pick: the cheapest Pareto-front member of equal quality, found by bisection.
 
 "Equal quality" is a paired statement (:mod:`ddsm_core.paired`): the member and full width are sampled
-from the same ``final_images`` seeds, and the paired interval of FID(member) - FID(full width) (a
-bootstrap, or a half-sampling interval with fewer images than feature dimensions) must end within
-the tolerance. The search's own FIDs (``n_images`` images) only order the front: they are
-too noisy to choose on (bench/digits_search/notes.md, "Why the protocol changed").
+from the same ``final_images`` seeds (the finalists', held out from the search's by default:
+:attr:`ddsm_core.spec.SearchSpec.final_first_seed`), and the paired interval of FID(member) - FID(full
+width) (a bootstrap, or a half-sampling interval with fewer images than feature dimensions) must end
+within the tolerance. The search's own FIDs (``n_images`` images) only order the front: they are too
+noisy to choose on (bench/digits_search/notes.md, "Why the protocol changed").
 
 The front, sorted by cost, is taken to lose quality as it gets cheaper; full width is the top end and
 qualifies by definition. Bisection measures about log2(front size) members. It is a pure replay of

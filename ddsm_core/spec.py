@@ -43,9 +43,10 @@ Every finalist is a strategy file (``<name>.json`` in a report folder, and over 
 
 PICK_RULES: tuple[str, ...] = ("tolerance", "weighted")
 """How the pick is chosen (``pick_rule``). ``tolerance``: the cheapest front member whose paired
-interval vs full width (``final_images`` images, the same seeds) ends within ``tolerance`` x full
-width's FID, found by bisection over the front (:mod:`ddsm_core.pick`); ``weighted``: argmin
-FID + weight x cost on the search's own FIDs (the paper's rule, which follows ``n_images``-image noise)."""
+interval vs full width (``final_images`` images from ``final_seed``, the same for both) ends within
+``tolerance`` x full width's FID, found by bisection over the front (:mod:`ddsm_core.pick`);
+``weighted``: argmin FID + weight x cost on the search's own FIDs (the paper's rule, which follows
+``n_images``-image noise)."""
 
 OBJECTIVES: tuple[str, ...] = ("gflops", "latency")
 """The search's cost objective: GFLOPs per image (counted), or predicted milliseconds per image from
