@@ -154,7 +154,7 @@ def search(args: argparse.Namespace, rungs: tuple[int, ...]) -> dict:
     t0 = time.perf_counter()
     res = search_to_folder(args.checkpoint, out, spec, stats=args.out / "ref_stats.npz", progress=False)
     return {"wall_s": time.perf_counter() - t0, "pick": res["final"]["pick"], "full": res["final"]["full"],
-            "cost": res["cost"]}  # fmt: skip
+            "cost": res["cost"], "seeds": res["seeds"]}  # fmt: skip
 
 
 def main() -> None:
@@ -207,6 +207,12 @@ def ladder_cost(new: int, ladder: tuple[int, ...], promote: float) -> int:
     return total
 
 
+def _final_seeds(seeds: dict) -> str:
+    """Which seeds the finalists used (results.json's ``seeds``)."""
+    (a, b), (c, d) = seeds["final"], seeds["search"]
+    return f"seeds {a}..{b} ({'held out from' if seeds['held_out'] else 'overlapping'} the search's {c}..{d})"
+
+
 def write_md(args: argparse.Namespace, out: dict) -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout
     cmd = " ".join(["python", *[a if " " not in a else repr(a) for a in sys.argv]])
@@ -239,7 +245,7 @@ def write_md(args: argparse.Namespace, out: dict) -> None:
                   f"{args.rungs} -> {args.search_images} (promote {args.promote}, rung metric "
                   f"{args.rung_metric})", "",
                   f"population {args.population} x {args.generations} generations, seed {args.seed}; "
-                  f"finalists on {args.final_images} images from the same seeds.", "",
+                  f"finalists on {args.final_images} images, {_final_seeds(out['flat']['seeds'])}.", "",
                   "| protocol | pick FID | full-width FID | pick - full | pick GFLOPs | search image-steps |"
                   " evaluations per rung |", "|---|---|---|---|---|---|---|"]  # fmt: skip
         for name in ("flat", "multifidelity"):
