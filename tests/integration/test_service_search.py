@@ -94,6 +94,9 @@ def test_search_over_rest_gives_the_same_front_as_ddsm_search_locally(
     assert result["weighted_pick"]["genome"] == local["weighted_pick"]["genome"]
     assert math.isclose(result["final"]["pick"]["fid"], local["final"]["pick"]["fid"], rel_tol=1e-6)
     assert result["final"]["pick"]["n_images"] == SEARCH["final_images"]
+    # both executors sampled the finalists from the seeds after the search's (held out), so their FIDs
+    # and paired intervals agree
+    assert result["seeds"] == local["seeds"] == {"search": [100, 131], "final": [132, 195], "held_out": True}
     # the worker recorded the real-data floors with the statistics; the finalists' workers kept their
     # features, so the report pairs pick and knee with full width, as `ddsm search` does
     assert stats["floors"] and report["floors"] == stats["floors"] and local["floors"]
