@@ -312,6 +312,8 @@ def test_a_bad_pick_rule_or_tolerance_is_a_one_line_error(checkpoint, stats, tmp
         (["--tolerance", "-0.1"], "--tolerance must be in [0, 10]"),
         (["--tolerance", "nan"], "--tolerance must be in [0, 10]"),
         (["--tolerance", "11"], "--tolerance must be in [0, 10]"),
+        (["--final-seed", "-1"], "--final-seed must be in [0, 4294967295]"),
+        (["--final-seed", "4294967000"], "--final-seed + --final-images - 1 must be <= 4294967295"),
     )
     for options, message in bad:
         capsys.readouterr()
