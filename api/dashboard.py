@@ -280,8 +280,8 @@ def search_detail(repo: Repository, search: SearchRecord) -> dict[str, Any]:
 
 
 def _search_grids(repo: Repository, search: SearchRecord, spec: SearchSpec) -> dict[str, Any] | None:
-    """The finalists' sample grids (pick, knee, full width: the same seeds, the finalists'), None before
-    there are any."""
+    """The finalists' sample grids (pick, knee, full width and, with the tolerance rule, weighted: the
+    same seeds, the finalists'), None before there are any."""
     grids = finalist_grids(repo, search)
     if not grids:
         return None

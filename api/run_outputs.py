@@ -14,22 +14,21 @@ from typing import Any
 from api.artifacts import SAMPLES_METRIC, ArtifactError, ArtifactStore
 from api.db.models import CandidateState, JobStatus
 from api.db.repository import Repository, SearchRecord, TrainingRunRecord, genome_hash
-from api.services import Conflict, NotFound
-from ddsm_core.errors import ConfigError
-from ddsm_core.spec import FINALISTS
+from api.services import Conflict, NotFound, check_finalist
 from ddsm_core.train_log import loss_curves
 
 MAX_POINTS = 400  # per width: a longer log is averaged in buckets (ddsm_core.train_log.loss_curves)
 
 
 def finalist_grids(repo: Repository, search: SearchRecord) -> dict[str, dict[str, Any]]:
-    """``{finalist: {"candidate_id", "genome", "sha256"}}`` for each finalist of a finished search whose
-    worker stored a sample grid (none before the search is COMPLETE)."""
+    """``{finalist: {"candidate_id", "genome", "sha256"}}`` for each finalist of a finished search (the
+    names of its results.json's ``final``, as the strategy files') whose worker stored a sample grid
+    (none before the search is COMPLETE)."""
     result = search.result or {}
     final = result.get("final") or {}
     if search.status != JobStatus.COMPLETE or not final:
         return {}
-    genomes = {name: tuple(final[name]["genome"]) for name in FINALISTS if final.get(name)}
+    genomes = {name: tuple(entry["genome"]) for name, entry in final.items() if entry}
     rows = repo.candidates(search.id, phase="final", hashes=[genome_hash(g) for g in genomes.values()])
     by_genome = {c.genome: c for c in rows if c.state == CandidateState.COMPLETE}
     out = {}
@@ -42,13 +41,12 @@ def finalist_grids(repo: Repository, search: SearchRecord) -> dict[str, dict[str
 
 
 def search_grid(repo: Repository, store: ArtifactStore, search_id: int, which: str) -> bytes:
-    """The PNG sample grid of a finished search's ``pick``, ``knee`` or ``full`` (width) finalist."""
+    """The PNG sample grid of a finished search's finalist ``which``: any name its strategy files have
+    (:func:`api.services.check_finalist`; 404 listing them for another)."""
     search = repo.get_search(search_id)
     if search is None:
         raise NotFound(f"search {search_id} not found")
-    if which not in FINALISTS:
-        raise ConfigError(f"unknown finalist {which!r}; allowed: {', '.join(FINALISTS)}")
-    if search.status != JobStatus.COMPLETE:
+    if not check_finalist(search, which, "finalist"):
         raise Conflict(
             f"search {search_id} is {search.status.value}: its sample grids exist once it is COMPLETE"
         )

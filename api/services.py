@@ -310,14 +310,11 @@ def candidate_strategy(repo: Repository, candidate_id: int) -> Strategy:
     return SearchSpec.from_dict(search.config).strategy(cand.genome)
 
 
-def search_strategy(repo: Repository, search_id: int, which: str) -> Strategy:
-    """The strategy file of a finished search's finalist ``which``: any name of its results.json's
-    ``final`` (pick, knee, full and, with the tolerance rule, weighted), the same file ``ddsm search``
-    writes as ``<which>.json``. 404 for a name the search has not (listing those it has), 409 for a
-    name it will have once it is COMPLETE."""
-    search = repo.get_search(search_id)
-    if search is None:
-        raise NotFound(f"search {search_id} not found")
+def check_finalist(search: SearchRecord, which: str, what: str) -> bool:
+    """404 (listing the names) unless ``which`` names a finalist of ``search``: a name of its
+    results.json's ``final`` (pick, knee, full and, with the tolerance rule, weighted), before that one
+    it will have. The one name check of every finalist route (strategy files, sample grids). Returns
+    whether the search is done: COMPLETE, its finalists known."""
     spec = SearchSpec.from_dict(search.config)
     final = (search.result or {}).get("final") or {}
     done = search.status == JobStatus.COMPLETE and bool(final)
@@ -329,10 +326,20 @@ def search_strategy(repo: Repository, search_id: int, which: str) -> Strategy:
             else ""
         )
         raise NotFound(
-            f"search {search_id} has no strategy {which[:80]!r}{why}; "
+            f"search {search.id} has no {what} {which[:80]!r}{why}; "
             f"{'available' if done else 'once it is COMPLETE'}: {', '.join(names)}"
         )
-    if not done:
+    return done
+
+
+def search_strategy(repo: Repository, search_id: int, which: str) -> Strategy:
+    """The strategy file of a finished search's finalist ``which`` (:func:`check_finalist`'s names),
+    the same file ``ddsm search`` writes as ``<which>.json``. 404 for a name the search has not
+    (listing those it has), 409 for a name it will have once it is COMPLETE."""
+    search = repo.get_search(search_id)
+    if search is None:
+        raise NotFound(f"search {search_id} not found")
+    if not check_finalist(search, which, "strategy"):
         raise Conflict(f"search {search_id} is {search.status.value}: its {which} exists once it is COMPLETE")
     return finalist_strategies(search.result)[which]  # type: ignore[arg-type]
 

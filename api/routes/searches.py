@@ -115,16 +115,17 @@ def search_report(search_id: int, repo: RepoDep) -> dict[str, Any]:
 @router.get(
     "/{search_id}/samples/{which}.png",
     dependencies=[Read],
-    responses={**PNG, 404: {"description": "No such search, or no grid stored for that finalist"},
+    responses={**PNG, 404: {"description": "No such search, no finalist of that name (the message lists "
+                            "the search's), or no grid stored for that finalist"},
                409: {"description": "The search is not COMPLETE yet"}},
 )  # fmt: skip
-def search_samples_png(
-    search_id: int, which: Literal["pick", "knee", "full"], repo: RepoDep, store: StoreDep
-) -> Response:
-    """A 4 x 4 grid of the first 16 final-evaluation images of a finished search's pick, knee or full
-    width, each image from the same seed (``final_seed + i``, the finalists' seeds: held out from the
-    search's by default) for all three: the strategies differ, the noise does not. Drawn by the worker
-    that evaluated the finalist (404 where it drew none, e.g. the fast evaluator)."""
+def search_samples_png(search_id: int, which: str, repo: RepoDep, store: StoreDep) -> Response:
+    """A 4 x 4 grid of the first 16 final-evaluation images of a finished search's finalist: ``pick``,
+    ``knee``, ``full`` (width) and, with the tolerance rule, ``weighted`` (the names of the report's
+    ``final``, as ``/searches/{id}/strategies/{which}``), each image from the same seed
+    (``final_seed + i``, the finalists' seeds: held out from the search's by default) for all of them:
+    the strategies differ, the noise does not. Drawn by the worker that evaluated the finalist (404
+    where it drew none, e.g. the fast evaluator)."""
     return Response(run_outputs.search_grid(repo, store, search_id, which), media_type="image/png")
 
 

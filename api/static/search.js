@@ -204,7 +204,7 @@
     if (!g) {
       box.dataset.shown = "";
       box.innerHTML = st.search.status !== "COMPLETE"
-        ? `<span class="note">The sample grids of the pick, the knee and full width appear when the search is COMPLETE
+        ? `<span class="note">The sample grids of the finalists (pick, weighted pick, knee, full width) appear when the search is COMPLETE
           (the workers draw them while evaluating the finalists).</span>`
         : `<span class="note">No sample grids were stored: the evaluator drew no images (the fast evaluator draws none)
           or the finalists failed. Draw them from the <a href="/searches/${id}/strategies/pick">pick's strategy</a>
@@ -215,8 +215,8 @@
     if (box.dataset.shown === sig) return;
     box.dataset.shown = sig;
     const cands = byId();
-    const names = { pick: "pick", full: "full width", knee: "knee" };
-    const order = ["pick", "full", "knee"].filter((n) => g.grids[n]);
+    const names = { pick: "pick", weighted: "weighted pick", full: "full width", knee: "knee" };
+    const order = ["pick", "weighted", "full", "knee"].filter((n) => g.grids[n]);
     box.innerHTML = `<div class="muted">The first images of each finalist's final evaluation, seeds ${g.seeds[0]} to
       ${g.seeds[1]}${g.held_out ? " (held out: the search ranked its candidates on other seeds)" : ""}: image <i>i</i>
       has the same seed, so the same noise, in every grid; only the widths differ.</div>

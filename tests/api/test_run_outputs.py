@@ -44,15 +44,17 @@ def grid_worker(repo: Repository, store: ArtifactStore, outbox: Outbox) -> None:
         assert repo.complete_candidate(cid, attempt, "w", metrics)
 
 
-def run_search(client: TestClient, outbox: Outbox, grids: bool) -> int:
+def run_search(client: TestClient, outbox: Outbox, grids: bool, **change: object) -> int:
     repo, store = client.app.state.repo, client.app.state.store  # type: ignore[attr-defined]
     net, stats = ready(repo)
-    sid = client.post("/searches", json=search_body(net, stats), headers=KEY).json()["id"]
+    sid = client.post("/searches", json=search_body(net, stats, **change), headers=KEY).json()["id"]
     controller = SearchController(repo, outbox, Settings(), store=store)  # type: ignore[arg-type]
     for _ in range(100):
         controller.tick(sid)
         if repo.get_search(sid).status == JobStatus.FINISHING:
             assert client.get(f"/searches/{sid}/samples/pick.png").status_code == 409  # not COMPLETE yet
+            if SearchSpec.from_dict(repo.get_search(sid).config).pick_rule == "tolerance":
+                assert client.get(f"/searches/{sid}/samples/weighted.png").status_code == 409
         grid_worker(repo, store, outbox) if grids else complete_sent(repo, outbox)
         if repo.get_search(sid).status == JobStatus.COMPLETE:
             return sid
@@ -66,7 +68,9 @@ def test_the_finalists_grids_are_served_as_png_and_kept_out_of_the_results(
     repo = client.app.state.repo  # type: ignore[attr-defined]
     done = client.get(f"/searches/{sid}").json()
     finals = {tuple(c.genome): c for c in repo.candidates(sid, phase="final")}
-    for which in ("pick", "knee", "full"):
+    names = list(done["result"]["final"])
+    assert names == ["pick", "weighted", "knee", "full"]  # the default rule: tolerance
+    for which in names:  # every finalist a strategy file is served for
         reply = client.get(f"/searches/{sid}/samples/{which}.png")
         assert reply.status_code == 200 and reply.headers["content-type"] == "image/png"
         cand = finals[tuple(done["result"]["final"][which]["genome"])]
@@ -74,12 +78,24 @@ def test_the_finalists_grids_are_served_as_png_and_kept_out_of_the_results(
     # the search's results.json stays `ddsm search`'s: the grid is service bookkeeping
     assert SAMPLES_METRIC not in json.dumps(done["result"])
     data = client.get(f"/ui/data/searches/{sid}").json()["sample_grids"]
-    assert data["grids"]["full"]["url"] == f"/searches/{sid}/samples/full.png"
+    assert list(data["grids"]) == names
+    assert data["grids"]["weighted"]["url"] == f"/searches/{sid}/samples/weighted.png"
     assert data["seeds"] == [4, 11]  # the finalists' seeds (after the search's 0..3): all 8 in the grid
     assert data["held_out"] is True
-    assert client.get(f"/searches/{sid}/samples/best.png").status_code == 422
+    unknown = client.get(f"/searches/{sid}/samples/best.png")
+    assert unknown.status_code == 404
+    assert unknown.json()["detail"].endswith("available: pick, weighted, knee, full")
     assert client.get("/searches/999/samples/pick.png").status_code == 404
     assert client.get("/searches/abc/samples/pick.png").status_code == 422
+
+
+def test_a_weighted_rule_search_has_no_weighted_grid(client: TestClient, outbox: Outbox) -> None:
+    sid = run_search(client, outbox, grids=True, pick_rule="weighted")
+    assert client.get(f"/searches/{sid}/samples/pick.png").status_code == 200
+    reply = client.get(f"/searches/{sid}/samples/weighted.png")
+    assert reply.status_code == 404
+    assert "the weighted pick is its pick" in reply.json()["detail"]
+    assert reply.json()["detail"].endswith("available: pick, knee, full")
 
 
 def test_a_search_whose_evaluator_drew_no_images_has_no_grid(client: TestClient, outbox: Outbox) -> None:

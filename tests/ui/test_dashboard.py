@@ -105,10 +105,11 @@ def test_search_page_shows_the_finalists_sample_grids(ui: Browser, service: Serv
     search_id = service.searches["done"]
     page = ui.goto(f"/ui/searches/{search_id}")
     grids = page.locator("#samples figure.sample-grid")
-    grids.nth(2).wait_for()
-    assert grids.evaluate_all("els => els.map(e => e.dataset.which)") == ["pick", "full", "knee"]
+    grids.nth(3).wait_for()
+    which = grids.evaluate_all("els => els.map(e => e.dataset.which)")
+    assert which == ["pick", "weighted", "full", "knee"]  # every finalist, the weighted pick beside the pick
     page.wait_for_function(f"({LOADED})([...document.querySelectorAll('#samples img')]).every(Boolean)")
-    assert page.locator("#samples img").evaluate_all(LOADED) == [True] * 3
+    assert page.locator("#samples img").evaluate_all(LOADED) == [True] * 4
     assert "seeds 4 to 11 (held out" in page.locator("#samples").inner_text()  # after the search's 0..3
     page.locator("#samples").scroll_into_view_if_needed()
     ui.screenshot("search-samples")
