@@ -50,7 +50,8 @@ METRICS = ("fid", "fid_inf", "kid", "paired")
 
 
 def held_out_genomes(steps: int, n_widths: int, count: int, seed: int) -> list[tuple[int, ...]]:
-    """Uniform widths, two-level switches, then seeded random genomes around several width levels."""
+    """Uniform widths, two-level switches, then seeded random genomes around several width levels; the
+    first ``count``, full width always among them (the paired metric's reference)."""
     genomes: dict[tuple[int, ...], None] = dict.fromkeys((i,) * steps for i in range(n_widths))
     for lo, hi, switch in (
         (0, n_widths - 1, steps // 2),
@@ -64,7 +65,11 @@ def held_out_genomes(steps: int, n_widths: int, count: int, seed: int) -> list[t
         level = rng.integers(0, n_widths)  # spread the costs: genes scattered around one width
         g = np.clip(level + rng.integers(-2, 3, steps), 0, n_widths - 1)
         genomes.setdefault(tuple(int(v) for v in g))
-    return list(genomes)[:count]
+    out = list(genomes)[:count]
+    full = (n_widths - 1,) * steps
+    if full not in out:  # fewer than n_widths: the widest uniform replaces the last narrower one
+        out[-1] = full
+    return out
 
 
 def kid(x: np.ndarray, y: np.ndarray) -> float:
@@ -181,6 +186,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--skip-search", action="store_true")
     args = p.parse_args()
+    if args.strategies < 3:  # kendalltau of the paired metric needs two strategies besides full width
+        p.error(f"--strategies must be at least 3 (full width and two more to rank), not {args.strategies}")
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     model, schedule, _ = load_checkpoint(args.checkpoint)
