@@ -448,7 +448,7 @@ class GenomeEvaluator:
         the finalists' (``final_first_seed + i``: no prefix cache, so the latency is measured whole,
         and the features kept)."""
         strategy = self.strategy(genome)
-        first = self.spec.final_first_seed if final else self.spec.eval_seed
+        first = self.spec.first_seed(final)
         searching = n_images in self.cache_images and not final
         paired = self.spec.paired_rung(n_images) and not final
         result = evaluate(

@@ -362,6 +362,11 @@ class SearchSpec:
         search's (``eval_seed + n_images``: every rung samples the first images of those)."""
         return self.eval_seed + self.n_images if self.final_seed is None else self.final_seed
 
+    def first_seed(self, final: bool = False) -> int:
+        """The seed of image 0 of an evaluation: a finalist's or probe's (``final``) or the search's.
+        Both executors sample from it, so they draw the same images."""
+        return self.final_first_seed if final else self.eval_seed
+
     def final_seeds_overlap(self) -> bool:
         """Whether the finalists' seeds share any with the search's (an explicit ``final_seed``)."""
         first = self.final_first_seed

@@ -158,7 +158,7 @@ def evaluate_genome(
 
     model, schedule, _ = load_supernet(checkpoint, checkpoint_sha, device)
     dev = device_of(device)
-    first = spec.final_first_seed if final else spec.eval_seed
+    first = spec.first_seed(final)
     grid = (checkpoint_sha, dev, spec.sampler, spec.steps, spec.widths, spec.eval_seed, spec.batch_size,
             spec.guidance, spec.class_label)  # fmt: skip
     paired = spec.paired_rung(n_images) and not final
