@@ -115,6 +115,8 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig.dropout must be in [0, 1) or None, got {self.dropout}")
         if not 0.0 <= self.label_dropout < 1.0:
             raise ConfigError(f"TrainConfig.label_dropout must be in [0, 1), got {self.label_dropout}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"TrainConfig.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ConfigError(choices_message("lr schedule", self.lr_schedule, ("constant", "cosine")))
 

@@ -229,6 +229,7 @@ class Trainer:
             )  # fmt: skip
         params = self.model.parameters()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else None
+        lr = self.sched.get_last_lr()[0]  # the LR this step used (sched.step() moves to the next one's)
         self.opt.step()
         self.sched.step()
         decay = min(cfg.ema_decay, (1 + self.step) / (10 + self.step)) if cfg.ema_warmup else cfg.ema_decay
@@ -244,7 +245,7 @@ class Trainer:
         return {
             "step": self.step,
             "losses": {format_width(w): v for w, v in values.items()},
-            "lr": self.sched.get_last_lr()[0],
+            "lr": lr,
             "grad_norm": float(grad_norm) if grad_norm is not None else None,
             "ema_decay": decay,
             "_values": values,

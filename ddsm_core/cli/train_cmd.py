@@ -103,6 +103,12 @@ def train(
     batch_size: int | None = typer.Option(None, "--batch-size", help="Global batch size [preset's]."),
     lr: float | None = typer.Option(None, "--lr", help="Peak learning rate [preset's]."),
     warmup_steps: int | None = typer.Option(None, "--warmup-steps", help="LR warm-up steps [preset's]."),
+    lr_schedule: str | None = typer.Option(
+        None, "--lr-schedule", help="After warm-up: constant or cosine (decays to --min-lr-ratio) [preset's]."
+    ),
+    min_lr_ratio: float | None = typer.Option(
+        None, "--min-lr-ratio", help="With cosine: final LR as a fraction of --lr [preset's]."
+    ),
     ema_decay: float | None = typer.Option(None, "--ema-decay", help="EMA decay [preset's]."),
     n_middle: int | None = typer.Option(None, "--n-middle", help="Random middle widths per step [2]."),
     distill: bool | None = typer.Option(
@@ -147,6 +153,8 @@ def train(
         "batch_size": batch_size,
         "lr": lr,
         "warmup_steps": warmup_steps,
+        "lr_schedule": lr_schedule,
+        "min_lr_ratio": min_lr_ratio,
         "ema_decay": ema_decay,
         "n_middle": n_middle,
         "distill": distill,

@@ -299,6 +299,8 @@ def test_sample_takes_an_upper_case_png_name(checkpoint, tmp_path, capsys) -> No
         (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
         (["--warmup-steps", "-1"], "--warmup-steps must be >= 0, got -1"),
         (["--ema-decay", "1"], "--ema-decay must be in [0, 1), got 1.0"),
+        (["--min-lr-ratio", "2"], "--min-lr-ratio must be in [0, 1], got 2.0"),
+        (["--lr-schedule", "step"], "unknown lr schedule 'step'; allowed: constant, cosine"),
     ],
 )
 def test_train_names_the_option_typed_not_the_config_field(extra, message, tmp_path, capsys) -> None:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from PIL import Image
 
 from ddsm_core.checkpoint import read_manifest
@@ -45,6 +46,19 @@ def test_export_copies_the_checkpoint(tmp_path, capsys):
     argv = ["train", "--steps", "1", "--out", str(tmp_path / "r"), "--export", str(tmp_path / "x"), *QUICK]
     assert run_cli(argv, capsys)[0] == 0
     assert read_manifest(tmp_path / "x")["step"] == 1
+
+
+def test_cosine_schedule_from_the_command_line_decays_to_the_floor(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--steps", "3", "--warmup-steps", "0", "--lr", "0.01", "--lr-schedule", "cosine",
+            "--min-lr-ratio", "0.1", "--out", str(out), *QUICK]  # fmt: skip
+    code, _, err = run_cli(argv, capsys)
+    assert code == 0, err
+    cfg = read_manifest(out)["train_config"]
+    assert cfg["lr_schedule"] == "cosine" and cfg["min_lr_ratio"] == 0.1
+    lrs = [json.loads(line)["lr"] for line in (out / "log.jsonl").read_text().splitlines()]
+    # steps 0, 1, 2 of 3: cos(0), cos(pi/3), cos(2 pi/3) between 0.01 and 0.001
+    assert lrs == pytest.approx([0.01, 0.001 + 0.009 * 0.75, 0.001 + 0.009 * 0.25])
 
 
 def test_resume_with_another_recipe_or_preset_is_refused(tmp_path, capsys):
