@@ -22,6 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ddsm_core.checkpoint import load_checkpoint  # noqa: E402
+from ddsm_core.errors import DDSMError  # noqa: E402
 from ddsm_core.evaluate import evaluate  # noqa: E402
 from ddsm_core.features import get_extractor  # noqa: E402
 from ddsm_core.fid import FeatureStats, frechet_distance  # noqa: E402
@@ -43,9 +44,15 @@ def main() -> None:
     p.add_argument("--sampler", default="ddpm:20", help="SAMPLER:STEPS, e.g. dpmpp:10 (default ddpm:20)")
     args = p.parse_args()
     n, runs = args.n, args.runs
-    sampler, steps = args.sampler.split(":")[0], int(args.sampler.split(":")[1])
+    try:
+        sampler, steps = args.sampler.split(":")[0], int(args.sampler.split(":")[1])
+    except (IndexError, ValueError):
+        p.error(f"--sampler {args.sampler!r}: give SAMPLER:STEPS, e.g. dpmpp:10")
     set_threads(1)
-    model, schedule, _ = load_checkpoint(args.checkpoint)
+    try:
+        model, schedule, _ = load_checkpoint(args.checkpoint)
+    except DDSMError as e:
+        p.error(str(e))
     widths, costs = tuple(model.config.widths), cost_table(model)
     ext = get_extractor("domain", dataset="digits")
     ref = FeatureStats.load(ROOT / "bench/digits_ref_stats.npz")
@@ -56,7 +63,13 @@ def main() -> None:
     }
     names = [format_width(w) for w in widths]
     for text in runs:  # "2/8x13 8/8x7": width x count, in sampling order
-        genes = [names.index(w) for run in text.split() for w, k in [run.split("x")] for _ in range(int(k))]
+        try:
+            genes = [
+                names.index(w) for run in text.split() for w, k in [run.split("x")] for _ in range(int(k))
+            ]
+        except ValueError:
+            example = '"2/8x11 8/8x9"'
+            p.error(f"{text!r}: give WIDTHxCOUNT runs, e.g. {example}, widths from {', '.join(names)}")
         if len(genes) != steps:
             p.error(f"{text!r} gives {len(genes)} steps, the sampler runs {steps}")
         strategies[text] = Strategy(sampler, steps, widths, tuple(genes))
