@@ -167,8 +167,10 @@ def test_n_at_or_above_d_keeps_the_committed_bootstrap_bit_for_bit(n) -> None:
     committed = _committed_bootstrap(a, b, ref, 50, 5)
     for key, value in committed.items():
         assert getattr(d, key) == value, key  # exactly: the same operations in the same order
-        # and the numbers themselves, to rounding across BLAS builds (exact on the machine that made them)
-        assert getattr(d, key) == pytest.approx(float.fromhex(GOLDEN[n][key]), rel=1e-12, abs=0), key
+        # and the numbers themselves, to rounding across BLAS builds (exact on the machine that made them;
+        # at N = D the covariance is near-singular and sqrtm turns rounding into 2e-10 relative on an
+        # AVX-512 Xeon); another interval or resampling moves them by far more than 1e-7
+        assert getattr(d, key) == pytest.approx(float.fromhex(GOLDEN[n][key]), rel=1e-7, abs=0), key
 
 
 def test_the_report_says_which_interval_it_shows() -> None:
