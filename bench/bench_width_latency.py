@@ -139,12 +139,12 @@ def bench_preset(
         for v in variants:
             seconds, t_full = best[f"{v}{w}"], best[f"{v}1.0"]
             row[v] = {"seconds": seconds, "latency_ratio": seconds / t_full, "speedup": t_full / seconds,
-                      "saving_ratio": _saving_ratio(seconds / t_full, row["gflops_ratio"])}  # fmt: skip
+                      "saving_ratio": saving_ratio(seconds / t_full, row["gflops_ratio"])}  # fmt: skip
         rows.append(row)
     return rows
 
 
-def _saving_ratio(latency_ratio: float, gflops_ratio: float) -> float | None:
+def saving_ratio(latency_ratio: float, gflops_ratio: float) -> float | None:
     """Time saved per GFLOP saved: (1 - latency ratio) / (1 - GFLOPs ratio); None at full width."""
     return None if gflops_ratio >= 1.0 else (1.0 - latency_ratio) / (1.0 - gflops_ratio)
 

@@ -23,16 +23,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.bench_width_latency import saving_ratio  # noqa: E402
 from ddsm_core.checkpoint import load_checkpoint  # noqa: E402
 from ddsm_core.flops import cost_table  # noqa: E402
 from ddsm_core.inference import ScriptedWidths, prepare_for_inference  # noqa: E402
 from ddsm_core.widths import format_width  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def saving(lat: float, full: float, gflops_ratio: float) -> float:
-    return (1 - lat / full) / (1 - gflops_ratio)
 
 
 def main() -> None:
@@ -73,12 +70,10 @@ def main() -> None:
               "saving native | saving, faster per width |\n|---|---|---|---|---|---|---|")  # fmt: skip
         for i, w in enumerate(widths):
             on, off = best[w, True], best[w, False]
-            row = f"| {format_width(w)} | {ratio[i]:.3f} | {1e3 * on:.2f} | {1e3 * off:.2f} |"
-            if i == len(widths) - 1:
-                print(row + " - | - | - |")
-            else:
-                s_on, s_off = saving(on, full_on, ratio[i]), saving(off, full_off, ratio[i])
-                print(row + f" {s_on:.2f} | {s_off:.2f} | {saving(min(on, off), full_best, ratio[i]):.2f} |")
+            savings = [saving_ratio(a / b, ratio[i]) for a, b in ((on, full_on), (off, full_off),
+                                                                   (min(on, off), full_best))]  # fmt: skip
+            cells = " | ".join("-" if v is None else f"{v:.2f}" for v in savings)
+            print(f"| {format_width(w)} | {ratio[i]:.3f} | {1e3 * on:.2f} | {1e3 * off:.2f} | {cells} |")
 
 
 if __name__ == "__main__":
