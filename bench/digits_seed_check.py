@@ -35,6 +35,29 @@ from ddsm_core.widths import format_width  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def parse_sampler(p: argparse.ArgumentParser, text: str) -> tuple[str, int]:
+    """``"dpmpp:10"`` -> ``("dpmpp", 10)``; a usage error otherwise."""
+    sampler, _, steps = text.partition(":")
+    if not sampler or not steps.isdigit():
+        p.error(f"--sampler {text!r}: give SAMPLER:STEPS, e.g. dpmpp:10")
+    return sampler, int(steps)
+
+
+def strategy_of_runs(
+    p: argparse.ArgumentParser, text: str, sampler: str, steps: int, widths: tuple[float, ...]
+) -> Strategy:
+    """``"2/8x13 8/8x7"`` (width x count, in sampling order) as a Strategy; a usage error otherwise."""
+    names = [format_width(w) for w in widths]
+    try:
+        genes = [names.index(w) for run in text.split() for w, k in [run.split("x")] for _ in range(int(k))]
+    except ValueError:
+        example = '"2/8x11 8/8x9"'
+        p.error(f"{text!r}: give WIDTHxCOUNT runs, e.g. {example}, widths from {', '.join(names)}")
+    if len(genes) != steps:
+        p.error(f"{text!r} gives {len(genes)} steps, the sampler runs {steps}")
+    return Strategy(sampler, steps, widths, tuple(genes))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("n", type=int, nargs="?", default=4000, help="images (seeds 0..N-1)")
@@ -44,10 +67,7 @@ def main() -> None:
     p.add_argument("--sampler", default="ddpm:20", help="SAMPLER:STEPS, e.g. dpmpp:10 (default ddpm:20)")
     args = p.parse_args()
     n, runs = args.n, args.runs
-    try:
-        sampler, steps = args.sampler.split(":")[0], int(args.sampler.split(":")[1])
-    except (IndexError, ValueError):
-        p.error(f"--sampler {args.sampler!r}: give SAMPLER:STEPS, e.g. dpmpp:10")
+    sampler, steps = parse_sampler(p, args.sampler)
     set_threads(1)
     try:
         model, schedule, _ = load_checkpoint(args.checkpoint)
@@ -61,18 +81,8 @@ def main() -> None:
         "full": Strategy.uniform(sampler, steps, top, widths),
         "7/8": Strategy.uniform(sampler, steps, top - 1, widths),
     }
-    names = [format_width(w) for w in widths]
-    for text in runs:  # "2/8x13 8/8x7": width x count, in sampling order
-        try:
-            genes = [
-                names.index(w) for run in text.split() for w, k in [run.split("x")] for _ in range(int(k))
-            ]
-        except ValueError:
-            example = '"2/8x11 8/8x9"'
-            p.error(f"{text!r}: give WIDTHxCOUNT runs, e.g. {example}, widths from {', '.join(names)}")
-        if len(genes) != steps:
-            p.error(f"{text!r} gives {len(genes)} steps, the sampler runs {steps}")
-        strategies[text] = Strategy(sampler, steps, widths, tuple(genes))
+    for text in runs:
+        strategies[text] = strategy_of_runs(p, text, sampler, steps, widths)
     feats = {}
     for name, s in strategies.items():
         t = time.perf_counter()

@@ -26,6 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.digits_seed_check import parse_sampler, strategy_of_runs  # noqa: E402
 from ddsm_core.checkpoint import load_checkpoint  # noqa: E402
 from ddsm_core.evaluate import evaluate  # noqa: E402
 from ddsm_core.features import get_extractor  # noqa: E402
@@ -34,7 +35,6 @@ from ddsm_core.flops import cost_table  # noqa: E402
 from ddsm_core.paired import paired_fid_diff  # noqa: E402
 from ddsm_core.strategy import Strategy  # noqa: E402
 from ddsm_core.threads import set_threads  # noqa: E402
-from ddsm_core.widths import format_width  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,16 +48,14 @@ def main() -> None:
     p.add_argument("runs", nargs="*", default=["7/8x10", "2/8x4 8/8x6", "2/8x5 8/8x5"])
     args = p.parse_args()
     set_threads(1)
-    sampler, steps = args.sampler.split(":")[0], int(args.sampler.split(":")[1])
+    sampler, steps = parse_sampler(p, args.sampler)
     model, schedule, _ = load_checkpoint(ROOT / "bench/digits-supernet")
     widths, costs = tuple(model.config.widths), cost_table(model)
-    names = [format_width(w) for w in widths]
     ext = get_extractor("domain", dataset="digits")
     ref = FeatureStats.load(ROOT / "bench/digits_ref_stats.npz")
     strategies = {"full": Strategy.uniform(sampler, steps, len(widths) - 1, widths)}
     for text in args.runs:
-        genes = [names.index(w) for run in text.split() for w, k in [run.split("x")] for _ in range(int(k))]
-        strategies[text] = Strategy(sampler, steps, widths, tuple(genes))
+        strategies[text] = strategy_of_runs(p, text, sampler, steps, widths)
     feats = {}
     for name, s in strategies.items():
         t = time.perf_counter()
